@@ -1,0 +1,135 @@
+//! Confirmed publishing: a publish counts only once the broker confirmed it.
+//!
+//! Used for the worker's events (before the job is acked), for dead letters, and by `enqueue`.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use time::OffsetDateTime;
+
+use super::BrokerError;
+use crate::events::OutboundEvent;
+
+/// The original message a dead letter carries, with where it came from.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub body: &'a [u8],
+    pub properties: &'a BasicProperties,
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub error_code: &'a str,
+    pub error_message: &'a str,
+    pub attempts: u32,
+}
+
+/// A channel in confirm mode.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() {
+            return Err(BrokerError::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes an audit or CRM event: persistent JSON with the event id as message id.
+    pub async fn publish_event(&self, event: &OutboundEvent) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(event.message_id.as_str().into());
+        self.publish(
+            &event.exchange,
+            &event.routing_key,
+            event.body.as_bytes(),
+            properties,
+        )
+        .await
+    }
+
+    /// Sends the original message to the dead-letter exchange with the reason in its headers.
+    pub async fn dead_letter(
+        &self,
+        dead_letter_exchange: &str,
+        letter: DeadLetter<'_>,
+    ) -> Result<(), BrokerError> {
+        let mut headers = letter.properties.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(ShortString::from("x-error-code"), text(letter.error_code));
+        headers.insert(
+            ShortString::from("x-error-message"),
+            text(letter.error_message),
+        );
+        headers.insert(
+            ShortString::from("x-attempts"),
+            AMQPValue::LongInt(letter.attempts as i32),
+        );
+        if !header_present(&headers, "x-first-seen") {
+            let now = OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("the current time formats as RFC 3339");
+            headers.insert(ShortString::from("x-first-seen"), text(&now));
+        }
+        headers.insert(
+            ShortString::from("x-original-exchange"),
+            text(letter.exchange),
+        );
+        headers.insert(
+            ShortString::from("x-original-routing-key"),
+            text(letter.routing_key),
+        );
+        let properties = letter
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        self.publish(
+            dead_letter_exchange,
+            letter.routing_key,
+            letter.body,
+            properties,
+        )
+        .await
+    }
+}
+
+fn header_present(headers: &FieldTable, name: &str) -> bool {
+    headers.inner().keys().any(|k| k.as_str() == name)
+}

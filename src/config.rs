@@ -1,0 +1,447 @@
+//! Worker configuration, read once from the environment (DESIGN.md section 6) and validated at start.
+//!
+//! Every problem is reported as one line naming the variable, so an operator can fix a
+//! deployment without reading code. Secrets live in [`Secret`], whose `Debug` never shows them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use url::Url;
+
+/// A value that must never reach logs, events or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The only way to read the value: call sites that do are easy to audit.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A connection URL whose password is redacted in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(Url);
+
+impl ServiceUrl {
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // set_password only fails for URLs that cannot carry credentials, which never have one.
+            let _ = shown.set_password(Some("redacted"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceUrl({self})")
+    }
+}
+
+/// An invalid or missing setting: `Display` is the one line printed before the program stops.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How to reach Genesys Cloud and how much of its budget this fleet may spend.
+#[derive(Debug, Clone)]
+pub struct GenesysConfig {
+    /// `https://api.<region>` unless `GENESYS_API_BASE` points elsewhere (the sandbox, a proxy).
+    pub api_base: Url,
+    /// `https://login.<region>`: tokens come from the login host, not the API host.
+    pub login_base: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Requests per second across every Genesys call of this process.
+    pub rate_limit_rps: u32,
+    pub rate_limit_burst: u32,
+    /// Per-request timeout; the official Go SDK uses 16 s.
+    pub request_timeout_ms: u64,
+    /// In-process attempts for a transient error (429s are not counted).
+    pub max_attempts: u32,
+}
+
+impl GenesysConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Names of everything the worker declares on the broker and in Redis; tests randomise them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub jobs_exchange: String,
+    pub work_queue: String,
+    /// Both the dead-letter exchange and its queue.
+    pub dead_letter: String,
+    pub audit_exchange: String,
+    pub crm_exchange: String,
+    /// Quorum-queue `x-delivery-limit`: a message that keeps crashing workers is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            jobs_exchange: "genesys.jobs".into(),
+            work_queue: "genesys.jobs.work".into(),
+            dead_letter: "genesys.jobs.dead".into(),
+            audit_exchange: "genesys.audit".into(),
+            crm_exchange: "genesys.crm".into(),
+            delivery_limit: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: ServiceUrl,
+    pub redis_url: ServiceUrl,
+    /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    pub redis_key_prefix: String,
+    pub genesys: GenesysConfig,
+    pub topology: Topology,
+    /// Jobs processed at once by this replica.
+    pub worker_concurrency: usize,
+    /// Unacked deliveries the broker may push ahead of processing.
+    pub worker_prefetch: u16,
+    pub max_message_bytes: usize,
+    /// How long a finished job's idempotency record is kept.
+    pub idempotency_ttl_secs: u64,
+    /// An in-progress record's lease; renewed while the job runs, taken over once expired.
+    pub lease_ms: u64,
+    pub shutdown_timeout_secs: u64,
+    pub admin_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub ingest_addr: Option<SocketAddr>,
+    pub ingest_token: Option<Secret>,
+}
+
+impl Config {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let region = env.string("GENESYS_REGION", "mypurecloud.com")?;
+        if region.is_empty() || region.contains('/') || region.contains(':') {
+            return Err(ConfigError {
+                var: "GENESYS_REGION",
+                problem: format!("expected a region domain such as mypurecloud.ie, got {region:?}"),
+            });
+        }
+        let api_base = match env.get("GENESYS_API_BASE") {
+            Some(_) => env.url("GENESYS_API_BASE", &["http", "https"])?,
+            None => parse_region_url(&format!("https://api.{region}"))?,
+        };
+        let login_base = match env.get("GENESYS_LOGIN_BASE") {
+            Some(_) => env.url("GENESYS_LOGIN_BASE", &["http", "https"])?,
+            None => parse_region_url(&format!("https://login.{region}"))?,
+        };
+        let genesys = GenesysConfig {
+            api_base,
+            login_base,
+            client_id: env.required("GENESYS_CLIENT_ID")?,
+            client_secret: Secret::new(env.required("GENESYS_CLIENT_SECRET")?),
+            rate_limit_rps: env.positive("GENESYS_RATE_LIMIT_RPS", 4)?,
+            rate_limit_burst: env.positive("GENESYS_RATE_LIMIT_BURST", 8)?,
+            request_timeout_ms: env.positive("GENESYS_TIMEOUT_MS", 16_000)?,
+            max_attempts: env.positive("GENESYS_MAX_ATTEMPTS", 3)?,
+        };
+        let defaults = Topology::default();
+        let topology = Topology {
+            jobs_exchange: env.name("JOBS_EXCHANGE", &defaults.jobs_exchange)?,
+            work_queue: env.name("WORK_QUEUE", &defaults.work_queue)?,
+            dead_letter: env.name("DEAD_LETTER_QUEUE", &defaults.dead_letter)?,
+            audit_exchange: env.name("AUDIT_EXCHANGE", &defaults.audit_exchange)?,
+            crm_exchange: env.name("CRM_EXCHANGE", &defaults.crm_exchange)?,
+            delivery_limit: env.positive("DELIVERY_LIMIT", defaults.delivery_limit)?,
+        };
+        let log_format = match env.string("LOG_FORMAT", "text")?.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError {
+                    var: "LOG_FORMAT",
+                    problem: format!("expected text or json, got {other:?}"),
+                })
+            }
+        };
+        let ingest_addr = match env.get("INGEST_ADDR") {
+            Some(_) => Some(env.socket_addr("INGEST_ADDR", "")?),
+            None => None,
+        };
+        let ingest_token = env.get("INGEST_TOKEN").map(Secret::new);
+        if ingest_addr.is_some() && ingest_token.is_none() {
+            return Err(ConfigError {
+                var: "INGEST_TOKEN",
+                problem: "required when INGEST_ADDR is set".into(),
+            });
+        }
+        Ok(Self {
+            amqp_url: env.service_url(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &["amqp", "amqps"],
+            )?,
+            redis_url: env.service_url(
+                "REDIS_URL",
+                "redis://127.0.0.1:6379/",
+                &["redis", "rediss"],
+            )?,
+            redis_key_prefix: env.string("REDIS_KEY_PREFIX", "gw:")?,
+            genesys,
+            topology,
+            worker_concurrency: env.positive("WORKER_CONCURRENCY", 32)?,
+            worker_prefetch: env.positive("WORKER_PREFETCH", 64)?,
+            max_message_bytes: env.positive("MAX_MESSAGE_BYTES", 1024 * 1024)?,
+            idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
+            lease_ms: env.positive("LEASE_MS", 30_000)?,
+            shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
+            admin_addr: env.socket_addr("ADMIN_ADDR", "127.0.0.1:9090")?,
+            log_format,
+            ingest_addr,
+            ingest_token,
+        })
+    }
+}
+
+fn parse_region_url(raw: &str) -> Result<Url, ConfigError> {
+    Url::parse(raw).map_err(|e| ConfigError {
+        var: "GENESYS_REGION",
+        problem: format!("does not form a valid URL ({raw}): {e}"),
+    })
+}
+
+/// Typed accessors over a lookup function, each naming its variable in the error.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        Ok(self
+            .get(var)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| default.to_string()))
+    }
+
+    fn required(&self, var: &'static str) -> Result<String, ConfigError> {
+        self.get(var).ok_or(ConfigError {
+            var,
+            problem: "is required but not set".into(),
+        })
+    }
+
+    fn name(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.string(var, default)?;
+        if value.len() > 255 {
+            return Err(ConfigError {
+                var,
+                problem: "longer than 255 bytes".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default,
+    {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<T>() {
+            Ok(v) if v > T::default() => Ok(v),
+            _ => Err(ConfigError {
+                var,
+                problem: format!("expected a positive whole number, got {raw:?}"),
+            }),
+        }
+    }
+
+    fn socket_addr(&self, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let raw = self.string(var, default)?;
+        raw.parse().map_err(|_| ConfigError {
+            var,
+            problem: format!("expected host:port such as 127.0.0.1:9090, got {raw:?}"),
+        })
+    }
+
+    fn url(&self, var: &'static str, schemes: &[&str]) -> Result<Url, ConfigError> {
+        let raw = self.string(var, "")?;
+        let url = Url::parse(&raw).map_err(|e| ConfigError {
+            var,
+            problem: format!("not a URL: {e}"),
+        })?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(ConfigError {
+                var,
+                problem: format!(
+                    "scheme must be one of {}, got {}",
+                    schemes.join("/"),
+                    url.scheme()
+                ),
+            });
+        }
+        Ok(url)
+    }
+
+    fn service_url(
+        &self,
+        var: &'static str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<ServiceUrl, ConfigError> {
+        if self.get(var).is_none() {
+            return Ok(ServiceUrl(
+                Url::parse(default).expect("built-in default URLs are valid"),
+            ));
+        }
+        self.url(var, schemes).map(ServiceUrl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> = HashMap::from([
+            ("GENESYS_CLIENT_ID".into(), "client".into()),
+            ("GENESYS_CLIENT_SECRET".into(), "s3cr3t-value".into()),
+        ]);
+        for (k, v) in vars {
+            map.insert(k.to_string(), v.to_string());
+        }
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!(
+            cfg.genesys.api_base.as_str(),
+            "https://api.mypurecloud.com/"
+        );
+        assert_eq!(
+            cfg.genesys.login_base.as_str(),
+            "https://login.mypurecloud.com/"
+        );
+        assert_eq!(
+            (cfg.genesys.rate_limit_rps, cfg.genesys.rate_limit_burst),
+            (4, 8)
+        );
+        assert_eq!((cfg.worker_concurrency, cfg.worker_prefetch), (32, 64));
+        assert_eq!(cfg.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(cfg.topology, Topology::default());
+    }
+
+    #[test]
+    fn region_derives_api_and_login_hosts() {
+        let cfg = config(&[("GENESYS_REGION", "mypurecloud.ie")]).unwrap();
+        assert_eq!(cfg.genesys.api_base.as_str(), "https://api.mypurecloud.ie/");
+        assert_eq!(
+            cfg.genesys.login_base.as_str(),
+            "https://login.mypurecloud.ie/"
+        );
+    }
+
+    #[test]
+    fn explicit_bases_override_the_region() {
+        let cfg = config(&[
+            ("GENESYS_API_BASE", "http://127.0.0.1:8088"),
+            ("GENESYS_LOGIN_BASE", "http://127.0.0.1:8089"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.genesys.api_base.as_str(), "http://127.0.0.1:8088/");
+        assert_eq!(cfg.genesys.login_base.as_str(), "http://127.0.0.1:8089/");
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_variable_in_one_line() {
+        let err = config(&[("GENESYS_RATE_LIMIT_RPS", "fast")]).unwrap_err();
+        assert_eq!(err.var, "GENESYS_RATE_LIMIT_RPS");
+        let line = err.to_string();
+        assert!(
+            line.contains("GENESYS_RATE_LIMIT_RPS") && line.contains("fast"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            config(&[("WORKER_CONCURRENCY", "0")]).unwrap_err().var,
+            "WORKER_CONCURRENCY"
+        );
+        assert_eq!(
+            config(&[("AMQP_URL", "http://x")]).unwrap_err().var,
+            "AMQP_URL"
+        );
+        assert_eq!(
+            config(&[("ADMIN_ADDR", "nope")]).unwrap_err().var,
+            "ADMIN_ADDR"
+        );
+        assert_eq!(
+            config(&[("LOG_FORMAT", "xml")]).unwrap_err().var,
+            "LOG_FORMAT"
+        );
+    }
+
+    #[test]
+    fn missing_credentials_are_reported() {
+        let err = Config::from_lookup(|_| None).unwrap_err();
+        assert_eq!(err.var, "GENESYS_CLIENT_ID");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let cfg = config(&[("AMQP_URL", "amqp://user:hunter2@broker:5672/%2f")]).unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redacted"));
+        // The real value is still there for the connection.
+        assert!(cfg.amqp_url.expose().contains("hunter2"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Stage 2: deduplication through Redis idempotency records (DESIGN.md section 5).
+//!
+//! A job first *claims* its idempotency key. The claim is atomic (one Lua script), so of many
+//! copies of a job delivered at once exactly one runs; the others wait for its outcome and become
+//! `duplicate`. An in-progress claim holds a lease renewed while the job runs: if the worker dies,
+//! the lease expires and a redelivered copy takes the job over.
+
+use std::time::Duration;
+
+use redis::Script;
+use uuid::Uuid;
+
+use crate::events::{OutboundEvent, Outcome};
+use crate::store::{Store, StoreError};
+
+/// What the claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker owns the job now. `takeover` is true when a previous owner's lease expired:
+    /// the change may already have been made.
+    Owned(Lease),
+    /// The job already finished; `confirmed` says whether its events reached the exchanges.
+    Done {
+        outcome: Outcome,
+        events: Vec<OutboundEvent>,
+        confirmed: bool,
+    },
+    /// The key was used before with a different payload.
+    KeyReused,
+}
+
+/// Ownership of an in-progress job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub idempotency_key: String,
+    pub owner: String,
+    pub takeover: bool,
+}
+
+const CLAIM: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'in_progress', 'fp', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return {'claimed'}
+end
+if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then
+  return {'reused'}
+end
+if state == 'done' then
+  return {'done', redis.call('HGET', KEYS[1], 'outcome') or '',
+          redis.call('HGET', KEYS[1], 'events') or '[]',
+          redis.call('HGET', KEYS[1], 'confirmed') or '0'}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {'takeover'}
+end
+return {'busy'}
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const CONFIRM: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') == 'done' then
+  redis.call('HSET', KEYS[1], 'confirmed', '1')
+end
+return 1
+"#;
+
+/// How often a waiting copy looks at the record of the copy that runs.
+const BUSY_POLL: Duration = Duration::from_millis(50);
+
+impl Store {
+    /// Claims `idempotency_key` for a job whose payload has `fingerprint`. A copy that finds the
+    /// job running elsewhere waits until it finishes or its lease expires.
+    pub async fn claim(
+        &self,
+        idempotency_key: &str,
+        fingerprint: &str,
+    ) -> Result<Claim, StoreError> {
+        let owner = Uuid::new_v4().to_string();
+        let record = self.record_key(idempotency_key);
+        let script = Script::new(CLAIM);
+        loop {
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = script
+                .key(&record)
+                .key(self.lease_key(idempotency_key))
+                .arg(fingerprint)
+                .arg(&owner)
+                .arg(self.lease_ms)
+                .arg(self.idempotency_ttl_secs)
+                .invoke_async(&mut conn)
+                .await?;
+            let lease = |takeover| {
+                Claim::Owned(Lease {
+                    idempotency_key: idempotency_key.to_string(),
+                    owner: owner.clone(),
+                    takeover,
+                })
+            };
+            match reply.first().map(String::as_str) {
+                Some("claimed") => return Ok(lease(false)),
+                Some("takeover") => return Ok(lease(true)),
+                Some("reused") => return Ok(Claim::KeyReused),
+                Some("done") => return parse_done(&record, &reply),
+                Some("busy") => tokio::time::sleep(BUSY_POLL).await,
+                other => {
+                    return Err(StoreError::Corrupt {
+                        key: record,
+                        problem: format!("unexpected claim reply {other:?}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Extends the lease; false when it was lost (expired and taken over).
+    pub async fn renew(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let renewed: i64 = Script::new(RENEW)
+            .key(self.lease_key(&lease.idempotency_key))
+            .arg(&lease.owner)
+            .arg(self.lease_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Notes that a finished job's events were confirmed by the broker.
+    pub async fn mark_confirmed(&self, idempotency_key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(CONFIRM)
+            .key(self.record_key(idempotency_key))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Renews `lease` until the returned guard is dropped, so a long job keeps its claim.
+    pub fn keep_alive(&self, lease: &Lease) -> LeaseKeeper {
+        let store = self.clone();
+        let lease = lease.clone();
+        let period = Duration::from_millis((self.lease_ms / 3).max(10));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match store.renew(&lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(idempotency_key = %lease.idempotency_key, "Lease lost; another worker may take the job over.");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error.message = %e, "Lease renewal failed; retrying."),
+                }
+            }
+        });
+        LeaseKeeper(task)
+    }
+}
+
+/// Stops renewing a lease when dropped.
+#[derive(Debug)]
+pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn parse_done(record: &str, reply: &[String]) -> Result<Claim, StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt {
+        key: record.to_string(),
+        problem,
+    };
+    let outcome: Outcome = serde_json::from_value(serde_json::Value::String(reply[1].clone()))
+        .map_err(|_| corrupt(format!("unknown outcome {:?}", reply[1])))?;
+    let events: Vec<OutboundEvent> =
+        serde_json::from_str(&reply[2]).map_err(|e| corrupt(format!("events: {e}")))?;
+    Ok(Claim::Done {
+        outcome,
+        events,
+        confirmed: reply[3] == "1",
+    })
+}

@@ -1,0 +1,191 @@
+//! What consumers receive (DESIGN.md section 4): outcomes, audit events and CRM events.
+//!
+//! Event ids are UUID v5 over the idempotency key, job id and outcome, so an event re-published
+//! after a crash carries the same id and consumers can deduplicate on it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// How a job ended. Exactly one per job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Superseded,
+    Expired,
+    Conflict,
+    Rejected,
+    Failed,
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Superseded => "superseded",
+            Outcome::Expired => "expired",
+            Outcome::Conflict => "conflict",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Outcomes that changed the entity in Genesys: the links of its hash chain.
+    pub fn changed_entity(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::RolledBack)
+    }
+
+    /// Outcomes whose job goes to the dead-letter queue instead of being acked.
+    pub fn dead_letters(self) -> bool {
+        matches!(
+            self,
+            Outcome::Rejected | Outcome::Failed | Outcome::RolledBack
+        )
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `error` field of an audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The `prev_checksum` of an entity's first link.
+pub const GENESIS_CHECKSUM: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit event per job, published to `genesys.audit` as `audit.<kind>.<outcome>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub kind: String,
+    pub idempotency_key: Option<String>,
+    pub entity: String,
+    pub outcome: Outcome,
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+    pub previous_state: Option<Value>,
+    pub new_state: Option<Value>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub genesys_status: Option<u16>,
+    pub error: Option<EventError>,
+    pub entity_version: u64,
+    /// SHA-256 of `prev_checksum + "\n" + canonical event`; null unless the outcome changed
+    /// the entity.
+    pub checksum: Option<String>,
+    pub prev_checksum: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+impl AuditEvent {
+    pub fn routing_key(&self) -> String {
+        format!("audit.{}.{}", self.kind, self.outcome)
+    }
+}
+
+/// The compact record a CRM, payroll or VCS system needs, one per applied change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmEvent {
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub kind: String,
+    pub entity: String,
+    pub new_state: Option<Value>,
+    pub entity_version: u64,
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+impl CrmEvent {
+    pub fn from_audit(audit: &AuditEvent) -> Self {
+        Self {
+            event_id: crm_event_id(audit.idempotency_key.as_deref().unwrap_or(""), audit.job_id),
+            job_id: audit.job_id,
+            kind: audit.kind.clone(),
+            entity: audit.entity.clone(),
+            new_state: audit.new_state.clone(),
+            entity_version: audit.entity_version,
+            actor: audit.actor.clone(),
+            correlation_id: audit.correlation_id.clone(),
+            occurred_at: audit.occurred_at,
+        }
+    }
+
+    pub fn routing_key(&self) -> String {
+        format!("crm.{}", self.kind)
+    }
+}
+
+/// `event_id` of a job's audit event.
+pub fn audit_event_id(idempotency_key: &str, job_id: Uuid, outcome: Outcome) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("genesys-worker:{idempotency_key}:{job_id}:{outcome}").as_bytes(),
+    )
+}
+
+/// `event_id` of a job's CRM event: the applied audit event's name plus `:crm`.
+pub fn crm_event_id(idempotency_key: &str, job_id: Uuid) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("genesys-worker:{idempotency_key}:{job_id}:applied:crm").as_bytes(),
+    )
+}
+
+/// A message ready for an outbound exchange. Stored with the idempotency record so a job
+/// redelivered before its events were confirmed re-publishes the very same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundEvent {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_uuid_v5_in_the_url_namespace() {
+        let job = Uuid::parse_str("0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b").unwrap();
+        let id = audit_event_id("key-1", job, Outcome::Applied);
+        assert_eq!(id, audit_event_id("key-1", job, Outcome::Applied));
+        assert_eq!(id.get_version_num(), 5);
+        let expected = Uuid::new_v5(
+            &Uuid::parse_str("6ba7b811-9dad-11d1-80b4-00c04fd430c8").unwrap(),
+            b"genesys-worker:key-1:0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b:applied",
+        );
+        assert_eq!(id, expected);
+        assert_ne!(id, audit_event_id("key-1", job, Outcome::Duplicate));
+        assert_ne!(crm_event_id("key-1", job), id);
+    }
+
+    #[test]
+    fn outcomes_serialize_as_the_contract_names() {
+        assert_eq!(
+            serde_json::to_value(Outcome::RolledBack).unwrap(),
+            "rolled_back"
+        );
+        assert!(Outcome::Rejected.dead_letters() && !Outcome::Conflict.dead_letters());
+        assert!(Outcome::Applied.changed_entity() && !Outcome::Duplicate.changed_entity());
+    }
+}

@@ -1,0 +1,511 @@
+//! The job message (DESIGN.md section 3) and the decode stage: bytes in, a validated [`Job`] out.
+//!
+//! Anything wrong with a message is a [`DecodeError`] carrying a stable `code` (it becomes the
+//! dead letter's `x-error-code`) and, when the message got far enough, the job id and kind so the
+//! rejection can also be announced as an audit event.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::canonical;
+
+/// Job kinds of the contract. Only the ones listed in [`Kind::is_supported`] are applied yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    AgentStatus,
+    InteractionStatus,
+    InteractionCreate,
+    FlowDeploy,
+    Batch,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::AgentStatus,
+        Kind::InteractionStatus,
+        Kind::InteractionCreate,
+        Kind::FlowDeploy,
+        Kind::Batch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::AgentStatus => "agent.status",
+            Kind::InteractionStatus => "interaction.status",
+            Kind::InteractionCreate => "interaction.create",
+            Kind::FlowDeploy => "flow.deploy",
+            Kind::Batch => "batch",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `routing_status` values a job may set; the others are read-only in Genesys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RoutingStatus {
+    #[serde(rename = "OFF_QUEUE")]
+    OffQueue,
+    #[serde(rename = "IDLE")]
+    Idle,
+}
+
+impl RoutingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingStatus::OffQueue => "OFF_QUEUE",
+            RoutingStatus::Idle => "IDLE",
+        }
+    }
+}
+
+/// `agent.status` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    pub user_id: Uuid,
+    /// A presence name (`Available`, `On Queue`, an org label) or a presence definition id.
+    pub presence: String,
+    pub routing_status: Option<RoutingStatus>,
+    pub message: Option<String>,
+    /// Apply only if the agent's current presence is this one (name or definition id).
+    pub expected_current: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    AgentStatus(AgentStatus),
+}
+
+/// A decoded, validated job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub job_id: Uuid,
+    pub kind: Kind,
+    /// Given by the producer, or the SHA-256 of the canonical `kind` + `payload`.
+    pub idempotency_key: String,
+    /// SHA-256 of the canonical `kind` + `payload`: the same key with another fingerprint is
+    /// `idempotency_key_reused`.
+    pub fingerprint: String,
+    pub sequence: Option<u64>,
+    pub actor: Option<String>,
+    pub submitted_at: Option<OffsetDateTime>,
+    pub not_after: Option<OffsetDateTime>,
+    pub correlation_id: Option<String>,
+    pub payload: Payload,
+}
+
+impl Job {
+    /// The Genesys entity the job changes, as named in events (`user:<id>`).
+    pub fn entity(&self) -> String {
+        match &self.payload {
+            Payload::AgentStatus(p) => format!("user:{}", p.user_id),
+        }
+    }
+}
+
+/// Why a message cannot be processed. `code` is stable and machine-readable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    pub code: &'static str,
+    pub message: String,
+    /// Known when the message got far enough to name the job.
+    pub job_id: Option<Uuid>,
+    pub kind: Option<String>,
+    pub entity: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+impl DecodeError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            job_id: None,
+            kind: None,
+            entity: None,
+            idempotency_key: None,
+            actor: None,
+            correlation_id: None,
+        }
+    }
+}
+
+const MAX_KEY_LEN: usize = 512;
+const MAX_TEXT_LEN: usize = 1024;
+
+/// Decodes and validates one message body.
+pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
+    if body.len() > max_bytes {
+        return Err(DecodeError::new(
+            "payload_too_large",
+            format!("message is {} bytes, the limit is {max_bytes}", body.len()),
+        ));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        DecodeError::new("malformed_json", format!("message is not valid JSON: {e}"))
+    })?;
+    let Value::Object(object) = value else {
+        return Err(DecodeError::new(
+            "invalid_job",
+            "message must be a JSON object",
+        ));
+    };
+    let mut header = Header::read(&object)?;
+    let named = |mut err: DecodeError, header: &Header| {
+        err.job_id = Some(header.job_id);
+        err.kind = Some(header.kind.clone());
+        err.idempotency_key = header.idempotency_key.clone();
+        err.actor = header.actor.clone();
+        err.correlation_id = header.correlation_id.clone();
+        err.message = format!("job {} ({}): {}", header.job_id, header.kind, err.message);
+        err
+    };
+    let Some(kind) = Kind::parse(&header.kind) else {
+        let err = DecodeError::new("unknown_kind", format!("unknown kind {:?}", header.kind));
+        return Err(named(err, &header));
+    };
+    let payload_value = match object.get("payload") {
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        Some(_) => {
+            return Err(named(
+                DecodeError::new("invalid_job", "payload must be an object"),
+                &header,
+            ))
+        }
+        None => {
+            return Err(named(
+                DecodeError::new("invalid_job", "payload is required"),
+                &header,
+            ))
+        }
+    };
+    let fingerprint = canonical::sha256_hex(
+        canonical::to_string(&serde_json::json!({"kind": kind.as_str(), "payload": payload_value}))
+            .as_bytes(),
+    );
+    let idempotency_key = header
+        .idempotency_key
+        .get_or_insert_with(|| fingerprint.clone())
+        .clone();
+    let payload = match kind {
+        Kind::AgentStatus => decode_agent_status(payload_value),
+        other => Err(DecodeError::new(
+            "unsupported_kind",
+            format!(
+                "kind {other} is part of the contract but not supported by this worker version"
+            ),
+        )),
+    };
+    let payload = payload.map_err(|mut err| {
+        if err.entity.is_none() {
+            err.entity = entity_hint(&object);
+        }
+        named(err, &header)
+    })?;
+    Ok(Job {
+        job_id: header.job_id,
+        kind,
+        idempotency_key,
+        fingerprint,
+        sequence: header.sequence,
+        actor: header.actor,
+        submitted_at: header.submitted_at,
+        not_after: header.not_after,
+        correlation_id: header.correlation_id,
+        payload,
+    })
+}
+
+/// The envelope fields, read before the kind decides how to read the payload.
+struct Header {
+    job_id: Uuid,
+    kind: String,
+    idempotency_key: Option<String>,
+    sequence: Option<u64>,
+    actor: Option<String>,
+    submitted_at: Option<OffsetDateTime>,
+    not_after: Option<OffsetDateTime>,
+    correlation_id: Option<String>,
+}
+
+impl Header {
+    fn read(object: &Map<String, Value>) -> Result<Self, DecodeError> {
+        let job_id = match object.get("job_id") {
+            Some(Value::String(raw)) => Uuid::parse_str(raw).map_err(|_| {
+                DecodeError::new("invalid_job", format!("job_id must be a UUID, got {raw:?}"))
+            })?,
+            Some(_) => {
+                return Err(DecodeError::new(
+                    "invalid_job",
+                    "job_id must be a UUID string",
+                ))
+            }
+            None => return Err(DecodeError::new("invalid_job", "job_id is required")),
+        };
+        let kind = match object.get("kind") {
+            Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 64 => kind.clone(),
+            Some(_) => {
+                let mut err = DecodeError::new(
+                    "invalid_job",
+                    format!(
+                        "job {job_id}: kind must be a non-empty string of at most 64 characters"
+                    ),
+                );
+                err.job_id = Some(job_id);
+                return Err(err);
+            }
+            None => {
+                let mut err =
+                    DecodeError::new("invalid_job", format!("job {job_id}: kind is required"));
+                err.job_id = Some(job_id);
+                return Err(err);
+            }
+        };
+        let fail = |message: String| {
+            let mut err =
+                DecodeError::new("invalid_job", format!("job {job_id} ({kind}): {message}"));
+            err.job_id = Some(job_id);
+            err.kind = Some(kind.clone());
+            err
+        };
+        let text = |field: &str, max: usize| -> Result<Option<String>, DecodeError> {
+            match object.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(Some(s.clone())),
+                Some(_) => Err(fail(format!(
+                    "{field} must be a non-empty string of at most {max} characters"
+                ))),
+            }
+        };
+        let instant = |field: &str| -> Result<Option<OffsetDateTime>, DecodeError> {
+            match text(field, 64)? {
+                None => Ok(None),
+                Some(raw) => {
+                    OffsetDateTime::parse(&raw, &time::format_description::well_known::Rfc3339)
+                        .map(Some)
+                        .map_err(|_| {
+                            fail(format!(
+                                "{field} must be an RFC 3339 timestamp, got {raw:?}"
+                            ))
+                        })
+                }
+            }
+        };
+        let sequence = match object.get("sequence") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(_) => return Err(fail("sequence must be a non-negative integer".into())),
+        };
+        Ok(Self {
+            idempotency_key: text("idempotency_key", MAX_KEY_LEN)?,
+            sequence,
+            actor: text("actor", MAX_TEXT_LEN)?,
+            submitted_at: instant("submitted_at")?,
+            not_after: instant("not_after")?,
+            correlation_id: text("correlation_id", MAX_TEXT_LEN)?,
+            job_id,
+            kind,
+        })
+    }
+}
+
+/// Best-effort entity of an invalid payload, so its rejection is filed under the right entity.
+fn entity_hint(object: &Map<String, Value>) -> Option<String> {
+    let user = object.get("payload")?.get("user_id")?.as_str()?;
+    Uuid::parse_str(user).ok().map(|id| format!("user:{id}"))
+}
+
+fn payload_error(err: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = if path == "." || path.is_empty() {
+        format!("payload: {inner}")
+    } else {
+        format!("payload.{path}: {inner}")
+    };
+    DecodeError::new("invalid_payload", message)
+}
+
+fn decode_agent_status(value: Value) -> Result<Payload, DecodeError> {
+    let payload: AgentStatus = serde_path_to_error::deserialize(value).map_err(payload_error)?;
+    let invalid = |message: String| DecodeError {
+        entity: Some(format!("user:{}", payload.user_id)),
+        ..DecodeError::new("invalid_payload", message)
+    };
+    if payload.presence.trim().is_empty() || payload.presence.len() > 256 {
+        return Err(invalid(
+            "payload.presence must be a presence name or definition id".into(),
+        ));
+    }
+    if payload
+        .message
+        .as_ref()
+        .is_some_and(|m| m.len() > MAX_TEXT_LEN)
+    {
+        return Err(invalid(format!(
+            "payload.message is longer than {MAX_TEXT_LEN} characters"
+        )));
+    }
+    if payload
+        .expected_current
+        .as_ref()
+        .is_some_and(|e| e.trim().is_empty())
+    {
+        return Err(invalid("payload.expected_current must not be empty".into()));
+    }
+    Ok(Payload::AgentStatus(payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const USER: &str = "8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f";
+    const JOB: &str = "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b";
+
+    fn bytes(value: Value) -> Vec<u8> {
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    fn agent_job(payload: Value) -> Value {
+        json!({"job_id": JOB, "kind": "agent.status", "payload": payload})
+    }
+
+    #[test]
+    fn decodes_the_documented_example() {
+        let job = decode(
+            &bytes(json!({
+                "job_id": JOB, "kind": "agent.status",
+                "idempotency_key": "wfm-handover-1", "sequence": 1732262400u64,
+                "actor": "wfm-scheduler", "submitted_at": "2026-11-22T07:59:58Z",
+                "not_after": "2026-11-22T08:15:00Z", "correlation_id": "handover-1",
+                "payload": {"user_id": USER, "presence": "Available", "message": "shift start"}
+            })),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(job.idempotency_key, "wfm-handover-1");
+        assert_eq!(job.entity(), format!("user:{USER}"));
+        assert_eq!(job.sequence, Some(1732262400));
+        let Payload::AgentStatus(p) = &job.payload;
+        assert_eq!(p.presence, "Available");
+        assert_eq!(p.message.as_deref(), Some("shift start"));
+    }
+
+    #[test]
+    fn default_key_is_the_payload_fingerprint_and_ignores_key_order() {
+        let a = decode(
+            &bytes(agent_job(json!({"user_id": USER, "presence": "Break"}))),
+            1 << 20,
+        )
+        .unwrap();
+        let raw = format!(
+            r#"{{"kind":"agent.status","payload":{{"presence":"Break","user_id":"{USER}"}},"job_id":"{JOB}"}}"#
+        );
+        let b = decode(raw.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(a.idempotency_key, a.fingerprint);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_code() {
+        let code = |body: &[u8]| decode(body, 1 << 20).unwrap_err().code;
+        assert_eq!(code(b"{not json"), "malformed_json");
+        assert_eq!(code(b"[1,2]"), "invalid_job");
+        assert_eq!(
+            code(&bytes(json!({"kind": "agent.status", "payload": {}}))),
+            "invalid_job"
+        );
+        assert_eq!(
+            code(&bytes(
+                json!({"job_id": "nope", "kind": "agent.status", "payload": {}})
+            )),
+            "invalid_job"
+        );
+        assert_eq!(
+            code(&bytes(
+                json!({"job_id": JOB, "kind": "agent.teleport", "payload": {}})
+            )),
+            "unknown_kind"
+        );
+        assert_eq!(
+            code(&bytes(agent_job(
+                json!({"user_id": "42", "presence": "Available"})
+            ))),
+            "invalid_payload"
+        );
+        assert_eq!(
+            code(&bytes(agent_job(json!({"user_id": USER})))),
+            "invalid_payload"
+        );
+        assert_eq!(
+            code(&bytes(agent_job(
+                json!({"user_id": USER, "presence": "x", "colour": 1})
+            ))),
+            "invalid_payload"
+        );
+        assert_eq!(
+            code(&bytes(agent_job(
+                json!({"user_id": USER, "presence": "x", "routing_status": "INTERACTING"})
+            ))),
+            "invalid_payload"
+        );
+        let mut late = agent_job(json!({"user_id": USER, "presence": "x"}));
+        late["not_after"] = json!("yesterday");
+        assert_eq!(code(&bytes(late)), "invalid_job");
+        assert_eq!(
+            decode(&[b' '; 100], 10).unwrap_err().code,
+            "payload_too_large"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_job_and_the_field() {
+        let err = decode(
+            &bytes(agent_job(json!({"user_id": "42", "presence": "Available"}))),
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(err.job_id, Some(Uuid::parse_str(JOB).unwrap()));
+        assert_eq!(err.kind.as_deref(), Some("agent.status"));
+        assert!(err.message.contains(JOB), "{}", err.message);
+        assert!(err.message.contains("payload.user_id"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_kind_is_named_for_the_audit_event() {
+        let err = decode(
+            &bytes(json!({"job_id": JOB, "kind": "agent.teleport", "payload": {}})),
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind.as_deref(), Some("agent.teleport"));
+        assert!(err.job_id.is_some());
+    }
+
+    #[test]
+    fn contract_kinds_not_yet_applied_are_unsupported_not_unknown() {
+        let err = decode(
+            &bytes(json!({"job_id": JOB, "kind": "flow.deploy", "payload": {}})),
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "unsupported_kind");
+    }
+}

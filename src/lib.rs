@@ -1,0 +1,36 @@
+//! genesys-worker: applies change requests to Genesys Cloud reliably and within its rate limits.
+//!
+//! # Layout
+//!
+//! Modules follow the pipeline (DESIGN.md section 1), in the order a job passes through them:
+//!
+//! - [`intake`]: consumes the work queue with manual acks; acks or dead-letters each job last.
+//! - [`job`]: stage 1, decode and validate the message.
+//! - [`dedupe`]: stage 2, Redis idempotency records, leases and takeover.
+//! - [`limit`]: stage 4, the token bucket every Genesys call waits on.
+//! - [`apply`]: stage 5, one module per job kind, over the [`genesys`] client; [`retry`] is the
+//!   retry policy.
+//! - [`record`]: stage 6, the outcome with entity version and hash chain.
+//! - [`broker`]: stage 7, the topology and confirmed publishing of events and dead letters.
+//! - [`pipeline`]: runs one job through the stages and returns what to do with the delivery.
+//! - [`worker`]: wires the stages together: `run(config, shutdown)`.
+//!
+//! Around it: [`config`], [`events`] (the consumers' contract), [`store`] (Redis keys),
+//! [`canonical`] (canonical JSON), [`enqueue`] (the producer CLI) and [`sandbox`], the Genesys
+//! Cloud simulator used by the tests and the demo.
+
+pub mod apply;
+pub mod broker;
+pub mod canonical;
+pub mod config;
+pub mod dedupe;
+pub mod events;
+pub mod genesys;
+pub mod intake;
+pub mod job;
+pub mod limit;
+pub mod pipeline;
+pub mod record;
+pub mod retry;
+pub mod store;
+pub mod worker;

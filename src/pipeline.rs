@@ -1,0 +1,307 @@
+//! One job through the stages: decode → dedupe → (expiry) → apply → record → publish.
+//!
+//! [`Pipeline::process`] returns what to do with the delivery ([`Disposition`]); the intake acks
+//! or dead-letters accordingly, always after the events here were confirmed. An `Err` means the
+//! worker's own infrastructure (Redis, the broker) failed: the job was not finished and must be
+//! delivered again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::BasicProperties;
+use time::OffsetDateTime;
+
+use crate::apply::{self, Applied};
+use crate::broker::{BrokerError, Publisher};
+use crate::config::Topology;
+use crate::dedupe::{Claim, Lease};
+use crate::events::{audit_event_id, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::genesys::GenesysClient;
+use crate::job::{self, DecodeError, Job};
+use crate::record;
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+
+/// A delivery as the pipeline sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    pub properties: &'a BasicProperties,
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
+/// What the intake does with the delivery once the job is finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Send to the dead-letter queue with these headers, then ack.
+    DeadLetter {
+        code: String,
+        message: String,
+        attempts: u32,
+    },
+}
+
+/// The worker's own infrastructure failed; the job must be delivered again.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub store: Store,
+    pub genesys: Arc<GenesysClient>,
+    pub publisher: Publisher,
+    pub topology: Topology,
+    pub retry: RetryPolicy,
+    pub max_message_bytes: usize,
+}
+
+impl Pipeline {
+    #[tracing::instrument(skip_all, fields(job_id = tracing::field::Empty, kind = tracing::field::Empty))]
+    pub async fn process(&self, incoming: Incoming<'_>) -> Result<Disposition, PipelineError> {
+        let started = Instant::now();
+        let job = match job::decode(incoming.body, self.max_message_bytes) {
+            Ok(job) => job,
+            Err(err) => return self.reject_undecodable(err, started).await,
+        };
+        let span = tracing::Span::current();
+        span.record("job_id", tracing::field::display(job.job_id));
+        span.record("kind", job.kind.as_str());
+        match self
+            .store
+            .claim(&job.idempotency_key, &job.fingerprint)
+            .await?
+        {
+            Claim::Owned(lease) => self.run_owned(&job, &lease, started).await,
+            Claim::Done {
+                events,
+                confirmed: false,
+                ..
+            } => {
+                // Finished before, but its events may not have reached the exchanges: send the
+                // stored ones again (same ids, same bytes).
+                tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
+                for event in &events {
+                    self.publisher.publish_event(event).await?;
+                }
+                self.store.mark_confirmed(&job.idempotency_key).await?;
+                Ok(Disposition::Ack)
+            }
+            Claim::Done {
+                confirmed: true, ..
+            } => {
+                let draft = self.draft(
+                    &job,
+                    &Applied::refused(Outcome::Duplicate, "", String::new()),
+                    started,
+                );
+                let draft = AuditEvent {
+                    error: None,
+                    genesys_status: None,
+                    attempts: 0,
+                    ..draft
+                };
+                self.publish_unrecorded(draft).await?;
+                tracing::info!(idempotency_key = %job.idempotency_key, "Duplicate job; no Genesys call made.");
+                Ok(Disposition::Ack)
+            }
+            Claim::KeyReused => {
+                let message = format!(
+                    "job {}: {}: idempotency key {:?} was already used with a different payload",
+                    job.job_id,
+                    job.entity(),
+                    job.idempotency_key
+                );
+                let applied =
+                    Applied::refused(Outcome::Rejected, "idempotency_key_reused", message.clone());
+                let mut draft = self.draft(&job, &applied, started);
+                draft.attempts = 0;
+                self.publish_unrecorded(draft).await?;
+                tracing::warn!(idempotency_key = %job.idempotency_key, "Idempotency key reused with another payload; rejected.");
+                Ok(Disposition::DeadLetter {
+                    code: "idempotency_key_reused".into(),
+                    message,
+                    attempts: 0,
+                })
+            }
+        }
+    }
+
+    async fn run_owned(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        started: Instant,
+    ) -> Result<Disposition, PipelineError> {
+        let keeper = self.store.keep_alive(lease);
+        let applied = match job.not_after {
+            Some(deadline) if OffsetDateTime::now_utc() > deadline => Applied::refused(
+                Outcome::Expired,
+                "expired",
+                format!(
+                    "job {}: {}: not_after {deadline} has passed",
+                    job.job_id,
+                    job.entity()
+                ),
+            ),
+            _ => {
+                let ctx = apply::Context {
+                    genesys: &self.genesys,
+                    retry: &self.retry,
+                };
+                apply::apply(ctx, job, lease.takeover).await
+            }
+        };
+        drop(keeper);
+        let draft = self.draft(job, &applied, started);
+        // Only a change that reached Genesys must never run again; other outcomes release the
+        // key so a redelivery or a DLQ replay evaluates the job afresh.
+        let remember = applied.outcome.changed_entity();
+        let (event, messages) = self
+            .store
+            .commit(lease, &draft, remember, |e| self.outbound(e))
+            .await?;
+        for message in &messages {
+            self.publisher.publish_event(message).await?;
+        }
+        if remember {
+            self.store.mark_confirmed(&job.idempotency_key).await?;
+        }
+        tracing::info!(
+            outcome = %event.outcome,
+            entity = %event.entity,
+            entity_version = event.entity_version,
+            latency_ms = event.latency_ms,
+            "Job finished."
+        );
+        Ok(disposition(&event))
+    }
+
+    /// A message that did not decode: announced when it names a job, always dead-lettered.
+    async fn reject_undecodable(
+        &self,
+        err: DecodeError,
+        started: Instant,
+    ) -> Result<Disposition, PipelineError> {
+        tracing::warn!(code = err.code, error.message = %err.message, "Rejected an invalid job message.");
+        if let (Some(job_id), Some(kind)) = (err.job_id, err.kind.clone()) {
+            let idempotency_key = err
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| job_id.to_string());
+            let draft = AuditEvent {
+                event_id: audit_event_id(&idempotency_key, job_id, Outcome::Rejected),
+                job_id,
+                kind,
+                idempotency_key: Some(idempotency_key),
+                entity: err
+                    .entity
+                    .clone()
+                    .unwrap_or_else(|| format!("job:{job_id}")),
+                outcome: Outcome::Rejected,
+                actor: err.actor.clone(),
+                correlation_id: err.correlation_id.clone(),
+                previous_state: None,
+                new_state: None,
+                attempts: 0,
+                latency_ms: started.elapsed().as_millis() as u64,
+                genesys_status: None,
+                error: Some(EventError {
+                    code: err.code.into(),
+                    message: err.message.clone(),
+                }),
+                entity_version: 0,
+                checksum: None,
+                prev_checksum: String::new(),
+                occurred_at: now(),
+            };
+            self.publish_unrecorded(draft).await?;
+        }
+        Ok(Disposition::DeadLetter {
+            code: err.code.into(),
+            message: err.message,
+            attempts: 0,
+        })
+    }
+
+    /// Publishes an event that records nothing: it only references the entity's chain head.
+    async fn publish_unrecorded(&self, mut draft: AuditEvent) -> Result<(), PipelineError> {
+        let head = self.store.entity_head(&draft.entity).await?;
+        record::link(&mut draft, &head);
+        for message in self.outbound(&draft) {
+            self.publisher.publish_event(&message).await?;
+        }
+        Ok(())
+    }
+
+    fn draft(&self, job: &Job, applied: &Applied, started: Instant) -> AuditEvent {
+        AuditEvent {
+            event_id: audit_event_id(&job.idempotency_key, job.job_id, applied.outcome),
+            job_id: job.job_id,
+            kind: job.kind.as_str().into(),
+            idempotency_key: Some(job.idempotency_key.clone()),
+            entity: job.entity(),
+            outcome: applied.outcome,
+            actor: job.actor.clone(),
+            correlation_id: job.correlation_id.clone(),
+            previous_state: applied.previous_state.clone(),
+            new_state: applied.new_state.clone(),
+            attempts: applied.attempts,
+            latency_ms: started.elapsed().as_millis() as u64,
+            genesys_status: applied.genesys_status,
+            error: applied.error.clone(),
+            entity_version: 0,
+            checksum: None,
+            prev_checksum: String::new(),
+            occurred_at: now(),
+        }
+    }
+
+    /// The messages an audit event produces: itself, and a CRM event when it applied a change.
+    fn outbound(&self, event: &AuditEvent) -> Vec<OutboundEvent> {
+        let mut messages = vec![OutboundEvent {
+            exchange: self.topology.audit_exchange.clone(),
+            routing_key: event.routing_key(),
+            message_id: event.event_id.to_string(),
+            body: serde_json::to_string(event).expect("audit events serialize"),
+        }];
+        if event.outcome == Outcome::Applied {
+            let crm = CrmEvent::from_audit(event);
+            messages.push(OutboundEvent {
+                exchange: self.topology.crm_exchange.clone(),
+                routing_key: crm.routing_key(),
+                message_id: crm.event_id.to_string(),
+                body: serde_json::to_string(&crm).expect("crm events serialize"),
+            });
+        }
+        messages
+    }
+}
+
+fn disposition(event: &AuditEvent) -> Disposition {
+    if !event.outcome.dead_letters() {
+        return Disposition::Ack;
+    }
+    let error = event.error.clone().unwrap_or(EventError {
+        code: event.outcome.as_str().into(),
+        message: String::new(),
+    });
+    Disposition::DeadLetter {
+        code: error.code,
+        message: error.message,
+        attempts: event.attempts,
+    }
+}
+
+/// Now, to the millisecond: events carry no false precision.
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond())
+        .expect("a millisecond of the current time is valid")
+}

@@ -1,0 +1,157 @@
+//! The retry policy for Genesys calls (DESIGN.md section 5, "Retries").
+//!
+//! Transient errors (408, 5xx but 501, network) are retried in-process with exponential backoff
+//! and full jitter, up to `max_attempts`. Throttling is not failure: the client waits out 429s
+//! itself and they never reach this policy as an attempt. Permanent errors and conflicts are
+//! returned at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::genesys::{ErrorClass, GenesysError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A result and how many attempts it took.
+#[derive(Debug)]
+pub struct Attempted<T> {
+    pub result: Result<T, GenesysError>,
+    pub attempts: u32,
+}
+
+impl RetryPolicy {
+    /// Upper bound of the wait after failed attempt `attempt` (1-based); the real wait is a
+    /// uniform draw below it ("full jitter"), so replicas that failed together spread out.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self.backoff_ceiling(attempt).as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(0..=ceiling))
+    }
+
+    /// Whether a failure of `class` is worth another in-process attempt.
+    pub fn retries(class: ErrorClass) -> bool {
+        match class {
+            ErrorClass::Transient => true,
+            // The client already waited out every 429 it could; what is left exceeded its patience.
+            ErrorClass::RateLimited | ErrorClass::Permanent | ErrorClass::Conflict => false,
+        }
+    }
+
+    /// Runs `op` (given the 1-based attempt number) until it succeeds, fails for good, or the
+    /// attempts run out.
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Attempted<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, GenesysError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op(attempt).await {
+                Ok(value) => {
+                    return Attempted {
+                        result: Ok(value),
+                        attempts: attempt,
+                    }
+                }
+                Err(err) if Self::retries(err.class()) && attempt < self.max_attempts => {
+                    let wait = self.backoff(attempt);
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error.message = %err, "Transient Genesys error; retrying.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Attempted {
+                        result: Err(err),
+                        attempts: attempt,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        assert_eq!(policy.backoff_ceiling(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff_ceiling(2), Duration::from_millis(200));
+        assert_eq!(policy.backoff_ceiling(4), Duration::from_millis(800));
+        assert_eq!(policy.backoff_ceiling(5), Duration::from_secs(1));
+        assert_eq!(policy.backoff_ceiling(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_transient_errors_are_retried_here() {
+        assert!(RetryPolicy::retries(ErrorClass::Transient));
+        assert!(!RetryPolicy::retries(ErrorClass::Permanent));
+        assert!(!RetryPolicy::retries(ErrorClass::Conflict));
+        assert!(!RetryPolicy::retries(ErrorClass::RateLimited));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_until_attempts_run_out() {
+        let policy = RetryPolicy::default();
+        let outcome = policy
+            .run(|_| async {
+                Err::<(), _>(GenesysError::Api {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                    status: 503,
+                    code: "service.unavailable".into(),
+                    message: String::new(),
+                    context_id: String::new(),
+                    retry_after: None,
+                })
+            })
+            .await;
+        assert_eq!(outcome.attempts, 3);
+        assert!(outcome.result.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let outcome = RetryPolicy::default()
+            .run(|_| async {
+                Err::<(), _>(GenesysError::Api {
+                    method: "PATCH".into(),
+                    path: "/x".into(),
+                    status: 404,
+                    code: "not.found".into(),
+                    message: String::new(),
+                    context_id: String::new(),
+                    retry_after: None,
+                })
+            })
+            .await;
+        assert_eq!(outcome.attempts, 1);
+    }
+}

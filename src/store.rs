@@ -1,0 +1,77 @@
+//! The worker's Redis: one auto-reconnecting connection and the key layout shared by the
+//! dedupe and record stages.
+//!
+//! Keys (all under the configured prefix):
+//! - `idem:<idempotency key>`: hash `state` (`in_progress`/`done`), `fp`, `outcome`, `events`,
+//!   `confirmed`; expires after the idempotency TTL once done.
+//! - `lease:<idempotency key>`: the owner token of the worker running the job, with a TTL.
+//! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain.
+
+use redis::aio::ConnectionManager;
+
+use crate::config::ServiceUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis record {key} is corrupt: {problem}")]
+    Corrupt { key: String, problem: String },
+}
+
+/// Redis connection plus key naming.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) conn: ConnectionManager,
+    prefix: String,
+    /// How long a finished job's record is kept, in seconds.
+    pub(crate) idempotency_ttl_secs: u64,
+    /// Lease of an in-progress record, in milliseconds.
+    pub(crate) lease_ms: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects; the connection manager reconnects on its own after a failure.
+    pub async fn connect(
+        url: &ServiceUrl,
+        prefix: &str,
+        idempotency_ttl_secs: u64,
+        lease_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url.expose())?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            idempotency_ttl_secs,
+            lease_ms,
+        })
+    }
+
+    pub(crate) fn record_key(&self, idempotency_key: &str) -> String {
+        format!("{}idem:{idempotency_key}", self.prefix)
+    }
+
+    pub(crate) fn lease_key(&self, idempotency_key: &str) -> String {
+        format!("{}lease:{idempotency_key}", self.prefix)
+    }
+
+    pub(crate) fn entity_key(&self, entity: &str) -> String {
+        format!("{}entity:{entity}", self.prefix)
+    }
+
+    /// Answers when Redis does: used by readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+}

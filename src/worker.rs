@@ -1,0 +1,88 @@
+//! `run(config, shutdown)`: connects the stages and runs until `shutdown` resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lapin::types::ReplyCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, topology, BrokerError, Publisher};
+use crate::config::Config;
+use crate::genesys::GenesysClient;
+use crate::intake::{self, IntakeSettings};
+use crate::limit::Budget;
+use crate::pipeline::Pipeline;
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Runs the worker until `shutdown` resolves: stops intake, lets in-flight jobs finish within
+/// the grace period, then closes the broker connection cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    tracing::info!(amqp = %config.amqp_url, redis = %config.redis_url, genesys = %config.genesys.api_base, "Starting worker.");
+    let store = Store::connect(
+        &config.redis_url,
+        &config.redis_key_prefix,
+        config.idempotency_ttl_secs,
+        config.lease_ms,
+    )
+    .await?;
+    let connection = broker::connect(&config.amqp_url).await?;
+    let setup = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::from)?;
+    topology::declare(&setup, &config.topology).await?;
+    let publisher = Publisher::open(&connection).await?;
+    let budget = Arc::new(Budget::new(
+        config.genesys.rate_limit_rps,
+        config.genesys.rate_limit_burst,
+    ));
+    let pipeline = Arc::new(Pipeline {
+        store,
+        genesys: Arc::new(GenesysClient::new(&config.genesys, budget)),
+        publisher,
+        topology: config.topology.clone(),
+        retry: RetryPolicy {
+            max_attempts: config.genesys.max_attempts,
+            ..RetryPolicy::default()
+        },
+        max_message_bytes: config.max_message_bytes,
+    });
+    let settings = IntakeSettings {
+        queue: config.topology.work_queue.clone(),
+        concurrency: config.worker_concurrency,
+        prefetch: config.worker_prefetch,
+        grace: config.shutdown_timeout(),
+    };
+    let cancel = CancellationToken::new();
+    let consumer = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::from)?;
+    let consume = intake::consume(&consumer, pipeline, &settings, cancel.clone());
+    tokio::pin!(consume, shutdown);
+    let result = tokio::select! {
+        result = &mut consume => result,
+        _ = &mut shutdown => {
+            tracing::info!("Shutdown requested.");
+            cancel.cancel();
+            consume.await
+        }
+    };
+    // Acks travel on the consumer channel: closing it waits for what was written before.
+    let ok: ReplyCode = 200;
+    for channel in [&consumer, &setup] {
+        let _ = channel.close(ok, "worker stopping".into()).await;
+    }
+    let _ = connection.close(ok, "worker stopping".into()).await;
+    tracing::info!("Worker stopped.");
+    Ok(result?)
+}
