@@ -35,6 +35,10 @@ impl fmt::Debug for Secret {
 pub struct ServiceUrl(Url);
 
 impl ServiceUrl {
+    pub fn parse(raw: &str) -> Result<Self, url::ParseError> {
+        Url::parse(raw).map(Self)
+    }
+
     pub fn expose(&self) -> &str {
         self.0.as_str()
     }

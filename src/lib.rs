@@ -22,8 +22,10 @@
 pub mod apply;
 pub mod broker;
 pub mod canonical;
+pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod enqueue;
 pub mod events;
 pub mod genesys;
 pub mod intake;
@@ -32,5 +34,7 @@ pub mod limit;
 pub mod pipeline;
 pub mod record;
 pub mod retry;
+pub mod sandbox;
 pub mod store;
+pub mod telemetry;
 pub mod worker;

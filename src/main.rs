@@ -1,1 +1,171 @@
-fn main() {}
+//! The `genesys-worker` binary: parses the command line, sets up logging, and hands over to the
+//! library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use genesys_worker::cli::{Cli, Command, EnqueueArgs, SandboxArgs};
+use genesys_worker::config::{Config, LogFormat, ServiceUrl};
+use genesys_worker::enqueue::{self, EnqueueOptions};
+use genesys_worker::sandbox::{self, SandboxConfig};
+use genesys_worker::{telemetry, worker};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run => run().await,
+        Command::Sandbox(args) => run_sandbox(args).await,
+        Command::Enqueue(args) => run_enqueue(args).await,
+    }
+}
+
+fn log_format_from_env() -> LogFormat {
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+async fn run() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    match worker::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error.message = %err, "Worker stopped on an error.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sandbox(args: SandboxArgs) -> ExitCode {
+    telemetry::init(log_format_from_env());
+    let mut clients = Vec::new();
+    for client in &args.clients {
+        let Some((id, secret)) = client.split_once(':') else {
+            eprintln!("invalid --client {client:?}: expected ID:SECRET");
+            return ExitCode::from(2);
+        };
+        clients.push((id.to_string(), secret.to_string()));
+    }
+    let config = SandboxConfig {
+        users: args.users,
+        clients,
+        token_ttl_secs: args.token_ttl_secs,
+    };
+    let listener = match tokio::net::TcpListener::bind(args.bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("sandbox: cannot listen on {}: {err}", args.bind);
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.bind.ip().is_loopback() {
+        tracing::warn!(bind = %args.bind, "The sandbox listens beyond loopback; it has no real security.");
+    }
+    tracing::info!(addr = %args.bind, users = config.users, "Genesys sandbox listening.");
+    match sandbox::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sandbox: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
+    telemetry::init(log_format_from_env());
+    let input = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(&args.file)
+    };
+    let input = match input {
+        Ok(input) => input,
+        Err(err) => {
+            eprintln!("cannot read {}: {err}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let amqp_url = match ServiceUrl::parse(&args.amqp_url) {
+        Ok(url) => url,
+        Err(err) => {
+            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = EnqueueOptions {
+        amqp_url,
+        jobs_exchange: args.jobs_exchange,
+        audit_exchange: args.audit_exchange,
+        await_outcomes: args.await_outcomes,
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let print = |event: &genesys_worker::events::AuditEvent| {
+        let error = event
+            .error
+            .as_ref()
+            .map(|e| format!("  [{}] {}", e.code, e.message))
+            .unwrap_or_default();
+        let state = event
+            .new_state
+            .as_ref()
+            .and_then(|s| s.get("presence"))
+            .and_then(|p| p.as_str())
+            .map(|p| format!(" -> {p}"))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<14} {:<10} {}{state}{error}",
+            event.job_id, event.kind, event.outcome, event.entity
+        );
+    };
+    match enqueue::enqueue(&input, &options, print).await {
+        Ok(events) => {
+            if options.await_outcomes {
+                let mut counts = std::collections::BTreeMap::new();
+                for event in &events {
+                    *counts.entry(event.outcome.as_str()).or_insert(0) += 1;
+                }
+                let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!("{} job(s): {}", events.len(), summary.join(", "));
+            } else {
+                println!("published");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("enqueue: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,101 @@
+//! The Genesys error body and bearer-token checks shared by the API handlers.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::Sandbox;
+
+/// An API error, rendered as Genesys' `ErrorBody` with an `ININ-Correlation-Id` header equal to
+/// its `contextId`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad.request", message)
+    }
+
+    pub(crate) fn invalid_value(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid.value", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not.found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let context_id = Uuid::new_v4().to_string();
+        let body = json!({
+            "message": self.message,
+            "code": self.code,
+            "status": self.status.as_u16(),
+            "contextId": context_id,
+            "details": [],
+            "errors": [],
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Ok(value) = HeaderValue::from_str(&context_id) {
+            response.headers_mut().insert("ININ-Correlation-Id", value);
+        }
+        response
+    }
+}
+
+/// Any path the sandbox does not serve answers as the API does for an unknown resource.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("The requested resource was not found.")
+}
+
+/// The OAuth client behind the request's bearer token.
+pub(crate) fn authorize(sandbox: &Sandbox, headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication.required",
+            "No authentication bearer token specified in authorization header.",
+        ));
+    };
+    sandbox.world().client_of(token.trim()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad.credentials",
+            "Invalid login credentials.",
+        )
+    })
+}
+
+/// Parses a path id the way the API does: anything that is not a known id is "not found".
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::not_found(format!("The {what} {raw} was not found.")))
+}
+
+/// Reads a JSON body, answering malformed input with Genesys' 400.
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("The request could not be understood: {e}")))
+}
