@@ -1,0 +1,453 @@
+//! `spawn_app()`: a sandbox, a worker wired to it, and capture queues on the outbound exchanges.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use genesys_worker::broker::{self, topology, Publisher};
+use genesys_worker::config::{Config, ServiceUrl};
+use genesys_worker::events::{AuditEvent, CrmEvent};
+use genesys_worker::sandbox::{self, SandboxConfig, SandboxHandle};
+use genesys_worker::worker;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+pub fn random_name() -> String {
+    Alphanumeric
+        .sample_string(&mut rand::rng(), 10)
+        .to_lowercase()
+}
+
+/// Connects to the test broker, or fails with the command that starts it.
+pub async fn connect_broker() -> Connection {
+    let url = ServiceUrl::parse(&amqp_url()).expect("AMQP_URL is a URL");
+    let mut last_error = None;
+    for _ in 0..20 {
+        match broker::connect(&url).await {
+            Ok(connection) => return connection,
+            Err(err) => last_error = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!(
+        "RabbitMQ is not reachable at {url} ({last_error:?}). Start the test services with \
+         `scripts/services.sh up`, or run the whole suite with `scripts/test.sh`."
+    );
+}
+
+/// Checks Redis answers, or fails with the command that starts it.
+pub async fn check_redis() {
+    let ok = async {
+        let client = redis::Client::open(redis_url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    if tokio::time::timeout(Duration::from_secs(5), ok)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        panic!(
+            "Redis is not reachable at {}. Start the test services with `scripts/services.sh up`, \
+             or run the whole suite with `scripts/test.sh`.",
+            redis_url()
+        );
+    }
+}
+
+/// Settings of a test worker; `overrides` win.
+pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &str)]) -> Config {
+    let base = sandbox.base_url();
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("AMQP_URL".into(), amqp_url()),
+        ("REDIS_URL".into(), redis_url()),
+        ("REDIS_KEY_PREFIX".into(), format!("test:{prefix}:")),
+        ("GENESYS_API_BASE".into(), base.clone()),
+        ("GENESYS_LOGIN_BASE".into(), base),
+        (
+            "GENESYS_CLIENT_ID".into(),
+            sandbox::DEFAULT_CLIENT_ID.into(),
+        ),
+        (
+            "GENESYS_CLIENT_SECRET".into(),
+            sandbox::DEFAULT_CLIENT_SECRET.into(),
+        ),
+        ("GENESYS_RATE_LIMIT_RPS".into(), "500".into()),
+        ("GENESYS_RATE_LIMIT_BURST".into(), "50".into()),
+        ("JOBS_EXCHANGE".into(), format!("test.{prefix}.jobs")),
+        ("WORK_QUEUE".into(), format!("test.{prefix}.jobs.work")),
+        (
+            "DEAD_LETTER_QUEUE".into(),
+            format!("test.{prefix}.jobs.dead"),
+        ),
+        ("AUDIT_EXCHANGE".into(), format!("test.{prefix}.audit")),
+        ("CRM_EXCHANGE".into(), format!("test.{prefix}.crm")),
+        ("SHUTDOWN_TIMEOUT_SECS".into(), "5".into()),
+        ("WORKER_CONCURRENCY".into(), "8".into()),
+        ("WORKER_PREFETCH".into(), "8".into()),
+    ]);
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
+}
+
+/// An event as it arrived, with its routing key.
+#[derive(Debug, Clone)]
+pub struct Arrived<T> {
+    pub routing_key: String,
+    pub event: T,
+    pub properties: BasicProperties,
+}
+
+/// A dead letter as it sits in the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub headers: HashMap<String, String>,
+}
+
+pub struct TestApp {
+    pub sandbox: SandboxHandle,
+    pub config: Config,
+    pub http: reqwest::Client,
+    connection: Connection,
+    channel: Channel,
+    publisher: Publisher,
+    audit: Consumer,
+    crm: Consumer,
+    stop: Option<oneshot::Sender<()>>,
+    worker: Option<tokio::task::JoinHandle<Result<(), worker::WorkerError>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(
+        SandboxConfig {
+            users: 20,
+            ..SandboxConfig::default()
+        },
+        &[],
+    )
+    .await
+}
+
+pub async fn spawn_app_with(sandbox_config: SandboxConfig, overrides: &[(&str, &str)]) -> TestApp {
+    check_redis().await;
+    let connection = connect_broker().await;
+    let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), sandbox_config)
+        .await
+        .expect("sandbox starts");
+    let prefix = random_name();
+    let config = test_config(&sandbox, &prefix, overrides);
+    let channel = connection.create_channel().await.unwrap();
+    // Declared here too, so jobs published before the worker is up wait in the queue.
+    topology::declare(&channel, &config.topology).await.unwrap();
+    let audit = capture(&channel, &config.topology.audit_exchange).await;
+    let crm = capture(&channel, &config.topology.crm_exchange).await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        sandbox,
+        config,
+        http: reqwest::Client::new(),
+        connection,
+        channel,
+        publisher,
+        audit,
+        crm,
+        stop: Some(stop),
+        worker: Some(worker),
+    }
+}
+
+async fn capture(channel: &Channel, exchange: &str) -> Consumer {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn next_from<T: serde::de::DeserializeOwned>(
+    consumer: &mut Consumer,
+    wait: Duration,
+) -> Option<Arrived<T>> {
+    let delivery = tokio::time::timeout(wait, consumer.next())
+        .await
+        .ok()??
+        .ok()?;
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let event = serde_json::from_slice(&delivery.data).unwrap_or_else(|e| {
+        panic!(
+            "event does not parse ({e}): {}",
+            String::from_utf8_lossy(&delivery.data)
+        )
+    });
+    Some(Arrived {
+        routing_key: delivery.routing_key.to_string(),
+        event,
+        properties: delivery.properties,
+    })
+}
+
+fn header_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl TestApp {
+    /// Publishes a job message as a producer would: routing key = kind, persistent JSON.
+    pub async fn publish(&self, job: &Value) {
+        let kind = job.get("kind").and_then(Value::as_str).unwrap_or("unknown");
+        self.publish_raw(kind, serde_json::to_vec(job).unwrap().as_slice())
+            .await;
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.publisher
+            .publish(
+                &self.config.topology.jobs_exchange,
+                routing_key,
+                body,
+                properties,
+            )
+            .await
+            .expect("job published");
+    }
+
+    /// The next `n` audit events, failing the test if they do not all arrive in time.
+    pub async fn audit_events(&mut self, n: usize) -> Vec<Arrived<AuditEvent>> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            match next_from(&mut self.audit, WAIT).await {
+                Some(event) => events.push(event),
+                None => panic!(
+                    "expected {n} audit events, got {}: {events:#?}",
+                    events.len()
+                ),
+            }
+        }
+        events
+    }
+
+    pub async fn crm_events(&mut self, n: usize) -> Vec<Arrived<CrmEvent>> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            match next_from(&mut self.crm, WAIT).await {
+                Some(event) => events.push(event),
+                None => panic!("expected {n} crm events, got {}: {events:#?}", events.len()),
+            }
+        }
+        events
+    }
+
+    /// Asserts nothing more arrives on the audit and crm exchanges for a while.
+    pub async fn assert_no_more_events(&mut self) {
+        let quiet = Duration::from_millis(500);
+        if let Some(extra) = next_from::<Value>(&mut self.audit, quiet).await {
+            panic!("unexpected audit event: {extra:#?}");
+        }
+        if let Some(extra) = next_from::<Value>(&mut self.crm, quiet).await {
+            panic!("unexpected crm event: {extra:#?}");
+        }
+    }
+
+    /// The next `n` messages of the dead-letter queue.
+    pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetter> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut letters = Vec::new();
+        while letters.len() < n {
+            let got = self
+                .channel
+                .basic_get(
+                    self.config.topology.dead_letter.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            match got {
+                Some(message) => {
+                    let delivery = message.delivery;
+                    let headers = delivery
+                        .properties
+                        .headers()
+                        .clone()
+                        .unwrap_or_default()
+                        .inner()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), header_text(v)))
+                        .collect();
+                    letters.push(DeadLetter {
+                        body: delivery.data,
+                        routing_key: delivery.routing_key.to_string(),
+                        headers,
+                    });
+                }
+                None if tokio::time::Instant::now() > deadline => {
+                    panic!(
+                        "expected {n} dead letters, got {}: {letters:#?}",
+                        letters.len()
+                    )
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        letters
+    }
+
+    pub async fn sandbox_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/sandbox/stats", self.sandbox.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Changes the sandbox applied, in order.
+    pub async fn mutations(&self) -> Vec<Value> {
+        self.sandbox_stats().await["mutations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many requests the sandbox answered on `route` (e.g. `PATCH /api/v2/...`) with `status`.
+    pub async fn requests(&self, route: &str, status: u16) -> u64 {
+        requests_in(&self.sandbox_stats().await, route, status)
+    }
+
+    /// The sandbox's view of a user: `presence` (label) and `routingStatus`.
+    pub async fn user(&self, id: Uuid) -> Value {
+        let users: Value = self
+            .http
+            .get(format!("{}/sandbox/users", self.sandbox.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        users["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == id.to_string())
+            .cloned()
+            .unwrap_or_else(|| panic!("user {id} is not seeded"))
+    }
+
+    /// Stops the worker and removes this test's exchanges and queues.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            worker
+                .await
+                .expect("worker task")
+                .expect("worker stops cleanly");
+        }
+        let topology = &self.config.topology;
+        for queue in [&topology.work_queue, &topology.dead_letter] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &topology.jobs_exchange,
+            &topology.audit_exchange,
+            &topology.crm_exchange,
+            &topology.dead_letter,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+pub fn requests_in(stats: &Value, route: &str, status: u16) -> u64 {
+    stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"] == route && r["status"] == status)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// A new `agent.status` job for `user`.
+pub fn agent_job(user: Uuid, payload: Value) -> Value {
+    let mut payload = payload;
+    payload["user_id"] = Value::String(user.to_string());
+    serde_json::json!({
+        "job_id": Uuid::new_v4(),
+        "kind": "agent.status",
+        "actor": "integration-test",
+        "correlation_id": format!("corr-{}", random_name()),
+        "payload": payload,
+    })
+}

@@ -1,0 +1,10 @@
+//! Integration tests against real RabbitMQ and Redis servers and the in-process sandbox.
+//!
+//! Start the servers with `scripts/services.sh up` (or run `scripts/test.sh`, which does it).
+//! Every test uses its own exchange, queue and Redis key names, so tests run in parallel on one
+//! broker and one Redis.
+
+mod agent_status;
+mod genesys_client;
+mod helpers;
+mod sandbox_api;

@@ -1,0 +1,183 @@
+//! The sandbox speaks like Genesys: paths, field names, error bodies, control API.
+
+use genesys_worker::sandbox::{self, presence_definition_id, user_id, SandboxConfig};
+use reqwest::Client;
+use serde_json::{json, Value};
+
+async fn token(http: &Client, base: &str) -> String {
+    let reply: Value = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(
+            sandbox::DEFAULT_CLIENT_ID,
+            Some(sandbox::DEFAULT_CLIENT_SECRET),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["token_type"], "bearer");
+    assert_eq!(reply["expires_in"], 86_400);
+    reply["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn errors_use_the_genesys_error_body_and_correlation_header() {
+    let handle = sandbox::spawn("127.0.0.1:0".parse().unwrap(), SandboxConfig::default())
+        .await
+        .unwrap();
+    let base = handle.base_url();
+    let http = Client::new();
+    let token = token(&http, &base).await;
+    let response = http
+        .get(format!(
+            "{base}/api/v2/users/{}/presences/purecloud",
+            uuid::Uuid::new_v4()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let correlation = response.headers()["ININ-Correlation-Id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not.found");
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["contextId"], correlation);
+    assert!(body["message"].as_str().unwrap().contains("was not found"));
+
+    let patch = http
+        .patch(format!(
+            "{base}/api/v2/users/{}/presences/purecloud",
+            user_id(0)
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"presenceDefinition": {"id": presence_definition_id("Coaching (retired)")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 400);
+    assert_eq!(
+        patch.json::<Value>().await.unwrap()["code"],
+        "invalid.value"
+    );
+
+    let unauthenticated = http
+        .get(format!("{base}/api/v2/presence/definitions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(
+        unauthenticated.json::<Value>().await.unwrap()["code"],
+        "authentication.required"
+    );
+
+    let bad_client = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("nobody", Some("nothing"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_client.status(), 401);
+    assert_eq!(
+        bad_client.json::<Value>().await.unwrap()["error"],
+        "invalid_client"
+    );
+}
+
+#[tokio::test]
+async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed() {
+    let handle = sandbox::spawn("127.0.0.1:0".parse().unwrap(), SandboxConfig::default())
+        .await
+        .unwrap();
+    let base = handle.base_url();
+    let http = Client::new();
+    let token = token(&http, &base).await;
+    let path = format!("{base}/api/v2/users/{}/presences/purecloud", user_id(0));
+    let available = presence_definition_id("Available");
+    let patched: Value = http
+        .patch(&path)
+        .bearer_auth(&token)
+        .json(&json!({"presenceDefinition": {"id": available}, "message": "back"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["presenceDefinition"]["id"], available.to_string());
+    assert_eq!(patched["presenceDefinition"]["systemPresence"], "Available");
+    assert_eq!(patched["message"], "back");
+    assert!(patched["modifiedDate"].as_str().unwrap().ends_with('Z'));
+    let read: Value = http
+        .get(&path)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["presenceDefinition"]["id"], available.to_string());
+
+    let definitions: Value = http
+        .get(format!("{base}/api/v2/presence/definitions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &definitions["entities"][0];
+    for field in [
+        "id",
+        "type",
+        "systemPresence",
+        "languageLabels",
+        "deactivated",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "definition lacks {field}: {first}"
+        );
+    }
+
+    let stats: Value = http
+        .get(format!("{base}/sandbox/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["mutations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        stats["mutations"][0]["entity"],
+        format!("user:{}", user_id(0))
+    );
+    http.post(format!("{base}/sandbox/reset"))
+        .send()
+        .await
+        .unwrap();
+    let stats: Value = http
+        .get(format!("{base}/sandbox/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["mutations"].as_array().unwrap().is_empty());
+    assert!(stats["requests"].as_array().unwrap().is_empty());
+    // Tokens are gone with the reset.
+    let after = http.get(&path).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(after.status(), 401);
+}
