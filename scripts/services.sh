@@ -5,6 +5,8 @@
 #   scripts/services.sh down   stop only what `up` started
 #   scripts/services.sh status
 #
+# SERVICES_STATE names the file where `up` records what it started (default .services/state).
+#
 # Servers run as user processes with their data in a private temporary directory;
 # nothing touches the system services. Ports: RABBITMQ_PORT (5672), REDIS_PORT (6379).
 set -euo pipefail
@@ -12,7 +14,9 @@ set -euo pipefail
 RABBITMQ_PORT="${RABBITMQ_PORT:-5672}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE_FILE="$ROOT/.services/state"
+# What `up` started, for `down` to stop. Scripts pass a file of their own, so their `down` never
+# stops services that someone else started.
+STATE_FILE="${SERVICES_STATE:-$ROOT/.services/state}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -87,7 +91,7 @@ start_rabbitmq() {
 
 up() {
   install_missing
-  mkdir -p "$ROOT/.services"
+  mkdir -p "$(dirname "$STATE_FILE")"
   local dir=""
   if redis_answers; then log "redis already answering on 127.0.0.1:$REDIS_PORT: reusing it"; fi
   if port_answers "$RABBITMQ_PORT"; then log "rabbitmq already answering on 127.0.0.1:$RABBITMQ_PORT: reusing it"; fi

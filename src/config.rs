@@ -227,11 +227,7 @@ impl Config {
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
                 &["amqp", "amqps"],
             )?,
-            redis_url: env.service_url(
-                "REDIS_URL",
-                "redis://127.0.0.1:6379/",
-                &["redis", "rediss"],
-            )?,
+            redis_url: env.service_url("REDIS_URL", "redis://127.0.0.1:6379/", &["redis", "rediss"])?,
             redis_key_prefix: env.string("REDIS_KEY_PREFIX", "gw:")?,
             genesys,
             topology,
@@ -366,18 +362,9 @@ mod tests {
     #[test]
     fn defaults_follow_the_design() {
         let cfg = config(&[]).unwrap();
-        assert_eq!(
-            cfg.genesys.api_base.as_str(),
-            "https://api.mypurecloud.com/"
-        );
-        assert_eq!(
-            cfg.genesys.login_base.as_str(),
-            "https://login.mypurecloud.com/"
-        );
-        assert_eq!(
-            (cfg.genesys.rate_limit_rps, cfg.genesys.rate_limit_burst),
-            (4, 8)
-        );
+        assert_eq!(cfg.genesys.api_base.as_str(), "https://api.mypurecloud.com/");
+        assert_eq!(cfg.genesys.login_base.as_str(), "https://login.mypurecloud.com/");
+        assert_eq!((cfg.genesys.rate_limit_rps, cfg.genesys.rate_limit_burst), (4, 8));
         assert_eq!((cfg.worker_concurrency, cfg.worker_prefetch), (32, 64));
         assert_eq!(cfg.admin_addr.to_string(), "127.0.0.1:9090");
         assert_eq!(cfg.topology, Topology::default());
@@ -387,10 +374,7 @@ mod tests {
     fn region_derives_api_and_login_hosts() {
         let cfg = config(&[("GENESYS_REGION", "mypurecloud.ie")]).unwrap();
         assert_eq!(cfg.genesys.api_base.as_str(), "https://api.mypurecloud.ie/");
-        assert_eq!(
-            cfg.genesys.login_base.as_str(),
-            "https://login.mypurecloud.ie/"
-        );
+        assert_eq!(cfg.genesys.login_base.as_str(), "https://login.mypurecloud.ie/");
     }
 
     #[test]
@@ -418,18 +402,9 @@ mod tests {
             config(&[("WORKER_CONCURRENCY", "0")]).unwrap_err().var,
             "WORKER_CONCURRENCY"
         );
-        assert_eq!(
-            config(&[("AMQP_URL", "http://x")]).unwrap_err().var,
-            "AMQP_URL"
-        );
-        assert_eq!(
-            config(&[("ADMIN_ADDR", "nope")]).unwrap_err().var,
-            "ADMIN_ADDR"
-        );
-        assert_eq!(
-            config(&[("LOG_FORMAT", "xml")]).unwrap_err().var,
-            "LOG_FORMAT"
-        );
+        assert_eq!(config(&[("AMQP_URL", "http://x")]).unwrap_err().var, "AMQP_URL");
+        assert_eq!(config(&[("ADMIN_ADDR", "nope")]).unwrap_err().var, "ADMIN_ADDR");
+        assert_eq!(config(&[("LOG_FORMAT", "xml")]).unwrap_err().var, "LOG_FORMAT");
     }
 
     #[test]

@@ -80,11 +80,7 @@ const BUSY_POLL: Duration = Duration::from_millis(50);
 impl Store {
     /// Claims `idempotency_key` for a job whose payload has `fingerprint`. A copy that finds the
     /// job running elsewhere waits until it finishes or its lease expires.
-    pub async fn claim(
-        &self,
-        idempotency_key: &str,
-        fingerprint: &str,
-    ) -> Result<Claim, StoreError> {
+    pub async fn claim(&self, idempotency_key: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         let owner = Uuid::new_v4().to_string();
         let record = self.record_key(idempotency_key);
         let script = Script::new(CLAIM);

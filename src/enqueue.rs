@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
@@ -79,8 +79,7 @@ fn parse(input: &str) -> Result<Vec<Line>, EnqueueError> {
             line,
             problem: problem.to_string(),
         };
-        let value: Value =
-            serde_json::from_str(raw).map_err(|e| invalid(&format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| invalid(&format!("not JSON: {e}")))?;
         let job_id = value
             .get("job_id")
             .and_then(Value::as_str)
@@ -157,9 +156,7 @@ pub async fn enqueue(
     }
 
     let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     for line in &lines {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -237,7 +234,8 @@ mod tests {
 
     #[test]
     fn a_bad_line_is_reported_by_number_and_nothing_is_parsed() {
-        let input = "{\"job_id\":\"0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b\",\"kind\":\"agent.status\"}\n\n{oops\n";
+        let input =
+            "{\"job_id\":\"0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b\",\"kind\":\"agent.status\"}\n\n{oops\n";
         match parse(input) {
             Err(EnqueueError::InvalidLine { line, .. }) => assert_eq!(line, 3),
             other => panic!("expected an invalid line, got {other:?}"),
@@ -246,8 +244,7 @@ mod tests {
 
     #[test]
     fn blank_lines_are_skipped() {
-        let input =
-            "\n{\"job_id\":\"0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b\",\"kind\":\"agent.status\"}\n\n";
+        let input = "\n{\"job_id\":\"0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b\",\"kind\":\"agent.status\"}\n\n";
         assert_eq!(parse(input).unwrap().len(), 1);
         assert!(matches!(parse("\n\n"), Err(EnqueueError::Empty)));
     }

@@ -43,10 +43,7 @@ impl Outcome {
 
     /// Outcomes whose job goes to the dead-letter queue instead of being acked.
     pub fn dead_letters(self) -> bool {
-        matches!(
-            self,
-            Outcome::Rejected | Outcome::Failed | Outcome::RolledBack
-        )
+        matches!(self, Outcome::Rejected | Outcome::Failed | Outcome::RolledBack)
     }
 }
 
@@ -64,8 +61,7 @@ pub struct EventError {
 }
 
 /// The `prev_checksum` of an entity's first link.
-pub const GENESIS_CHECKSUM: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_CHECKSUM: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit event per job, published to `genesys.audit` as `audit.<kind>.<outcome>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +130,12 @@ impl CrmEvent {
     }
 }
 
+/// An instant as RFC 3339, the format of every timestamp in events and headers.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC instants of this era always format as RFC 3339")
+}
+
 /// `event_id` of a job's audit event.
 pub fn audit_event_id(idempotency_key: &str, job_id: Uuid, outcome: Outcome) -> Uuid {
     Uuid::new_v5(
@@ -181,10 +183,7 @@ mod tests {
 
     #[test]
     fn outcomes_serialize_as_the_contract_names() {
-        assert_eq!(
-            serde_json::to_value(Outcome::RolledBack).unwrap(),
-            "rolled_back"
-        );
+        assert_eq!(serde_json::to_value(Outcome::RolledBack).unwrap(), "rolled_back");
         assert!(Outcome::Rejected.dead_letters() && !Outcome::Conflict.dead_letters());
         assert!(Outcome::Applied.changed_entity() && !Outcome::Duplicate.changed_entity());
     }

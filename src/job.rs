@@ -155,14 +155,10 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
             format!("message is {} bytes, the limit is {max_bytes}", body.len()),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        DecodeError::new("malformed_json", format!("message is not valid JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| DecodeError::new("malformed_json", format!("message is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {
-        return Err(DecodeError::new(
-            "invalid_job",
-            "message must be a JSON object",
-        ));
+        return Err(DecodeError::new("invalid_job", "message must be a JSON object"));
     };
     let mut header = Header::read(&object)?;
     let named = |mut err: DecodeError, header: &Header| {
@@ -205,9 +201,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
         Kind::AgentStatus => decode_agent_status(payload_value),
         other => Err(DecodeError::new(
             "unsupported_kind",
-            format!(
-                "kind {other} is part of the contract but not supported by this worker version"
-            ),
+            format!("kind {other} is part of the contract but not supported by this worker version"),
         )),
     };
     let payload = payload.map_err(|mut err| {
@@ -248,12 +242,7 @@ impl Header {
             Some(Value::String(raw)) => Uuid::parse_str(raw).map_err(|_| {
                 DecodeError::new("invalid_job", format!("job_id must be a UUID, got {raw:?}"))
             })?,
-            Some(_) => {
-                return Err(DecodeError::new(
-                    "invalid_job",
-                    "job_id must be a UUID string",
-                ))
-            }
+            Some(_) => return Err(DecodeError::new("invalid_job", "job_id must be a UUID string")),
             None => return Err(DecodeError::new("invalid_job", "job_id is required")),
         };
         let kind = match object.get("kind") {
@@ -261,23 +250,19 @@ impl Header {
             Some(_) => {
                 let mut err = DecodeError::new(
                     "invalid_job",
-                    format!(
-                        "job {job_id}: kind must be a non-empty string of at most 64 characters"
-                    ),
+                    format!("job {job_id}: kind must be a non-empty string of at most 64 characters"),
                 );
                 err.job_id = Some(job_id);
                 return Err(err);
             }
             None => {
-                let mut err =
-                    DecodeError::new("invalid_job", format!("job {job_id}: kind is required"));
+                let mut err = DecodeError::new("invalid_job", format!("job {job_id}: kind is required"));
                 err.job_id = Some(job_id);
                 return Err(err);
             }
         };
         let fail = |message: String| {
-            let mut err =
-                DecodeError::new("invalid_job", format!("job {job_id} ({kind}): {message}"));
+            let mut err = DecodeError::new("invalid_job", format!("job {job_id} ({kind}): {message}"));
             err.job_id = Some(job_id);
             err.kind = Some(kind.clone());
             err
@@ -294,15 +279,9 @@ impl Header {
         let instant = |field: &str| -> Result<Option<OffsetDateTime>, DecodeError> {
             match text(field, 64)? {
                 None => Ok(None),
-                Some(raw) => {
-                    OffsetDateTime::parse(&raw, &time::format_description::well_known::Rfc3339)
-                        .map(Some)
-                        .map_err(|_| {
-                            fail(format!(
-                                "{field} must be an RFC 3339 timestamp, got {raw:?}"
-                            ))
-                        })
-                }
+                Some(raw) => OffsetDateTime::parse(&raw, &time::format_description::well_known::Rfc3339)
+                    .map(Some)
+                    .map_err(|_| fail(format!("{field} must be an RFC 3339 timestamp, got {raw:?}"))),
             }
         };
         let sequence = match object.get("sequence") {
@@ -351,11 +330,7 @@ fn decode_agent_status(value: Value) -> Result<Payload, DecodeError> {
             "payload.presence must be a presence name or definition id".into(),
         ));
     }
-    if payload
-        .message
-        .as_ref()
-        .is_some_and(|m| m.len() > MAX_TEXT_LEN)
-    {
+    if payload.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT_LEN) {
         return Err(invalid(format!(
             "payload.message is longer than {MAX_TEXT_LEN} characters"
         )));
@@ -469,10 +444,7 @@ mod tests {
         let mut late = agent_job(json!({"user_id": USER, "presence": "x"}));
         late["not_after"] = json!("yesterday");
         assert_eq!(code(&bytes(late)), "invalid_job");
-        assert_eq!(
-            decode(&[b' '; 100], 10).unwrap_err().code,
-            "payload_too_large"
-        );
+        assert_eq!(decode(&[b' '; 100], 10).unwrap_err().code, "payload_too_large");
     }
 
     #[test]

@@ -44,10 +44,7 @@ impl Budget {
     /// Waits until a call may be made.
     pub async fn acquire(&self) {
         loop {
-            let pause = *self
-                .paused_until
-                .lock()
-                .expect("budget lock is never poisoned");
+            let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
             match pause {
                 Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
                 _ => break,
@@ -61,10 +58,7 @@ impl Budget {
     pub fn pause_for(&self, wait: Duration) {
         self.throttled.fetch_add(1, Ordering::Relaxed);
         let until = Instant::now() + wait;
-        let mut paused = self
-            .paused_until
-            .lock()
-            .expect("budget lock is never poisoned");
+        let mut paused = self.paused_until.lock().expect("budget lock is never poisoned");
         if paused.is_none_or(|current| current < until) {
             *paused = Some(until);
         }

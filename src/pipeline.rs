@@ -15,7 +15,7 @@ use crate::apply::{self, Applied};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::dedupe::{Claim, Lease};
-use crate::events::{audit_event_id, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::events::{audit_event_id, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job};
 use crate::record;
@@ -73,11 +73,7 @@ impl Pipeline {
         let span = tracing::Span::current();
         span.record("job_id", tracing::field::display(job.job_id));
         span.record("kind", job.kind.as_str());
-        match self
-            .store
-            .claim(&job.idempotency_key, &job.fingerprint)
-            .await?
-        {
+        match self.store.claim(&job.idempotency_key, &job.fingerprint).await? {
             Claim::Owned(lease) => self.run_owned(&job, &lease, started).await,
             Claim::Done {
                 events,
@@ -93,9 +89,7 @@ impl Pipeline {
                 self.store.mark_confirmed(&job.idempotency_key).await?;
                 Ok(Disposition::Ack)
             }
-            Claim::Done {
-                confirmed: true, ..
-            } => {
+            Claim::Done { confirmed: true, .. } => {
                 let draft = self.draft(
                     &job,
                     &Applied::refused(Outcome::Duplicate, "", String::new()),
@@ -118,8 +112,7 @@ impl Pipeline {
                     job.entity(),
                     job.idempotency_key
                 );
-                let applied =
-                    Applied::refused(Outcome::Rejected, "idempotency_key_reused", message.clone());
+                let applied = Applied::refused(Outcome::Rejected, "idempotency_key_reused", message.clone());
                 let mut draft = self.draft(&job, &applied, started);
                 draft.attempts = 0;
                 self.publish_unrecorded(draft).await?;
@@ -145,9 +138,10 @@ impl Pipeline {
                 Outcome::Expired,
                 "expired",
                 format!(
-                    "job {}: {}: not_after {deadline} has passed",
+                    "job {}: {}: not_after {} has passed",
                     job.job_id,
-                    job.entity()
+                    job.entity(),
+                    rfc3339(deadline)
                 ),
             ),
             _ => {
@@ -191,19 +185,13 @@ impl Pipeline {
     ) -> Result<Disposition, PipelineError> {
         tracing::warn!(code = err.code, error.message = %err.message, "Rejected an invalid job message.");
         if let (Some(job_id), Some(kind)) = (err.job_id, err.kind.clone()) {
-            let idempotency_key = err
-                .idempotency_key
-                .clone()
-                .unwrap_or_else(|| job_id.to_string());
+            let idempotency_key = err.idempotency_key.clone().unwrap_or_else(|| job_id.to_string());
             let draft = AuditEvent {
                 event_id: audit_event_id(&idempotency_key, job_id, Outcome::Rejected),
                 job_id,
                 kind,
                 idempotency_key: Some(idempotency_key),
-                entity: err
-                    .entity
-                    .clone()
-                    .unwrap_or_else(|| format!("job:{job_id}")),
+                entity: err.entity.clone().unwrap_or_else(|| format!("job:{job_id}")),
                 outcome: Outcome::Rejected,
                 actor: err.actor.clone(),
                 correlation_id: err.correlation_id.clone(),

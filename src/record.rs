@@ -174,9 +174,8 @@ mod tests {
         // Recomputed independently: prev + "\n" + sorted compact JSON without `checksum`.
         let mut value = serde_json::to_value(&e).unwrap();
         value.as_object_mut().unwrap().remove("checksum");
-        let expected = canonical::sha256_hex(
-            format!("{GENESIS_CHECKSUM}\n{}", canonical::to_string(&value)).as_bytes(),
-        );
+        let expected =
+            canonical::sha256_hex(format!("{GENESIS_CHECKSUM}\n{}", canonical::to_string(&value)).as_bytes());
         assert_eq!(checksum, expected);
     }
 

@@ -35,10 +35,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await?;
     let connection = broker::connect(&config.amqp_url).await?;
-    let setup = connection
-        .create_channel()
-        .await
-        .map_err(BrokerError::from)?;
+    let setup = connection.create_channel().await.map_err(BrokerError::from)?;
     topology::declare(&setup, &config.topology).await?;
     let publisher = Publisher::open(&connection).await?;
     let budget = Arc::new(Budget::new(
@@ -63,10 +60,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         grace: config.shutdown_timeout(),
     };
     let cancel = CancellationToken::new();
-    let consumer = connection
-        .create_channel()
-        .await
-        .map_err(BrokerError::from)?;
+    let consumer = connection.create_channel().await.map_err(BrokerError::from)?;
     let consume = intake::consume(&consumer, pipeline, &settings, cancel.clone());
     tokio::pin!(consume, shutdown);
     let result = tokio::select! {

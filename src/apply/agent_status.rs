@@ -42,14 +42,8 @@ struct RoutingStatusBody {
 pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover: bool) -> Applied {
     let entity = job.entity();
     let user = payload.user_id;
-    let fail =
-        |err: &GenesysError, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
-    let target = match ctx
-        .genesys
-        .presence
-        .resolve(ctx.genesys, &payload.presence)
-        .await
-    {
+    let fail = |err: &GenesysError, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
+    let target = match ctx.genesys.presence.resolve(ctx.genesys, &payload.presence).await {
         Ok(definition) => definition,
         Err(ResolveError::Genesys(err)) => return fail(&err, 1),
         Err(err @ ResolveError::Unknown { .. }) => {
@@ -188,11 +182,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     }
 }
 
-fn new_state(
-    target: &PresenceDefinition,
-    message: Option<&str>,
-    routing_status: Option<&str>,
-) -> Value {
+fn new_state(target: &PresenceDefinition, message: Option<&str>, routing_status: Option<&str>) -> Value {
     let mut state = json!({
         "presence": target.display_name(),
         "system_presence": target.system_presence,

@@ -14,10 +14,7 @@ pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused to confirm a publish to exchange {exchange:?} (routing key {routing_key:?})")]
-    Nacked {
-        exchange: String,
-        routing_key: String,
-    },
+    Nacked { exchange: String, routing_key: String },
 }
 
 /// Opens a connection to the broker.

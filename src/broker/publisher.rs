@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use time::OffsetDateTime;
 
 use super::BrokerError;
-use crate::events::OutboundEvent;
+use crate::events::{rfc3339, OutboundEvent};
 
 /// The original message a dead letter carries, with where it came from.
 #[derive(Debug, Clone)]
@@ -31,9 +31,7 @@ pub struct Publisher {
 impl Publisher {
     pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { channel })
     }
 
@@ -93,24 +91,16 @@ impl Publisher {
         let mut headers = letter.properties.headers().clone().unwrap_or_default();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(ShortString::from("x-error-code"), text(letter.error_code));
-        headers.insert(
-            ShortString::from("x-error-message"),
-            text(letter.error_message),
-        );
+        headers.insert(ShortString::from("x-error-message"), text(letter.error_message));
         headers.insert(
             ShortString::from("x-attempts"),
             AMQPValue::LongInt(letter.attempts as i32),
         );
         if !header_present(&headers, "x-first-seen") {
-            let now = OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .expect("the current time formats as RFC 3339");
+            let now = rfc3339(OffsetDateTime::now_utc());
             headers.insert(ShortString::from("x-first-seen"), text(&now));
         }
-        headers.insert(
-            ShortString::from("x-original-exchange"),
-            text(letter.exchange),
-        );
+        headers.insert(ShortString::from("x-original-exchange"), text(letter.exchange));
         headers.insert(
             ShortString::from("x-original-routing-key"),
             text(letter.routing_key),
@@ -120,13 +110,8 @@ impl Publisher {
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
-        self.publish(
-            dead_letter_exchange,
-            letter.routing_key,
-            letter.body,
-            properties,
-        )
-        .await
+        self.publish(dead_letter_exchange, letter.routing_key, letter.body, properties)
+            .await
     }
 }
 

@@ -47,11 +47,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         AMQPValue::LongString("quorum".into()),
     );
     channel
-        .queue_declare(
-            topology.dead_letter.as_str().into(),
-            queue_options,
-            dead_args,
-        )
+        .queue_declare(topology.dead_letter.as_str().into(), queue_options, dead_args)
         .await?;
     channel
         .queue_bind(
@@ -85,10 +81,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
 /// Arguments of the work queue; `deploy/rabbitmq-definitions.json` must declare the same.
 pub fn work_queue_arguments(topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(topology.dead_letter.as_str().into()),

@@ -74,12 +74,7 @@ impl std::fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(
-        http: reqwest::Client,
-        login_base: &Url,
-        client_id: &str,
-        client_secret: Secret,
-    ) -> Self {
+    pub fn new(http: reqwest::Client, login_base: &Url, client_id: &str, client_secret: Secret) -> Self {
         let token_url = login_base
             .join("oauth/token")
             .expect("a base URL joins a relative path");
@@ -148,12 +143,11 @@ impl TokenSource {
                 description,
             });
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|source| GenesysError::Decode {
-                method: "POST".into(),
-                path: "/oauth/token".into(),
-                source,
-            })?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|source| GenesysError::Decode {
+            method: "POST".into(),
+            path: "/oauth/token".into(),
+            source,
+        })?;
         let lifetime = Duration::from_secs(parsed.expires_in.max(1));
         tracing::info!(
             expires_in_secs = parsed.expires_in,
@@ -184,14 +178,8 @@ mod tests {
             refresh_after(Duration::from_secs(86_400)),
             Duration::from_secs(69_120)
         );
-        assert_eq!(
-            refresh_after(Duration::from_secs(300)),
-            Duration::from_secs(240)
-        );
+        assert_eq!(refresh_after(Duration::from_secs(300)), Duration::from_secs(240));
         // Very short lifetimes still get half their life.
-        assert_eq!(
-            refresh_after(Duration::from_secs(10)),
-            Duration::from_secs(5)
-        );
+        assert_eq!(refresh_after(Duration::from_secs(10)), Duration::from_secs(5));
     }
 }

@@ -92,9 +92,7 @@ impl GenesysError {
     pub fn status(&self) -> Option<u16> {
         match self {
             GenesysError::Api { status, .. } | GenesysError::Auth { status, .. } => Some(*status),
-            GenesysError::Network { .. }
-            | GenesysError::AuthNetwork(_)
-            | GenesysError::Decode { .. } => None,
+            GenesysError::Network { .. } | GenesysError::AuthNetwork(_) | GenesysError::Decode { .. } => None,
         }
     }
 
@@ -122,9 +120,7 @@ impl GenesysError {
         match self {
             GenesysError::Network { maybe_sent, .. } => *maybe_sent,
             GenesysError::Api { status, .. } => *status >= 500,
-            GenesysError::Auth { .. }
-            | GenesysError::AuthNetwork(_)
-            | GenesysError::Decode { .. } => false,
+            GenesysError::Auth { .. } | GenesysError::AuthNetwork(_) | GenesysError::Decode { .. } => false,
         }
     }
 }

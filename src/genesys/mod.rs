@@ -100,11 +100,7 @@ impl GenesysClient {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
-    pub async fn put<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<Reply<T>, GenesysError> {
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<Reply<T>, GenesysError> {
         self.call(Method::PUT, path, Some(body)).await
     }
 
@@ -139,15 +135,12 @@ impl GenesysClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|source| GenesysError::Network {
-                    method: method.to_string(),
-                    path: path.to_string(),
-                    maybe_sent: !source.is_connect(),
-                    source,
-                })?;
+            let response = request.send().await.map_err(|source| GenesysError::Network {
+                method: method.to_string(),
+                path: path.to_string(),
+                maybe_sent: !source.is_connect(),
+                source,
+            })?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -155,15 +148,12 @@ impl GenesysClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|source| GenesysError::Network {
-                    method: method.to_string(),
-                    path: path.to_string(),
-                    maybe_sent: true,
-                    source,
-                })?;
+            let bytes = response.bytes().await.map_err(|source| GenesysError::Network {
+                method: method.to_string(),
+                path: path.to_string(),
+                maybe_sent: true,
+                source,
+            })?;
             if (200..300).contains(&status) {
                 let body = if bytes.is_empty() {
                     b"null".as_slice()
@@ -198,8 +188,7 @@ impl GenesysClient {
                     regranted = true;
                 }
                 429 => {
-                    let wait =
-                        retry_after.unwrap_or_else(|| backoff_without_retry_after(throttled_waits));
+                    let wait = retry_after.unwrap_or_else(|| backoff_without_retry_after(throttled_waits));
                     throttled_waits += 1;
                     if wait > MAX_RETRY_AFTER || throttled_waits > MAX_THROTTLED_WAITS {
                         return Err(error);

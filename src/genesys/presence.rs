@@ -151,9 +151,7 @@ impl PresenceDirectory {
                 return Ok((definitions.clone(), fetched.elapsed()));
             }
         }
-        let listing = client
-            .get::<Listing>("/api/v2/presence/definitions")
-            .await?;
+        let listing = client.get::<Listing>("/api/v2/presence/definitions").await?;
         let definitions = Arc::new(listing.body.entities);
         *cache = Some((Instant::now(), definitions.clone()));
         Ok((definitions, Duration::ZERO))
@@ -174,10 +172,7 @@ fn find<'a>(definitions: &'a [PresenceDefinition], wanted: &str) -> Option<&'a P
         .or_else(|| matching().next())
 }
 
-fn check_active(
-    found: &PresenceDefinition,
-    wanted: &str,
-) -> Result<PresenceDefinition, ResolveError> {
+fn check_active(found: &PresenceDefinition, wanted: &str) -> Result<PresenceDefinition, ResolveError> {
     if found.deactivated {
         return Err(ResolveError::Deactivated {
             wanted: wanted.to_string(),

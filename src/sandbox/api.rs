@@ -68,10 +68,7 @@ pub(crate) fn authorize(sandbox: &Sandbox, headers: &HeaderMap) -> Result<String
     let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
     else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -90,8 +87,7 @@ pub(crate) fn authorize(sandbox: &Sandbox, headers: &HeaderMap) -> Result<String
 
 /// Parses a path id the way the API does: anything that is not a known id is "not found".
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ApiError::not_found(format!("The {what} {raw} was not found.")))
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("The {what} {raw} was not found.")))
 }
 
 /// Reads a JSON body, answering malformed input with Genesys' 400.

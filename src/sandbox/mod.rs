@@ -79,9 +79,7 @@ impl Sandbox {
     pub(crate) fn world(&self) -> std::sync::MutexGuard<'_, state::World> {
         // A handler that panicked mid-update leaves test state suspect, but the sandbox keeps
         // serving: tests assert on what they see.
-        self.world
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -145,9 +143,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(Arc::new(Sandbox::new(config)));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 fn router(sandbox: Arc<Sandbox>) -> Router {
@@ -163,10 +159,7 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
             get(presence::get_routing_status).put(presence::put_routing_status),
         )
         .fallback(api::not_found)
-        .layer(middleware::from_fn_with_state(
-            sandbox.clone(),
-            count_requests,
-        ));
+        .layer(middleware::from_fn_with_state(sandbox.clone(), count_requests));
     let control = Router::new()
         .route("/sandbox/stats", get(control::stats))
         .route("/sandbox/reset", post(control::reset))
@@ -176,19 +169,12 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
 }
 
 /// Counts every Genesys request by route template and status, as the stats report them.
-async fn count_requests(
-    State(sandbox): State<Arc<Sandbox>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn count_requests(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next) -> Response {
     let route = match request.extensions().get::<MatchedPath>() {
         Some(path) => format!("{} {}", request.method(), path.as_str()),
         None => format!("{} (unmatched)", request.method()),
     };
     let response = next.run(request).await;
-    sandbox
-        .world()
-        .stats
-        .count(route, response.status().as_u16());
+    sandbox.world().stats.count(route, response.status().as_u16());
     response
 }

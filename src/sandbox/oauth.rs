@@ -24,11 +24,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
-pub(crate) async fn token(
-    State(sandbox): State<Arc<Sandbox>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn token(State(sandbox): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> Response {
     let grant_type = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "grant_type")
         .map(|(_, v)| v.into_owned());
@@ -43,11 +39,7 @@ pub(crate) async fn token(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
     let Some((client_id, secret)) = credentials.as_deref().and_then(|c| c.split_once(':')) else {
         return oauth_error(
@@ -62,16 +54,9 @@ pub(crate) async fn token(
         .iter()
         .any(|(id, s)| id == client_id && s == secret);
     if !known {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client not found",
-        );
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client not found");
     }
     let ttl = sandbox.config.token_ttl_secs;
-    let access_token = sandbox
-        .world()
-        .issue_token(client_id, Duration::from_secs(ttl));
-    Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": ttl}))
-        .into_response()
+    let access_token = sandbox.world().issue_token(client_id, Duration::from_secs(ttl));
+    Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": ttl})).into_response()
 }

@@ -62,10 +62,7 @@ pub(crate) async fn get_presence(
     authorize(&sandbox, &headers)?;
     let user_id = parse_id(&raw_id, "user")?;
     let world = sandbox.world();
-    let user = world
-        .users
-        .get(&user_id)
-        .ok_or_else(|| user_not_found(user_id))?;
+    let user = world.users.get(&user_id).ok_or_else(|| user_not_found(user_id))?;
     Ok(Json(user_presence(&world, user_id, user)))
 }
 
@@ -86,9 +83,7 @@ pub(crate) async fn patch_presence(
         None | Some(Value::Null) => None,
         Some(reference) => {
             let raw = reference.get("id").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request(
-                    "presenceDefinition.id is required when presenceDefinition is given.",
-                )
+                ApiError::bad_request("presenceDefinition.id is required when presenceDefinition is given.")
             })?;
             let found = Uuid::parse_str(raw)
                 .ok()

@@ -22,10 +22,7 @@ fn recomputed_checksum(event: &Value) -> String {
 async fn one_job_is_applied_with_exactly_one_patch_and_the_documented_events() {
     let mut app = spawn_app().await;
     let user = user_id(0);
-    let job = agent_job(
-        user,
-        json!({"presence": "On Queue", "message": "shift start"}),
-    );
+    let job = agent_job(user, json!({"presence": "On Queue", "message": "shift start"}));
     app.publish(&job).await;
 
     let audit = app.audit_events(1).await.remove(0);
@@ -49,23 +46,12 @@ async fn one_job_is_applied_with_exactly_one_patch_and_the_documented_events() {
 
     // The audit event carries the documented fields.
     let job_id: Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
-    let key = audit
-        .event
-        .idempotency_key
-        .clone()
-        .expect("the key is reported");
+    let key = audit.event.idempotency_key.clone().expect("the key is reported");
     assert_eq!(audit.routing_key, "audit.agent.status.applied");
     let event = &audit.event;
+    assert_eq!(event.event_id, audit_event_id(&key, job_id, Outcome::Applied));
     assert_eq!(
-        event.event_id,
-        audit_event_id(&key, job_id, Outcome::Applied)
-    );
-    assert_eq!(
-        audit
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string()),
+        audit.properties.message_id().as_ref().map(|m| m.to_string()),
         Some(event.event_id.to_string())
     );
     assert_eq!(event.job_id, job_id);
@@ -73,10 +59,7 @@ async fn one_job_is_applied_with_exactly_one_patch_and_the_documented_events() {
     assert_eq!(event.entity, format!("user:{user}"));
     assert_eq!(event.outcome, Outcome::Applied);
     assert_eq!(event.actor.as_deref(), Some("integration-test"));
-    assert_eq!(
-        event.correlation_id.as_deref(),
-        job["correlation_id"].as_str()
-    );
+    assert_eq!(event.correlation_id.as_deref(), job["correlation_id"].as_str());
     assert_eq!(event.genesys_status, Some(200));
     assert_eq!(event.attempts, 1);
     assert!(event.error.is_none());
@@ -109,10 +92,7 @@ async fn one_job_is_applied_with_exactly_one_patch_and_the_documented_events() {
         "prev_checksum",
         "occurred_at",
     ] {
-        assert!(
-            raw.get(field).is_some(),
-            "audit event lacks {field}: {raw:#}"
-        );
+        assert!(raw.get(field).is_some(), "audit event lacks {field}: {raw:#}");
     }
     assert_eq!(event.checksum.clone().unwrap(), recomputed_checksum(&raw));
 
@@ -144,10 +124,7 @@ async fn the_same_job_three_times_patches_once_and_reports_two_duplicates() {
         "{outcomes:?}"
     );
     assert_eq!(
-        outcomes
-            .iter()
-            .filter(|o| **o == Outcome::Duplicate)
-            .count(),
+        outcomes.iter().filter(|o| **o == Outcome::Duplicate).count(),
         2,
         "{outcomes:?}"
     );
@@ -235,12 +212,7 @@ async fn bad_messages_are_dead_lettered_with_a_code_and_the_worker_keeps_going()
     assert_eq!(unknown.routing_key, "audit.agent.teleport.rejected");
     assert_eq!(unknown.event.error.as_ref().unwrap().code, "unknown_kind");
     assert_eq!(
-        by_job(&bad_user_job["job_id"])
-            .event
-            .error
-            .as_ref()
-            .unwrap()
-            .code,
+        by_job(&bad_user_job["job_id"]).event.error.as_ref().unwrap().code,
         "invalid_payload"
     );
     assert_eq!(by_job(&good["job_id"]).event.outcome, Outcome::Applied);
@@ -273,10 +245,7 @@ async fn a_reused_key_with_another_payload_is_rejected_and_the_first_change_stan
 
     let letters = app.dead_letters(1).await;
     assert_eq!(letters[0].headers["x-error-code"], "idempotency_key_reused");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&letters[0].body).unwrap(),
-        second
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&letters[0].body).unwrap(), second);
 
     let mutations = app.mutations().await;
     assert_eq!(mutations.len(), 1);
@@ -346,10 +315,7 @@ async fn routing_status_is_set_after_the_presence() {
         "OFF_QUEUE"
     );
     let mutations = app.mutations().await;
-    let methods: Vec<&str> = mutations
-        .iter()
-        .map(|m| m["method"].as_str().unwrap())
-        .collect();
+    let methods: Vec<&str> = mutations.iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["PATCH", "PATCH", "PUT"]);
     assert_eq!(mutations[2]["body"], json!({"status": "OFF_QUEUE"}));
     assert_eq!(app.user(user).await["routingStatus"], "OFF_QUEUE");
@@ -374,18 +340,12 @@ async fn presence_names_and_ids_resolve_and_unknown_names_are_rejected() {
     let events = app.audit_events(3).await;
     let mut outcomes: Vec<Outcome> = events.iter().map(|e| e.event.outcome).collect();
     outcomes.sort_by_key(|o| o.as_str());
-    assert_eq!(
-        outcomes,
-        [Outcome::Applied, Outcome::Applied, Outcome::Rejected]
-    );
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied, Outcome::Rejected]);
     let rejected = events
         .iter()
         .find(|e| e.event.outcome == Outcome::Rejected)
         .unwrap();
-    assert_eq!(
-        rejected.event.error.as_ref().unwrap().code,
-        "unknown_presence"
-    );
+    assert_eq!(rejected.event.error.as_ref().unwrap().code, "unknown_presence");
     assert_eq!(
         app.dead_letters(1).await[0].headers["x-error-code"],
         "unknown_presence"
@@ -400,10 +360,7 @@ async fn presence_names_and_ids_resolve_and_unknown_names_are_rejected() {
         .collect();
     assert!(bodies.contains(&json!({"presenceDefinition": {"id": lunch}})));
     // The definitions were listed once for all three jobs.
-    assert_eq!(
-        app.requests("GET /api/v2/presence/definitions", 200).await,
-        1
-    );
+    assert_eq!(app.requests("GET /api/v2/presence/definitions", 200).await, 1);
     app.stop().await;
 }
 

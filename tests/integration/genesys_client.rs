@@ -77,20 +77,14 @@ async fn a_hundred_concurrent_callers_cause_one_token_request() {
 async fn a_401_runs_the_grant_again_once_and_the_call_succeeds() {
     let sandbox = sandbox_with(86_400).await;
     let client = client_for(&sandbox, sandbox::DEFAULT_CLIENT_SECRET);
-    client
-        .get::<Value>("/api/v2/presence/definitions")
-        .await
-        .unwrap();
+    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
     reqwest::Client::new()
         .post(format!("{}/sandbox/tokens/revoke", sandbox.base_url()))
         .send()
         .await
         .unwrap();
 
-    let reply = client
-        .get::<Value>("/api/v2/presence/definitions")
-        .await
-        .unwrap();
+    let reply = client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
     assert_eq!(reply.status, 200);
     let stats = stats(&sandbox).await;
     assert_eq!(requests_in(&stats, TOKEN, 200), 2);
@@ -103,15 +97,9 @@ async fn tokens_are_refreshed_before_they_expire() {
     // A 2 s token is replaced after 1 s, so no call ever meets a 401.
     let sandbox = sandbox_with(2).await;
     let client = client_for(&sandbox, sandbox::DEFAULT_CLIENT_SECRET);
-    client
-        .get::<Value>("/api/v2/presence/definitions")
-        .await
-        .unwrap();
+    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    client
-        .get::<Value>("/api/v2/presence/definitions")
-        .await
-        .unwrap();
+    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
     let stats = stats(&sandbox).await;
     assert_eq!(requests_in(&stats, TOKEN, 200), 2);
     assert_eq!(requests_in(&stats, DEFINITIONS, 401), 0);
@@ -145,19 +133,10 @@ async fn presence_names_resolve_through_one_cached_listing() {
         sandbox::presence_definition_id("On Queue").to_string()
     );
     assert_eq!(
-        client
-            .presence
-            .resolve(&client, "on queue")
-            .await
-            .unwrap()
-            .id,
+        client.presence.resolve(&client, "on queue").await.unwrap().id,
         on_queue.id
     );
-    let by_id = client
-        .presence
-        .resolve(&client, &on_queue.id)
-        .await
-        .unwrap();
+    let by_id = client.presence.resolve(&client, &on_queue.id).await.unwrap();
     assert_eq!(by_id.system_presence, "On Queue");
     assert_eq!(
         client

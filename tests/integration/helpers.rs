@@ -31,9 +31,7 @@ pub fn redis_url() -> String {
 }
 
 pub fn random_name() -> String {
-    Alphanumeric
-        .sample_string(&mut rand::rng(), 10)
-        .to_lowercase()
+    Alphanumeric.sample_string(&mut rand::rng(), 10).to_lowercase()
 }
 
 /// Connects to the test broker, or fails with the command that starts it.
@@ -58,10 +56,7 @@ pub async fn check_redis() {
     let ok = async {
         let client = redis::Client::open(redis_url()).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
+        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
     };
     if tokio::time::timeout(Duration::from_secs(5), ok)
         .await
@@ -86,10 +81,7 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
         ("REDIS_KEY_PREFIX".into(), format!("test:{prefix}:")),
         ("GENESYS_API_BASE".into(), base.clone()),
         ("GENESYS_LOGIN_BASE".into(), base),
-        (
-            "GENESYS_CLIENT_ID".into(),
-            sandbox::DEFAULT_CLIENT_ID.into(),
-        ),
+        ("GENESYS_CLIENT_ID".into(), sandbox::DEFAULT_CLIENT_ID.into()),
         (
             "GENESYS_CLIENT_SECRET".into(),
             sandbox::DEFAULT_CLIENT_SECRET.into(),
@@ -98,10 +90,7 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
         ("GENESYS_RATE_LIMIT_BURST".into(), "50".into()),
         ("JOBS_EXCHANGE".into(), format!("test.{prefix}.jobs")),
         ("WORK_QUEUE".into(), format!("test.{prefix}.jobs.work")),
-        (
-            "DEAD_LETTER_QUEUE".into(),
-            format!("test.{prefix}.jobs.dead"),
-        ),
+        ("DEAD_LETTER_QUEUE".into(), format!("test.{prefix}.jobs.dead")),
         ("AUDIT_EXCHANGE".into(), format!("test.{prefix}.audit")),
         ("CRM_EXCHANGE".into(), format!("test.{prefix}.crm")),
         ("SHUTDOWN_TIMEOUT_SECS".into(), "5".into()),
@@ -221,10 +210,7 @@ async fn next_from<T: serde::de::DeserializeOwned>(
     consumer: &mut Consumer,
     wait: Duration,
 ) -> Option<Arrived<T>> {
-    let delivery = tokio::time::timeout(wait, consumer.next())
-        .await
-        .ok()??
-        .ok()?;
+    let delivery = tokio::time::timeout(wait, consumer.next()).await.ok()??.ok()?;
     delivery.ack(BasicAckOptions::default()).await.unwrap();
     let event = serde_json::from_slice(&delivery.data).unwrap_or_else(|e| {
         panic!(
@@ -262,12 +248,7 @@ impl TestApp {
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
         self.publisher
-            .publish(
-                &self.config.topology.jobs_exchange,
-                routing_key,
-                body,
-                properties,
-            )
+            .publish(&self.config.topology.jobs_exchange, routing_key, body, properties)
             .await
             .expect("job published");
     }
@@ -278,10 +259,7 @@ impl TestApp {
         while events.len() < n {
             match next_from(&mut self.audit, WAIT).await {
                 Some(event) => events.push(event),
-                None => panic!(
-                    "expected {n} audit events, got {}: {events:#?}",
-                    events.len()
-                ),
+                None => panic!("expected {n} audit events, got {}: {events:#?}", events.len()),
             }
         }
         events
@@ -341,10 +319,7 @@ impl TestApp {
                     });
                 }
                 None if tokio::time::Instant::now() > deadline => {
-                    panic!(
-                        "expected {n} dead letters, got {}: {letters:#?}",
-                        letters.len()
-                    )
+                    panic!("expected {n} dead letters, got {}: {letters:#?}", letters.len())
                 }
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -402,10 +377,7 @@ impl TestApp {
             let _ = stop.send(());
         }
         if let Some(worker) = self.worker.take() {
-            worker
-                .await
-                .expect("worker task")
-                .expect("worker stops cleanly");
+            worker.await.expect("worker task").expect("worker stops cleanly");
         }
         let topology = &self.config.topology;
         for queue in [&topology.work_queue, &topology.dead_letter] {

@@ -7,10 +7,7 @@ use serde_json::{json, Value};
 async fn token(http: &Client, base: &str) -> String {
     let reply: Value = http
         .post(format!("{base}/oauth/token"))
-        .basic_auth(
-            sandbox::DEFAULT_CLIENT_ID,
-            Some(sandbox::DEFAULT_CLIENT_SECRET),
-        )
+        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
         .form(&[("grant_type", "client_credentials")])
         .send()
         .await
@@ -52,20 +49,14 @@ async fn errors_use_the_genesys_error_body_and_correlation_header() {
     assert!(body["message"].as_str().unwrap().contains("was not found"));
 
     let patch = http
-        .patch(format!(
-            "{base}/api/v2/users/{}/presences/purecloud",
-            user_id(0)
-        ))
+        .patch(format!("{base}/api/v2/users/{}/presences/purecloud", user_id(0)))
         .bearer_auth(&token)
         .json(&json!({"presenceDefinition": {"id": presence_definition_id("Coaching (retired)")}}))
         .send()
         .await
         .unwrap();
     assert_eq!(patch.status(), 400);
-    assert_eq!(
-        patch.json::<Value>().await.unwrap()["code"],
-        "invalid.value"
-    );
+    assert_eq!(patch.json::<Value>().await.unwrap()["code"], "invalid.value");
 
     let unauthenticated = http
         .get(format!("{base}/api/v2/presence/definitions"))
@@ -137,17 +128,8 @@ async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed(
         .await
         .unwrap();
     let first = &definitions["entities"][0];
-    for field in [
-        "id",
-        "type",
-        "systemPresence",
-        "languageLabels",
-        "deactivated",
-    ] {
-        assert!(
-            first.get(field).is_some(),
-            "definition lacks {field}: {first}"
-        );
+    for field in ["id", "type", "systemPresence", "languageLabels", "deactivated"] {
+        assert!(first.get(field).is_some(), "definition lacks {field}: {first}");
     }
 
     let stats: Value = http
@@ -159,14 +141,8 @@ async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed(
         .await
         .unwrap();
     assert_eq!(stats["mutations"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        stats["mutations"][0]["entity"],
-        format!("user:{}", user_id(0))
-    );
-    http.post(format!("{base}/sandbox/reset"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(stats["mutations"][0]["entity"], format!("user:{}", user_id(0)));
+    http.post(format!("{base}/sandbox/reset")).send().await.unwrap();
     let stats: Value = http
         .get(format!("{base}/sandbox/stats"))
         .send()
@@ -180,4 +156,18 @@ async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed(
     // Tokens are gone with the reset.
     let after = http.get(&path).bearer_auth(&token).send().await.unwrap();
     assert_eq!(after.status(), 401);
+}
+
+#[test]
+fn the_demo_handover_names_only_seeded_users() {
+    let seeded: Vec<String> = (0..20).map(|n| user_id(n).to_string()).collect();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/handover.ndjson")).unwrap();
+    for line in demo.lines().filter(|l| !l.trim().is_empty()) {
+        let job: Value = serde_json::from_str(line).unwrap();
+        let user = job["payload"]["user_id"].as_str().unwrap();
+        assert!(
+            seeded.iter().any(|s| s == user),
+            "demo job names unknown user {user}"
+        );
+    }
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The demo: local RabbitMQ + Redis, the Genesys sandbox and the worker. A sample shift handover
+# (demo/handover.ndjson) is enqueued, each job's outcome is printed from the audit events, then
+# everything is stopped. Logs are kept in a temporary directory named at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/toolchain.sh
+ensure_toolchain
+SERVICES_STATE="$(mktemp /tmp/genesys-worker-services-state.XXXXXX)"
+export SERVICES_STATE
+
+SANDBOX_PORT="${SANDBOX_PORT:-18088}"
+JOBS_FILE="${1:-demo/handover.ndjson}"
+LOGS="$(mktemp -d /tmp/genesys-worker-demo.XXXXXX)"
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/services.sh down
+  rm -f "$SERVICES_STATE"
+}
+trap cleanup EXIT
+
+echo "== building"
+cargo build --locked --quiet --bin genesys-worker
+bin=target/debug/genesys-worker
+
+echo "== starting RabbitMQ and Redis"
+scripts/services.sh up
+
+echo "== starting the Genesys sandbox on 127.0.0.1:$SANDBOX_PORT"
+"$bin" sandbox --bind "127.0.0.1:$SANDBOX_PORT" --users 20 >"$LOGS/sandbox.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$SANDBOX_PORT") 2>/dev/null && break; sleep 0.1; done
+
+echo "== starting the worker"
+export GENESYS_API_BASE="http://127.0.0.1:$SANDBOX_PORT"
+export GENESYS_LOGIN_BASE="http://127.0.0.1:$SANDBOX_PORT"
+export GENESYS_CLIENT_ID=sandbox-client
+export GENESYS_CLIENT_SECRET=sandbox-secret
+# A fresh key space per run, so the sample jobs are not duplicates of the last demo's.
+export REDIS_KEY_PREFIX="demo:$(date +%s):"
+"$bin" run >"$LOGS/worker.log" 2>&1 &
+worker_pid=$!
+pids=("$worker_pid" "${pids[@]}")
+for _ in $(seq 1 100); do grep -q "Consuming jobs" "$LOGS/worker.log" && break; sleep 0.1; done
+
+echo "== enqueueing $JOBS_FILE; outcomes from the audit exchange:"
+"$bin" enqueue "$JOBS_FILE" --await-outcomes --timeout-secs 60
+
+echo "== stopping the worker (SIGTERM: finishes in-flight jobs, then closes cleanly)"
+kill -TERM "$worker_pid"
+wait "$worker_pid" || true
+pids=("${pids[@]:1}")
+echo "== done; logs in $LOGS"
