@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Health;
 use crate::broker::publisher::DeadLetter;
 use crate::broker::BrokerError;
 use crate::pipeline::{Disposition, Incoming, Pipeline};
@@ -40,6 +41,7 @@ pub async fn consume(
     channel: &Channel,
     pipeline: Arc<Pipeline>,
     settings: &IntakeSettings,
+    health: &Health,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     channel
@@ -54,6 +56,7 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
+    health.set_consuming(true);
     tracing::info!(queue = %settings.queue, concurrency = settings.concurrency, "Consuming jobs.");
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let in_flight = TaskTracker::new();

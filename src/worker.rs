@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lapin::types::ReplyCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Health};
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::genesys::GenesysClient;
@@ -21,6 +22,11 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("cannot serve the admin endpoints on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the worker until `shutdown` resolves: stops intake, lets in-flight jobs finish within
@@ -34,6 +40,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.lease_ms,
     )
     .await?;
+    let admin_listener = admin::bind(config.admin_addr)
+        .await
+        .map_err(|source| WorkerError::Admin {
+            addr: config.admin_addr,
+            source,
+        })?;
+    let health = Arc::new(Health::new(store.clone()));
+    let cancel = CancellationToken::new();
+    let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
+    // However `run` ends, early errors included, the admin server stops with it.
+    let _stop_admin = cancel.clone().drop_guard();
     let connection = broker::connect(&config.amqp_url).await?;
     let setup = connection.create_channel().await.map_err(BrokerError::from)?;
     topology::declare(&setup, &config.topology).await?;
@@ -59,9 +76,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         prefetch: config.worker_prefetch,
         grace: config.shutdown_timeout(),
     };
-    let cancel = CancellationToken::new();
     let consumer = connection.create_channel().await.map_err(BrokerError::from)?;
-    let consume = intake::consume(&consumer, pipeline, &settings, cancel.clone());
+    let consume = intake::consume(&consumer, pipeline, &settings, &health, cancel.clone());
     tokio::pin!(consume, shutdown);
     let result = tokio::select! {
         result = &mut consume => result,
@@ -77,6 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = channel.close(ok, "worker stopping".into()).await;
     }
     let _ = connection.close(ok, "worker stopping".into()).await;
+    cancel.cancel();
+    let _ = admin_server.await;
     tracing::info!("Worker stopped.");
     Ok(result?)
 }

@@ -72,6 +72,15 @@ pub async fn check_redis() {
     }
 }
 
+/// A port free right now (the OS picks it; a race with another process is possible but rare).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Settings of a test worker; `overrides` win.
 pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &str)]) -> Config {
     let base = sandbox.base_url();
@@ -96,6 +105,7 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
         ("SHUTDOWN_TIMEOUT_SECS".into(), "5".into()),
         ("WORKER_CONCURRENCY".into(), "8".into()),
         ("WORKER_PREFETCH".into(), "8".into()),
+        ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
     ]);
     for (k, v) in overrides {
         vars.insert(k.to_string(), v.to_string());

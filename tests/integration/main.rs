@@ -8,3 +8,4 @@ mod agent_status;
 mod genesys_client;
 mod helpers;
 mod sandbox_api;
+mod worker;

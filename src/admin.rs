@@ -1,0 +1,82 @@
+//! The admin endpoints on `ADMIN_ADDR` (loopback by default), for probes and operators:
+//!
+//! - `GET /healthz`: 200 while the process serves requests (liveness).
+//! - `GET /readyz`: 200 when the worker is consuming and Redis answers; 503 with the reason
+//!   otherwise (readiness: without Redis the worker cannot deduplicate, so it must not be sent
+//!   work).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// What readiness is made of.
+#[derive(Debug)]
+pub struct Health {
+    consuming: AtomicBool,
+    store: Store,
+}
+
+impl Health {
+    pub fn new(store: Store) -> Self {
+        Self {
+            consuming: AtomicBool::new(false),
+            store,
+        }
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Relaxed);
+    }
+}
+
+/// Binds `addr`; the caller serves the listener with [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the admin endpoints until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(health);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
+    let consuming = health.consuming.load(Ordering::Relaxed);
+    let redis = match tokio::time::timeout(Duration::from_secs(1), health.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("redis did not answer within 1 s".to_string()),
+    };
+    let ready = consuming && redis.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "consuming": consuming,
+        "redis": redis.err().unwrap_or_else(|| "ok".into()),
+    });
+    (status, Json(body))
+}

@@ -1,0 +1,69 @@
+//! The worker process around the pipeline: start-up checks, readiness, shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[test]
+fn an_invalid_setting_stops_the_program_with_one_line_naming_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .arg("run")
+        .env("GENESYS_CLIENT_ID", "id")
+        .env("GENESYS_CLIENT_SECRET", "very-secret-value")
+        .env("GENESYS_RATE_LIMIT_RPS", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("GENESYS_RATE_LIMIT_RPS") && stderr.contains("fast"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("very-secret-value"));
+}
+
+#[test]
+fn missing_credentials_stop_the_program_naming_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .arg("run")
+        .env_remove("GENESYS_CLIENT_ID")
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GENESYS_CLIENT_ID"));
+}
+
+#[tokio::test]
+async fn readiness_turns_on_once_the_worker_consumes_and_health_answers() {
+    let app = spawn_app().await;
+    let base = format!("http://{}", app.config.admin_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        if let Ok(response) = app.http.get(format!("{base}/readyz")).send().await {
+            if response.status() == 200 {
+                break response.json::<Value>().await.unwrap();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready["consuming"], true);
+    assert_eq!(ready["redis"], "ok");
+    let health = app.http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let admin_addr = app.config.admin_addr;
+    app.stop().await;
+    // Once stopped, nothing listens there any more.
+    assert!(reqwest::get(format!("http://{admin_addr}/healthz"))
+        .await
+        .is_err());
+}
