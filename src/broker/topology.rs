@@ -92,3 +92,71 @@ pub fn work_queue_arguments(topology: &Topology) -> FieldTable {
     );
     args
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn as_json(value: &AMQPValue) -> Value {
+        match value {
+            AMQPValue::LongString(s) => json!(s.to_string()),
+            AMQPValue::LongInt(i) => json!(i),
+            other => panic!("unexpected argument type {other:?}"),
+        }
+    }
+
+    /// A broker loaded from the shipped definitions must accept the worker's own declarations,
+    /// which fail with PRECONDITION_FAILED if any argument differs.
+    #[test]
+    fn shipped_rabbitmq_definitions_match_what_the_worker_declares() {
+        let raw = include_str!("../../deploy/rabbitmq/definitions.json");
+        let definitions: Value = serde_json::from_str(raw).unwrap();
+        let topology = Topology::default();
+        let queue = |name: &str| {
+            definitions["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        let declared: serde_json::Map<String, Value> = work_queue_arguments(&topology)
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), as_json(v)))
+            .collect();
+        assert_eq!(queue(&topology.work_queue)["arguments"], Value::Object(declared));
+        assert_eq!(
+            queue(&topology.dead_letter)["arguments"],
+            json!({"x-queue-type": "quorum"})
+        );
+        for exchange in [
+            &topology.jobs_exchange,
+            &topology.audit_exchange,
+            &topology.crm_exchange,
+            &topology.dead_letter,
+        ] {
+            let found = definitions["exchanges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| &e["name"] == exchange);
+            let found = found.unwrap_or_else(|| panic!("exchange {exchange} missing"));
+            assert_eq!(
+                (found["type"].as_str(), found["durable"].as_bool()),
+                (Some("topic"), Some(true))
+            );
+            assert_eq!(found["arguments"], json!({}));
+        }
+        let bound =
+            |source: &str, destination: &str| {
+                definitions["bindings"].as_array().unwrap().iter().any(|b| {
+                    b["source"] == source && b["destination"] == destination && b["routing_key"] == "#"
+                })
+            };
+        assert!(bound(&topology.jobs_exchange, &topology.work_queue));
+        assert!(bound(&topology.dead_letter, &topology.dead_letter));
+    }
+}
