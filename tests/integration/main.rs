@@ -7,5 +7,6 @@
 mod agent_status;
 mod genesys_client;
 mod helpers;
+mod idempotency;
 mod sandbox_api;
 mod worker;

@@ -1,0 +1,182 @@
+//! Effectively-once across worker crashes: lease takeover and re-publication of stored events.
+//! A crashed worker is simulated by writing the Redis record it would have left behind.
+
+use genesys_worker::events::{audit_event_id, AuditEvent, OutboundEvent, Outcome, GENESIS_CHECKSUM};
+use genesys_worker::job;
+use genesys_worker::sandbox::{self, presence_definition_id, user_id};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{agent_job, redis_url, spawn_app, TestApp};
+
+const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{user_id}/presences/purecloud";
+const GET_PRESENCE: &str = "GET /api/v2/users/{user_id}/presences/purecloud";
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn record_key(app: &TestApp, idempotency_key: &str) -> String {
+    format!("{}idem:{idempotency_key}", app.config.redis_key_prefix)
+}
+
+fn fingerprint(job: &Value) -> String {
+    job::decode(&serde_json::to_vec(job).unwrap(), 1 << 20)
+        .unwrap()
+        .fingerprint
+}
+
+/// Sets a presence the way the crashed worker did before it died.
+async fn patch_directly(app: &TestApp, user: Uuid, presence: &str) {
+    let token: Value = app
+        .http
+        .post(format!("{}/oauth/token", app.sandbox.base_url()))
+        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = app
+        .http
+        .patch(format!(
+            "{}/api/v2/users/{user}/presences/purecloud",
+            app.sandbox.base_url()
+        ))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({"presenceDefinition": {"id": presence_definition_id(presence)}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_job_taken_over_from_a_dead_worker_is_not_written_twice() {
+    let mut app = spawn_app().await;
+    let user = user_id(10);
+    let mut job = agent_job(user, json!({"presence": "Available"}));
+    job["idempotency_key"] = json!(format!("takeover-{}", Uuid::new_v4()));
+    // The dead worker claimed the key, made the change, and died; its lease has expired.
+    patch_directly(&app, user, "Available").await;
+    let key = record_key(&app, job["idempotency_key"].as_str().unwrap());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("in_progress")
+        .arg("fp")
+        .arg(fingerprint(&job))
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+
+    app.publish(&job).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied);
+    assert_eq!(
+        event.event.previous_state.as_ref().unwrap()["presence"],
+        "Available"
+    );
+    // The new owner read the presence and found the change made: no second PATCH.
+    assert_eq!(app.requests(GET_PRESENCE, 200).await, 1);
+    assert_eq!(app.requests(PATCH_PRESENCE, 200).await, 1);
+    assert_eq!(app.mutations().await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_taken_over_before_the_change_was_made_applies_it_once() {
+    let mut app = spawn_app().await;
+    let user = user_id(11);
+    let mut job = agent_job(user, json!({"presence": "Break"}));
+    job["idempotency_key"] = json!(format!("takeover-{}", Uuid::new_v4()));
+    let key = record_key(&app, job["idempotency_key"].as_str().unwrap());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("in_progress")
+        .arg("fp")
+        .arg(fingerprint(&job))
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+
+    app.publish(&job).await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);
+    assert_eq!(app.requests(GET_PRESENCE, 200).await, 1);
+    assert_eq!(app.mutations().await.len(), 1);
+    assert_eq!(app.user(user).await["presence"], "Break");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_unchanged() {
+    let mut app = spawn_app().await;
+    let user = user_id(12);
+    let mut job = agent_job(user, json!({"presence": "Meal"}));
+    let idempotency_key = format!("republish-{}", Uuid::new_v4());
+    job["idempotency_key"] = json!(idempotency_key);
+    let job_id: Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
+    // The crashed worker recorded the outcome but died before its events were confirmed.
+    let stored = AuditEvent {
+        event_id: audit_event_id(&idempotency_key, job_id, Outcome::Applied),
+        job_id,
+        kind: "agent.status".into(),
+        idempotency_key: Some(idempotency_key.clone()),
+        entity: format!("user:{user}"),
+        outcome: Outcome::Applied,
+        actor: Some("integration-test".into()),
+        correlation_id: None,
+        previous_state: None,
+        new_state: Some(json!({"presence": "Meal"})),
+        attempts: 1,
+        latency_ms: 7,
+        genesys_status: Some(200),
+        error: None,
+        entity_version: 1,
+        checksum: Some("ab".repeat(32)),
+        prev_checksum: GENESIS_CHECKSUM.into(),
+        occurred_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    let body = serde_json::to_string(&stored).unwrap();
+    let events = vec![OutboundEvent {
+        exchange: app.config.topology.audit_exchange.clone(),
+        routing_key: stored.routing_key(),
+        message_id: stored.event_id.to_string(),
+        body: body.clone(),
+    }];
+    let key = record_key(&app, &idempotency_key);
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("done")
+        .arg("fp")
+        .arg(fingerprint(&job))
+        .arg("outcome")
+        .arg("applied")
+        .arg("events")
+        .arg(serde_json::to_string(&events).unwrap())
+        .arg("confirmed")
+        .arg("0")
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+
+    app.publish(&job).await;
+    let republished = app.audit_events(1).await.remove(0);
+    assert_eq!(republished.event, stored);
+    assert!(app.mutations().await.is_empty());
+
+    // Now confirmed: the next copy is an ordinary duplicate.
+    app.publish(&job).await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Duplicate);
+    assert!(app.mutations().await.is_empty());
+    app.stop().await;
+}
