@@ -411,6 +411,25 @@ impl TestApp {
     }
 }
 
+/// A bearer token from the sandbox's login endpoint, as any OAuth client would get one.
+pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
+    let reply: Value = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["token_type"], "bearer");
+    reply["access_token"]
+        .as_str()
+        .expect("a token is issued")
+        .to_string()
+}
+
 pub fn requests_in(stats: &Value, route: &str, status: u16) -> u64 {
     stats["requests"]
         .as_array()

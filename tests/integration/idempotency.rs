@@ -3,11 +3,11 @@
 
 use genesys_worker::events::{audit_event_id, AuditEvent, OutboundEvent, Outcome, GENESIS_CHECKSUM};
 use genesys_worker::job;
-use genesys_worker::sandbox::{self, presence_definition_id, user_id};
+use genesys_worker::sandbox::{presence_definition_id, user_id};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, redis_url, spawn_app, TestApp};
+use crate::helpers::{agent_job, redis_url, sandbox_token, spawn_app, TestApp};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{user_id}/presences/purecloud";
 const GET_PRESENCE: &str = "GET /api/v2/users/{user_id}/presences/purecloud";
@@ -30,26 +30,30 @@ fn fingerprint(job: &Value) -> String {
         .fingerprint
 }
 
-/// Sets a presence the way the crashed worker did before it died.
-async fn patch_directly(app: &TestApp, user: Uuid, presence: &str) {
-    let token: Value = app
-        .http
-        .post(format!("{}/oauth/token", app.sandbox.base_url()))
-        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
+/// The record a worker leaves when it dies mid-job, once its lease has expired.
+async fn leave_in_progress_without_lease(app: &TestApp, job: &Value) {
+    let key = record_key(app, job["idempotency_key"].as_str().unwrap());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("in_progress")
+        .arg("fp")
+        .arg(fingerprint(job))
+        .query_async(&mut redis().await)
         .await
         .unwrap();
+}
+
+/// Sets a presence the way the crashed worker did before it died.
+async fn patch_directly(app: &TestApp, user: Uuid, presence: &str) {
+    let token = sandbox_token(&app.http, &app.sandbox.base_url()).await;
     let status = app
         .http
         .patch(format!(
             "{}/api/v2/users/{user}/presences/purecloud",
             app.sandbox.base_url()
         ))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(token)
         .json(&json!({"presenceDefinition": {"id": presence_definition_id(presence)}}))
         .send()
         .await
@@ -66,16 +70,7 @@ async fn a_job_taken_over_from_a_dead_worker_is_not_written_twice() {
     job["idempotency_key"] = json!(format!("takeover-{}", Uuid::new_v4()));
     // The dead worker claimed the key, made the change, and died; its lease has expired.
     patch_directly(&app, user, "Available").await;
-    let key = record_key(&app, job["idempotency_key"].as_str().unwrap());
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("state")
-        .arg("in_progress")
-        .arg("fp")
-        .arg(fingerprint(&job))
-        .query_async(&mut redis().await)
-        .await
-        .unwrap();
+    leave_in_progress_without_lease(&app, &job).await;
 
     app.publish(&job).await;
     let event = app.audit_events(1).await.remove(0);
@@ -97,16 +92,7 @@ async fn a_job_taken_over_before_the_change_was_made_applies_it_once() {
     let user = user_id(11);
     let mut job = agent_job(user, json!({"presence": "Break"}));
     job["idempotency_key"] = json!(format!("takeover-{}", Uuid::new_v4()));
-    let key = record_key(&app, job["idempotency_key"].as_str().unwrap());
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("state")
-        .arg("in_progress")
-        .arg("fp")
-        .arg(fingerprint(&job))
-        .query_async(&mut redis().await)
-        .await
-        .unwrap();
+    leave_in_progress_without_lease(&app, &job).await;
 
     app.publish(&job).await;
     assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);

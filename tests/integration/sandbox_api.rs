@@ -4,21 +4,7 @@ use genesys_worker::sandbox::{self, presence_definition_id, user_id, SandboxConf
 use reqwest::Client;
 use serde_json::{json, Value};
 
-async fn token(http: &Client, base: &str) -> String {
-    let reply: Value = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(reply["token_type"], "bearer");
-    assert_eq!(reply["expires_in"], 86_400);
-    reply["access_token"].as_str().unwrap().to_string()
-}
+use crate::helpers::sandbox_token;
 
 #[tokio::test]
 async fn errors_use_the_genesys_error_body_and_correlation_header() {
@@ -27,7 +13,7 @@ async fn errors_use_the_genesys_error_body_and_correlation_header() {
         .unwrap();
     let base = handle.base_url();
     let http = Client::new();
-    let token = token(&http, &base).await;
+    let token = sandbox_token(&http, &base).await;
     let response = http
         .get(format!(
             "{base}/api/v2/users/{}/presences/purecloud",
@@ -90,7 +76,7 @@ async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed(
         .unwrap();
     let base = handle.base_url();
     let http = Client::new();
-    let token = token(&http, &base).await;
+    let token = sandbox_token(&http, &base).await;
     let path = format!("{base}/api/v2/users/{}/presences/purecloud", user_id(0));
     let available = presence_definition_id("Available");
     let patched: Value = http
