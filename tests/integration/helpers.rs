@@ -235,6 +235,29 @@ async fn next_from<T: serde::de::DeserializeOwned>(
     })
 }
 
+async fn next_n<T>(consumer: &mut Consumer, n: usize, what: &str) -> Vec<Arrived<T>>
+where
+    T: serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut events = Vec::new();
+    while events.len() < n {
+        match next_from(consumer, WAIT).await {
+            Some(event) => events.push(event),
+            None => panic!("expected {n} {what} events, got {}: {events:#?}", events.len()),
+        }
+    }
+    events
+}
+
+/// GETs `url` and reads the JSON reply.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> Value {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn header_text(value: &AMQPValue) -> String {
     match value {
         AMQPValue::LongString(s) => s.to_string(),
@@ -265,25 +288,12 @@ impl TestApp {
 
     /// The next `n` audit events, failing the test if they do not all arrive in time.
     pub async fn audit_events(&mut self, n: usize) -> Vec<Arrived<AuditEvent>> {
-        let mut events = Vec::new();
-        while events.len() < n {
-            match next_from(&mut self.audit, WAIT).await {
-                Some(event) => events.push(event),
-                None => panic!("expected {n} audit events, got {}: {events:#?}", events.len()),
-            }
-        }
-        events
+        next_n(&mut self.audit, n, "audit").await
     }
 
+    /// The next `n` crm events, failing the test if they do not all arrive in time.
     pub async fn crm_events(&mut self, n: usize) -> Vec<Arrived<CrmEvent>> {
-        let mut events = Vec::new();
-        while events.len() < n {
-            match next_from(&mut self.crm, WAIT).await {
-                Some(event) => events.push(event),
-                None => panic!("expected {n} crm events, got {}: {events:#?}", events.len()),
-            }
-        }
-        events
+        next_n(&mut self.crm, n, "crm").await
     }
 
     /// Asserts nothing more arrives on the audit and crm exchanges for a while.
@@ -338,14 +348,12 @@ impl TestApp {
     }
 
     pub async fn sandbox_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/sandbox/stats", self.sandbox.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(
+            &self.http,
+            &format!("{}/sandbox/stats", self.sandbox.base_url()),
+            None,
+        )
+        .await
     }
 
     /// Changes the sandbox applied, in order.
@@ -363,15 +371,12 @@ impl TestApp {
 
     /// The sandbox's view of a user: `presence` (label) and `routingStatus`.
     pub async fn user(&self, id: Uuid) -> Value {
-        let users: Value = self
-            .http
-            .get(format!("{}/sandbox/users", self.sandbox.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let users = get_json(
+            &self.http,
+            &format!("{}/sandbox/users", self.sandbox.base_url()),
+            None,
+        )
+        .await;
         users["entities"]
             .as_array()
             .unwrap()

@@ -4,7 +4,7 @@ use genesys_worker::sandbox::{self, presence_definition_id, user_id, SandboxConf
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use crate::helpers::sandbox_token;
+use crate::helpers::{get_json, sandbox_token};
 
 #[tokio::test]
 async fn errors_use_the_genesys_error_body_and_correlation_header() {
@@ -93,50 +93,25 @@ async fn presence_round_trips_with_real_field_names_and_reset_restores_the_seed(
     assert_eq!(patched["presenceDefinition"]["systemPresence"], "Available");
     assert_eq!(patched["message"], "back");
     assert!(patched["modifiedDate"].as_str().unwrap().ends_with('Z'));
-    let read: Value = http
-        .get(&path)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = get_json(&http, &path, Some(&token)).await;
     assert_eq!(read["presenceDefinition"]["id"], available.to_string());
 
-    let definitions: Value = http
-        .get(format!("{base}/api/v2/presence/definitions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let definitions = get_json(
+        &http,
+        &format!("{base}/api/v2/presence/definitions"),
+        Some(&token),
+    )
+    .await;
     let first = &definitions["entities"][0];
     for field in ["id", "type", "systemPresence", "languageLabels", "deactivated"] {
         assert!(first.get(field).is_some(), "definition lacks {field}: {first}");
     }
 
-    let stats: Value = http
-        .get(format!("{base}/sandbox/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&http, &format!("{base}/sandbox/stats"), None).await;
     assert_eq!(stats["mutations"].as_array().unwrap().len(), 1);
     assert_eq!(stats["mutations"][0]["entity"], format!("user:{}", user_id(0)));
     http.post(format!("{base}/sandbox/reset")).send().await.unwrap();
-    let stats: Value = http
-        .get(format!("{base}/sandbox/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&http, &format!("{base}/sandbox/stats"), None).await;
     assert!(stats["mutations"].as_array().unwrap().is_empty());
     assert!(stats["requests"].as_array().unwrap().is_empty());
     // Tokens are gone with the reset.
