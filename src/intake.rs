@@ -79,7 +79,11 @@ pub async fn consume(
                 });
             }
             Some(Err(err)) => break Err(BrokerError::from(err)),
-            None => break Ok(()),
+            None => {
+                break Err(BrokerError::ConsumerEnded {
+                    queue: settings.queue.clone(),
+                })
+            }
         }
     };
     tracing::info!(

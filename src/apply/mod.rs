@@ -46,7 +46,9 @@ impl Applied {
     pub fn from_error(job_id: Uuid, entity: &str, err: &GenesysError, attempts: u32) -> Self {
         let outcome = match (err, err.class()) {
             // Credentials are the operator's to fix; the job itself is fine: replay it later.
+            // A 401 that outlived a fresh grant is the same: the credentials, not the job.
             (GenesysError::Auth { .. } | GenesysError::AuthNetwork(_), _) => Outcome::Failed,
+            (GenesysError::Api { status: 401, .. }, _) => Outcome::Failed,
             (_, ErrorClass::Permanent) => Outcome::Rejected,
             (_, ErrorClass::Conflict) => Outcome::Conflict,
             (_, ErrorClass::Transient | ErrorClass::RateLimited) => Outcome::Failed,
@@ -77,5 +79,45 @@ pub struct Context<'a> {
 pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
     match &job.payload {
         Payload::AgentStatus(payload) => agent_status::apply(ctx, job, payload, takeover).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: u16, code: &str) -> GenesysError {
+        GenesysError::Api {
+            method: "PATCH".into(),
+            path: "/api/v2/users/u/presences/purecloud".into(),
+            status,
+            code: code.into(),
+            message: "m".into(),
+            context_id: "c".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn genesys_errors_map_to_the_contract_outcomes() {
+        let outcome =
+            |status, code| Applied::from_error(Uuid::nil(), "user:u", &api_error(status, code), 1).outcome;
+        assert_eq!(outcome(404, "not.found"), Outcome::Rejected);
+        assert_eq!(outcome(409, "pre.check.value.greater.than"), Outcome::Rejected);
+        assert_eq!(outcome(409, "conflict"), Outcome::Conflict);
+        assert_eq!(outcome(503, "service.unavailable"), Outcome::Failed);
+        assert_eq!(outcome(429, "too.many.requests.retry.after"), Outcome::Failed);
+        // Credentials that fail even after a fresh grant are the operator's to fix: replayable.
+        assert_eq!(outcome(401, "bad.credentials"), Outcome::Failed);
+    }
+
+    #[test]
+    fn error_messages_name_the_job_the_entity_and_the_cause() {
+        let applied = Applied::from_error(Uuid::nil(), "user:u", &api_error(404, "not.found"), 2);
+        let error = applied.error.unwrap();
+        assert_eq!(error.code, "genesys.not.found");
+        assert!(error.message.contains(&Uuid::nil().to_string()));
+        assert!(error.message.contains("user:u") && error.message.contains("404"));
+        assert_eq!((applied.genesys_status, applied.attempts), (Some(404), 2));
     }
 }

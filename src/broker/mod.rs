@@ -13,6 +13,8 @@ use crate::config::ServiceUrl;
 pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the broker ended the consumer on queue {queue:?} (connection lost or queue deleted)")]
+    ConsumerEnded { queue: String },
     #[error("RabbitMQ refused to confirm a publish to exchange {exchange:?} (routing key {routing_key:?})")]
     Nacked { exchange: String, routing_key: String },
 }

@@ -386,6 +386,26 @@ impl TestApp {
             .unwrap_or_else(|| panic!("user {id} is not seeded"))
     }
 
+    /// Waits for the worker to end by itself (no shutdown signal) and returns how it ended.
+    pub async fn worker_exit(&mut self) -> Result<(), worker::WorkerError> {
+        let handle = self.worker.take().expect("the worker is running");
+        tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("the worker ends in time")
+            .expect("worker task")
+    }
+
+    /// Deletes the work queue under the worker's feet.
+    pub async fn delete_work_queue(&self) {
+        self.channel
+            .queue_delete(
+                self.config.topology.work_queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Stops the worker and removes this test's exchanges and queues.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use genesys_worker::broker::BrokerError;
+use genesys_worker::worker::WorkerError;
+
 use crate::helpers::spawn_app;
 
 #[test]
@@ -66,4 +69,32 @@ async fn readiness_turns_on_once_the_worker_consumes_and_health_answers() {
     assert!(reqwest::get(format!("http://{admin_addr}/healthz"))
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn the_worker_fails_loudly_when_the_broker_ends_its_consumer() {
+    let mut app = spawn_app().await;
+    let ready = format!("http://{}/readyz", app.config.admin_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app
+        .http
+        .get(&ready)
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.delete_work_queue().await;
+    let exit = app.worker_exit().await;
+    assert!(
+        matches!(exit, Err(WorkerError::Broker(BrokerError::ConsumerEnded { .. }))),
+        "expected the worker to report the ended consumer, got {exit:?}"
+    );
+    app.stop().await;
 }
