@@ -37,17 +37,39 @@ pub struct SandboxArgs {
     /// Number of seeded users.
     #[arg(long, env = "SANDBOX_USERS", default_value_t = 200)]
     pub users: usize,
+    /// Number of seeded workitems (of the seeded worktype).
+    #[arg(long, env = "SANDBOX_WORKITEMS", default_value_t = 20)]
+    pub workitems: usize,
+    /// Number of seeded flows, each with a published version.
+    #[arg(long, env = "SANDBOX_FLOWS", default_value_t = 3)]
+    pub flows: usize,
     /// An accepted OAuth client as ID:SECRET (repeatable).
     #[arg(
         long = "client",
         env = "SANDBOX_CLIENTS",
         value_delimiter = ',',
-        default_value = "sandbox-client:sandbox-secret"
+        default_value = "sandbox-client:sandbox-secret,other-client:other-secret"
     )]
     pub clients: Vec<String>,
     /// Lifetime of issued access tokens.
     #[arg(long, env = "SANDBOX_TOKEN_TTL_SECS", default_value_t = 86_400)]
     pub token_ttl_secs: u64,
+    /// Requests per second each OAuth client may make (Genesys: 300/min per token); 0 disables
+    /// the limit.
+    #[arg(long, env = "SANDBOX_RATE_LIMIT_RPS", default_value_t = 5)]
+    pub rate_limit_rps: u32,
+    /// Burst of the per-client token bucket.
+    #[arg(long, env = "SANDBOX_RATE_LIMIT_BURST", default_value_t = 10)]
+    pub rate_limit_burst: u32,
+    /// Largest list the bulk presence endpoint accepts.
+    #[arg(long, env = "SANDBOX_BULK_PRESENCE_MAX", default_value_t = 50)]
+    pub bulk_presence_max: usize,
+    /// How long asynchronous flow operations (checkin, publish) take.
+    #[arg(long, env = "SANDBOX_FLOW_OPERATION_MS", default_value_t = 500)]
+    pub flow_operation_ms: u64,
+    /// Seed of the fault injector: the same requests in the same order meet the same faults.
+    #[arg(long, env = "SANDBOX_SEED", default_value_t = 42)]
+    pub seed: u64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@ use clap::Parser;
 use genesys_worker::cli::{Cli, Command, EnqueueArgs, SandboxArgs};
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
-use genesys_worker::sandbox::{self, SandboxConfig};
+use genesys_worker::sandbox::{self, RateLimit, SandboxConfig};
 use genesys_worker::{telemetry, worker};
 
 #[tokio::main]
@@ -56,10 +56,20 @@ async fn run_sandbox(args: SandboxArgs) -> ExitCode {
         };
         clients.push((id.to_string(), secret.to_string()));
     }
+    let rate_limit = (args.rate_limit_rps > 0).then_some(RateLimit {
+        requests_per_second: args.rate_limit_rps,
+        burst: args.rate_limit_burst.max(1),
+    });
     let config = SandboxConfig {
         users: args.users,
+        workitems: args.workitems,
+        flows: args.flows,
         clients,
         token_ttl_secs: args.token_ttl_secs,
+        rate_limit,
+        bulk_presence_max: args.bulk_presence_max,
+        flow_operation_ms: args.flow_operation_ms,
+        seed: args.seed,
     };
     let listener = match tokio::net::TcpListener::bind(args.bind).await {
         Ok(listener) => listener,

@@ -37,6 +37,15 @@ impl ApiError {
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not.found", message)
     }
+
+    /// A Task Management validation failure: 409 with a `pre.check.*` code, as the API does.
+    pub(crate) fn pre_check(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -63,20 +72,25 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("The requested resource was not found.")
 }
 
+/// The bearer token of a request, if it carries one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The OAuth client behind the request's bearer token.
 pub(crate) fn authorize(sandbox: &Sandbox, headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(token) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
+    let Some(token) = bearer_token(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication.required",
             "No authentication bearer token specified in authorization header.",
         ));
     };
-    sandbox.world().client_of(token.trim()).ok_or_else(|| {
+    sandbox.world().client_of(token).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad.credentials",

@@ -1,21 +1,61 @@
-//! The control API under `/sandbox/`: what the simulated Genesys saw, and resets.
+//! The control API under `/sandbox/`: what the simulated Genesys saw, and knobs for tests.
+//! These routes bypass the gateway: they are not counted, limited or faulted.
 //!
-//! - `GET /sandbox/stats`: `requests` (route template, status, count), `throttled` (429s
-//!   served) and `mutations` (every applied change, in order, with entity and request body).
-//! - `POST /sandbox/reset`: back to the seeded state; stats and tokens cleared.
-//! - `GET /sandbox/users`: the seeded users (id, name, current presence).
-//! - `POST /sandbox/tokens/revoke`: invalidates every issued token (the next call gets a 401).
+//! | route | |
+//! |---|---|
+//! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `dropped_responses`, `mutations` |
+//! | `GET /sandbox/mutations?entity=user:<id>` | the mutation log, optionally of one entity |
+//! | `POST /sandbox/reset` | back to the seed: state, stats, tokens, faults cleared |
+//! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`) |
+//! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
+//! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) |
+//! | `POST /sandbox/flows/{flowId}/fail-next-publish` | the flow's next publish fails |
+//! | `GET /sandbox/users` | seeded users with current presence and routing status |
+//! | `POST /sandbox/tokens/revoke` | invalidate every token (the next API call gets a 401) |
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
+use super::faults::Fault;
 use super::state::World;
-use super::Sandbox;
+use super::{RateLimit, Sandbox, OTHER_CLIENT_ID};
 
-pub(crate) async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+type Reply = (StatusCode, Json<Value>);
+
+fn refused(status: StatusCode, problem: impl Into<String>) -> Reply {
+    (status, Json(json!({"error": problem.into()})))
+}
+
+pub(crate) fn router() -> Router<Arc<Sandbox>> {
+    Router::new()
+        .route("/sandbox/stats", get(stats))
+        .route("/sandbox/mutations", get(mutations))
+        .route("/sandbox/reset", post(reset))
+        .route(
+            "/sandbox/ratelimit",
+            get(get_rate_limit).put(set_rate_limit).delete(clear_rate_limit),
+        )
+        .route(
+            "/sandbox/faults",
+            get(list_faults).post(set_fault).delete(clear_faults),
+        )
+        .route("/sandbox/flows/{flowId}/lock", post(lock_flow))
+        .route(
+            "/sandbox/flows/{flowId}/fail-next-publish",
+            post(fail_next_publish),
+        )
+        .route("/sandbox/users", get(users))
+        .route("/sandbox/tokens/revoke", post(revoke_tokens))
+}
+
+async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     let world = sandbox.world();
     let requests: Vec<Value> = world
         .stats
@@ -30,15 +70,107 @@ pub(crate) async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
         .filter(|((_, s), _)| *s == 429)
         .map(|(_, c)| c)
         .sum();
-    Json(json!({"requests": requests, "throttled": throttled, "mutations": world.mutations}))
+    Json(json!({
+        "requests": requests,
+        "throttled": throttled,
+        "dropped_responses": world.stats.dropped_responses,
+        "mutations": world.mutations,
+    }))
 }
 
-pub(crate) async fn reset(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
-    *sandbox.world() = World::seeded(&sandbox.config);
+#[derive(Debug, Deserialize)]
+struct EntityFilter {
+    entity: Option<String>,
+}
+
+async fn mutations(State(sandbox): State<Arc<Sandbox>>, Query(filter): Query<EntityFilter>) -> Json<Value> {
+    let world = sandbox.world();
+    let selected: Vec<_> = world
+        .mutations
+        .iter()
+        .filter(|m| filter.entity.as_ref().is_none_or(|e| &m.entity == e))
+        .collect();
+    Json(json!({"mutations": selected}))
+}
+
+async fn reset(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    *sandbox.world() = World::seeded(&sandbox.config());
     Json(json!({"reset": true}))
 }
 
-pub(crate) async fn users(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+async fn get_rate_limit(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    Json(json!({"rate_limit": sandbox.config().rate_limit}))
+}
+
+async fn set_rate_limit(State(sandbox): State<Arc<Sandbox>>, Json(limit): Json<RateLimit>) -> Reply {
+    if limit.requests_per_second == 0 || limit.burst == 0 {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "requests_per_second and burst must be positive",
+        );
+    }
+    sandbox.set_rate_limit(Some(limit));
+    (StatusCode::OK, Json(json!({"rate_limit": limit})))
+}
+
+async fn clear_rate_limit(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    sandbox.set_rate_limit(None);
+    Json(json!({"rate_limit": null}))
+}
+
+async fn list_faults(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    Json(json!({"faults": sandbox.world().faults.list()}))
+}
+
+async fn set_fault(State(sandbox): State<Arc<Sandbox>>, Json(fault): Json<Fault>) -> Reply {
+    if let Some(problem) = fault.problem() {
+        return refused(StatusCode::BAD_REQUEST, problem);
+    }
+    let mut world = sandbox.world();
+    world.faults.set(fault);
+    (StatusCode::OK, Json(json!({"faults": world.faults.list()})))
+}
+
+async fn clear_faults(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    sandbox.world().faults.clear();
+    Json(json!({"faults": []}))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct LockAs {
+    client_id: Option<String>,
+}
+
+async fn lock_flow(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(flow): Path<Uuid>,
+    body: Option<Json<LockAs>>,
+) -> Reply {
+    let client = body
+        .and_then(|Json(b)| b.client_id)
+        .unwrap_or_else(|| OTHER_CLIENT_ID.to_string());
+    if sandbox.world().flows.lock_as(flow, &client) {
+        (
+            StatusCode::OK,
+            Json(json!({"flow": flow, "locked_client": client})),
+        )
+    } else {
+        refused(StatusCode::NOT_FOUND, format!("no flow {flow}"))
+    }
+}
+
+async fn fail_next_publish(State(sandbox): State<Arc<Sandbox>>, Path(flow): Path<Uuid>) -> Reply {
+    if sandbox.world().flows.fail_next_publish(flow) {
+        (
+            StatusCode::OK,
+            Json(json!({"flow": flow, "fail_next_publish": true})),
+        )
+    } else {
+        refused(StatusCode::NOT_FOUND, format!("no flow {flow}"))
+    }
+}
+
+async fn users(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     let world = sandbox.world();
     let mut users: Vec<_> = world.users.iter().collect();
     users.sort_by(|a, b| a.1.name.cmp(&b.1.name));
@@ -52,7 +184,7 @@ pub(crate) async fn users(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     Json(json!({"entities": users}))
 }
 
-pub(crate) async fn revoke_tokens(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+async fn revoke_tokens(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     let revoked = sandbox.world().revoke_tokens();
     Json(json!({"revoked": revoked}))
 }

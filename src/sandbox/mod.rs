@@ -2,55 +2,96 @@
 //! (DESIGN.md section 7).
 //!
 //! It serves the real paths, methods, field names and error bodies of the endpoints the worker
-//! uses (`../shared/genesys-api.md`), on loopback by default, with state in memory seeded from a
+//! uses (`../shared/genesys-api.md`), checked against the official Python SDK's models by the
+//! conformance test, on loopback by default, with state in memory seeded from a
 //! [`SandboxConfig`]. One listener serves both the login host (`/oauth/token`) and the API host.
-//! A control API under `/sandbox/` reports what Genesys *saw* (requests per route and status,
-//! every applied change) and resets state, so tests assert on it.
+//!
+//! Every API request passes the [`gateway`]: it is counted, rate-limited per OAuth client
+//! (a real 429 with `Retry-After`), and exposed to the faults set through the control API
+//! (errors, latency, a response dropped after the change was made). The control API under
+//! `/sandbox/` ([`control`]) reports what Genesys *saw* and resets state, so tests assert on it.
 
 mod api;
+mod architect;
 mod control;
+mod faults;
+mod gateway;
 mod oauth;
 mod presence;
 mod state;
+mod taskmanagement;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::middleware;
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+pub use architect::flow_id;
+pub use faults::Fault;
 pub use state::{presence_definition_id, SYSTEM_PRESENCES};
+pub use taskmanagement::{status_id, workitem_id, worktype_id};
+
+/// Requests per second and burst of a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
 
 /// What the sandbox starts with.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Seeded users, with ids from [`user_id`].
     pub users: usize,
+    /// Seeded workitems of the seeded worktype, with ids from [`workitem_id`].
+    pub workitems: usize,
+    /// Seeded flows, each with a published version, with ids from [`flow_id`].
+    pub flows: usize,
     /// OAuth clients accepted by `/oauth/token`: (client id, client secret).
     pub clients: Vec<(String, String)>,
     /// `expires_in` of issued tokens; after it the API answers 401.
     pub token_ttl_secs: u64,
+    /// Per-OAuth-client token bucket; `None` serves without limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Largest list `PUT /api/v2/users/presences/bulk` accepts.
+    pub bulk_presence_max: usize,
+    /// How long an asynchronous flow operation (checkin, publish) takes to complete.
+    pub flow_operation_ms: u64,
+    /// Seed of the fault injector's random draws: the same requests in the same order meet
+    /// the same faults.
+    pub seed: u64,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             users: 200,
-            clients: vec![(DEFAULT_CLIENT_ID.into(), DEFAULT_CLIENT_SECRET.into())],
+            workitems: 20,
+            flows: 3,
+            clients: vec![
+                (DEFAULT_CLIENT_ID.into(), DEFAULT_CLIENT_SECRET.into()),
+                (OTHER_CLIENT_ID.into(), OTHER_CLIENT_SECRET.into()),
+            ],
             token_ttl_secs: 86_400,
+            rate_limit: None,
+            bulk_presence_max: 50,
+            flow_operation_ms: 200,
+            seed: 42,
         }
     }
 }
 
 pub const DEFAULT_CLIENT_ID: &str = "sandbox-client";
 pub const DEFAULT_CLIENT_SECRET: &str = "sandbox-secret";
+/// A second OAuth client, e.g. someone else holding a flow lock.
+pub const OTHER_CLIENT_ID: &str = "other-client";
+pub const OTHER_CLIENT_SECRET: &str = "other-secret";
 
 /// Id of seeded user `n` (0-based): stable across runs, so sample jobs can name real users.
 pub fn user_id(n: usize) -> Uuid {
@@ -63,7 +104,7 @@ pub fn user_id(n: usize) -> Uuid {
 /// Shared state behind every handler.
 #[derive(Debug)]
 pub(crate) struct Sandbox {
-    config: SandboxConfig,
+    config: Mutex<SandboxConfig>,
     world: Mutex<state::World>,
 }
 
@@ -71,7 +112,7 @@ impl Sandbox {
     fn new(config: SandboxConfig) -> Self {
         let world = state::World::seeded(&config);
         Self {
-            config,
+            config: Mutex::new(config),
             world: Mutex::new(world),
         }
     }
@@ -80,6 +121,21 @@ impl Sandbox {
         // A handler that panicked mid-update leaves test state suspect, but the sandbox keeps
         // serving: tests assert on what they see.
         self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> SandboxConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .rate_limit = limit;
+        self.world().set_rate_limit(limit);
     }
 }
 
@@ -121,11 +177,10 @@ pub async fn spawn(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<S
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        if let Err(err) = serve(listener, config, async {
+        let shutdown = async {
             let _ = stopped.await;
-        })
-        .await
-        {
+        };
+        if let Err(err) = serve(listener, config, shutdown).await {
             tracing::error!(error.message = %err, "Sandbox server failed.");
         }
     });
@@ -146,35 +201,50 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// Route templates use the Genesys documentation's parameter names, so stats and fault
+/// routes read like the API reference (`PATCH /api/v2/users/{userId}/presences/purecloud`).
 fn router(sandbox: Arc<Sandbox>) -> Router {
     let genesys = Router::new()
         .route("/oauth/token", post(oauth::token))
         .route("/api/v2/presence/definitions", get(presence::definitions))
         .route(
-            "/api/v2/users/{user_id}/presences/purecloud",
+            "/api/v2/users/{userId}/presences/purecloud",
             get(presence::get_presence).patch(presence::patch_presence),
         )
+        .route("/api/v2/users/presences/bulk", put(presence::put_bulk))
+        .route("/api/v2/users/presences/purecloud/bulk", get(presence::get_bulk))
         .route(
-            "/api/v2/users/{user_id}/routingstatus",
+            "/api/v2/users/{userId}/routingstatus",
             get(presence::get_routing_status).put(presence::put_routing_status),
         )
+        .route("/api/v2/taskmanagement/workitems", post(taskmanagement::create))
+        .route(
+            "/api/v2/taskmanagement/workitems/query",
+            post(taskmanagement::query),
+        )
+        .route(
+            "/api/v2/taskmanagement/workitems/{workitemId}",
+            get(taskmanagement::get).patch(taskmanagement::update),
+        )
+        .route(
+            "/api/v2/taskmanagement/worktypes/{worktypeId}/statuses",
+            get(taskmanagement::statuses),
+        )
+        .route("/api/v2/flows/{flowId}", get(architect::get_flow))
+        .route(
+            "/api/v2/flows/{flowId}/versions",
+            get(architect::list_versions).post(architect::save_version),
+        )
+        .route(
+            "/api/v2/flows/{flowId}/versions/{versionId}/configuration",
+            get(architect::version_configuration),
+        )
+        .route("/api/v2/flows/actions/checkout", post(architect::checkout))
+        .route("/api/v2/flows/actions/checkin", post(architect::checkin))
+        .route("/api/v2/flows/actions/publish", post(architect::publish))
+        .route("/api/v2/flows/actions/revert", post(architect::revert))
+        .route("/api/v2/flows/actions/unlock", post(architect::unlock))
         .fallback(api::not_found)
-        .layer(middleware::from_fn_with_state(sandbox.clone(), count_requests));
-    let control = Router::new()
-        .route("/sandbox/stats", get(control::stats))
-        .route("/sandbox/reset", post(control::reset))
-        .route("/sandbox/users", get(control::users))
-        .route("/sandbox/tokens/revoke", post(control::revoke_tokens));
-    genesys.merge(control).with_state(sandbox)
-}
-
-/// Counts every Genesys request by route template and status, as the stats report them.
-async fn count_requests(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next) -> Response {
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(path) => format!("{} {}", request.method(), path.as_str()),
-        None => format!("{} (unmatched)", request.method()),
-    };
-    let response = next.run(request).await;
-    sandbox.world().stats.count(route, response.status().as_u16());
-    response
+        .layer(middleware::from_fn_with_state(sandbox.clone(), gateway::gateway));
+    genesys.merge(control::router()).with_state(sandbox)
 }

@@ -49,14 +49,14 @@ pub(crate) async fn token(State(sandbox): State<Arc<Sandbox>>, headers: HeaderMa
         );
     };
     let known = sandbox
-        .config
+        .config()
         .clients
         .iter()
         .any(|(id, s)| id == client_id && s == secret);
     if !known {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client not found");
     }
-    let ttl = sandbox.config.token_ttl_secs;
+    let ttl = sandbox.config().token_ttl_secs;
     let access_token = sandbox.world().issue_token(client_id, Duration::from_secs(ttl));
     Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": ttl})).into_response()
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
@@ -66,16 +66,14 @@ pub(crate) async fn get_presence(
     Ok(Json(user_presence(&world, user_id, user)))
 }
 
-pub(crate) async fn patch_presence(
-    State(sandbox): State<Arc<Sandbox>>,
-    Path(raw_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let client_id = authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
-    let body = json_body(&body)?;
-    let mut world = sandbox.world();
+/// Applies one presence change (`PATCH` body or bulk item) to `user_id` and logs it.
+fn change_presence(
+    world: &mut World,
+    client_id: &str,
+    user_id: Uuid,
+    body: &Value,
+    path: String,
+) -> Result<Value, ApiError> {
     if !world.users.contains_key(&user_id) {
         return Err(user_not_found(user_id));
     }
@@ -120,7 +118,7 @@ pub(crate) async fn patch_presence(
     if let Some(definition) = &definition {
         user.presence = definition.id;
         // As in Genesys: going On Queue makes the agent routable, leaving it takes them off queue.
-        let routing = if definition.system_presence == "On Queue" {
+        let routing = if definition.system_presence == "OnQueue" {
             "IDLE"
         } else {
             "OFF_QUEUE"
@@ -135,9 +133,119 @@ pub(crate) async fn patch_presence(
     }
     user.presence_modified = now;
     let user = user.clone();
+    let method = if path.ends_with("/bulk") { "PUT" } else { "PATCH" };
+    world.record(
+        client_id.to_string(),
+        method,
+        path,
+        format!("user:{user_id}"),
+        body.clone(),
+    );
+    Ok(user_presence(world, user_id, &user))
+}
+
+pub(crate) async fn patch_presence(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let client_id = authorize(&sandbox, &headers)?;
+    let user_id = parse_id(&raw_id, "user")?;
+    let body = json_body(&body)?;
     let path = format!("/api/v2/users/{user_id}/presences/purecloud");
-    world.record(client_id, "PATCH", path, format!("user:{user_id}"), body);
-    Ok(Json(user_presence(&world, user_id, &user)))
+    Ok(Json(change_presence(
+        &mut sandbox.world(),
+        &client_id,
+        user_id,
+        &body,
+        path,
+    )?))
+}
+
+/// `PUT /api/v2/users/presences/bulk`: a list of `MutableUserPresence` whose `id` is the user
+/// id. Each entry is applied on its own; entries that cannot be applied (unknown user, bad
+/// definition) are left out of the response, which lists the presences that were set.
+pub(crate) async fn put_bulk(
+    State(sandbox): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let client_id = authorize(&sandbox, &headers)?;
+    let body = json_body(&body)?;
+    let Some(items) = body.as_array() else {
+        return Err(ApiError::bad_request(
+            "The request body must be a list of presences.",
+        ));
+    };
+    let max = sandbox.config().bulk_presence_max;
+    if items.len() > max {
+        return Err(ApiError::invalid_value(format!(
+            "At most {max} presences can be set per request, got {}.",
+            items.len()
+        )));
+    }
+    let mut world = sandbox.world();
+    let mut applied = Vec::new();
+    for item in items {
+        let Some(user_id) = item
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+        else {
+            continue;
+        };
+        let path = "/api/v2/users/presences/bulk".to_string();
+        if let Ok(mut presence) = change_presence(&mut world, &client_id, user_id, item, path) {
+            presence["id"] = json!(user_id);
+            applied.push(presence);
+        }
+    }
+    Ok(Json(Value::Array(applied)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct BulkIds {
+    id: Option<String>,
+}
+
+/// `GET /api/v2/users/presences/purecloud/bulk?id=a,b`: `UcUserPresence` of up to 50 users;
+/// unknown users are left out.
+pub(crate) async fn get_bulk(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(query): Query<BulkIds>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&sandbox, &headers)?;
+    let ids: Vec<&str> = query
+        .id
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.len() > 50 {
+        return Err(ApiError::invalid_value(format!(
+            "At most 50 ids can be requested, got {}.",
+            ids.len()
+        )));
+    }
+    let world = sandbox.world();
+    let presences: Vec<Value> = ids
+        .iter()
+        .filter_map(|raw| Uuid::parse_str(raw).ok())
+        .filter_map(|id| world.users.get(&id).map(|user| (id, user)))
+        .map(|(id, user)| {
+            let mut presence = user_presence(&world, id, user);
+            presence["userId"] = json!(id);
+            presence
+                .as_object_mut()
+                .expect("presences are objects")
+                .remove("primary");
+            presence
+        })
+        .collect();
+    Ok(Json(Value::Array(presences)))
 }
 
 fn routing_status(user_id: Uuid, status: &str, started: OffsetDateTime) -> Value {

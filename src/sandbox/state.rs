@@ -1,14 +1,21 @@
 //! The sandbox's in-memory Genesys org: users, presence definitions, tokens, and what was seen.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use serde::Serialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{user_id, SandboxConfig};
+use super::architect::FlowState;
+use super::faults::Faults;
+use super::taskmanagement::TaskState;
+use super::{user_id, RateLimit, SandboxConfig};
 
 /// The system presences, with the ids public code shows as constant across orgs where known.
 pub const SYSTEM_PRESENCES: [(&str, Option<&str>); 10] = [
@@ -42,9 +49,19 @@ pub fn presence_definition_id(label: &str) -> Uuid {
 pub(crate) struct PresenceDefinition {
     pub id: Uuid,
     pub system: bool,
+    /// The `systemPresence` enum value (`OnQueue`, no space, as the SDK's model lists it).
     pub system_presence: &'static str,
     pub label: &'static str,
     pub deactivated: bool,
+}
+
+/// `systemPresence` enum value of a system presence label.
+fn system_presence_of(label: &'static str) -> &'static str {
+    if label == "On Queue" {
+        "OnQueue"
+    } else {
+        label
+    }
 }
 
 impl PresenceDefinition {
@@ -96,6 +113,8 @@ pub(crate) struct Mutation {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub requests: BTreeMap<(String, u16), u64>,
+    /// Requests served whose response was then dropped (a fault).
+    pub dropped_responses: u64,
 }
 
 impl Stats {
@@ -110,8 +129,13 @@ pub(crate) struct World {
     pub definitions: Vec<PresenceDefinition>,
     /// token → (client id, expiry)
     tokens: HashMap<String, (String, Instant)>,
+    pub tasks: TaskState,
+    pub flows: FlowState,
     pub stats: Stats,
     pub mutations: Vec<Mutation>,
+    pub faults: Faults,
+    /// Per-OAuth-client token bucket, as Genesys limits requests per client token.
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 impl World {
@@ -121,7 +145,7 @@ impl World {
             .map(|(label, _)| PresenceDefinition {
                 id: presence_definition_id(label),
                 system: true,
-                system_presence: label,
+                system_presence: system_presence_of(label),
                 label,
                 deactivated: false,
             })
@@ -156,13 +180,37 @@ impl World {
                 (user_id(n), user)
             })
             .collect();
-        Self {
+        let mut world = Self {
             users,
             definitions,
             tokens: HashMap::new(),
+            tasks: TaskState::seeded(config.workitems),
+            flows: FlowState::seeded(config.flows),
             stats: Stats::default(),
             mutations: Vec::new(),
-        }
+            faults: Faults::new(config.seed),
+            limiter: None,
+        };
+        world.set_rate_limit(config.rate_limit);
+        world
+    }
+
+    pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+        self.limiter = limit.map(|limit| {
+            let rps = NonZeroU32::new(limit.requests_per_second.max(1)).expect("at least 1");
+            let burst = NonZeroU32::new(limit.burst.max(1)).expect("at least 1");
+            RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst))
+        });
+    }
+
+    /// `Some(wait)` when `client` is over its rate limit.
+    pub fn throttle(&self, client: &str) -> Option<Duration> {
+        let limiter = self.limiter.as_ref()?;
+        let key = client.to_string();
+        limiter
+            .check_key(&key)
+            .err()
+            .map(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     pub fn issue_token(&mut self, client_id: &str, ttl: Duration) -> String {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_job, spawn_app};
 
-const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{user_id}/presences/purecloud";
+const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
 /// Recomputes an event's checksum the way a downstream verifier would: from the JSON received.
 fn recomputed_checksum(event: &Value) -> String {

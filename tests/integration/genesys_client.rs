@@ -137,7 +137,7 @@ async fn presence_names_resolve_through_one_cached_listing() {
         on_queue.id
     );
     let by_id = client.presence.resolve(&client, &on_queue.id).await.unwrap();
-    assert_eq!(by_id.system_presence, "On Queue");
+    assert_eq!(by_id.system_presence, "OnQueue");
     assert_eq!(
         client
             .presence

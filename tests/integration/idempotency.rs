@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_job, redis_url, sandbox_token, spawn_app, TestApp};
 
-const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{user_id}/presences/purecloud";
-const GET_PRESENCE: &str = "GET /api/v2/users/{user_id}/presences/purecloud";
+const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
+const GET_PRESENCE: &str = "GET /api/v2/users/{userId}/presences/purecloud";
 
 async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
