@@ -19,3 +19,28 @@ ensure_toolchain() {
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 }
+
+# The venv of the SDK conformance test (tests/conformance/requirements.txt pins the official
+# Genesys Cloud Python SDK); rebuilt when the requirements change.
+ensure_conformance_venv() {
+  local requirements=tests/conformance/requirements.txt stamp=.venv/.requirements
+  if [ -x .venv/bin/python ] && cmp -s "$requirements" "$stamp"; then
+    return 0
+  fi
+  local as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "[toolchain] installing python3 and python3-venv with apt" >&2
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  echo "[toolchain] creating .venv with $(tr '\n' ' ' <"$requirements")" >&2
+  rm -rf .venv
+  python3 -m venv .venv || {
+    # Debian's python3 needs the versioned venv package for ensurepip.
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "python3.$(python3 -c 'import sys;print(sys.version_info[1])')-venv" >/dev/null
+    python3 -m venv .venv
+  }
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$stamp"
+}

@@ -5,6 +5,7 @@
 //! broker and one Redis.
 
 mod agent_status;
+mod conformance;
 mod genesys_client;
 mod helpers;
 mod idempotency;
