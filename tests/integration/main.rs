@@ -9,5 +9,7 @@ mod conformance;
 mod genesys_client;
 mod helpers;
 mod idempotency;
+mod retries;
 mod sandbox_api;
+mod sandbox_behaviour;
 mod worker;
