@@ -108,6 +108,9 @@ pub struct CrmEvent {
     pub correlation_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
+    /// The created workitem (`interaction.create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workitem_id: Option<String>,
 }
 
 impl CrmEvent {
@@ -122,6 +125,16 @@ impl CrmEvent {
             actor: audit.actor.clone(),
             correlation_id: audit.correlation_id.clone(),
             occurred_at: audit.occurred_at,
+            workitem_id: (audit.kind == "interaction.create")
+                .then(|| {
+                    audit
+                        .new_state
+                        .as_ref()?
+                        .get("workitem_id")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .flatten(),
         }
     }
 

@@ -82,9 +82,57 @@ pub struct AgentStatus {
     pub expected_current: Option<String>,
 }
 
+/// `interaction.status` payload: move a workitem to another status of its worktype.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InteractionStatus {
+    pub workitem_id: Uuid,
+    /// The target status by id; exactly one of `status_id` and `status` is given.
+    pub status_id: Option<Uuid>,
+    /// The target status by name, resolved through the worktype's statuses.
+    pub status: Option<String>,
+    /// Apply only if the workitem's current status is this one (name or id).
+    pub expected_current: Option<String>,
+}
+
+impl InteractionStatus {
+    /// The target as given: an id or a name.
+    pub fn target(&self) -> String {
+        match (&self.status_id, &self.status) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// Task Management's limits on a workitem (`WorkitemCreate`).
+pub const WORKITEM_PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -25_000_000..=25_000_000;
+pub const WORKITEM_NAME_CHARS: std::ops::RangeInclusive<usize> = 3..=256;
+pub const WORKITEM_DESCRIPTION_MAX: usize = 512;
+/// Skills per workitem accepted by this worker (the API documents no lower bound).
+pub const WORKITEM_SKILLS_MAX: usize = 50;
+
+/// `interaction.create` payload: a Task Management workitem, created exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InteractionCreate {
+    pub type_id: Uuid,
+    pub name: String,
+    pub queue_id: Option<Uuid>,
+    pub priority: Option<i64>,
+    pub skill_ids: Option<Vec<Uuid>>,
+    pub language_id: Option<Uuid>,
+    pub external_contact_id: Option<Uuid>,
+    pub custom_fields: Option<serde_json::Map<String, Value>>,
+    pub description: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     AgentStatus(AgentStatus),
+    InteractionStatus(InteractionStatus),
+    InteractionCreate(InteractionCreate),
 }
 
 /// A decoded, validated job.
@@ -107,9 +155,14 @@ pub struct Job {
 
 impl Job {
     /// The Genesys entity the job changes, as named in events (`user:<id>`).
+    ///
+    /// A workitem to be created has no id yet: until it exists, its job is filed under
+    /// `workitem:new:<idempotency key>`; the created workitem's events use `workitem:<id>`.
     pub fn entity(&self) -> String {
         match &self.payload {
             Payload::AgentStatus(p) => format!("user:{}", p.user_id),
+            Payload::InteractionStatus(p) => format!("workitem:{}", p.workitem_id),
+            Payload::InteractionCreate(_) => format!("workitem:new:{}", self.idempotency_key),
         }
     }
 }
@@ -199,6 +252,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
         .clone();
     let payload = match kind {
         Kind::AgentStatus => decode_agent_status(payload_value),
+        Kind::InteractionStatus => decode_interaction_status(payload_value),
+        Kind::InteractionCreate => decode_interaction_create(payload_value, &idempotency_key),
         other => Err(DecodeError::new(
             "unsupported_kind",
             format!("kind {other} is part of the contract but not supported by this worker version"),
@@ -304,8 +359,16 @@ impl Header {
 
 /// Best-effort entity of an invalid payload, so its rejection is filed under the right entity.
 fn entity_hint(object: &Map<String, Value>) -> Option<String> {
-    let user = object.get("payload")?.get("user_id")?.as_str()?;
-    Uuid::parse_str(user).ok().map(|id| format!("user:{id}"))
+    let payload = object.get("payload")?;
+    let id = |field: &str| {
+        payload
+            .get(field)?
+            .as_str()
+            .and_then(|raw| Uuid::parse_str(raw).ok())
+    };
+    id("user_id")
+        .map(|id| format!("user:{id}"))
+        .or_else(|| id("workitem_id").map(|id| format!("workitem:{id}")))
 }
 
 fn payload_error(err: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
@@ -343,6 +406,69 @@ fn decode_agent_status(value: Value) -> Result<Payload, DecodeError> {
         return Err(invalid("payload.expected_current must not be empty".into()));
     }
     Ok(Payload::AgentStatus(payload))
+}
+
+fn decode_interaction_status(value: Value) -> Result<Payload, DecodeError> {
+    let payload: InteractionStatus = serde_path_to_error::deserialize(value).map_err(payload_error)?;
+    let invalid = |message: &str| DecodeError {
+        entity: Some(format!("workitem:{}", payload.workitem_id)),
+        ..DecodeError::new("invalid_payload", message)
+    };
+    match (&payload.status_id, &payload.status) {
+        (Some(_), Some(_)) => return Err(invalid("give payload.status_id or payload.status, not both")),
+        (None, None) => return Err(invalid("payload.status_id or payload.status is required")),
+        (None, Some(name)) if name.trim().is_empty() || name.len() > 256 => {
+            return Err(invalid(
+                "payload.status must be a status name of at most 256 characters",
+            ))
+        }
+        _ => {}
+    }
+    if payload
+        .expected_current
+        .as_ref()
+        .is_some_and(|e| e.trim().is_empty())
+    {
+        return Err(invalid("payload.expected_current must not be empty"));
+    }
+    Ok(Payload::InteractionStatus(payload))
+}
+
+fn decode_interaction_create(value: Value, idempotency_key: &str) -> Result<Payload, DecodeError> {
+    let payload: InteractionCreate = serde_path_to_error::deserialize(value).map_err(payload_error)?;
+    let invalid = |message: String| DecodeError {
+        entity: Some(format!("workitem:new:{idempotency_key}")),
+        ..DecodeError::new("invalid_payload", message)
+    };
+    let name_chars = payload.name.chars().count();
+    if !WORKITEM_NAME_CHARS.contains(&name_chars) {
+        return Err(invalid(format!(
+            "payload.name must be 3 to 256 characters, got {name_chars}"
+        )));
+    }
+    if let Some(priority) = payload.priority.filter(|p| !WORKITEM_PRIORITY_RANGE.contains(p)) {
+        return Err(invalid(format!(
+            "payload.priority must be between -25000000 and 25000000, got {priority}"
+        )));
+    }
+    if let Some(length) = payload.description.as_ref().map(|d| d.chars().count()) {
+        if length > WORKITEM_DESCRIPTION_MAX {
+            return Err(invalid(format!(
+                "payload.description must be at most 512 characters, got {length}"
+            )));
+        }
+    }
+    if let Some(count) = payload
+        .skill_ids
+        .as_ref()
+        .map(Vec::len)
+        .filter(|n| *n > WORKITEM_SKILLS_MAX)
+    {
+        return Err(invalid(format!(
+            "payload.skill_ids may list at most {WORKITEM_SKILLS_MAX} skills, got {count}"
+        )));
+    }
+    Ok(Payload::InteractionCreate(payload))
 }
 
 #[cfg(test)]
@@ -469,6 +595,70 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind.as_deref(), Some("agent.teleport"));
         assert!(err.job_id.is_some());
+    }
+
+    fn job_of(kind: &str, payload: Value) -> Value {
+        json!({"job_id": JOB, "kind": kind, "idempotency_key": "key-1", "payload": payload})
+    }
+
+    #[test]
+    fn interaction_status_takes_a_status_id_or_a_name_but_not_both() {
+        let workitem = "3f1b8a2c-1d2e-4f5a-8b9c-0d1e2f3a4b5c";
+        let decode_status = |payload: Value| decode(&bytes(job_of("interaction.status", payload)), 1 << 20);
+        let by_name = decode_status(json!({"workitem_id": workitem, "status": "In Progress"})).unwrap();
+        assert_eq!(by_name.entity(), format!("workitem:{workitem}"));
+        let Payload::InteractionStatus(p) = &by_name.payload else {
+            panic!("wrong payload")
+        };
+        assert_eq!(p.target(), "In Progress");
+        assert!(decode_status(json!({"workitem_id": workitem, "status_id": USER})).is_ok());
+        for bad in [
+            json!({"workitem_id": workitem}),
+            json!({"workitem_id": workitem, "status": "Open", "status_id": USER}),
+            json!({"workitem_id": "nope", "status": "Open"}),
+            json!({"workitem_id": workitem, "status": " "}),
+        ] {
+            assert_eq!(
+                decode_status(bad.clone()).unwrap_err().code,
+                "invalid_payload",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn interaction_create_is_validated_with_clear_errors() {
+        let type_id = "5e2a9b1c-3d4e-4f5a-9b8c-7d6e5f4a3b2c";
+        let create = |payload: Value| decode(&bytes(job_of("interaction.create", payload)), 1 << 20);
+        let ok =
+            create(json!({"type_id": type_id, "name": "Call back", "priority": 10, "skill_ids": [USER]}))
+                .unwrap();
+        assert_eq!(ok.entity(), "workitem:new:key-1");
+        let message = |payload: Value| create(payload).unwrap_err().message;
+        assert!(message(json!({"type_id": type_id, "name": "ab"})).contains("payload.name must be 3 to 256"));
+        assert!(message(json!({"name": "Call back"})).contains("type_id"));
+        assert!(
+            message(json!({"type_id": type_id, "name": "Call back", "priority": 25_000_001}))
+                .contains("priority")
+        );
+        assert!(
+            message(json!({"type_id": type_id, "name": "Call back", "queue_id": "q1"}))
+                .contains("payload.queue_id")
+        );
+        let skills: Vec<&str> = vec![USER; 51];
+        assert!(
+            message(json!({"type_id": type_id, "name": "Call back", "skill_ids": skills}))
+                .contains("at most 50")
+        );
+        assert!(
+            message(json!({"type_id": type_id, "name": "Call back", "description": "d".repeat(513)}))
+                .contains("512")
+        );
+        let long_name: String = "é".repeat(256);
+        assert!(
+            create(json!({"type_id": type_id, "name": long_name})).is_ok(),
+            "characters, not bytes"
+        );
     }
 
     #[test]

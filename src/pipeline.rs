@@ -234,7 +234,7 @@ impl Pipeline {
             job_id: job.job_id,
             kind: job.kind.as_str().into(),
             idempotency_key: Some(job.idempotency_key.clone()),
-            entity: job.entity(),
+            entity: applied.entity.clone().unwrap_or_else(|| job.entity()),
             outcome: applied.outcome,
             actor: job.actor.clone(),
             correlation_id: job.correlation_id.clone(),

@@ -132,6 +132,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
                 genesys_status: Some(200),
                 error: None,
                 attempts,
+                entity: None,
             };
         }
     }
@@ -179,6 +180,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         genesys_status: Some(status),
         error: None,
         attempts,
+        entity: None,
     }
 }
 

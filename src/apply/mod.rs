@@ -4,6 +4,8 @@
 //! reports an [`Applied`]: the outcome and what the audit event needs to say about it.
 
 pub mod agent_status;
+pub mod interaction_create;
+pub mod interaction_status;
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -24,6 +26,9 @@ pub struct Applied {
     pub error: Option<EventError>,
     /// Attempts of the call that took the most.
     pub attempts: u32,
+    /// The entity the job turned out to change, when it differs from the job's own (a created
+    /// workitem is only named once it exists).
+    pub entity: Option<String>,
 }
 
 impl Applied {
@@ -39,6 +44,7 @@ impl Applied {
                 message,
             }),
             attempts: 1,
+            entity: None,
         }
     }
 
@@ -63,6 +69,7 @@ impl Applied {
                 message: format!("job {job_id}: {entity}: {err}"),
             }),
             attempts,
+            entity: None,
         }
     }
 }
@@ -79,6 +86,8 @@ pub struct Context<'a> {
 pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
     match &job.payload {
         Payload::AgentStatus(payload) => agent_status::apply(ctx, job, payload, takeover).await,
+        Payload::InteractionStatus(payload) => interaction_status::apply(ctx, job, payload).await,
+        Payload::InteractionCreate(payload) => interaction_create::apply(ctx, job, payload, takeover).await,
     }
 }
 

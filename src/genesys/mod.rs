@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod presence;
+pub mod taskmanagement;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub struct GenesysClient {
     auth: TokenSource,
     budget: Arc<Budget>,
     pub presence: presence::PresenceDirectory,
+    pub statuses: taskmanagement::StatusDirectory,
 }
 
 impl GenesysClient {
@@ -77,6 +79,7 @@ impl GenesysClient {
             auth,
             budget,
             presence: presence::PresenceDirectory::new(Duration::from_secs(300)),
+            statuses: taskmanagement::StatusDirectory::new(Duration::from_secs(300)),
         }
     }
 
