@@ -27,6 +27,23 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Publish an NDJSON file of jobs (one job message per line) to the jobs exchange.
     Enqueue(EnqueueArgs),
+    /// Work with captured audit events.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the per-entity hash chains of captured audit events (NDJSON); exit 1 at the first
+    /// break, naming the event, 2 if the input cannot be read.
+    Verify {
+        /// NDJSON file of audit events, or - for standard input.
+        file: PathBuf,
+        /// Take each entity's links in version order rather than file order (for streams merged
+        /// from several consumers); a reordering then no longer counts as a break.
+        #[arg(long)]
+        sort: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -503,7 +503,9 @@ mod tests {
         assert_eq!(job.idempotency_key, "wfm-handover-1");
         assert_eq!(job.entity(), format!("user:{USER}"));
         assert_eq!(job.sequence, Some(1732262400));
-        let Payload::AgentStatus(p) = &job.payload else { panic!("expected an agent.status payload") };
+        let Payload::AgentStatus(p) = &job.payload else {
+            panic!("expected an agent.status payload")
+        };
         assert_eq!(p.presence, "Available");
         assert_eq!(p.message.as_deref(), Some("shift start"));
     }

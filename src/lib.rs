@@ -15,12 +15,13 @@
 //! - [`pipeline`]: runs one job through the stages and returns what to do with the delivery.
 //! - [`worker`]: wires the stages together: `run(config, shutdown)`.
 //!
-//! Around it: [`admin`] (`/healthz`, `/readyz`), [`config`], [`events`] (the consumers' contract), [`store`] (Redis keys),
+//! Around it: [`admin`] (`/healthz`, `/readyz`), [`audit`] (`audit verify`), [`config`], [`events`] (the consumers' contract), [`store`] (Redis keys),
 //! [`canonical`] (canonical JSON), [`enqueue`] (the producer CLI) and [`sandbox`], the Genesys
 //! Cloud simulator used by the tests and the demo.
 
 pub mod admin;
 pub mod apply;
+pub mod audit;
 pub mod broker;
 pub mod canonical;
 pub mod cli;

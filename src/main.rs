@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use genesys_worker::cli::{Cli, Command, EnqueueArgs, SandboxArgs};
+use genesys_worker::audit::{self, VerifyError};
+use genesys_worker::cli::{AuditCommand, Cli, Command, EnqueueArgs, SandboxArgs};
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
 use genesys_worker::sandbox::{self, RateLimit, SandboxConfig};
@@ -18,6 +19,42 @@ async fn main() -> ExitCode {
         Command::Run => run().await,
         Command::Sandbox(args) => run_sandbox(args).await,
         Command::Enqueue(args) => run_enqueue(args).await,
+        Command::Audit(AuditCommand::Verify { file, sort }) => verify_audit(&file, sort),
+    }
+}
+
+fn read_input(file: &std::path::Path) -> std::io::Result<String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
+
+fn verify_audit(file: &std::path::Path, sort: bool) -> ExitCode {
+    let input = match read_input(file) {
+        Ok(input) => input,
+        Err(err) => {
+            eprintln!("cannot read {}: {err}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match audit::verify(&input, sort) {
+        Ok(report) => {
+            println!(
+                "ok: {} events, {} entities, {} links verified ({} repeated events skipped)",
+                report.events, report.entities, report.links, report.duplicates
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err @ VerifyError::Break { .. }) => {
+            println!("{err}");
+            ExitCode::FAILURE
+        }
+        Err(err @ VerifyError::Unreadable { .. }) => {
+            eprintln!("{err}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -93,12 +130,7 @@ async fn run_sandbox(args: SandboxArgs) -> ExitCode {
 
 async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
     telemetry::init(log_format_from_env());
-    let input = if args.file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-    } else {
-        std::fs::read_to_string(&args.file)
-    };
-    let input = match input {
+    let input = match read_input(&args.file) {
         Ok(input) => input,
         Err(err) => {
             eprintln!("cannot read {}: {err}", args.file.display());

@@ -32,12 +32,22 @@ impl Default for EntityHead {
 
 /// The checksum `event` must carry: over its canonical form without the `checksum` field.
 pub fn checksum_of(event: &AuditEvent) -> String {
-    let mut value = serde_json::to_value(event).expect("audit events always serialize");
-    if let Value::Object(map) = &mut value {
+    checksum_of_value(&serde_json::to_value(event).expect("audit events always serialize"))
+}
+
+/// The same over an event as received: `sha256(prev_checksum + "\n" + canonical)`, where
+/// `canonical` is the event without `checksum`, keys sorted, no whitespace. Verifiers use this
+/// on the JSON they captured, so fields this version does not know are covered too.
+pub fn checksum_of_value(event: &Value) -> String {
+    let mut without = event.clone();
+    if let Value::Object(map) = &mut without {
         map.remove("checksum");
     }
-    let canonical = canonical::to_string(&value);
-    canonical::sha256_hex(format!("{}\n{canonical}", event.prev_checksum).as_bytes())
+    let prev = event
+        .get("prev_checksum")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    canonical::sha256_hex(format!("{prev}\n{}", canonical::to_string(&without)).as_bytes())
 }
 
 /// Fills the chain fields of `event` against the entity's current `head`.

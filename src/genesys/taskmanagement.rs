@@ -120,7 +120,8 @@ const MIN_REFRESH_AGE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct StatusDirectory {
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Arc<Vec<WorkitemStatus>>)>>,
+    /// Per worktype: the graph and when it was listed.
+    cache: Mutex<HashMap<String, (Instant, StatusGraph)>>,
 }
 
 impl StatusDirectory {
@@ -139,25 +140,21 @@ impl StatusDirectory {
         must_know: &[&str],
     ) -> Result<StatusGraph, GenesysError> {
         let mut cache = self.cache.lock().await;
-        if let Some((fetched, statuses)) = cache.get(worktype) {
-            let graph = StatusGraph {
-                worktype: worktype.to_string(),
-                statuses: statuses.clone(),
-            };
+        if let Some((fetched, graph)) = cache.get(worktype) {
             let knows_all = must_know.iter().all(|w| graph.find(w).is_some());
             let fresh = fetched.elapsed() < self.ttl;
             if fresh && (knows_all || fetched.elapsed() < MIN_REFRESH_AGE) {
-                return Ok(graph);
+                return Ok(graph.clone());
             }
         }
         let path = format!("/api/v2/taskmanagement/worktypes/{worktype}/statuses");
         let listing = client.get::<StatusListing>(&path).await?;
-        let statuses = Arc::new(listing.body.entities);
-        cache.insert(worktype.to_string(), (Instant::now(), statuses.clone()));
-        Ok(StatusGraph {
+        let graph = StatusGraph {
             worktype: worktype.to_string(),
-            statuses,
-        })
+            statuses: Arc::new(listing.body.entities),
+        };
+        cache.insert(worktype.to_string(), (Instant::now(), graph.clone()));
+        Ok(graph)
     }
 }
 

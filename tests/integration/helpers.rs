@@ -116,6 +116,8 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
 /// An event as it arrived, with its routing key.
 #[derive(Debug, Clone)]
 pub struct Arrived<T> {
+    /// The message body exactly as published.
+    pub raw: String,
     pub routing_key: String,
     pub event: T,
     pub properties: BasicProperties,
@@ -229,6 +231,7 @@ async fn next_from<T: serde::de::DeserializeOwned>(
         )
     });
     Some(Arrived {
+        raw: String::from_utf8(delivery.data).expect("events are UTF-8 JSON"),
         routing_key: delivery.routing_key.to_string(),
         event,
         properties: delivery.properties,
@@ -463,6 +466,17 @@ pub fn requests_in(stats: &Value, route: &str, status: u16) -> u64 {
         .filter(|r| r["route"] == route && r["status"] == status)
         .map(|r| r["count"].as_u64().unwrap())
         .sum()
+}
+
+/// A new job of `kind` with `payload`.
+pub fn job(kind: &str, payload: Value) -> Value {
+    serde_json::json!({
+        "job_id": Uuid::new_v4(),
+        "kind": kind,
+        "actor": "integration-test",
+        "correlation_id": format!("corr-{}", random_name()),
+        "payload": payload,
+    })
 }
 
 /// A new `agent.status` job for `user`.

@@ -9,6 +9,7 @@ mod conformance;
 mod genesys_client;
 mod helpers;
 mod idempotency;
+mod interactions;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;

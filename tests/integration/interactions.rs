@@ -1,0 +1,372 @@
+//! `interaction.status` and `interaction.create` through the pipeline, and `audit verify` on
+//! the stream they produce.
+
+use std::process::Command;
+
+use genesys_worker::events::Outcome;
+use genesys_worker::sandbox::{status_id, workitem_id, worktype_id, SandboxConfig};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{job, sandbox_token, spawn_app, spawn_app_with, TestApp};
+
+const CREATE: &str = "POST /api/v2/taskmanagement/workitems";
+const QUERY: &str = "POST /api/v2/taskmanagement/workitems/query";
+
+fn status_job(workitem: Uuid, payload: Value) -> Value {
+    let mut payload = payload;
+    payload["workitem_id"] = json!(workitem);
+    job("interaction.status", payload)
+}
+
+fn create_job(name: &str) -> Value {
+    let mut job = job(
+        "interaction.create",
+        json!({"type_id": worktype_id(), "name": name, "priority": 10, "queue_id": Uuid::new_v4(), "skill_ids": [Uuid::new_v4()]}),
+    );
+    job["idempotency_key"] = json!(format!("crm-ticket-{}", Uuid::new_v4()));
+    job
+}
+
+/// Workitems the sandbox holds with `tag`, found through the API as any client would.
+async fn workitems_tagged(app: &TestApp, tag: &str) -> Vec<Value> {
+    let token = sandbox_token(&app.http, &app.sandbox.base_url()).await;
+    let filter = |name: &str, value: String| json!({"name": name, "type": "String", "operator": "EQ", "values": [value]});
+    let query = json!({"filters": [filter("typeId", worktype_id().to_string()), filter("externalTag", tag.to_string())]});
+    let reply: Value = app
+        .http
+        .post(format!(
+            "{}/api/v2/taskmanagement/workitems/query",
+            app.sandbox.base_url()
+        ))
+        .bearer_auth(token)
+        .json(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["entities"].as_array().cloned().unwrap_or_default()
+}
+
+async fn set_fault(app: &TestApp, fault: Value) {
+    let response = app
+        .http
+        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+}
+
+#[tokio::test]
+async fn an_allowed_transition_by_name_is_one_patch_with_previous_and_new_state() {
+    let mut app = spawn_app().await;
+    let workitem = workitem_id(0);
+    app.publish(&status_job(workitem, json!({"status": "in progress"})))
+        .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(event.routing_key, "audit.interaction.status.applied");
+    assert_eq!(event.event.entity, format!("workitem:{workitem}"));
+    assert_eq!(event.event.previous_state.as_ref().unwrap()["status"], "Open");
+    assert_eq!(event.event.new_state.as_ref().unwrap()["status"], "In Progress");
+    assert_eq!(
+        event.event.new_state.as_ref().unwrap()["status_category"],
+        "InProgress"
+    );
+    assert_eq!(event.event.entity_version, 1);
+    let crm = app.crm_events(1).await.remove(0);
+    assert_eq!(crm.routing_key, "crm.interaction.status");
+    let mutations = app.mutations().await;
+    assert_eq!(mutations.len(), 1);
+    assert_eq!(mutations[0]["method"], "PATCH");
+    assert_eq!(
+        mutations[0]["body"],
+        json!({"statusId": status_id("In Progress")})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_disallowed_transition_is_rejected_before_anything_is_written() {
+    let mut app = spawn_app().await;
+    app.publish(&status_job(
+        workitem_id(1),
+        json!({"status_id": status_id("Waiting")}),
+    ))
+    .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Rejected);
+    let error = event.event.error.clone().unwrap();
+    assert_eq!(error.code, "transition_not_allowed");
+    assert!(
+        error.message.contains("\"Open\"") && error.message.contains("In Progress, Closed"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        app.dead_letters(1).await[0].headers["x-error-code"],
+        "transition_not_allowed"
+    );
+    assert!(app.mutations().await.is_empty());
+    assert_eq!(
+        app.requests("PATCH /api/v2/taskmanagement/workitems/{workitemId}", 409)
+            .await,
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn transitions_chain_through_the_state_machine_and_statuses_are_listed_once() {
+    let mut app = spawn_app().await;
+    let workitem = workitem_id(2);
+    for status in ["In Progress", "Escalated", "Closed", "Open"] {
+        app.publish(&status_job(workitem, json!({"status": status})))
+            .await;
+        let event = app.audit_events(1).await.remove(0);
+        assert_eq!(
+            event.event.outcome,
+            Outcome::Applied,
+            "{status}: {:?}",
+            event.event.error
+        );
+    }
+    assert_eq!(app.mutations().await.len(), 4);
+    assert_eq!(
+        app.requests("GET /api/v2/taskmanagement/worktypes/{worktypeId}/statuses", 200)
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expected_current_that_does_not_hold_is_a_conflict_and_nothing_is_written() {
+    let mut app = spawn_app().await;
+    let workitem = workitem_id(3);
+    app.publish(&status_job(
+        workitem,
+        json!({"status": "Closed", "expected_current": "In Progress"}),
+    ))
+    .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Conflict);
+    assert_eq!(
+        event.event.error.as_ref().unwrap().code,
+        "expected_current_mismatch"
+    );
+    assert_eq!(event.event.previous_state.as_ref().unwrap()["status"], "Open");
+    assert!(app.mutations().await.is_empty());
+    app.publish(&status_job(
+        workitem,
+        json!({"status": "Closed", "expected_current": "open"}),
+    ))
+    .await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_statuses_and_workitems_are_rejected() {
+    let mut app = spawn_app().await;
+    app.publish(&status_job(workitem_id(4), json!({"status": "Teleported"})))
+        .await;
+    app.publish(&status_job(Uuid::new_v4(), json!({"status": "Closed"})))
+        .await;
+    let events = app.audit_events(2).await;
+    let mut codes: Vec<String> = events
+        .iter()
+        .map(|e| e.event.error.clone().unwrap().code)
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["genesys.not.found", "unknown_status"]);
+    assert!(events.iter().all(|e| e.event.outcome == Outcome::Rejected));
+    assert!(app.mutations().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_makes_one_tagged_workitem_and_names_it_in_the_events() {
+    let mut app = spawn_app().await;
+    let job = create_job("Call back about invoice 42");
+    let tag = job["idempotency_key"].as_str().unwrap().to_string();
+    app.publish(&job).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let created = workitems_tagged(&app, &tag).await;
+    assert_eq!(created.len(), 1);
+    let id = created[0]["id"].as_str().unwrap();
+    assert_eq!(event.event.entity, format!("workitem:{id}"));
+    assert_eq!(event.event.entity_version, 1);
+    assert_eq!(event.event.new_state.as_ref().unwrap()["workitem_id"], id);
+    assert_eq!(created[0]["priority"], 10);
+    assert_eq!(created[0]["queue"]["id"], job["payload"]["queue_id"]);
+    assert_eq!(created[0]["skills"][0]["id"], job["payload"]["skill_ids"][0]);
+    let crm = app.crm_events(1).await.remove(0);
+    assert_eq!(crm.event.workitem_id.as_deref(), Some(id));
+    assert_eq!(crm.routing_key, "crm.interaction.create");
+    // The same job again: a duplicate, no second workitem.
+    app.publish(&job).await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Duplicate);
+    assert_eq!(workitems_tagged(&app, &tag).await.len(), 1);
+    assert_eq!(app.requests(CREATE, 200).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_whose_response_is_lost_is_found_by_its_tag_not_created_twice() {
+    let mut app = spawn_app().await;
+    set_fault(&app, json!({"route": CREATE, "drop_response": 1.0, "times": 1})).await;
+    let job = create_job("Lost answer");
+    let tag = job["idempotency_key"].as_str().unwrap().to_string();
+    app.publish(&job).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(
+        workitems_tagged(&app, &tag).await.len(),
+        1,
+        "exactly one workitem"
+    );
+    let stats = app.sandbox_stats().await;
+    assert_eq!(stats["dropped_responses"], 1);
+    assert_eq!(
+        crate::helpers::requests_in(&stats, CREATE, 200),
+        1,
+        "one create reached Genesys"
+    );
+    assert!(
+        crate::helpers::requests_in(&stats, QUERY, 200) >= 1,
+        "the worker looked before creating again"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_retried_after_a_503_makes_one_workitem() {
+    let mut app = spawn_app().await;
+    set_fault(&app, json!({"route": CREATE, "errors": {"503": 1.0}, "times": 1})).await;
+    let job = create_job("After a 503");
+    let tag = job["idempotency_key"].as_str().unwrap().to_string();
+    app.publish(&job).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(event.event.attempts, 2);
+    assert_eq!(workitems_tagged(&app, &tag).await.len(), 1);
+    assert_eq!(app.requests(CREATE, 503).await, 1);
+    assert_eq!(app.requests(CREATE, 200).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_create_is_dead_lettered_with_a_clear_error() {
+    let mut app = spawn_app().await;
+    let bad = job(
+        "interaction.create",
+        json!({"type_id": worktype_id(), "name": "ab"}),
+    );
+    app.publish(&bad).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Rejected);
+    let letter = app.dead_letters(1).await.remove(0);
+    assert_eq!(letter.headers["x-error-code"], "invalid_payload");
+    assert!(letter.headers["x-error-message"].contains("payload.name must be 3 to 256 characters"));
+    assert!(app.mutations().await.is_empty());
+    app.stop().await;
+}
+
+fn verify(lines: &[String]) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(format!("audit-{}", Uuid::new_v4()));
+    std::fs::write(&dir, lines.join("\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .args(["audit", "verify"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&dir);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn audit_verify_accepts_the_captured_stream_and_finds_each_kind_of_tampering() {
+    let mut app = spawn_app_with(
+        SandboxConfig {
+            users: 5,
+            workitems: 5,
+            ..SandboxConfig::default()
+        },
+        &[],
+    )
+    .await;
+    let workitem = workitem_id(0);
+    let steps = [
+        status_job(workitem, json!({"status": "In Progress"})),
+        status_job(workitem, json!({"status": "Open", "expected_current": "Closed"})),
+        status_job(workitem, json!({"status": "Waiting"})),
+        status_job(workitem, json!({"status": "Closed"})),
+        status_job(workitem_id(1), json!({"status": "Closed"})),
+    ];
+    let mut lines = Vec::new();
+    for step in &steps {
+        app.publish(step).await;
+        lines.push(app.audit_events(1).await.remove(0).raw);
+    }
+    app.publish(&create_job("Verified")).await;
+    lines.push(app.audit_events(1).await.remove(0).raw);
+    app.stop().await;
+
+    let (code, out) = verify(&lines);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("6 events, 3 entities, 5 links"), "{out}");
+
+    let id_of = |line: &str| {
+        serde_json::from_str::<Value>(line).unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut modified = lines.clone();
+    modified[2] = modified[2].replace("\"Waiting\"", "\"Escalated\"");
+    let (code, out) = verify(&modified);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(&id_of(&lines[2])) && out.contains("modified"),
+        "{out}"
+    );
+
+    let mut removed = lines.clone();
+    removed.remove(2);
+    let (code, out) = verify(&removed);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(&id_of(&lines[3])) && out.contains("missing"),
+        "{out}"
+    );
+
+    let mut reordered = lines.clone();
+    reordered.swap(2, 3);
+    let (code, out) = verify(&reordered);
+    assert_eq!(code, Some(1), "{out}");
+
+    // And through stdin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .args(["audit", "verify", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.join("\n").as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
