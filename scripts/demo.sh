@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: local RabbitMQ + Redis, the Genesys sandbox and the worker. A sample shift handover
-# (demo/handover.ndjson) is enqueued, each job's outcome is printed from the audit events, then
-# everything is stopped. Logs are kept in a temporary directory named at the end.
+# (demo/handover.ndjson) and some interaction changes (demo/interactions.ndjson) are enqueued,
+# each job's outcome is printed from the audit events, the events' hash chains are verified,
+# then everything is stopped. Logs and captured events are kept in a temporary directory named
+# at the end. Other NDJSON files of jobs may be given as arguments.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/toolchain.sh
@@ -10,7 +12,8 @@ SERVICES_STATE="$(mktemp /tmp/genesys-worker-services-state.XXXXXX)"
 export SERVICES_STATE
 
 SANDBOX_PORT="${SANDBOX_PORT:-18088}"
-JOBS_FILE="${1:-demo/handover.ndjson}"
+JOBS_FILES=("${@:-demo/handover.ndjson}")
+[ "$#" -gt 0 ] || JOBS_FILES=(demo/handover.ndjson demo/interactions.ndjson)
 LOGS="$(mktemp -d /tmp/genesys-worker-demo.XXXXXX)"
 pids=()
 
@@ -46,8 +49,13 @@ worker_pid=$!
 pids=("$worker_pid" "${pids[@]}")
 for _ in $(seq 1 100); do grep -q "Consuming jobs" "$LOGS/worker.log" && break; sleep 0.1; done
 
-echo "== enqueueing $JOBS_FILE; outcomes from the audit exchange:"
-"$bin" enqueue "$JOBS_FILE" --await-outcomes --timeout-secs 60
+for file in "${JOBS_FILES[@]}"; do
+  echo "== enqueueing $file; outcomes from the audit exchange (entity and its version):"
+  "$bin" enqueue "$file" --await-outcomes --timeout-secs 60 --events-out "$LOGS/$(basename "$file" .ndjson).audit.ndjson"
+done
+
+echo "== verifying the hash chains of every audit event received"
+cat "$LOGS"/*.audit.ndjson | "$bin" audit verify -
 
 echo "== stopping the worker (SIGTERM: finishes in-flight jobs, then closes cleanly)"
 kill -TERM "$worker_pid"

@@ -99,6 +99,10 @@ pub struct EnqueueArgs {
     /// How long to wait for outcomes.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// With --await-outcomes: also write the audit events, as published, to this NDJSON file
+    /// (input for `audit verify`).
+    #[arg(long, requires = "await_outcomes")]
+    pub events_out: Option<PathBuf>,
     #[arg(
         long,
         env = "AMQP_URL",

@@ -102,11 +102,11 @@ fn parse(input: &str) -> Result<Vec<Line>, EnqueueError> {
 }
 
 /// Publishes the jobs in `input`; with `await_outcomes`, returns their audit events in arrival
-/// order, calling `on_event` as each arrives.
+/// order, calling `on_event` with each event and its bytes as published as it arrives.
 pub async fn enqueue(
     input: &str,
     options: &EnqueueOptions,
-    mut on_event: impl FnMut(&AuditEvent),
+    mut on_event: impl FnMut(&AuditEvent, &[u8]),
 ) -> Result<Vec<AuditEvent>, EnqueueError> {
     let lines = parse(input)?;
     let connection = broker::connect(&options.amqp_url).await?;
@@ -219,7 +219,7 @@ pub async fn enqueue(
                 if *left == 0 {
                     waiting.remove(&event.job_id);
                 }
-                on_event(&event);
+                on_event(&event, &delivery.data);
                 events.push(event);
             }
         }

@@ -151,25 +151,20 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
         await_outcomes: args.await_outcomes,
         timeout: Duration::from_secs(args.timeout_secs),
     };
-    let print = |event: &genesys_worker::events::AuditEvent| {
-        let error = event
-            .error
-            .as_ref()
-            .map(|e| format!("  [{}] {}", e.code, e.message))
-            .unwrap_or_default();
-        let state = event
-            .new_state
-            .as_ref()
-            .and_then(|s| s.get("presence"))
-            .and_then(|p| p.as_str())
-            .map(|p| format!(" -> {p}"))
-            .unwrap_or_default();
-        println!(
-            "{}  {:<14} {:<10} {}{state}{error}",
-            event.job_id, event.kind, event.outcome, event.entity
-        );
+    let mut captured = String::new();
+    let print = |event: &genesys_worker::events::AuditEvent, raw: &[u8]| {
+        println!("{}", describe(event));
+        captured.push_str(&String::from_utf8_lossy(raw));
+        captured.push('\n');
     };
-    match enqueue::enqueue(&input, &options, print).await {
+    let result = enqueue::enqueue(&input, &options, print).await;
+    if let (Some(path), Ok(_)) = (&args.events_out, &result) {
+        if let Err(err) = std::fs::write(path, &captured) {
+            eprintln!("cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    match result {
         Ok(events) => {
             if options.await_outcomes {
                 let mut counts = std::collections::BTreeMap::new();
@@ -188,6 +183,25 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line per outcome: job, kind, outcome, entity, the new state's headline, the error.
+fn describe(event: &genesys_worker::events::AuditEvent) -> String {
+    let error = event
+        .error
+        .as_ref()
+        .map(|e| format!("  [{}] {}", e.code, e.message))
+        .unwrap_or_default();
+    let headline = event.new_state.as_ref().and_then(|state| {
+        ["presence", "status"]
+            .iter()
+            .find_map(|field| state.get(*field).and_then(|v| v.as_str()))
+    });
+    let state = headline.map(|h| format!(" -> {h}")).unwrap_or_default();
+    format!(
+        "{}  {:<18} {:<10} {} v{}{state}{error}",
+        event.job_id, event.kind, event.outcome, event.entity, event.entity_version
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

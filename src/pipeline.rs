@@ -89,17 +89,24 @@ impl Pipeline {
                 self.store.mark_confirmed(&job.idempotency_key).await?;
                 Ok(Disposition::Ack)
             }
-            Claim::Done { confirmed: true, .. } => {
-                let draft = self.draft(
-                    &job,
-                    &Applied::refused(Outcome::Duplicate, "", String::new()),
-                    started,
-                );
+            Claim::Done {
+                confirmed: true,
+                events,
+                ..
+            } => {
+                // The original's audit event names the entity it changed (a created workitem
+                // has an id only the original knows) and the state it left.
+                let original = events
+                    .iter()
+                    .find_map(|e| serde_json::from_str::<AuditEvent>(&e.body).ok());
+                let mut duplicate = Applied::refused(Outcome::Duplicate, "", String::new());
+                duplicate.entity = original.as_ref().map(|o| o.entity.clone());
+                duplicate.new_state = original.and_then(|o| o.new_state);
                 let draft = AuditEvent {
                     error: None,
                     genesys_status: None,
                     attempts: 0,
-                    ..draft
+                    ..self.draft(&job, &duplicate, started)
                 };
                 self.publish_unrecorded(draft).await?;
                 tracing::info!(idempotency_key = %job.idempotency_key, "Duplicate job; no Genesys call made.");

@@ -209,9 +209,12 @@ async fn a_create_makes_one_tagged_workitem_and_names_it_in_the_events() {
     let crm = app.crm_events(1).await.remove(0);
     assert_eq!(crm.event.workitem_id.as_deref(), Some(id));
     assert_eq!(crm.routing_key, "crm.interaction.create");
-    // The same job again: a duplicate, no second workitem.
+    // The same job again: a duplicate filed under the created workitem, no second workitem.
     app.publish(&job).await;
-    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Duplicate);
+    let duplicate = app.audit_events(1).await.remove(0);
+    assert_eq!(duplicate.event.outcome, Outcome::Duplicate);
+    assert_eq!(duplicate.event.entity, format!("workitem:{id}"));
+    assert_eq!(duplicate.event.new_state.as_ref().unwrap()["workitem_id"], id);
     assert_eq!(workitems_tagged(&app, &tag).await.len(), 1);
     assert_eq!(app.requests(CREATE, 200).await, 1);
     app.stop().await;

@@ -132,3 +132,23 @@ fn the_demo_handover_names_only_seeded_users() {
         );
     }
 }
+
+#[test]
+fn the_demo_interactions_name_only_seeded_workitems_and_the_seeded_worktype() {
+    use genesys_worker::sandbox::{workitem_id, worktype_id};
+    let seeded: Vec<String> = (0..20).map(|n| workitem_id(n).to_string()).collect();
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/interactions.ndjson")).unwrap();
+    for line in demo.lines().filter(|l| !l.trim().is_empty()) {
+        let job: Value = serde_json::from_str(line).unwrap();
+        let payload = &job["payload"];
+        if let Some(workitem) = payload["workitem_id"].as_str() {
+            assert!(
+                seeded.iter().any(|s| s == workitem),
+                "demo job names unknown workitem {workitem}"
+            );
+        } else {
+            assert_eq!(payload["type_id"], worktype_id().to_string());
+        }
+    }
+}
