@@ -29,6 +29,7 @@ pub mod config;
 pub mod dedupe;
 pub mod enqueue;
 pub mod events;
+pub mod flow;
 pub mod genesys;
 pub mod intake;
 pub mod job;
