@@ -30,6 +30,30 @@ pub enum Command {
     /// Work with captured audit events.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Validate an IVR flow definition offline, as `flow.deploy` would (for CI pipelines).
+    /// Exit 0 when valid, 1 when invalid, 2 when the input cannot be read.
+    ValidateFlow(ValidateFlowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateFlowArgs {
+    /// JSON file of the flow (`{name, type, start, nodes}`), or - for standard input.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub max_nodes: Option<usize>,
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    #[arg(long)]
+    pub allow_cycles: bool,
+    /// Known media ids: a JSON array, or one id per line. Without it media ids are not checked.
+    #[arg(long)]
+    pub media_registry: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the flow after condition optimisation (with --json, in the report).
+    #[arg(long)]
+    pub optimized: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use serde::{Deserialize, Serialize};
 
 use super::FlowDefinition;
@@ -149,10 +151,19 @@ impl FlowError {
 /// At most this many cycles are reported: each costs its path's length to describe.
 const MAX_REPORTED_CYCLES: usize = 10;
 
-/// The graph with nodes numbered in name order; edges to missing targets left out.
+/// The graph with nodes numbered in name order; edges to missing targets left out. Edges are
+/// one flat array (node `i`'s are `targets[offsets[i]..offsets[i + 1]]`): one allocation, not
+/// one per node.
 struct Indexed<'a> {
     names: Vec<&'a str>,
-    edges: Vec<Vec<u32>>,
+    offsets: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl Indexed<'_> {
+    fn edges(&self, node: u32) -> &[u32] {
+        &self.targets[self.offsets[node as usize] as usize..self.offsets[node as usize + 1] as usize]
+    }
 }
 
 /// Validates `flow` against `rules`; all problems at once, in a stable order.
@@ -164,32 +175,40 @@ pub fn validate(flow: &FlowDefinition, rules: &Rules) -> Result<(), Vec<FlowErro
             max_nodes: rules.max_nodes,
         });
     }
-    let index: HashMap<&str, u32> = flow
+    let mut index: HashMap<&str, u32, RandomState> =
+        HashMap::with_capacity_and_hasher(flow.nodes.len(), RandomState::default());
+    index.extend(
+        flow.nodes
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i as u32)),
+    );
+    let edge_count: usize = flow
         .nodes
-        .keys()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), i as u32))
-        .collect();
+        .values()
+        .map(|n| n.transitions.len() + n.conditions.len())
+        .sum();
     let mut graph = Indexed {
         names: flow.nodes.keys().map(String::as_str).collect(),
-        edges: Vec::with_capacity(flow.nodes.len()),
+        offsets: Vec::with_capacity(flow.nodes.len() + 1),
+        targets: Vec::with_capacity(edge_count),
     };
+    graph.offsets.push(0);
     let media: Option<HashSet<&str>> = rules
         .media_registry
         .as_ref()
         .map(|r| r.iter().map(String::as_str).collect());
     for (name, node) in &flow.nodes {
-        let mut out = Vec::with_capacity(node.transitions.len() + node.conditions.len());
         for target in node.targets() {
             match index.get(target) {
-                Some(&to) => out.push(to),
+                Some(&to) => graph.targets.push(to),
                 None => errors.push(FlowError::MissingTarget {
                     node: name.clone(),
                     target: target.to_string(),
                 }),
             }
         }
-        graph.edges.push(out);
+        graph.offsets.push(graph.targets.len() as u32);
         if let (Some(registry), Some(media_id)) = (&media, &node.media_id) {
             if !registry.contains(media_id.as_str()) {
                 errors.push(FlowError::UnknownMedia {
@@ -265,7 +284,7 @@ fn depth_first(graph: &Indexed<'_>, start: u32) -> Walk {
     state[start as usize] = ON_PATH;
     walk.reached[start as usize] = true;
     while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-        let edges = &graph.edges[node as usize];
+        let edges = graph.edges(node);
         if (*next as usize) < edges.len() {
             let position = *next;
             let to = edges[position as usize];
@@ -316,8 +335,8 @@ fn longest_path(
     let mut next_on_path = vec![u32::MAX; n];
     for &node in postorder {
         let mut best = 0;
-        for (position, &to) in graph.edges[node as usize].iter().enumerate() {
-            if back_edges.contains(&(node, position as u32)) {
+        for (position, &to) in graph.edges(node).iter().enumerate() {
+            if !back_edges.is_empty() && back_edges.contains(&(node, position as u32)) {
                 continue;
             }
             if tail[to as usize] > best {
