@@ -32,8 +32,8 @@ pub fn optimize(flow: &mut FlowDefinition) -> Optimization {
             .iter()
             .map(|c| (c.target.clone(), c.priority))
             .collect();
-        // `sort_by` is stable: equal priorities keep their order.
-        node.conditions.sort_by(|a, b| b.priority.cmp(&a.priority));
+        // `sort_by_key` is stable: equal priorities keep their order.
+        node.conditions.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let reordered = node
             .conditions
             .iter()
