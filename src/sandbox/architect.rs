@@ -127,6 +127,24 @@ impl FlowState {
         Self { flows }
     }
 
+    fn create(&mut self, name: &str, flow_type: &'static str) -> &Flow {
+        let id = Uuid::new_v4();
+        let flow = Flow {
+            id,
+            name: name.to_string(),
+            flow_type,
+            locked_client: None,
+            versions: Vec::new(),
+            saved: None,
+            checked_in: None,
+            published: None,
+            operation: None,
+            fail_next_publish: false,
+        };
+        self.flows.insert(id, flow);
+        &self.flows[&id]
+    }
+
     /// Locks `flow` as `client` (control API: "someone else holds the lock").
     pub fn lock_as(&mut self, flow: Uuid, client: &str) -> bool {
         self.flows
@@ -312,6 +330,121 @@ impl Flow {
 pub(crate) struct ActionParams {
     flow: Option<String>,
     version: Option<String>,
+}
+
+/// The flow types the SDK's `Flow.type` enum lists.
+const FLOW_TYPES: [&str; 21] = [
+    "BOT",
+    "BUSINESSPROCESS",
+    "COMMONMODULE",
+    "DIGITALBOT",
+    "EMAILSEND",
+    "INBOUNDCALL",
+    "INBOUNDCHAT",
+    "INBOUNDEMAIL",
+    "INBOUNDSHORTMESSAGE",
+    "INQUEUECALL",
+    "INQUEUEEMAIL",
+    "INQUEUESHORTMESSAGE",
+    "OUTBOUNDCALL",
+    "SECURECALL",
+    "SPEECH",
+    "SURVEYINVITE",
+    "VOICE",
+    "VOICEMAIL",
+    "VOICESURVEY",
+    "WORKFLOW",
+    "WORKITEM",
+];
+
+fn flow_type(raw: &str) -> Option<&'static str> {
+    FLOW_TYPES.iter().copied().find(|t| t.eq_ignore_ascii_case(raw))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListParams {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    flow_type: Option<String>,
+}
+
+/// `GET /api/v2/flows?name=&type=`: `FlowEntityListing`; names match exactly, ignoring case.
+pub(crate) async fn list_flows(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&sandbox, &headers)?;
+    let mut world = sandbox.world();
+    let entities: Vec<Value> = world
+        .flows
+        .flows
+        .values_mut()
+        .filter(|f| {
+            params
+                .name
+                .as_ref()
+                .is_none_or(|n| f.name.eq_ignore_ascii_case(n))
+        })
+        .filter(|f| {
+            params
+                .flow_type
+                .as_ref()
+                .is_none_or(|t| f.flow_type.eq_ignore_ascii_case(t))
+        })
+        .map(|f| {
+            f.settle();
+            f.to_json()
+        })
+        .collect();
+    Ok(Json(json!({
+        "entities": entities,
+        "pageSize": 25,
+        "pageNumber": 1,
+        "total": entities.len(),
+        "pageCount": 1,
+        "selfUri": "/api/v2/flows",
+    })))
+}
+
+/// `POST /api/v2/flows` (`Flow` with `name` and `type`): a new flow with no versions. Names are
+/// unique per flow type.
+pub(crate) async fn create_flow(
+    State(sandbox): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let client = authorize(&sandbox, &headers)?;
+    let raw = json_body(&body)?;
+    let name = raw
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty());
+    let Some(name) = name else {
+        return Err(ApiError::bad_request("name is required."));
+    };
+    let requested = raw.get("type").and_then(Value::as_str).unwrap_or_default();
+    let Some(kind) = flow_type(requested) else {
+        return Err(ApiError::invalid_value(format!(
+            "type {requested:?} is not a flow type."
+        )));
+    };
+    let mut world = sandbox.world();
+    if world
+        .flows
+        .flows
+        .values()
+        .any(|f| f.flow_type == kind && f.name.eq_ignore_ascii_case(name))
+    {
+        return Err(ApiError::conflict(
+            "architect.flow.name.conflict",
+            format!("A {kind} flow named {name:?} already exists."),
+        ));
+    }
+    let created = world.flows.create(name, kind).to_json();
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    world.record(client, "POST", "/api/v2/flows".into(), format!("flow:{id}"), raw);
+    Ok(Json(created))
 }
 
 #[derive(Debug, Deserialize)]

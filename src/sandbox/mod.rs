@@ -230,6 +230,10 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
             "/api/v2/taskmanagement/worktypes/{worktypeId}/statuses",
             get(taskmanagement::statuses),
         )
+        .route(
+            "/api/v2/flows",
+            get(architect::list_flows).post(architect::create_flow),
+        )
         .route("/api/v2/flows/{flowId}", get(architect::get_flow))
         .route(
             "/api/v2/flows/{flowId}/versions",

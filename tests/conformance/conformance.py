@@ -272,6 +272,22 @@ class Architect(unittest.TestCase):
         self.assertEqual(flow.published_version.id, version.id)
         self.assertNotEqual(flow.published_version.id, published_before)
 
+    def test_create_a_flow_and_find_it_by_name(self):
+        body = sdk.Flow()
+        body.name = f"Conformance {uuid.uuid4()}"
+        body.type = "INBOUNDCALL"
+        created = architect_api.post_flows(body)
+        assert_conforms(self, raw(), created)
+        self.assertEqual((created.name, created.type), (body.name, "INBOUNDCALL"))
+        self.assertIsNone(created.published_version)
+        found = architect_api.get_flows(name=body.name, type=["INBOUNDCALL"])
+        assert_conforms(self, raw(), found)
+        self.assertEqual([f.id for f in found.entities], [created.id])
+        with self.assertRaises(ApiException) as caught:
+            architect_api.post_flows(body)
+        self.assertEqual(caught.exception.status, 409)
+        error_body(self, caught.exception)
+
     def test_a_failed_publish_reports_failure_and_keeps_the_published_version(self):
         flow_id = os.environ["SANDBOX_FLOW_2"]
         before = architect_api.get_flow(flow_id).published_version.id
