@@ -143,6 +143,10 @@ pub struct Config {
     /// An in-progress record's lease; renewed while the job runs, taken over once expired.
     pub lease_ms: u64,
     pub shutdown_timeout_secs: u64,
+    /// Between two reads of a flow while Architect runs a checkin or publish.
+    pub flow_poll_ms: u64,
+    /// How long a checkin or publish may take.
+    pub flow_operation_timeout_secs: u64,
     pub admin_addr: SocketAddr,
     pub log_format: LogFormat,
     pub ingest_addr: Option<SocketAddr>,
@@ -237,6 +241,8 @@ impl Config {
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
             lease_ms: env.positive("LEASE_MS", 30_000)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
+            flow_poll_ms: env.positive("FLOW_POLL_MS", 1_000)?,
+            flow_operation_timeout_secs: env.positive("FLOW_OPERATION_TIMEOUT_SECS", 300)?,
             admin_addr: env.socket_addr("ADMIN_ADDR", "127.0.0.1:9090")?,
             log_format,
             ingest_addr,

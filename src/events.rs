@@ -111,10 +111,25 @@ pub struct CrmEvent {
     /// The created workitem (`interaction.create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workitem_id: Option<String>,
+    /// The version now published (`flow.deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_version: Option<String>,
+    /// The job's `version_matrix` (`flow.deploy`), for VCS sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_matrix: Option<Value>,
 }
 
 impl CrmEvent {
     pub fn from_audit(audit: &AuditEvent) -> Self {
+        let state = |field: &str| {
+            audit
+                .new_state
+                .as_ref()
+                .and_then(|s| s.get(field))
+                .filter(|v| !v.is_null())
+        };
+        let text = |field: &str| state(field).and_then(Value::as_str).map(str::to_string);
+        let for_kind = |kind: &str| audit.kind == kind;
         Self {
             event_id: crm_event_id(audit.idempotency_key.as_deref().unwrap_or(""), audit.job_id),
             job_id: audit.job_id,
@@ -125,16 +140,11 @@ impl CrmEvent {
             actor: audit.actor.clone(),
             correlation_id: audit.correlation_id.clone(),
             occurred_at: audit.occurred_at,
-            workitem_id: (audit.kind == "interaction.create")
-                .then(|| {
-                    audit
-                        .new_state
-                        .as_ref()?
-                        .get("workitem_id")?
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .flatten(),
+            workitem_id: text("workitem_id").filter(|_| for_kind("interaction.create")),
+            published_version: text("published_version").filter(|_| for_kind("flow.deploy")),
+            version_matrix: state("version_matrix")
+                .cloned()
+                .filter(|_| for_kind("flow.deploy")),
         }
     }
 

@@ -128,15 +128,51 @@ pub struct InteractionCreate {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `create` of a `flow.deploy`: the flow to make when it does not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowCreate {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub flow_type: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `flow.deploy` payload: validate an IVR flow, optimise it, deploy it under a lock, publish.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowDeploy {
+    /// The flow to deploy to; exactly one of `flow_id` and `create` is given.
+    pub flow_id: Option<Uuid>,
+    pub create: Option<FlowCreate>,
+    pub flow: crate::flow::FlowDefinition,
+    #[serde(default = "yes")]
+    pub publish: bool,
+    #[serde(default = "yes")]
+    pub rollback_on_fail: bool,
+    #[serde(default = "yes")]
+    pub optimize: bool,
+    /// Deploy only if the flow's saved version is this one.
+    pub expected_version: Option<String>,
+    #[serde(default)]
+    pub rules: Option<crate::flow::Rules>,
+    /// Free-form, carried into the audit and CRM events (component versions for VCS sync).
+    pub version_matrix: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     AgentStatus(AgentStatus),
     InteractionStatus(InteractionStatus),
     InteractionCreate(InteractionCreate),
+    FlowDeploy(Box<FlowDeploy>),
 }
 
 /// A decoded, validated job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub job_id: Uuid,
     pub kind: Kind,
@@ -163,6 +199,11 @@ impl Job {
             Payload::AgentStatus(p) => format!("user:{}", p.user_id),
             Payload::InteractionStatus(p) => format!("workitem:{}", p.workitem_id),
             Payload::InteractionCreate(_) => format!("workitem:new:{}", self.idempotency_key),
+            Payload::FlowDeploy(p) => match (&p.flow_id, &p.create) {
+                (Some(id), _) => format!("flow:{id}"),
+                (None, Some(create)) => format!("flow:new:{}", create.name),
+                (None, None) => "flow:unknown".into(),
+            },
         }
     }
 }
@@ -254,6 +295,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
         Kind::AgentStatus => decode_agent_status(payload_value),
         Kind::InteractionStatus => decode_interaction_status(payload_value),
         Kind::InteractionCreate => decode_interaction_create(payload_value, &idempotency_key),
+        Kind::FlowDeploy => decode_flow_deploy(payload_value),
         other => Err(DecodeError::new(
             "unsupported_kind",
             format!("kind {other} is part of the contract but not supported by this worker version"),
@@ -469,6 +511,56 @@ fn decode_interaction_create(value: Value, idempotency_key: &str) -> Result<Payl
         )));
     }
     Ok(Payload::InteractionCreate(payload))
+}
+
+/// Problems listed in a rejected flow's message before it summarises.
+const FLOW_PROBLEMS_LISTED: usize = 20;
+
+fn decode_flow_deploy(value: Value) -> Result<Payload, DecodeError> {
+    let payload: FlowDeploy = serde_path_to_error::deserialize(value).map_err(payload_error)?;
+    let entity = match (&payload.flow_id, &payload.create) {
+        (Some(id), None) => format!("flow:{id}"),
+        (None, Some(create)) => format!("flow:new:{}", create.name),
+        _ => {
+            return Err(DecodeError::new(
+                "invalid_payload",
+                "give payload.flow_id or payload.create, not both or neither",
+            ))
+        }
+    };
+    let invalid = |code: &'static str, message: String| DecodeError {
+        entity: Some(entity.clone()),
+        ..DecodeError::new(code, message)
+    };
+    if let Some(create) = &payload.create {
+        if create.name.trim().is_empty() || create.flow_type.trim().is_empty() {
+            return Err(invalid(
+                "invalid_payload",
+                "payload.create needs a name and a type".into(),
+            ));
+        }
+    }
+    let rules = payload.rules.clone().unwrap_or_default();
+    if let Err(problems) = crate::flow::validate(&payload.flow, &rules) {
+        let mut listed: Vec<String> = problems
+            .iter()
+            .take(FLOW_PROBLEMS_LISTED)
+            .map(ToString::to_string)
+            .collect();
+        if problems.len() > FLOW_PROBLEMS_LISTED {
+            listed.push(format!("and {} more", problems.len() - FLOW_PROBLEMS_LISTED));
+        }
+        return Err(invalid(
+            "invalid_flow",
+            format!(
+                "{} problem(s) in flow {:?}: {}",
+                problems.len(),
+                payload.flow.name,
+                listed.join("; ")
+            ),
+        ));
+    }
+    Ok(Payload::FlowDeploy(Box::new(payload)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Instant;
 use lapin::BasicProperties;
 use time::OffsetDateTime;
 
+use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::{self, Applied};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
@@ -59,6 +60,7 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub topology: Topology,
     pub retry: RetryPolicy,
+    pub flows: FlowSettings,
     pub max_message_bytes: usize,
 }
 
@@ -155,15 +157,17 @@ impl Pipeline {
                 let ctx = apply::Context {
                     genesys: &self.genesys,
                     retry: &self.retry,
+                    flows: &self.flows,
                 };
                 apply::apply(ctx, job, lease.takeover).await
             }
         };
         drop(keeper);
         let draft = self.draft(job, &applied, started);
-        // Only a change that reached Genesys must never run again; other outcomes release the
-        // key so a redelivery or a DLQ replay evaluates the job afresh.
-        let remember = applied.outcome.changed_entity();
+        // Only a change that was applied must never run again; other outcomes (a rolled-back
+        // deploy included) release the key, so a redelivery or a DLQ replay evaluates the job
+        // afresh.
+        let remember = applied.outcome == Outcome::Applied;
         let (event, messages) = self
             .store
             .commit(lease, &draft, remember, |e| self.outbound(e))

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use lapin::types::ReplyCode;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
 use crate::admin::{self, Health};
+use crate::apply::flow_deploy::FlowSettings;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::genesys::GenesysClient;
@@ -67,6 +70,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         retry: RetryPolicy {
             max_attempts: config.genesys.max_attempts,
             ..RetryPolicy::default()
+        },
+        flows: FlowSettings {
+            poll: Duration::from_millis(config.flow_poll_ms),
+            timeout: Duration::from_secs(config.flow_operation_timeout_secs),
         },
         max_message_bytes: config.max_message_bytes,
     });

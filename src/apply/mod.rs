@@ -4,6 +4,7 @@
 //! reports an [`Applied`]: the outcome and what the audit event needs to say about it.
 
 pub mod agent_status;
+pub mod flow_deploy;
 pub mod interaction_create;
 pub mod interaction_status;
 
@@ -79,6 +80,7 @@ impl Applied {
 pub struct Context<'a> {
     pub genesys: &'a GenesysClient,
     pub retry: &'a RetryPolicy,
+    pub flows: &'a flow_deploy::FlowSettings,
 }
 
 /// Applies `job`. `takeover` is set when a previous worker's lease expired mid-job: the change
@@ -88,6 +90,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
         Payload::AgentStatus(payload) => agent_status::apply(ctx, job, payload, takeover).await,
         Payload::InteractionStatus(payload) => interaction_status::apply(ctx, job, payload).await,
         Payload::InteractionCreate(payload) => interaction_create::apply(ctx, job, payload, takeover).await,
+        Payload::FlowDeploy(payload) => flow_deploy::apply(ctx, job, payload).await,
     }
 }
 

@@ -110,6 +110,10 @@ impl TokenSource {
         }
     }
 
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     pub fn grants(&self) -> u64 {
         self.grants.load(Ordering::Relaxed)
     }

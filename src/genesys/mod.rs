@@ -5,6 +5,7 @@
 //! for `Retry-After` (not charged to the job), and Genesys error bodies turned into
 //! [`GenesysError`]s whose [`ErrorClass`] drives the retry policy.
 
+pub mod architect;
 pub mod auth;
 pub mod error;
 pub mod presence;
@@ -81,6 +82,11 @@ impl GenesysClient {
             presence: presence::PresenceDirectory::new(Duration::from_secs(300)),
             statuses: taskmanagement::StatusDirectory::new(Duration::from_secs(300)),
         }
+    }
+
+    /// The OAuth client this worker calls as: the holder of the locks it takes.
+    pub fn client_id(&self) -> &str {
+        self.auth.client_id()
     }
 
     pub fn auth(&self) -> &TokenSource {

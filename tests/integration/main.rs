@@ -6,6 +6,7 @@
 
 mod agent_status;
 mod conformance;
+mod flows;
 mod genesys_client;
 mod helpers;
 mod idempotency;

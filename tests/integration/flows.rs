@@ -1,0 +1,373 @@
+//! `flow.deploy` against the sandbox's Architect: versions, locks, publish, rollback.
+
+use genesys_worker::events::Outcome;
+use genesys_worker::sandbox::{flow_id, SandboxConfig};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{get_json, job, sandbox_token, spawn_app_with, TestApp};
+
+async fn app() -> TestApp {
+    let sandbox = SandboxConfig {
+        users: 2,
+        workitems: 1,
+        flows: 3,
+        flow_operation_ms: 100,
+        ..SandboxConfig::default()
+    };
+    spawn_app_with(sandbox, &[("FLOW_POLL_MS", "20")]).await
+}
+
+fn ivr(prompt: &str) -> Value {
+    json!({"name": "Main IVR", "type": "inboundcall", "start": "start", "nodes": {
+        "start": {"type": "start", "transitions": [{"label": "next", "target": "menu"}]},
+        "menu": {"type": "menu", "media_id": prompt,
+                 "conditions": [
+                     {"expression": "Call.Language == \"es\"", "priority": 1, "target": "queue"},
+                     {"expression": "Call.Ani == \"+15551234\"", "priority": 10, "target": "vip"},
+                     {"expression": "Call.Ani == \"+15559876\"", "priority": 5, "target": "vip"}],
+                 "transitions": [{"label": "default", "target": "queue"}]},
+        "vip": {"type": "transfer", "queue_id": "q-vip", "transitions": []},
+        "queue": {"type": "transfer", "queue_id": "q-main", "transitions": []}
+    }})
+}
+
+fn deploy(flow: Uuid, extra: Value) -> Value {
+    let mut payload = json!({"flow_id": flow, "flow": ivr("prompt-welcome"), "version_matrix": {"ivr": "1.4.2", "prompts": "2026.11"}});
+    for (k, v) in extra.as_object().unwrap() {
+        payload[k] = v.clone();
+    }
+    job("flow.deploy", payload)
+}
+
+/// The flow as a Genesys client sees it.
+async fn flow(app: &TestApp, id: &str) -> Value {
+    let token = sandbox_token(&app.http, &app.sandbox.base_url()).await;
+    get_json(
+        &app.http,
+        &format!("{}/api/v2/flows/{id}", app.sandbox.base_url()),
+        Some(&token),
+    )
+    .await
+}
+
+async fn configuration(app: &TestApp, id: &str, version: &str) -> Value {
+    let token = sandbox_token(&app.http, &app.sandbox.base_url()).await;
+    let url = format!(
+        "{}/api/v2/flows/{id}/versions/{version}/configuration",
+        app.sandbox.base_url()
+    );
+    get_json(&app.http, &url, Some(&token)).await
+}
+
+async fn versions(app: &TestApp, id: &str) -> Vec<String> {
+    let token = sandbox_token(&app.http, &app.sandbox.base_url()).await;
+    let listing = get_json(
+        &app.http,
+        &format!("{}/api/v2/flows/{id}/versions", app.sandbox.base_url()),
+        Some(&token),
+    )
+    .await;
+    let mut ids: Vec<String> = listing["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn control(app: &TestApp, path: &str, body: Value) {
+    let response = app
+        .http
+        .post(format!("{}{path}", app.sandbox.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+}
+
+#[tokio::test]
+async fn a_deploy_saves_checks_in_and_publishes_the_optimised_flow_and_leaves_it_unlocked() {
+    let mut app = app().await;
+    let id = flow_id(0).to_string();
+    app.publish(&deploy(flow_id(0), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(event.routing_key, "audit.flow.deploy.applied");
+    assert_eq!(event.event.entity, format!("flow:{id}"));
+    let state = event.event.new_state.clone().unwrap();
+    assert_eq!(state["published_version"], "2.0");
+    assert_eq!(state["previous_published_version"], "1.0");
+    assert_eq!(
+        event.event.previous_state.as_ref().unwrap()["published_version"],
+        "1.0"
+    );
+    assert_eq!(
+        state["version_matrix"],
+        json!({"ivr": "1.4.2", "prompts": "2026.11"})
+    );
+    assert_eq!(
+        state["optimization"],
+        json!({"nodes_changed": 1, "nodes_reordered": 1, "conditions_dropped": 1})
+    );
+
+    let crm = app.crm_events(1).await.remove(0);
+    assert_eq!(crm.routing_key, "crm.flow.deploy");
+    assert_eq!(crm.event.published_version.as_deref(), Some("2.0"));
+    assert_eq!(
+        crm.event.version_matrix,
+        Some(json!({"ivr": "1.4.2", "prompts": "2026.11"}))
+    );
+
+    let now = flow(&app, &id).await;
+    assert_eq!(now["publishedVersion"]["id"], "2.0");
+    assert_eq!(now["checkedInVersion"]["id"], "2.0");
+    assert!(now.get("lockedClient").is_none(), "left locked: {now}");
+    assert_eq!(versions(&app, &id).await, ["1.0", "2.0"]);
+    // What was deployed is the optimised flow: conditions by priority, duplicate target gone.
+    let deployed = configuration(&app, &id, "2.0").await;
+    let priorities: Vec<i64> = deployed["nodes"]["menu"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(priorities, [10, 1]);
+    assert_eq!(
+        deployed["nodes"]["vip"]["queue_id"], "q-vip",
+        "fields the worker does not read are kept"
+    );
+    let mutations = get_json(
+        &app.http,
+        &format!("{}/sandbox/mutations?entity=flow:{id}", app.sandbox.base_url()),
+        None,
+    )
+    .await;
+    let paths: Vec<String> = mutations["mutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().split('?').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v2/flows/actions/checkout".to_string(),
+            format!("/api/v2/flows/{id}/versions"),
+            "/api/v2/flows/actions/checkin".to_string(),
+            "/api/v2/flows/actions/publish".to_string(),
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_flow_locked_by_another_client_is_a_conflict_and_its_lock_is_left_alone() {
+    let mut app = app().await;
+    let id = flow_id(1).to_string();
+    control(
+        &app,
+        &format!("/sandbox/flows/{id}/lock"),
+        json!({"client_id": "other-client"}),
+    )
+    .await;
+    app.publish(&deploy(flow_id(1), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Conflict);
+    assert_eq!(event.event.error.as_ref().unwrap().code, "flow_locked");
+    assert!(event
+        .event
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("other-client"));
+    let now = flow(&app, &id).await;
+    assert_eq!(now["lockedClient"]["id"], "other-client");
+    assert_eq!(versions(&app, &id).await, ["1.0"]);
+    app.assert_no_more_events().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_rolled_back_to_the_previous_configuration_and_unlocked() {
+    let mut app = app().await;
+    let id = flow_id(2).to_string();
+    let original = configuration(&app, &id, "1.0").await;
+    control(
+        &app,
+        &format!("/sandbox/flows/{id}/fail-next-publish"),
+        json!(null),
+    )
+    .await;
+    app.publish(&deploy(flow_id(2), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(
+        event.event.outcome,
+        Outcome::RolledBack,
+        "{:?}",
+        event.event.error
+    );
+    assert_eq!(event.routing_key, "audit.flow.deploy.rolled_back");
+    let error = event.event.error.clone().unwrap();
+    assert_eq!(error.code, "architect.publish.failed");
+    assert!(
+        error
+            .message
+            .contains("restored version 1.0's configuration as version 3.0"),
+        "{}",
+        error.message
+    );
+    // A rollback changed the flow: a link of its chain.
+    assert_eq!(event.event.entity_version, 1);
+    assert!(event.event.checksum.is_some());
+    let letter = app.dead_letters(1).await.remove(0);
+    assert_eq!(letter.headers["x-error-code"], "architect.publish.failed");
+
+    let now = flow(&app, &id).await;
+    assert_eq!(now["publishedVersion"]["id"], "3.0");
+    assert!(now.get("lockedClient").is_none());
+    assert_eq!(versions(&app, &id).await, ["1.0", "2.0", "3.0"]);
+    assert_eq!(configuration(&app, &id, "3.0").await, original);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_inside_the_lifecycle_never_duplicate_a_version() {
+    let mut app = app().await;
+    let id = flow_id(0).to_string();
+    // A 503 on checkin (not applied) and a lost answer on save (applied): one new version each way.
+    control(
+        &app,
+        "/sandbox/faults",
+        json!({"route": "POST /api/v2/flows/actions/checkin", "errors": {"503": 1.0}, "times": 1}),
+    )
+    .await;
+    control(
+        &app,
+        "/sandbox/faults",
+        json!({"route": "POST /api/v2/flows/{flowId}/versions", "drop_response": 1.0, "times": 1}),
+    )
+    .await;
+    app.publish(&deploy(flow_id(0), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(
+        versions(&app, &id).await,
+        ["1.0", "2.0"],
+        "exactly one new version"
+    );
+    assert_eq!(app.requests("POST /api/v2/flows/actions/checkin", 503).await, 1);
+    assert_eq!(app.requests("POST /api/v2/flows/actions/checkin", 200).await, 1);
+    assert_eq!(app.requests("POST /api/v2/flows/{flowId}/versions", 200).await, 1);
+    assert_eq!(flow(&app, &id).await["publishedVersion"]["id"], "2.0");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_checkin_answer_is_settled_by_reading_not_by_checking_in_again() {
+    let mut app = app().await;
+    let id = flow_id(1).to_string();
+    control(
+        &app,
+        "/sandbox/faults",
+        json!({"route": "POST /api/v2/flows/actions/checkin", "drop_response": 1.0, "times": 1}),
+    )
+    .await;
+    app.publish(&deploy(flow_id(1), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(
+        app.requests("POST /api/v2/flows/actions/checkin", 200).await,
+        1,
+        "one checkin reached Genesys"
+    );
+    assert_eq!(versions(&app, &id).await, ["1.0", "2.0"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expected_version_that_does_not_hold_is_a_conflict() {
+    let mut app = app().await;
+    app.publish(&deploy(flow_id(1), json!({"expected_version": "7.0"})))
+        .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Conflict);
+    assert_eq!(
+        event.event.error.as_ref().unwrap().code,
+        "expected_version_mismatch"
+    );
+    assert_eq!(versions(&app, &flow_id(1).to_string()).await, ["1.0"]);
+    app.publish(&deploy(flow_id(1), json!({"expected_version": "1.0"})))
+        .await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn create_makes_the_flow_first_and_a_second_deploy_finds_it_by_name() {
+    let mut app = app().await;
+    let name = format!("Sales IVR {}", Uuid::new_v4());
+    let create = |flow: Value| {
+        job(
+            "flow.deploy",
+            json!({"create": {"name": name, "type": "inboundcall"}, "flow": flow}),
+        )
+    };
+    app.publish(&create(ivr("prompt-sales"))).await;
+    let first = app.audit_events(1).await.remove(0);
+    assert_eq!(first.event.outcome, Outcome::Applied, "{:?}", first.event.error);
+    let id = first.event.new_state.as_ref().unwrap()["flow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first.event.entity, format!("flow:{id}"));
+    assert_eq!(
+        first.event.new_state.as_ref().unwrap()["published_version"],
+        "1.0"
+    );
+    assert_eq!(
+        first.event.new_state.as_ref().unwrap()["previous_published_version"],
+        Value::Null
+    );
+
+    app.publish(&create(ivr("prompt-sales-v2"))).await;
+    let second = app.audit_events(1).await.remove(0);
+    assert_eq!(second.event.outcome, Outcome::Applied, "{:?}", second.event.error);
+    assert_eq!(
+        second.event.entity,
+        format!("flow:{id}"),
+        "found by name, not created again"
+    );
+    assert_eq!(second.event.entity_version, 2);
+    assert_eq!(versions(&app, &id).await, ["1.0", "2.0"]);
+    assert_eq!(app.requests("POST /api/v2/flows", 200).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_flow_is_rejected_before_any_genesys_call() {
+    let mut app = app().await;
+    let mut bad = ivr("prompt-welcome");
+    bad["nodes"]["menu"]["transitions"] = json!([{"target": "start"}, {"target": "ghost"}]);
+    app.publish(&deploy(
+        flow_id(0),
+        json!({"flow": bad, "rules": {"media_registry": ["prompt-other"]}}),
+    ))
+    .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Rejected);
+    let message = event.event.error.clone().unwrap().message;
+    for expected in ["\"ghost\"", "cycle: start → menu → start", "\"prompt-welcome\""] {
+        assert!(message.contains(expected), "{expected} missing from {message}");
+    }
+    assert_eq!(
+        app.dead_letters(1).await[0].headers["x-error-code"],
+        "invalid_flow"
+    );
+    assert!(app.mutations().await.is_empty());
+    app.stop().await;
+}
