@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn contract_kinds_not_yet_applied_are_unsupported_not_unknown() {
         let err = decode(
-            &bytes(json!({"job_id": JOB, "kind": "flow.deploy", "payload": {}})),
+            &bytes(json!({"job_id": JOB, "kind": "batch", "payload": {}})),
             1 << 20,
         )
         .unwrap_err();
