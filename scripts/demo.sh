@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: local RabbitMQ + Redis, the Genesys sandbox and the worker. A sample shift handover
-# (demo/handover.ndjson) and some interaction changes (demo/interactions.ndjson) are enqueued,
+# (demo/handover.ndjson), some interaction changes (demo/interactions.ndjson) and an IVR flow
+# release (demo/flows.ndjson, checked first with `validate-flow`) are enqueued,
 # each job's outcome is printed from the audit events, the events' hash chains are verified,
 # then everything is stopped. Logs and captured events are kept in a temporary directory named
 # at the end. Other NDJSON files of jobs may be given as arguments.
@@ -13,7 +14,7 @@ export SERVICES_STATE
 
 SANDBOX_PORT="${SANDBOX_PORT:-18088}"
 JOBS_FILES=("${@:-demo/handover.ndjson}")
-[ "$#" -gt 0 ] || JOBS_FILES=(demo/handover.ndjson demo/interactions.ndjson)
+[ "$#" -gt 0 ] || JOBS_FILES=(demo/handover.ndjson demo/interactions.ndjson demo/flows.ndjson)
 LOGS="$(mktemp -d /tmp/genesys-worker-demo.XXXXXX)"
 pids=()
 
@@ -42,12 +43,16 @@ export GENESYS_API_BASE="http://127.0.0.1:$SANDBOX_PORT"
 export GENESYS_LOGIN_BASE="http://127.0.0.1:$SANDBOX_PORT"
 export GENESYS_CLIENT_ID=sandbox-client
 export GENESYS_CLIENT_SECRET=sandbox-secret
+export FLOW_POLL_MS=200
 # A fresh key space per run, so the sample jobs are not duplicates of the last demo's.
 export REDIS_KEY_PREFIX="demo:$(date +%s):"
 "$bin" run >"$LOGS/worker.log" 2>&1 &
 worker_pid=$!
 pids=("$worker_pid" "${pids[@]}")
 for _ in $(seq 1 100); do grep -q "Consuming jobs" "$LOGS/worker.log" && break; sleep 0.1; done
+
+echo "== validating the IVR flow offline, as a CI pipeline would"
+"$bin" validate-flow demo/flow-main-ivr.json --max-depth 50 --media-registry <(echo '["prompt-welcome"]')
 
 for file in "${JOBS_FILES[@]}"; do
   echo "== enqueueing $file; outcomes from the audit exchange (entity and its version):"

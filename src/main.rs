@@ -289,9 +289,10 @@ fn describe(event: &genesys_worker::events::AuditEvent) -> String {
         .map(|e| format!("  [{}] {}", e.code, e.message))
         .unwrap_or_default();
     let headline = event.new_state.as_ref().and_then(|state| {
-        ["presence", "status"]
-            .iter()
-            .find_map(|field| state.get(*field).and_then(|v| v.as_str()))
+        let field = |name: &str| state.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        field("presence")
+            .or_else(|| field("status"))
+            .or_else(|| field("published_version").map(|v| format!("published {v}")))
     });
     let state = headline.map(|h| format!(" -> {h}")).unwrap_or_default();
     format!(
