@@ -98,3 +98,68 @@ async fn the_worker_fails_loudly_when_the_broker_ends_its_consumer() {
     );
     app.stop().await;
 }
+
+fn validate_flow(args: &[&str], stdin: Option<&str>) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .arg("validate-flow")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = stdin.unwrap_or_default().to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[test]
+fn validate_flow_exits_0_1_or_2_and_names_every_problem() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/flow-main-ivr.json");
+    let (code, out) = validate_flow(&[demo], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("valid (4 nodes)"), "{out}");
+
+    let broken = r#"{"name": "x", "type": "inboundcall", "start": "a", "nodes": {
+        "a": {"type": "start", "transitions": [{"target": "b"}, {"target": "ghost"}]},
+        "b": {"type": "menu", "media_id": "m1", "transitions": [{"target": "a"}]},
+        "island": {"type": "menu"}}}"#;
+    let (code, out) = validate_flow(&["-", "--media-registry", "/dev/null"], Some(broken));
+    assert_eq!(code, Some(1), "{out}");
+    for expected in [
+        "missing_target",
+        "\"ghost\"",
+        "cycle: a → b → a",
+        "unreachable from the start: island",
+        "unknown_media",
+    ] {
+        assert!(out.contains(expected), "{expected} missing from {out}");
+    }
+    let (code, out) = validate_flow(&["-", "--json", "--allow-cycles"], Some(broken));
+    assert_eq!(code, Some(1));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["valid"], false);
+    let codes: Vec<&str> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["missing_target", "unreachable"],
+        "cycles allowed, no registry: {report}"
+    );
+
+    let (code, out) = validate_flow(&["-"], Some("{ not json"));
+    assert_eq!(code, Some(2), "{out}");
+    let (code, _) = validate_flow(&["/nonexistent/flow.json"], None);
+    assert_eq!(code, Some(2));
+}
