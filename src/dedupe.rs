@@ -60,11 +60,17 @@ end
 return {'busy'}
 "#;
 
+/// Renews every key (the idempotency lease, the entity lock) that `owner` holds; returns
+/// whether the first one, the lease, was still held.
 const RENEW: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local held = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    if i == 1 then held = 1 end
+  end
 end
-return 0
+return held
 "#;
 
 const CONFIRM: &str = r#"
@@ -118,11 +124,13 @@ impl Store {
         }
     }
 
-    /// Extends the lease; false when it was lost (expired and taken over).
-    pub async fn renew(&self, lease: &Lease) -> Result<bool, StoreError> {
+    /// Extends the lease, and the lock of `entity` when this job holds it; false when the lease
+    /// was lost (expired and taken over).
+    pub async fn renew(&self, lease: &Lease, entity: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let renewed: i64 = Script::new(RENEW)
             .key(self.lease_key(&lease.idempotency_key))
+            .key(self.lock_key(entity))
             .arg(&lease.owner)
             .arg(self.lease_ms)
             .invoke_async(&mut conn)
@@ -140,15 +148,17 @@ impl Store {
         Ok(())
     }
 
-    /// Renews `lease` until the returned guard is dropped, so a long job keeps its claim.
-    pub fn keep_alive(&self, lease: &Lease) -> LeaseKeeper {
+    /// Renews `lease` (and the lock of `entity`, once held) until the returned guard is
+    /// dropped, so a long job keeps its claim.
+    pub fn keep_alive(&self, lease: &Lease, entity: &str) -> LeaseKeeper {
         let store = self.clone();
         let lease = lease.clone();
+        let entity = entity.to_string();
         let period = Duration::from_millis((self.lease_ms / 3).max(10));
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                match store.renew(&lease).await {
+                match store.renew(&lease, &entity).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(idempotency_key = %lease.idempotency_key, "Lease lost; another worker may take the job over.");

@@ -34,6 +34,7 @@ pub mod genesys;
 pub mod intake;
 pub mod job;
 pub mod limit;
+pub mod order;
 pub mod pipeline;
 pub mod record;
 pub mod retry;

@@ -141,16 +141,45 @@ impl Pipeline {
         lease: &Lease,
         started: Instant,
     ) -> Result<Disposition, PipelineError> {
-        let keeper = self.store.keep_alive(lease);
-        let applied = match job.not_after {
-            Some(deadline) if OffsetDateTime::now_utc() > deadline => Applied::refused(
+        let entity = job.entity();
+        let result = self.run_locked(job, lease, &entity, started).await;
+        // Whatever happened, the next change of the entity may go ahead now, not only when the
+        // lock's lease runs out.
+        if let Err(err) = self.store.release_entity(&entity, &lease.owner).await {
+            tracing::warn!(error.message = %err, entity = %entity, "Could not release the entity lock; it expires with its lease.");
+        }
+        result
+    }
+
+    async fn run_locked(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        entity: &str,
+        started: Instant,
+    ) -> Result<Disposition, PipelineError> {
+        let keeper = self.store.keep_alive(lease, entity);
+        self.store.lock_entity(entity, &lease.owner).await?;
+        let last_sequence = match job.sequence {
+            Some(_) => self.store.last_sequence(entity).await?,
+            None => None,
+        };
+        let applied = match (job.not_after, job.sequence, last_sequence) {
+            (Some(deadline), _, _) if OffsetDateTime::now_utc() > deadline => Applied::refused(
                 Outcome::Expired,
                 "expired",
                 format!(
-                    "job {}: {}: not_after {} has passed",
+                    "job {}: {entity}: not_after {} has passed",
                     job.job_id,
-                    job.entity(),
                     rfc3339(deadline)
+                ),
+            ),
+            (_, Some(sequence), Some(last)) if sequence < last => Applied::refused(
+                Outcome::Superseded,
+                "superseded",
+                format!(
+                    "job {}: {entity}: sequence {sequence} is older than {last}, already applied",
+                    job.job_id
                 ),
             ),
             _ => {
@@ -170,7 +199,7 @@ impl Pipeline {
         let remember = applied.outcome == Outcome::Applied;
         let (event, messages) = self
             .store
-            .commit(lease, &draft, remember, |e| self.outbound(e))
+            .commit(lease, &draft, remember, job.sequence, |e| self.outbound(e))
             .await?;
         for message in &messages {
             self.publisher.publish_event(message).await?;

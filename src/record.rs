@@ -77,6 +77,12 @@ if ARGV[5] == '1' then
 else
   redis.call('DEL', KEYS[1])
 end
+if ARGV[2] ~= '' and ARGV[8] ~= '' then
+  local last = tonumber(redis.call('HGET', KEYS[3], 'sequence') or '-1')
+  if tonumber(ARGV[8]) > last then
+    redis.call('HSET', KEYS[3], 'sequence', ARGV[8])
+  end
+end
 if redis.call('GET', KEYS[2]) == ARGV[7] then
   redis.call('DEL', KEYS[2])
 end
@@ -105,14 +111,18 @@ impl Store {
     }
 
     /// Links `draft` into its entity's chain and records the outcome for `lease`'s job, in one
-    /// atomic step. `outbound` turns the final audit event into the messages to publish; they
-    /// are stored with the record when `remember` is set (the job may not run again), otherwise
-    /// the record is released so a redelivery or replay evaluates the job afresh.
+    /// atomic step that also advances the entity's last `sequence` (for a change) and releases
+    /// the job's lease. `outbound` turns the final audit event into the messages to publish;
+    /// they are stored with the record when `remember` is set (the job may not run again),
+    /// otherwise the record is released so a redelivery or replay evaluates the job afresh.
+    /// The entity lock stays held: the caller releases it once the events are confirmed, so an
+    /// entity's events reach the exchanges in version order.
     pub async fn commit(
         &self,
         lease: &Lease,
         draft: &AuditEvent,
         remember: bool,
+        sequence: Option<u64>,
         outbound: impl Fn(&AuditEvent) -> Vec<OutboundEvent>,
     ) -> Result<(AuditEvent, Vec<OutboundEvent>), StoreError> {
         let script = Script::new(COMMIT);
@@ -134,6 +144,7 @@ impl Store {
                 .arg(if remember { "1" } else { "0" })
                 .arg(self.idempotency_ttl_secs)
                 .arg(&lease.owner)
+                .arg(sequence.map(|s| s.to_string()).unwrap_or_default())
                 .invoke_async(&mut conn)
                 .await?;
             if committed == 1 {

@@ -5,7 +5,9 @@
 //! - `idem:<idempotency key>`: hash `state` (`in_progress`/`done`), `fp`, `outcome`, `events`,
 //!   `confirmed`; expires after the idempotency TTL once done.
 //! - `lease:<idempotency key>`: the owner token of the worker running the job, with a TTL.
-//! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain.
+//! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain;
+//!   `sequence`: the highest job sequence applied to it.
+//! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
 
 use redis::aio::ConnectionManager;
 
@@ -62,6 +64,10 @@ impl Store {
 
     pub(crate) fn lease_key(&self, idempotency_key: &str) -> String {
         format!("{}lease:{idempotency_key}", self.prefix)
+    }
+
+    pub(crate) fn lock_key(&self, entity: &str) -> String {
+        format!("{}lock:{entity}", self.prefix)
     }
 
     pub(crate) fn entity_key(&self, entity: &str) -> String {

@@ -11,6 +11,7 @@ mod genesys_client;
 mod helpers;
 mod idempotency;
 mod interactions;
+mod ordering;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;
