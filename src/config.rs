@@ -110,6 +110,19 @@ pub struct Topology {
     pub crm_exchange: String,
     /// Quorum-queue `x-delivery-limit`: a message that keeps crashing workers is dead-lettered.
     pub delivery_limit: u32,
+    /// Delays of the retry queues, in order: a job whose transient failures outlast the
+    /// in-process retries waits in the next tier, then returns to the work queue.
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Topology {
+    /// The retry queue of tier `tier` (named by its delay, so changing a delay declares a new
+    /// queue rather than clashing with the old one's arguments).
+    pub fn retry_queue(&self, tier: usize) -> Option<String> {
+        self.retry_delays_ms
+            .get(tier)
+            .map(|ms| format!("{}.retry.{ms}ms", self.work_queue))
+    }
 }
 
 impl Default for Topology {
@@ -121,6 +134,7 @@ impl Default for Topology {
             audit_exchange: "genesys.audit".into(),
             crm_exchange: "genesys.crm".into(),
             delivery_limit: 5,
+            retry_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
         }
     }
 }
@@ -203,6 +217,7 @@ impl Config {
             audit_exchange: env.name("AUDIT_EXCHANGE", &defaults.audit_exchange)?,
             crm_exchange: env.name("CRM_EXCHANGE", &defaults.crm_exchange)?,
             delivery_limit: env.positive("DELIVERY_LIMIT", defaults.delivery_limit)?,
+            retry_delays_ms: env.delays("RETRY_DELAYS_MS", &defaults.retry_delays_ms)?,
         };
         let log_format = match env.string("LOG_FORMAT", "text")?.as_str() {
             "text" => LogFormat::Text,
@@ -305,6 +320,24 @@ impl Env<'_> {
                 problem: format!("expected a positive whole number, got {raw:?}"),
             }),
         }
+    }
+
+    /// A comma-separated list of millisecond delays; empty (`""` or `none`) turns retries off.
+    fn delays(&self, var: &'static str, default: &[u64]) -> Result<Vec<u64>, ConfigError> {
+        let Some(raw) = (self.0)(var) else {
+            return Ok(default.to_vec());
+        };
+        let raw = raw.trim();
+        if raw.is_empty() || raw.eq_ignore_ascii_case("none") {
+            return Ok(Vec::new());
+        }
+        raw.split(',')
+            .map(|part| part.trim().parse::<u64>().ok().filter(|ms| *ms > 0))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or(ConfigError {
+                var,
+                problem: format!("expected comma-separated positive milliseconds, got {raw:?}"),
+            })
     }
 
     fn socket_addr(&self, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {

@@ -80,6 +80,17 @@ end
 return 1
 "#;
 
+/// Gives up an in-progress claim (the job will be delivered again later).
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  if redis.call('HGET', KEYS[1], 'state') == 'in_progress' then
+    redis.call('DEL', KEYS[1])
+  end
+end
+return 1
+"#;
+
 /// How often a waiting copy looks at the record of the copy that runs.
 const BUSY_POLL: Duration = Duration::from_millis(50);
 
@@ -136,6 +147,18 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Gives up `lease`'s claim, so the job's next delivery claims it afresh.
+    pub async fn release_claim(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(RELEASE)
+            .key(self.record_key(&lease.idempotency_key))
+            .key(self.lease_key(&lease.idempotency_key))
+            .arg(&lease.owner)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Notes that a finished job's events were confirmed by the broker.

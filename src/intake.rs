@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Health;
-use crate::broker::publisher::DeadLetter;
+use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::BrokerError;
 use crate::pipeline::{Disposition, Incoming, Pipeline};
 
@@ -118,16 +118,44 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery) {
     };
     let settled = match pipeline.process(incoming).await {
         Ok(Disposition::Ack) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Ok(Disposition::Retry {
+            queue,
+            retries,
+            attempts,
+        }) => {
+            let (exchange, routing_key) =
+                origin(incoming.properties, incoming.exchange, incoming.routing_key);
+            let parked = pipeline
+                .publisher
+                .retry(
+                    &queue,
+                    incoming.body,
+                    incoming.properties,
+                    (&exchange, &routing_key),
+                    retries,
+                    attempts,
+                )
+                .await;
+            match parked {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+                Err(err) => {
+                    tracing::error!(error.message = %err, "Could not park a job in its retry queue; returning it to the queue.");
+                    requeue(&delivery).await
+                }
+            }
+        }
         Ok(Disposition::DeadLetter {
             code,
             message,
             attempts,
         }) => {
+            let (exchange, routing_key) =
+                origin(incoming.properties, incoming.exchange, incoming.routing_key);
             let letter = DeadLetter {
                 body: incoming.body,
                 properties: incoming.properties,
-                exchange: incoming.exchange,
-                routing_key: incoming.routing_key,
+                exchange: &exchange,
+                routing_key: &routing_key,
                 error_code: &code,
                 error_message: &message,
                 attempts,

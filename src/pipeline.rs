@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::{self, Applied};
+use crate::broker::publisher::header_count;
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::dedupe::{Claim, Lease};
@@ -42,6 +43,21 @@ pub enum Disposition {
         message: String,
         attempts: u32,
     },
+    /// Not final yet: park in `queue` for its delay (then back to the work queue), then ack.
+    Retry {
+        queue: String,
+        retries: u32,
+        attempts: u32,
+    },
+}
+
+/// What earlier rounds of a job spent, from the headers a retry queue hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Rounds {
+    /// Delayed redeliveries so far (`x-retries`).
+    retries: u32,
+    /// Genesys attempts so far (`x-attempts`).
+    attempts: u32,
 }
 
 /// The worker's own infrastructure failed; the job must be delivered again.
@@ -75,8 +91,12 @@ impl Pipeline {
         let span = tracing::Span::current();
         span.record("job_id", tracing::field::display(job.job_id));
         span.record("kind", job.kind.as_str());
+        let rounds = Rounds {
+            retries: header_count(incoming.properties, "x-retries"),
+            attempts: header_count(incoming.properties, "x-attempts"),
+        };
         match self.store.claim(&job.idempotency_key, &job.fingerprint).await? {
-            Claim::Owned(lease) => self.run_owned(&job, &lease, started).await,
+            Claim::Owned(lease) => self.run_owned(&job, &lease, rounds, started).await,
             Claim::Done {
                 events,
                 confirmed: false,
@@ -139,10 +159,11 @@ impl Pipeline {
         &self,
         job: &Job,
         lease: &Lease,
+        rounds: Rounds,
         started: Instant,
     ) -> Result<Disposition, PipelineError> {
         let entity = job.entity();
-        let result = self.run_locked(job, lease, &entity, started).await;
+        let result = self.run_locked(job, lease, &entity, rounds, started).await;
         // Whatever happened, the next change of the entity may go ahead now, not only when the
         // lock's lease runs out.
         if let Err(err) = self.store.release_entity(&entity, &lease.owner).await {
@@ -156,6 +177,7 @@ impl Pipeline {
         job: &Job,
         lease: &Lease,
         entity: &str,
+        rounds: Rounds,
         started: Instant,
     ) -> Result<Disposition, PipelineError> {
         let keeper = self.store.keep_alive(lease, entity);
@@ -192,6 +214,23 @@ impl Pipeline {
             }
         };
         drop(keeper);
+        if applied.outcome == Outcome::Failed && applied.retryable {
+            if let Some(queue) = self.topology.retry_queue(rounds.retries as usize) {
+                // Not final: no outcome is recorded or announced; the next round claims afresh.
+                self.store.release_claim(lease).await?;
+                let error = applied
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or_default();
+                tracing::warn!(retry_queue = %queue, round = rounds.retries + 1, error.message = %error, "Transient failure; the job will be retried after a delay.");
+                return Ok(Disposition::Retry {
+                    queue,
+                    retries: rounds.retries + 1,
+                    attempts: rounds.attempts + applied.attempts,
+                });
+            }
+        }
         let draft = self.draft(job, &applied, started);
         // Only a change that was applied must never run again; other outcomes (a rolled-back
         // deploy included) release the key, so a redelivery or a DLQ replay evaluates the job
@@ -214,7 +253,7 @@ impl Pipeline {
             latency_ms = event.latency_ms,
             "Job finished."
         );
-        Ok(disposition(&event))
+        Ok(disposition(&event, rounds))
     }
 
     /// A message that did not decode: announced when it names a job, always dead-lettered.
@@ -312,7 +351,7 @@ impl Pipeline {
     }
 }
 
-fn disposition(event: &AuditEvent) -> Disposition {
+fn disposition(event: &AuditEvent, rounds: Rounds) -> Disposition {
     if !event.outcome.dead_letters() {
         return Disposition::Ack;
     }
@@ -323,7 +362,7 @@ fn disposition(event: &AuditEvent) -> Disposition {
     Disposition::DeadLetter {
         code: error.code,
         message: error.message,
-        attempts: event.attempts,
+        attempts: rounds.attempts + event.attempts,
     }
 }
 

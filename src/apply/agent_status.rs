@@ -133,6 +133,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
                 error: None,
                 attempts,
                 entity: None,
+                retryable: false,
             };
         }
     }
@@ -181,6 +182,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         error: None,
         attempts,
         entity: None,
+        retryable: false,
     }
 }
 

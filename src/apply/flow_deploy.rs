@@ -455,6 +455,7 @@ impl Deploy<'_> {
             }),
             attempts: self.attempts,
             entity: Some(self.entity.clone()),
+            retryable: false,
         }
     }
 

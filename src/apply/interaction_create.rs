@@ -111,6 +111,7 @@ fn created(workitem: Workitem, status: u16, attempts: u32) -> Applied {
         error: None,
         attempts,
         entity: Some(format!("workitem:{}", workitem.id)),
+        retryable: false,
     }
 }
 

@@ -78,6 +78,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
             error: None,
             attempts,
             entity: None,
+            retryable: false,
         };
     }
     if !from.allows(&to) {
@@ -110,6 +111,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
                 error: None,
                 attempts,
                 entity: None,
+                retryable: false,
             }
         }
         Err(err) => with_previous(fail(&err, attempts), previous_state),

@@ -30,6 +30,8 @@ pub struct Applied {
     /// The entity the job turned out to change, when it differs from the job's own (a created
     /// workitem is only named once it exists).
     pub entity: Option<String>,
+    /// A `failed` outcome that may succeed later (transient errors): worth a delayed retry.
+    pub retryable: bool,
 }
 
 impl Applied {
@@ -46,6 +48,7 @@ impl Applied {
             }),
             attempts: 1,
             entity: None,
+            retryable: false,
         }
     }
 
@@ -71,6 +74,8 @@ impl Applied {
             }),
             attempts,
             entity: None,
+            retryable: matches!(err.class(), ErrorClass::Transient | ErrorClass::RateLimited)
+                || matches!(err, GenesysError::AuthNetwork(_)),
         }
     }
 }

@@ -82,6 +82,36 @@ impl Publisher {
         .await
     }
 
+    /// Parks the message in `retry_queue` (through the default exchange) for its delay, with
+    /// the rounds and attempts so far and where it was first published.
+    pub async fn retry(
+        &self,
+        retry_queue: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        origin: (&str, &str),
+        retries: u32,
+        attempts: u32,
+    ) -> Result<(), BrokerError> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(ShortString::from("x-retries"), AMQPValue::LongInt(retries as i32));
+        headers.insert(
+            ShortString::from("x-attempts"),
+            AMQPValue::LongInt(attempts as i32),
+        );
+        if !header_present(&headers, "x-first-seen") {
+            headers.insert(
+                ShortString::from("x-first-seen"),
+                text(&rfc3339(OffsetDateTime::now_utc())),
+            );
+        }
+        headers.insert(ShortString::from("x-original-exchange"), text(origin.0));
+        headers.insert(ShortString::from("x-original-routing-key"), text(origin.1));
+        let properties = properties.clone().with_headers(headers).with_delivery_mode(2);
+        self.publish("", retry_queue, body, properties).await
+    }
+
     /// Sends the original message to the dead-letter exchange with the reason in its headers.
     pub async fn dead_letter(
         &self,
@@ -117,4 +147,42 @@ impl Publisher {
 
 fn header_present(headers: &FieldTable, name: &str) -> bool {
     headers.inner().keys().any(|k| k.as_str() == name)
+}
+
+/// A text header of a message.
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().iter().find(|(k, _)| k.as_str() == name)?.1 {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A counter header of a message (absent: 0).
+pub fn header_count(properties: &BasicProperties, name: &str) -> u32 {
+    let Some(headers) = properties.headers().as_ref() else {
+        return 0;
+    };
+    match headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+    {
+        Some(AMQPValue::LongInt(i)) => (*i).max(0) as u32,
+        Some(AMQPValue::LongLongInt(i)) => (*i).max(0) as u32,
+        Some(AMQPValue::LongUInt(i)) => *i,
+        Some(AMQPValue::ShortInt(i)) => (*i).max(0) as u32,
+        _ => 0,
+    }
+}
+
+/// Where a message was first published: its `x-original-*` headers once it went through a
+/// retry queue, else where it came from.
+pub fn origin(properties: &BasicProperties, exchange: &str, routing_key: &str) -> (String, String) {
+    (
+        header_text(properties, "x-original-exchange").unwrap_or_else(|| exchange.to_string()),
+        header_text(properties, "x-original-routing-key").unwrap_or_else(|| routing_key.to_string()),
+    )
 }

@@ -8,6 +8,8 @@
 //!   exchange and a `delivery-limit` declared together: a message that keeps crashing workers
 //!   ends in the dead-letter queue instead of looping.
 //! - `genesys.jobs.dead`: the dead-letter exchange (topic) and its quorum queue, bound with `#`.
+//! - retry queues `<work queue>.retry.<delay>ms`, one per tier: a message waits there for the
+//!   tier's TTL, then is dead-lettered back to the work queue through the default exchange.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -59,6 +61,16 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         )
         .await?;
 
+    for tier in 0..topology.retry_delays_ms.len() {
+        let queue = topology.retry_queue(tier).expect("a tier of the list");
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                queue_options,
+                retry_queue_arguments(topology, tier),
+            )
+            .await?;
+    }
     channel
         .queue_declare(
             topology.work_queue.as_str().into(),
@@ -76,6 +88,22 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         )
         .await?;
     Ok(())
+}
+
+/// Arguments of retry queue `tier`: its delay as TTL, then back to the work queue through the
+/// default exchange.
+pub fn retry_queue_arguments(topology: &Topology, tier: usize) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(topology.retry_delays_ms[tier] as i64),
+    );
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(topology.work_queue.as_str().into()),
+    );
+    args
 }
 
 /// Arguments of the work queue; `deploy/rabbitmq-definitions.json` must declare the same.
@@ -102,6 +130,7 @@ mod tests {
         match value {
             AMQPValue::LongString(s) => json!(s.to_string()),
             AMQPValue::LongInt(i) => json!(i),
+            AMQPValue::LongLongInt(i) => json!(i),
             other => panic!("unexpected argument type {other:?}"),
         }
     }
@@ -156,6 +185,15 @@ mod tests {
                     b["source"] == source && b["destination"] == destination && b["routing_key"] == "#"
                 })
             };
+        for tier in 0..topology.retry_delays_ms.len() {
+            let retry = queue(&topology.retry_queue(tier).unwrap());
+            let declared: serde_json::Map<String, Value> = retry_queue_arguments(&topology, tier)
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), as_json(v)))
+                .collect();
+            assert_eq!(retry["arguments"], Value::Object(declared));
+        }
         assert!(bound(&topology.jobs_exchange, &topology.work_queue));
         assert!(bound(&topology.dead_letter, &topology.dead_letter));
     }

@@ -106,6 +106,7 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
         ("WORKER_CONCURRENCY".into(), "8".into()),
         ("WORKER_PREFETCH".into(), "8".into()),
         ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
+        ("RETRY_DELAYS_MS".into(), "200,400".into()),
     ]);
     for (k, v) in overrides {
         vars.insert(k.to_string(), v.to_string());
@@ -418,7 +419,13 @@ impl TestApp {
             worker.await.expect("worker task").expect("worker stops cleanly");
         }
         let topology = &self.config.topology;
-        for queue in [&topology.work_queue, &topology.dead_letter] {
+        let retry_queues: Vec<String> = (0..topology.retry_delays_ms.len())
+            .filter_map(|t| topology.retry_queue(t))
+            .collect();
+        for queue in [&topology.work_queue, &topology.dead_letter]
+            .into_iter()
+            .chain(retry_queues.iter())
+        {
             let _ = self
                 .channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

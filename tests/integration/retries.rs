@@ -89,14 +89,26 @@ async fn errors_that_outlast_the_retries_fail_the_job_into_the_dead_letter_queue
     set_fault(&app, json!({"route": PATCH_PRESENCE, "errors": {"502": 1.0}})).await;
     app.publish(&agent_job(user_id(1), json!({"presence": "Break"})))
         .await;
+    // Two in-process attempts per round; a round in each of the two retry tiers; then failed.
     let event = app.audit_events(1).await.remove(0);
     assert_eq!(event.event.outcome, Outcome::Failed);
     assert_eq!(event.event.attempts, 2);
     assert_eq!(event.event.genesys_status, Some(502));
     assert_eq!(event.routing_key, "audit.agent.status.failed");
+    app.assert_no_more_events().await;
     let letter = app.dead_letters(1).await.remove(0);
     assert_eq!(letter.headers["x-error-code"], "genesys.bad.gateway");
-    assert_eq!(letter.headers["x-attempts"], "2");
+    assert_eq!(letter.headers["x-attempts"], "6");
+    assert_eq!(letter.headers["x-retries"], "2");
+    assert_eq!(
+        letter.routing_key, "agent.status",
+        "dead-lettered under its original routing key"
+    );
+    assert_eq!(
+        letter.headers["x-original-exchange"],
+        app.config.topology.jobs_exchange
+    );
+    assert_eq!(app.requests(PATCH_PRESENCE, 502).await, 6);
     assert!(app.mutations().await.is_empty());
     app.stop().await;
 }
@@ -123,5 +135,59 @@ async fn a_response_lost_after_the_change_is_retried_without_a_second_effect() {
     assert_eq!(event.event.attempts, 2);
     // Setting a presence is idempotent: the retry sets the same value again.
     assert_eq!(app.user(user_id(2)).await["presence"], "Meal");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_30_percent_503s_on_mutating_routes_every_job_lands_exactly_once() {
+    use genesys_worker::sandbox::worktype_id;
+    let sandbox = SandboxConfig {
+        users: 30,
+        seed: 7,
+        ..SandboxConfig::default()
+    };
+    let mut app = spawn_app_with(sandbox, &[("RETRY_DELAYS_MS", "100,200,400,800")]).await;
+    for route in [PATCH_PRESENCE, "POST /api/v2/taskmanagement/workitems"] {
+        set_fault(&app, json!({"route": route, "errors": {"503": 0.3}})).await;
+    }
+    let mut tags = Vec::new();
+    for n in 0..20 {
+        app.publish(&agent_job(user_id(n), json!({"presence": "On Queue"})))
+            .await;
+    }
+    for n in 0..10 {
+        let tag = format!("flaky-{n}-{}", uuid::Uuid::new_v4());
+        let mut create = crate::helpers::job(
+            "interaction.create",
+            json!({"type_id": worktype_id(), "name": format!("Flaky {n}")}),
+        );
+        create["idempotency_key"] = json!(tag);
+        tags.push(tag);
+        app.publish(&create).await;
+    }
+    let events = app.audit_events(30).await;
+    for event in &events {
+        assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    }
+    app.crm_events(30).await;
+    app.assert_no_more_events().await;
+    let stats = app.sandbox_stats().await;
+    assert!(
+        crate::helpers::requests_in(&stats, PATCH_PRESENCE, 503) > 0,
+        "faults were injected"
+    );
+    let mutations = stats["mutations"].as_array().unwrap();
+    assert_eq!(mutations.len(), 30, "each job changed Genesys exactly once");
+    let created: Vec<&str> = mutations
+        .iter()
+        .filter_map(|m| m["body"]["externalTag"].as_str())
+        .collect();
+    for tag in &tags {
+        assert_eq!(
+            created.iter().filter(|t| *t == tag).count(),
+            1,
+            "one workitem for {tag}"
+        );
+    }
     app.stop().await;
 }
