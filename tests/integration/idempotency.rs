@@ -169,7 +169,10 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
 
 #[tokio::test]
 async fn a_message_that_fails_every_time_ends_in_the_dead_letter_queue_by_delivery_limit() {
-    let sandbox = genesys_worker::sandbox::SandboxConfig { users: 20, ..Default::default() };
+    let sandbox = genesys_worker::sandbox::SandboxConfig {
+        users: 20,
+        ..Default::default()
+    };
     let app = crate::helpers::spawn_app_with(sandbox, &[("DELIVERY_LIMIT", "2")]).await;
     let mut job = agent_job(user_id(13), json!({"presence": "Break"}));
     let idempotency_key = format!("poison-{}", Uuid::new_v4());
@@ -190,7 +193,11 @@ async fn a_message_that_fails_every_time_ends_in_the_dead_letter_queue_by_delive
     let letter = app.dead_letters(1).await.remove(0);
     assert_eq!(serde_json::from_slice::<Value>(&letter.body).unwrap(), job);
     // Dead-lettered by RabbitMQ itself, which records why.
-    assert!(letter.headers.contains_key("x-death") || letter.headers.contains_key("x-first-death-reason"), "{:?}", letter.headers);
+    assert!(
+        letter.headers.contains_key("x-death") || letter.headers.contains_key("x-first-death-reason"),
+        "{:?}",
+        letter.headers
+    );
     assert!(app.mutations().await.is_empty());
     app.stop().await;
 }
