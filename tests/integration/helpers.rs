@@ -81,8 +81,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Settings of a test worker; `overrides` win.
-pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &str)]) -> Config {
+/// The environment of a test worker, for an in-process worker or a worker process.
+pub fn test_env(
+    sandbox: &SandboxHandle,
+    prefix: &str,
+    overrides: &[(&str, &str)],
+) -> HashMap<String, String> {
     let base = sandbox.base_url();
     let mut vars: HashMap<String, String> = HashMap::from([
         ("AMQP_URL".into(), amqp_url()),
@@ -111,7 +115,7 @@ pub fn test_config(sandbox: &SandboxHandle, prefix: &str, overrides: &[(&str, &s
     for (k, v) in overrides {
         vars.insert(k.to_string(), v.to_string());
     }
-    Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
+    vars
 }
 
 /// An event as it arrived, with its routing key.
@@ -135,6 +139,8 @@ pub struct DeadLetter {
 pub struct TestApp {
     pub sandbox: SandboxHandle,
     pub config: Config,
+    /// The worker's environment: what a worker process is started with.
+    pub env: HashMap<String, String>,
     pub http: reqwest::Client,
     connection: Connection,
     channel: Channel,
@@ -157,34 +163,43 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(sandbox_config: SandboxConfig, overrides: &[(&str, &str)]) -> TestApp {
+    let mut app = spawn_app_without_worker(sandbox_config, overrides).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    app.worker = Some(tokio::spawn(worker::run(app.config.clone(), async {
+        let _ = stopped.await;
+    })));
+    app.stop = Some(stop);
+    app
+}
+
+/// Everything but the worker: tests start worker processes with [`TestApp::start_worker_process`].
+pub async fn spawn_app_without_worker(sandbox_config: SandboxConfig, overrides: &[(&str, &str)]) -> TestApp {
     check_redis().await;
     let connection = connect_broker().await;
     let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), sandbox_config)
         .await
         .expect("sandbox starts");
     let prefix = random_name();
-    let config = test_config(&sandbox, &prefix, overrides);
+    let env = test_env(&sandbox, &prefix, overrides);
+    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid");
     let channel = connection.create_channel().await.unwrap();
     // Declared here too, so jobs published before the worker is up wait in the queue.
     topology::declare(&channel, &config.topology).await.unwrap();
     let audit = capture(&channel, &config.topology.audit_exchange).await;
     let crm = capture(&channel, &config.topology.crm_exchange).await;
     let publisher = Publisher::open(&connection).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(config.clone(), async {
-        let _ = stopped.await;
-    }));
     TestApp {
         sandbox,
         config,
+        env,
         http: reqwest::Client::new(),
         connection,
         channel,
         publisher,
         audit,
         crm,
-        stop: Some(stop),
-        worker: Some(worker),
+        stop: None,
+        worker: None,
     }
 }
 
@@ -390,6 +405,21 @@ impl TestApp {
             .unwrap_or_else(|| panic!("user {id} is not seeded"))
     }
 
+    /// Starts `genesys-worker run` as a process with this app's configuration; its output goes
+    /// to a log file named in the returned handle.
+    pub fn start_worker_process(&self) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("genesys-worker-test-{}.log", random_name()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+            .arg("run")
+            .envs(&self.env)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the worker binary starts");
+        WorkerProcess { child, log }
+    }
+
     /// Waits for the worker to end by itself (no shutdown signal) and returns how it ended.
     pub async fn worker_exit(&mut self) -> Result<(), worker::WorkerError> {
         let handle = self.worker.take().expect("the worker is running");
@@ -463,6 +493,49 @@ pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
         .as_str()
         .expect("a token is issued")
         .to_string()
+}
+
+/// A worker running as a process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    /// SIGTERM: the graceful way.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn requests_in(stats: &Value, route: &str, status: u16) -> u64 {

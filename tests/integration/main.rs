@@ -12,6 +12,7 @@ mod helpers;
 mod idempotency;
 mod interactions;
 mod ordering;
+mod processes;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;

@@ -1,0 +1,168 @@
+//! The worker as a process: SIGTERM under load, and SIGKILL in the middle of a run. Nothing is
+//! lost, nothing is applied twice.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use genesys_worker::events::Outcome;
+use genesys_worker::sandbox::{user_id, SandboxConfig};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{agent_job, spawn_app_without_worker, Arrived, TestApp};
+
+const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
+
+/// Collects audit events until every job in `jobs` has an outcome (or the deadline passes).
+async fn outcomes_for(
+    app: &mut TestApp,
+    jobs: &HashSet<Uuid>,
+    seen: &mut HashMap<Uuid, Vec<Outcome>>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    while jobs.iter().any(|j| !seen.contains_key(j)) {
+        assert!(
+            Instant::now() < deadline,
+            "{} job(s) never got an outcome",
+            jobs.iter().filter(|j| !seen.contains_key(j)).count()
+        );
+        let batch: Vec<Arrived<genesys_worker::events::AuditEvent>> = app.audit_events(1).await;
+        for event in batch {
+            seen.entry(event.event.job_id)
+                .or_default()
+                .push(event.event.outcome);
+        }
+    }
+}
+
+/// Waits until at least `n` audit events arrived.
+async fn wait_for_events(app: &mut TestApp, n: usize, seen: &mut HashMap<Uuid, Vec<Outcome>>) {
+    while seen.values().map(Vec::len).sum::<usize>() < n {
+        for event in app.audit_events(1).await {
+            seen.entry(event.event.job_id)
+                .or_default()
+                .push(event.event.outcome);
+        }
+    }
+}
+
+fn mutations_per_entity(mutations: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for m in mutations {
+        *counts
+            .entry(m["entity"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_jobs_exits_0_and_loses_nothing() {
+    let sandbox = SandboxConfig {
+        users: 60,
+        ..SandboxConfig::default()
+    };
+    let mut app = spawn_app_without_worker(sandbox, &[("SHUTDOWN_TIMEOUT_SECS", "5")]).await;
+    // Slow Genesys, so jobs are in flight when the signal arrives.
+    let fault = json!({"route": PATCH_PRESENCE, "latency_ms": 150});
+    app.http
+        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    let mut jobs = HashSet::new();
+    for n in 0..60 {
+        let job = agent_job(user_id(n), json!({"presence": "On Queue"}));
+        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        app.publish(&job).await;
+    }
+    let mut seen = HashMap::new();
+    let mut first = app.start_worker_process();
+    wait_for_events(&mut app, 10, &mut seen).await;
+    let signalled = Instant::now();
+    first.terminate();
+    let status = first
+        .wait(Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| panic!("did not exit:\n{}", first.log_text()));
+    assert!(status.success(), "exit {status:?}:\n{}", first.log_text());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        first.log_text().contains("Worker stopped."),
+        "{}",
+        first.log_text()
+    );
+
+    let mut second = app.start_worker_process();
+    outcomes_for(&mut app, &jobs, &mut seen, Duration::from_secs(60)).await;
+    for job in &jobs {
+        assert!(seen[job].contains(&Outcome::Applied), "{job}: {:?}", seen[job]);
+    }
+    let counts = mutations_per_entity(&app.mutations().await);
+    assert_eq!(counts.len(), 60);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a change was applied twice: {counts:?}"
+    );
+    second.terminate();
+    assert!(second
+        .wait(Duration::from_secs(8))
+        .await
+        .is_some_and(|s| s.success()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_2000_jobs_loses_none_and_applies_none_twice() {
+    let sandbox = SandboxConfig {
+        users: 2000,
+        ..SandboxConfig::default()
+    };
+    let overrides = [
+        ("LEASE_MS", "1000"),
+        ("WORKER_CONCURRENCY", "32"),
+        ("WORKER_PREFETCH", "64"),
+        ("GENESYS_RATE_LIMIT_RPS", "5000"),
+        ("GENESYS_RATE_LIMIT_BURST", "500"),
+    ];
+    let mut app = spawn_app_without_worker(sandbox, &overrides).await;
+    let mut jobs = HashSet::new();
+    for n in 0..2000 {
+        let job = agent_job(user_id(n), json!({"presence": "Available"}));
+        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        app.publish(&job).await;
+    }
+    let mut seen = HashMap::new();
+    let mut first = app.start_worker_process();
+    wait_for_events(&mut app, 300, &mut seen).await;
+    first.child.kill().unwrap();
+    first.wait(Duration::from_secs(5)).await.expect("killed");
+
+    let mut second = app.start_worker_process();
+    outcomes_for(&mut app, &jobs, &mut seen, Duration::from_secs(180)).await;
+    // Every job was applied (a copy acked late may also report `duplicate`), none failed.
+    for job in &jobs {
+        let outcomes = &seen[job];
+        assert!(outcomes.contains(&Outcome::Applied), "{job}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Applied | Outcome::Duplicate)),
+            "{job}: {outcomes:?}"
+        );
+    }
+    // No idempotency key changed Genesys twice: one job per agent, one change per agent.
+    let counts = mutations_per_entity(&app.mutations().await);
+    assert_eq!(counts.len(), 2000);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "applied twice: {twice:?}");
+    second.terminate();
+    assert!(second.wait(Duration::from_secs(10)).await.is_some());
+    app.stop().await;
+}
