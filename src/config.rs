@@ -87,6 +87,9 @@ pub struct GenesysConfig {
     /// Requests per second across every Genesys call of this process.
     pub rate_limit_rps: u32,
     pub rate_limit_burst: u32,
+    /// Whether replicas share the budget through Redis (`fleet`) or each spends it alone
+    /// (`replica`).
+    pub rate_limit_shared: bool,
     /// Per-request timeout; the official Go SDK uses 16 s.
     pub request_timeout_ms: u64,
     /// In-process attempts for a transient error (429s are not counted).
@@ -206,6 +209,16 @@ impl Config {
             client_secret: Secret::new(env.required("GENESYS_CLIENT_SECRET")?),
             rate_limit_rps: env.positive("GENESYS_RATE_LIMIT_RPS", 4)?,
             rate_limit_burst: env.positive("GENESYS_RATE_LIMIT_BURST", 8)?,
+            rate_limit_shared: match env.string("GENESYS_RATE_LIMIT_SCOPE", "fleet")?.as_str() {
+                "fleet" => true,
+                "replica" => false,
+                other => {
+                    return Err(ConfigError {
+                        var: "GENESYS_RATE_LIMIT_SCOPE",
+                        problem: format!("expected fleet or replica, got {other:?}"),
+                    })
+                }
+            },
             request_timeout_ms: env.positive("GENESYS_TIMEOUT_MS", 16_000)?,
             max_attempts: env.positive("GENESYS_MAX_ATTEMPTS", 3)?,
         };

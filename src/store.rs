@@ -8,6 +8,7 @@
 //! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain;
 //!   `sequence`: the highest job sequence applied to it.
 //! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
+//! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget.
 
 use redis::aio::ConnectionManager;
 
@@ -64,6 +65,11 @@ impl Store {
 
     pub(crate) fn lease_key(&self, idempotency_key: &str) -> String {
         format!("{}lease:{idempotency_key}", self.prefix)
+    }
+
+    /// A key of the fleet-wide rate-limit budget of OAuth client `client_id`.
+    pub(crate) fn budget_key(&self, client_id: &str, part: &str) -> String {
+        format!("{}budget:{client_id}:{part}", self.prefix)
     }
 
     pub(crate) fn lock_key(&self, entity: &str) -> String {

@@ -58,10 +58,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let setup = connection.create_channel().await.map_err(BrokerError::from)?;
     topology::declare(&setup, &config.topology).await?;
     let publisher = Publisher::open(&connection).await?;
-    let budget = Arc::new(Budget::new(
-        config.genesys.rate_limit_rps,
-        config.genesys.rate_limit_burst,
-    ));
+    let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
+    let mut budget = Budget::new(rps, burst);
+    if config.genesys.rate_limit_shared {
+        budget = budget.shared(store.clone(), &config.genesys.client_id, rps, burst);
+    }
+    let budget = Arc::new(budget);
     let pipeline = Arc::new(Pipeline {
         store,
         genesys: Arc::new(GenesysClient::new(&config.genesys, budget)),

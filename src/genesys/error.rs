@@ -51,6 +51,9 @@ pub enum GenesysError {
     /// The login host could not be reached.
     #[error("OAuth token request failed: {0}")]
     AuthNetwork(#[source] reqwest::Error),
+    /// The fleet-wide budget could not be consulted (Redis unreachable): nothing was sent.
+    #[error("the shared rate-limit budget is unavailable: {0}")]
+    Budget(String),
     /// A success status with a body we cannot read.
     #[error("{method} {path} returned an unreadable body: {source}")]
     Decode {
@@ -63,14 +66,17 @@ pub enum GenesysError {
 
 /// Exhaustive status → class mapping; the `code` separates validation 409s from conflicts.
 pub fn classify(status: u16, code: &str) -> ErrorClass {
+    // Every status has an arm: a new case is a decision, not a fall-through.
     match status {
         429 => ErrorClass::RateLimited,
         408 => ErrorClass::Transient,
         409 if code.starts_with("pre.check.") => ErrorClass::Permanent,
         409 => ErrorClass::Conflict,
         501 => ErrorClass::Permanent,
-        500..=599 => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
+        500 | 502..=599 => ErrorClass::Transient,
+        400..=407 | 410..=428 | 430..=499 => ErrorClass::Permanent,
+        // Not an error status: a client that treats it as one has misread the exchange.
+        0..=399 | 600..=u16::MAX => ErrorClass::Permanent,
     }
 }
 
@@ -78,7 +84,9 @@ impl GenesysError {
     pub fn class(&self) -> ErrorClass {
         match self {
             GenesysError::Api { status, code, .. } => classify(*status, code),
-            GenesysError::Network { .. } | GenesysError::AuthNetwork(_) => ErrorClass::Transient,
+            GenesysError::Network { .. } | GenesysError::AuthNetwork(_) | GenesysError::Budget(_) => {
+                ErrorClass::Transient
+            }
             GenesysError::Auth { status, .. } => match status {
                 429 => ErrorClass::RateLimited,
                 500..=599 => ErrorClass::Transient,
@@ -92,7 +100,10 @@ impl GenesysError {
     pub fn status(&self) -> Option<u16> {
         match self {
             GenesysError::Api { status, .. } | GenesysError::Auth { status, .. } => Some(*status),
-            GenesysError::Network { .. } | GenesysError::AuthNetwork(_) | GenesysError::Decode { .. } => None,
+            GenesysError::Network { .. }
+            | GenesysError::AuthNetwork(_)
+            | GenesysError::Budget(_)
+            | GenesysError::Decode { .. } => None,
         }
     }
 
@@ -103,6 +114,7 @@ impl GenesysError {
             GenesysError::Network { .. } => "genesys.network".into(),
             GenesysError::Auth { error, .. } => format!("genesys.auth.{error}"),
             GenesysError::AuthNetwork(_) => "genesys.auth.network".into(),
+            GenesysError::Budget(_) => "budget.unavailable".into(),
             GenesysError::Decode { .. } => "genesys.bad_response".into(),
         }
     }
@@ -120,7 +132,10 @@ impl GenesysError {
         match self {
             GenesysError::Network { maybe_sent, .. } => *maybe_sent,
             GenesysError::Api { status, .. } => *status >= 500,
-            GenesysError::Auth { .. } | GenesysError::AuthNetwork(_) | GenesysError::Decode { .. } => false,
+            GenesysError::Auth { .. }
+            | GenesysError::AuthNetwork(_)
+            | GenesysError::Budget(_)
+            | GenesysError::Decode { .. } => false,
         }
     }
 }

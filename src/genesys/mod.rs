@@ -136,7 +136,10 @@ impl GenesysClient {
         let mut throttled_waits = 0;
         loop {
             let token = self.auth.token().await?;
-            self.budget.acquire().await;
+            self.budget
+                .acquire()
+                .await
+                .map_err(|err| GenesysError::Budget(err.to_string()))?;
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -208,6 +211,7 @@ impl GenesysClient {
                         "Genesys returned 429; pausing the budget."
                     );
                     self.budget.pause_for(wait);
+                    self.budget.pause_fleet(wait).await;
                 }
                 _ => return Err(error),
             }

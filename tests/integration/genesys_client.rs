@@ -34,6 +34,7 @@ fn client_for(sandbox: &SandboxHandle, secret: &str) -> GenesysClient {
         client_secret: Secret::new(secret),
         rate_limit_rps: 1000,
         rate_limit_burst: 200,
+        rate_limit_shared: false,
         request_timeout_ms: 5_000,
         max_attempts: 3,
     };

@@ -413,6 +413,8 @@ impl TestApp {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
             .arg("run")
             .envs(&self.env)
+            // Replicas side by side each need their own admin port.
+            .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -166,3 +166,88 @@ async fn sigkill_in_the_middle_of_2000_jobs_loses_none_and_applies_none_twice() 
     assert!(second.wait(Duration::from_secs(10)).await.is_some());
     app.stop().await;
 }
+
+fn parse_instant(raw: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_limit() {
+    use genesys_worker::sandbox::RateLimit;
+    const RATE: u32 = 20;
+    const JOBS: usize = 200;
+    let sandbox = SandboxConfig {
+        users: JOBS,
+        rate_limit: Some(RateLimit {
+            requests_per_second: RATE,
+            burst: 5,
+        }),
+        ..SandboxConfig::default()
+    };
+    let rate = RATE.to_string();
+    let overrides = [
+        ("GENESYS_RATE_LIMIT_RPS", rate.as_str()),
+        ("GENESYS_RATE_LIMIT_BURST", "1"),
+        ("GENESYS_RATE_LIMIT_SCOPE", "fleet"),
+        ("WORKER_CONCURRENCY", "16"),
+        ("WORKER_PREFETCH", "32"),
+    ];
+    let mut app = spawn_app_without_worker(sandbox, &overrides).await;
+    let mut jobs = HashSet::new();
+    for n in 0..JOBS {
+        let job = agent_job(user_id(n), json!({"presence": "Busy"}));
+        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        app.publish(&job).await;
+    }
+    let mut a = app.start_worker_process();
+    let mut b = app.start_worker_process();
+    let mut seen = HashMap::new();
+    outcomes_for(&mut app, &jobs, &mut seen, Duration::from_secs(90)).await;
+    assert!(seen.values().all(|o| o == &[Outcome::Applied]), "{seen:?}");
+
+    let stats = app.sandbox_stats().await;
+    let api_requests: u64 = stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"].as_str().unwrap().contains(" /api/"))
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    let throttled = stats["throttled"].as_u64().unwrap();
+    assert!(
+        throttled * 100 <= api_requests,
+        "{throttled} of {api_requests} requests throttled"
+    );
+    let mut times: Vec<time::OffsetDateTime> = stats["mutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| parse_instant(m["at"].as_str().unwrap()))
+        .collect();
+    times.sort();
+    let span = (*times.last().unwrap() - times[0]).as_seconds_f64();
+    let achieved = (times.len() - 1) as f64 / span;
+    eprintln!("budget fidelity: {achieved:.2} of {RATE} requests/s, {throttled} of {api_requests} requests throttled");
+    assert!(
+        achieved >= 0.9 * f64::from(RATE),
+        "achieved {achieved:.1} requests/s of {RATE}"
+    );
+    assert!(
+        achieved <= 1.1 * f64::from(RATE),
+        "achieved {achieved:.1} requests/s of {RATE}: over budget"
+    );
+    // Both replicas worked.
+    for worker in [&a, &b] {
+        assert!(
+            worker.log_text().contains("Job finished."),
+            "a replica applied nothing:\n{}",
+            worker.log_text()
+        );
+    }
+    a.terminate();
+    b.terminate();
+    assert!(
+        a.wait(Duration::from_secs(10)).await.is_some() && b.wait(Duration::from_secs(10)).await.is_some()
+    );
+    app.stop().await;
+}
