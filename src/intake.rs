@@ -15,14 +15,14 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Health;
 use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::BrokerError;
-use crate::pipeline::{Disposition, Incoming, Pipeline};
+use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
 
 /// Pause before returning a job whose processing hit an infrastructure error, so a Redis or
 /// broker outage does not become a hot redelivery loop.
@@ -36,7 +36,17 @@ pub struct IntakeSettings {
     pub grace: Duration,
 }
 
-/// Consumes until `shutdown` fires or the consumer ends, then drains in-flight jobs.
+/// Why a consuming spell ended.
+enum Pause {
+    Shutdown,
+    /// Redis failed: stop taking jobs until it answers again (fail closed).
+    RedisDown,
+    Broken(BrokerError),
+}
+
+/// Consumes until `shutdown` fires or the consumer breaks, then drains in-flight jobs. While
+/// Redis is unreachable no job can be deduplicated, so the worker stops consuming, reports not
+/// ready, and resumes when Redis answers again.
 pub async fn consume(
     channel: &Channel,
     pipeline: Arc<Pipeline>,
@@ -47,42 +57,30 @@ pub async fn consume(
     channel
         .basic_qos(settings.prefetch, BasicQosOptions { global: false })
         .await?;
-    let tag = format!("genesys-worker-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            settings.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    health.set_consuming(true);
-    tracing::info!(queue = %settings.queue, concurrency = settings.concurrency, "Consuming jobs.");
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let in_flight = TaskTracker::new();
+    let redis_down = Arc::new(Notify::new());
     let result = loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => {
-                let slot = slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let pipeline = pipeline.clone();
-                in_flight.spawn(async move {
-                    settle(&pipeline, delivery).await;
-                    drop(slot);
-                });
-            }
-            Some(Err(err)) => break Err(BrokerError::from(err)),
-            None => {
-                break Err(BrokerError::ConsumerEnded {
-                    queue: settings.queue.clone(),
-                })
+        match consume_until_paused(
+            channel,
+            &pipeline,
+            settings,
+            health,
+            &shutdown,
+            &slots,
+            &in_flight,
+            &redis_down,
+        )
+        .await
+        {
+            Pause::Shutdown => break Ok(()),
+            Pause::Broken(err) => break Err(err),
+            Pause::RedisDown => {
+                tracing::error!("Redis is unreachable: stopped consuming until it answers again.");
+                if !wait_for_redis(&pipeline, &shutdown).await {
+                    break Ok(());
+                }
+                tracing::info!("Redis answers again: resuming.");
             }
         }
     };
@@ -90,12 +88,6 @@ pub async fn consume(
         in_flight = in_flight.len(),
         "Stopping intake; finishing in-flight jobs."
     );
-    if let Err(err) = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await
-    {
-        tracing::warn!(error.message = %err, "Could not cancel the consumer.");
-    }
     in_flight.close();
     if tokio::time::timeout(settings.grace, in_flight.wait())
         .await
@@ -109,7 +101,102 @@ pub async fn consume(
     result
 }
 
-async fn settle(pipeline: &Pipeline, delivery: Delivery) {
+/// One spell of consuming, with its own consumer tag.
+#[allow(clippy::too_many_arguments)]
+async fn consume_until_paused(
+    channel: &Channel,
+    pipeline: &Arc<Pipeline>,
+    settings: &IntakeSettings,
+    health: &Health,
+    shutdown: &CancellationToken,
+    slots: &Arc<Semaphore>,
+    in_flight: &TaskTracker,
+    redis_down: &Arc<Notify>,
+) -> Pause {
+    let tag = format!("genesys-worker-{}", uuid::Uuid::new_v4());
+    let consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let mut consumer = match consumer {
+        Ok(consumer) => consumer,
+        Err(err) => return Pause::Broken(err.into()),
+    };
+    health.set_consuming(true);
+    tracing::info!(queue = %settings.queue, concurrency = settings.concurrency, "Consuming jobs.");
+    let pause = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Pause::Shutdown,
+            _ = redis_down.notified() => break Pause::RedisDown,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let slot = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let pipeline = pipeline.clone();
+                let redis_down = redis_down.clone();
+                in_flight.spawn(async move {
+                    settle(&pipeline, delivery, &redis_down).await;
+                    drop(slot);
+                });
+            }
+            Some(Err(err)) => break Pause::Broken(err.into()),
+            None => {
+                break Pause::Broken(BrokerError::ConsumerEnded {
+                    queue: settings.queue.clone(),
+                })
+            }
+        }
+    };
+    health.set_consuming(false);
+    if let Err(err) = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::warn!(error.message = %err, "Could not cancel the consumer.");
+    }
+    if matches!(pause, Pause::RedisDown) {
+        // Deliveries the broker pushed ahead of processing go back to the queue now.
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+        {
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+    }
+    pause
+}
+
+/// Waits until Redis answers (true) or shutdown is requested (false), backing off to 5 s.
+async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bool {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if pipeline.store.ping().await.is_ok() {
+            return true;
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
+/// stop consuming at once (`redis_down`), before this job's own backoff.
+async fn settle(pipeline: &Pipeline, delivery: Delivery, redis_down: &Notify) {
     let incoming = Incoming {
         body: &delivery.data,
         properties: &delivery.properties,
@@ -173,6 +260,9 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery) {
             }
         }
         Err(err) => {
+            if matches!(err, PipelineError::Store(_)) {
+                redis_down.notify_one();
+            }
             tracing::error!(error.message = %err, error.cause_chain = ?err, "Infrastructure error; returning the job to the queue.");
             requeue(&delivery).await
         }

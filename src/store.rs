@@ -10,7 +10,9 @@
 //! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
 //! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget.
 
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::ServiceUrl;
 
@@ -42,7 +44,9 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects; the connection manager reconnects on its own after a failure.
+    /// Connects; the connection manager reconnects on its own after a failure. Every command
+    /// times out, so an outage surfaces as an error (and the intake stops consuming) instead of
+    /// a call that waits forever.
     pub async fn connect(
         url: &ServiceUrl,
         prefix: &str,
@@ -50,7 +54,12 @@ impl Store {
         lease_ms: u64,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url.expose())?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(Duration::from_secs(3))
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),

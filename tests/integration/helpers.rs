@@ -410,16 +410,21 @@ impl TestApp {
     pub fn start_worker_process(&self) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("genesys-worker-test-{}.log", random_name()));
         let file = std::fs::File::create(&log).unwrap();
+        // Replicas side by side each need their own admin port.
+        let admin_addr = format!("127.0.0.1:{}", free_port());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
             .arg("run")
             .envs(&self.env)
-            // Replicas side by side each need their own admin port.
-            .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("ADMIN_ADDR", &admin_addr)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("the worker binary starts");
-        WorkerProcess { child, log }
+        WorkerProcess {
+            child,
+            log,
+            admin_addr,
+        }
     }
 
     /// Waits for the worker to end by itself (no shutdown signal) and returns how it ended.
@@ -502,6 +507,7 @@ pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
 pub struct WorkerProcess {
     pub child: std::process::Child,
     pub log: std::path::PathBuf,
+    pub admin_addr: String,
 }
 
 impl WorkerProcess {
@@ -537,6 +543,81 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis server of the test's own, which the test may kill and start again. It keeps an
+/// append-only file, so a restart keeps its data, as a production Redis would.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("genesys-worker-redis-{}", random_name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ping = async {
+                let client = redis::Client::open(self.url()).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+            };
+            if ping.await.is_some() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the private redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -251,3 +251,80 @@ async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_l
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself() {
+    use crate::helpers::PrivateRedis;
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let sandbox = SandboxConfig {
+        users: 80,
+        ..SandboxConfig::default()
+    };
+    let overrides = [
+        ("REDIS_URL", url.as_str()),
+        ("WORKER_CONCURRENCY", "4"),
+        ("WORKER_PREFETCH", "8"),
+    ];
+    let mut app = spawn_app_without_worker(sandbox, &overrides).await;
+    let fault = json!({"route": PATCH_PRESENCE, "latency_ms": 80});
+    app.http
+        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    let mut jobs = HashSet::new();
+    for n in 0..80 {
+        let job = agent_job(user_id(n), json!({"presence": "Meal"}));
+        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        app.publish(&job).await;
+    }
+    let worker = app.start_worker_process();
+    let mut seen = HashMap::new();
+    wait_for_events(&mut app, 10, &mut seen).await;
+
+    redis.kill();
+    // Calls already on the wire may still land; after that, nothing while Redis is down.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = app.mutations().await.len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !worker.log_text().contains("stopped consuming") {
+        assert!(
+            Instant::now() < deadline,
+            "never stopped consuming:\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let readyz = format!("http://{}/readyz", worker.admin_addr);
+    let status = app
+        .http
+        .get(&readyz)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(status, 503, "ready while Redis is down");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        app.mutations().await.len(),
+        before,
+        "a change was applied while Redis was down"
+    );
+
+    redis.restart().await;
+    outcomes_for(&mut app, &jobs, &mut seen, Duration::from_secs(90)).await;
+    for job in &jobs {
+        assert!(seen[job].contains(&Outcome::Applied), "{job}: {:?}", seen[job]);
+    }
+    let counts = mutations_per_entity(&app.mutations().await);
+    assert_eq!(counts.len(), 80);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a change was applied twice: {counts:?}"
+    );
+    assert_eq!(app.http.get(&readyz).send().await.unwrap().status(), 200);
+    worker.terminate();
+    app.stop().await;
+}
