@@ -33,7 +33,9 @@ pub enum WorkerError {
 }
 
 /// Runs the worker until `shutdown` resolves: stops intake, lets in-flight jobs finish within
-/// the grace period, then closes the broker connection cleanly.
+/// the grace period, then closes the broker connection cleanly. A lost or refused broker
+/// connection is not the end: the worker reconnects with backoff and declares its topology
+/// again.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     tracing::info!(amqp = %config.amqp_url, redis = %config.redis_url, genesys = %config.genesys.api_base, "Starting worker.");
     let store = Store::connect(
@@ -54,56 +56,109 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
     // However `run` ends, early errors included, the admin server stops with it.
     let _stop_admin = cancel.clone().drop_guard();
-    let connection = broker::connect(&config.amqp_url).await?;
-    let setup = connection.create_channel().await.map_err(BrokerError::from)?;
-    topology::declare(&setup, &config.topology).await?;
-    let publisher = Publisher::open(&connection).await?;
     let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
     let mut budget = Budget::new(rps, burst);
     if config.genesys.rate_limit_shared {
         budget = budget.shared(store.clone(), &config.genesys.client_id, rps, burst);
     }
-    let budget = Arc::new(budget);
-    let pipeline = Arc::new(Pipeline {
-        store,
-        genesys: Arc::new(GenesysClient::new(&config.genesys, budget)),
-        publisher,
-        topology: config.topology.clone(),
-        retry: RetryPolicy {
-            max_attempts: config.genesys.max_attempts,
-            ..RetryPolicy::default()
-        },
-        flows: FlowSettings {
-            poll: Duration::from_millis(config.flow_poll_ms),
-            timeout: Duration::from_secs(config.flow_operation_timeout_secs),
-        },
-        max_message_bytes: config.max_message_bytes,
-    });
-    let settings = IntakeSettings {
-        queue: config.topology.work_queue.clone(),
-        concurrency: config.worker_concurrency,
-        prefetch: config.worker_prefetch,
-        grace: config.shutdown_timeout(),
-    };
-    let consumer = connection.create_channel().await.map_err(BrokerError::from)?;
-    let consume = intake::consume(&consumer, pipeline, &settings, &health, cancel.clone());
-    tokio::pin!(consume, shutdown);
+    let genesys = Arc::new(GenesysClient::new(&config.genesys, Arc::new(budget)));
+    let intake = cancel.child_token();
+    let supervise = supervise(&config, &store, &genesys, &health, intake.clone());
+    tokio::pin!(supervise, shutdown);
     let result = tokio::select! {
-        result = &mut consume => result,
+        result = &mut supervise => result,
         _ = &mut shutdown => {
             tracing::info!("Shutdown requested.");
-            cancel.cancel();
-            consume.await
+            intake.cancel();
+            supervise.await
         }
     };
-    // Acks travel on the consumer channel: closing it waits for what was written before.
-    let ok: ReplyCode = 200;
-    for channel in [&consumer, &setup] {
-        let _ = channel.close(ok, "worker stopping".into()).await;
-    }
-    let _ = connection.close(ok, "worker stopping".into()).await;
     cancel.cancel();
     let _ = admin_server.await;
     tracing::info!("Worker stopped.");
-    Ok(result?)
+    result
+}
+
+/// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
+/// backing off from 250 ms to 10 s.
+async fn supervise(
+    config: &Config,
+    store: &Store,
+    genesys: &Arc<GenesysClient>,
+    health: &Health,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
+    const FIRST_WAIT: Duration = Duration::from_millis(250);
+    let mut wait = FIRST_WAIT;
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let (result, connected) = connect_and_consume(config, store, genesys, health, stop.clone()).await;
+        let err = match result {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        health.set_consuming(false);
+        if connected {
+            wait = FIRST_WAIT;
+        }
+        tracing::error!(error.message = %err, retry_in_ms = wait.as_millis() as u64, "Broker connection lost or refused; reconnecting.");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection's life: connect, declare, consume until `stop` or a failure, close. Also says
+/// whether the connection was made, so backoff restarts after a connection that worked.
+async fn connect_and_consume(
+    config: &Config,
+    store: &Store,
+    genesys: &Arc<GenesysClient>,
+    health: &Health,
+    stop: CancellationToken,
+) -> (Result<(), BrokerError>, bool) {
+    let connection = match broker::connect(&config.amqp_url).await {
+        Ok(connection) => connection,
+        Err(err) => return (Err(err), false),
+    };
+    let result = async {
+        let setup = connection.create_channel().await?;
+        topology::declare(&setup, &config.topology).await?;
+        let pipeline = Arc::new(Pipeline {
+            store: store.clone(),
+            genesys: genesys.clone(),
+            publisher: Publisher::open(&connection).await?,
+            topology: config.topology.clone(),
+            retry: RetryPolicy {
+                max_attempts: config.genesys.max_attempts,
+                ..RetryPolicy::default()
+            },
+            flows: FlowSettings {
+                poll: Duration::from_millis(config.flow_poll_ms),
+                timeout: Duration::from_secs(config.flow_operation_timeout_secs),
+            },
+            max_message_bytes: config.max_message_bytes,
+        });
+        let settings = IntakeSettings {
+            queue: config.topology.work_queue.clone(),
+            concurrency: config.worker_concurrency,
+            prefetch: config.worker_prefetch,
+            grace: config.shutdown_timeout(),
+        };
+        let consumer = connection.create_channel().await?;
+        let consumed = intake::consume(&consumer, pipeline, &settings, health, stop).await;
+        // Acks travel on the consumer channel: closing it waits for what was written before.
+        let ok: ReplyCode = 200;
+        for channel in [&consumer, &setup] {
+            let _ = channel.close(ok, "worker stopping".into()).await;
+        }
+        consumed
+    }
+    .await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    (result, true)
 }

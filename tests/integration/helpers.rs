@@ -408,32 +408,7 @@ impl TestApp {
     /// Starts `genesys-worker run` as a process with this app's configuration; its output goes
     /// to a log file named in the returned handle.
     pub fn start_worker_process(&self) -> WorkerProcess {
-        let log = std::env::temp_dir().join(format!("genesys-worker-test-{}.log", random_name()));
-        let file = std::fs::File::create(&log).unwrap();
-        // Replicas side by side each need their own admin port.
-        let admin_addr = format!("127.0.0.1:{}", free_port());
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
-            .arg("run")
-            .envs(&self.env)
-            .env("ADMIN_ADDR", &admin_addr)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("the worker binary starts");
-        WorkerProcess {
-            child,
-            log,
-            admin_addr,
-        }
-    }
-
-    /// Waits for the worker to end by itself (no shutdown signal) and returns how it ended.
-    pub async fn worker_exit(&mut self) -> Result<(), worker::WorkerError> {
-        let handle = self.worker.take().expect("the worker is running");
-        tokio::time::timeout(WAIT, handle)
-            .await
-            .expect("the worker ends in time")
-            .expect("worker task")
+        start_worker_process(&self.env)
     }
 
     /// Deletes the work queue under the worker's feet.
@@ -500,6 +475,146 @@ pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
         .as_str()
         .expect("a token is issued")
         .to_string()
+}
+
+/// Starts `genesys-worker run` as a process with `env`; its output goes to a log file named in
+/// the returned handle.
+pub fn start_worker_process(env: &HashMap<String, String>) -> WorkerProcess {
+    let log = std::env::temp_dir().join(format!("genesys-worker-test-{}.log", random_name()));
+    let file = std::fs::File::create(&log).unwrap();
+    // Replicas side by side each need their own admin port.
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .arg("run")
+        .envs(env)
+        .env("ADMIN_ADDR", &admin_addr)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("the worker binary starts");
+    WorkerProcess {
+        child,
+        log,
+        admin_addr,
+    }
+}
+
+/// A RabbitMQ node of the test's own, on its own port and data directory, which the test may
+/// kill and start again: its durable queues and persistent messages survive.
+#[derive(Debug)]
+pub struct PrivateRabbit {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    /// The launcher process, reaped when the node stops.
+    launcher: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl PrivateRabbit {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("genesys-worker-rabbit-{}", random_name()));
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("enabled_plugins"), "").unwrap();
+        let rabbit = Self {
+            port: free_port(),
+            dir,
+            launcher: std::sync::Mutex::new(None),
+        };
+        rabbit.launch().await;
+        rabbit
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.join("rabbitmq.pid")
+    }
+
+    async fn launch(&self) {
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let mut command = if as_root {
+            let _ = std::process::Command::new("chown")
+                .args(["-R", "rabbitmq:rabbitmq"])
+                .arg(&self.dir)
+                .status();
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq"]);
+            c
+        } else {
+            std::process::Command::new("env")
+        };
+        let dir = self.dir.display();
+        command
+            .arg(format!("RABBITMQ_MNESIA_BASE={dir}/mnesia"))
+            .arg(format!("RABBITMQ_LOG_BASE={dir}/log"))
+            .arg(format!("RABBITMQ_NODENAME=gw-test-{}@localhost", self.port))
+            .arg("RABBITMQ_NODE_IP_ADDRESS=127.0.0.1")
+            .arg(format!("RABBITMQ_NODE_PORT={}", self.port))
+            .arg(format!("RABBITMQ_DIST_PORT={}", free_port()))
+            .arg(format!("RABBITMQ_ENABLED_PLUGINS_FILE={dir}/enabled_plugins"))
+            .arg(format!("RABBITMQ_PID_FILE={}", self.pid_file().display()))
+            .arg("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let launcher = command
+            .spawn()
+            .expect("rabbitmq-server is installed (scripts/services.sh installs it)");
+        *self.launcher.lock().unwrap() = Some(launcher);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let url = ServiceUrl::parse(&self.url()).unwrap();
+        loop {
+            if let Ok(connection) = broker::connect(&url).await {
+                let _ = connection.close(200, "ready".into()).await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the private RabbitMQ did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the node (SIGTERM: RabbitMQ shuts down in order) and starts it again on the same
+    /// data, as an operator's restart or a rolling upgrade does.
+    pub async fn restart(&self) {
+        self.stop("-TERM");
+        self.launch().await;
+    }
+
+    fn stop(&self, signal: &str) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill")
+                .args([signal, pid.trim()])
+                .status();
+        }
+        // Wait for the port to close before starting again.
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(self.pid_file());
+        if let Some(mut launcher) = self.launcher.lock().unwrap().take() {
+            let _ = launcher.kill();
+            let _ = launcher.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.stop("-KILL");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A worker running as a process.

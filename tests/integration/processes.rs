@@ -328,3 +328,114 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
     worker.terminate();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_twice() {
+    use crate::helpers::{check_redis, random_name, start_worker_process, test_env, PrivateRabbit};
+    use genesys_worker::broker::{self, topology, Publisher};
+    use genesys_worker::config::{Config, ServiceUrl};
+    use genesys_worker::sandbox;
+    check_redis().await;
+    let rabbit = PrivateRabbit::start().await;
+    let sandbox = sandbox::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            users: 60,
+            ..SandboxConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let url = rabbit.url();
+    let env = test_env(
+        &sandbox,
+        &random_name(),
+        &[
+            ("AMQP_URL", url.as_str()),
+            ("WORKER_CONCURRENCY", "4"),
+            ("WORKER_PREFETCH", "8"),
+        ],
+    );
+    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let http = reqwest::Client::new();
+    let fault = json!({"route": PATCH_PRESENCE, "latency_ms": 100});
+    http.post(format!("{}/sandbox/faults", sandbox.base_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+
+    // Every job is on the (durable) queue before the worker starts.
+    let connection = broker::connect(&ServiceUrl::parse(&url).unwrap()).await.unwrap();
+    topology::declare(&connection.create_channel().await.unwrap(), &config.topology)
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&connection).await.unwrap();
+    for n in 0..60 {
+        let job = agent_job(user_id(n), json!({"presence": "Training"}));
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+        publisher
+            .publish(
+                &config.topology.jobs_exchange,
+                "agent.status",
+                &serde_json::to_vec(&job).unwrap(),
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "published".into()).await;
+
+    let mutations = || async {
+        let stats: Value = http
+            .get(format!("{}/sandbox/stats", sandbox.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["mutations"].as_array().cloned().unwrap_or_default()
+    };
+    let mut worker = start_worker_process(&env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mutations().await.len() < 10 {
+        assert!(Instant::now() < deadline, "no progress:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rabbit.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while mutations().await.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "jobs were lost:\n{}",
+            worker.log_text()
+        );
+        assert!(
+            worker.child.try_wait().unwrap().is_none(),
+            "the worker exited:\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = mutations_per_entity(&mutations().await);
+    assert_eq!(counts.len(), 60);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a change was applied twice: {counts:?}"
+    );
+    assert!(
+        worker.log_text().contains("reconnecting"),
+        "{}",
+        worker.log_text()
+    );
+    worker.terminate();
+    assert!(
+        worker
+            .wait(Duration::from_secs(10))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        worker.log_text()
+    );
+}

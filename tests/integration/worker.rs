@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use genesys_worker::broker::BrokerError;
-use genesys_worker::worker::WorkerError;
-
 use crate::helpers::spawn_app;
 
 #[test]
@@ -72,7 +69,7 @@ async fn readiness_turns_on_once_the_worker_consumes_and_health_answers() {
 }
 
 #[tokio::test]
-async fn the_worker_fails_loudly_when_the_broker_ends_its_consumer() {
+async fn when_the_broker_ends_its_consumer_the_worker_reconnects_and_declares_its_topology_again() {
     let mut app = spawn_app().await;
     let ready = format!("http://{}/readyz", app.config.admin_addr);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -91,10 +88,33 @@ async fn the_worker_fails_loudly_when_the_broker_ends_its_consumer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.delete_work_queue().await;
-    let exit = app.worker_exit().await;
-    assert!(
-        matches!(exit, Err(WorkerError::Broker(BrokerError::ConsumerEnded { .. }))),
-        "expected the worker to report the ended consumer, got {exit:?}"
+    // The queue comes back, bound again, and jobs flow through it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if app
+            .http
+            .get(&ready)
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not come back"
+        );
+    }
+    app.publish(&crate::helpers::agent_job(
+        genesys_worker::sandbox::user_id(0),
+        serde_json::json!({"presence": "Break"}),
+    ))
+    .await;
+    assert_eq!(
+        app.audit_events(1).await[0].event.outcome,
+        genesys_worker::events::Outcome::Applied
     );
     app.stop().await;
 }
