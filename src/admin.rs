@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`: 200 while the process serves requests (liveness).
 //! - `GET /readyz`: 200 when the worker is consuming and Redis answers; 503 with the reason
-//!   otherwise (readiness: without Redis the worker cannot deduplicate, so it must not be sent
+//!   otherwise; also how many 429s Genesys answered (`genesys_throttled`), counted apart from
+//!   errors (readiness: without Redis the worker cannot deduplicate, so it must not be sent
 //!   work).
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::limit::Budget;
 use crate::store::Store;
 
 /// What readiness is made of.
@@ -25,6 +27,8 @@ use crate::store::Store;
 pub struct Health {
     consuming: AtomicBool,
     store: Store,
+    /// The Genesys budget, whose 429 count is reported apart from errors.
+    budget: Option<Arc<Budget>>,
 }
 
 impl Health {
@@ -32,7 +36,13 @@ impl Health {
         Self {
             consuming: AtomicBool::new(false),
             store,
+            budget: None,
         }
+    }
+
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     pub fn set_consuming(&self, consuming: bool) {
@@ -77,6 +87,7 @@ async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_jso
         "ready": ready,
         "consuming": consuming,
         "redis": redis.err().unwrap_or_else(|| "ok".into()),
+        "genesys_throttled": health.budget.as_ref().map(|b| b.throttled()),
     });
     (status, Json(body))
 }

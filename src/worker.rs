@@ -51,17 +51,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.admin_addr,
             source,
         })?;
-    let health = Arc::new(Health::new(store.clone()));
-    let cancel = CancellationToken::new();
-    let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
-    // However `run` ends, early errors included, the admin server stops with it.
-    let _stop_admin = cancel.clone().drop_guard();
     let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
     let mut budget = Budget::new(rps, burst);
     if config.genesys.rate_limit_shared {
         budget = budget.shared(store.clone(), &config.genesys.client_id, rps, burst);
     }
-    let genesys = Arc::new(GenesysClient::new(&config.genesys, Arc::new(budget)));
+    let budget = Arc::new(budget);
+    let genesys = Arc::new(GenesysClient::new(&config.genesys, budget.clone()));
+    let health = Arc::new(Health::new(store.clone()).with_budget(budget));
+    let cancel = CancellationToken::new();
+    let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
+    // However `run` ends, early errors included, the admin server stops with it.
+    let _stop_admin = cancel.clone().drop_guard();
     let intake = cancel.child_token();
     let supervise = supervise(&config, &store, &genesys, &health, intake.clone());
     tokio::pin!(supervise, shutdown);

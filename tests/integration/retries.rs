@@ -47,6 +47,17 @@ async fn throttled_jobs_wait_for_retry_after_and_all_land_without_spending_attem
         "the sandbox never throttled: {stats:#}"
     );
     assert_eq!(app.mutations().await.len(), 5, "each change made exactly once");
+    // Throttling is counted apart from errors, where operators look.
+    let ready: serde_json::Value = app
+        .http
+        .get(format!("http://{}/readyz", app.config.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ready["genesys_throttled"].as_u64().unwrap() >= 1, "{ready}");
     app.stop().await;
 }
 
