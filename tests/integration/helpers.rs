@@ -366,6 +366,32 @@ impl TestApp {
         letters
     }
 
+    /// Installs a fault on the sandbox (see the README's control API).
+    pub async fn set_fault(&self, fault: Value) {
+        let url = format!("{}/sandbox/faults", self.sandbox.base_url());
+        let response = self.http.post(url).json(&fault).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "fault refused: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Publishes one `agent.status` job setting `presence` for each of the first `users` seeded
+    /// users; returns their job ids.
+    pub async fn publish_agent_jobs(&self, users: usize, presence: &str) -> std::collections::HashSet<Uuid> {
+        let mut jobs = std::collections::HashSet::new();
+        for n in 0..users {
+            let job = agent_job(
+                genesys_worker::sandbox::user_id(n),
+                serde_json::json!({"presence": presence}),
+            );
+            jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+            self.publish(&job).await;
+        }
+        jobs
+    }
+
     pub async fn sandbox_stats(&self) -> Value {
         get_json(
             &self.http,

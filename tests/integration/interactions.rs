@@ -50,17 +50,6 @@ async fn workitems_tagged(app: &TestApp, tag: &str) -> Vec<Value> {
     reply["entities"].as_array().cloned().unwrap_or_default()
 }
 
-async fn set_fault(app: &TestApp, fault: Value) {
-    let response = app
-        .http
-        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-}
-
 #[tokio::test]
 async fn an_allowed_transition_by_name_is_one_patch_with_previous_and_new_state() {
     let mut app = spawn_app().await;
@@ -223,7 +212,8 @@ async fn a_create_makes_one_tagged_workitem_and_names_it_in_the_events() {
 #[tokio::test]
 async fn a_create_whose_response_is_lost_is_found_by_its_tag_not_created_twice() {
     let mut app = spawn_app().await;
-    set_fault(&app, json!({"route": CREATE, "drop_response": 1.0, "times": 1})).await;
+    app.set_fault(json!({"route": CREATE, "drop_response": 1.0, "times": 1}))
+        .await;
     let job = create_job("Lost answer");
     let tag = job["idempotency_key"].as_str().unwrap().to_string();
     app.publish(&job).await;
@@ -251,7 +241,8 @@ async fn a_create_whose_response_is_lost_is_found_by_its_tag_not_created_twice()
 #[tokio::test]
 async fn a_create_retried_after_a_503_makes_one_workitem() {
     let mut app = spawn_app().await;
-    set_fault(&app, json!({"route": CREATE, "errors": {"503": 1.0}, "times": 1})).await;
+    app.set_fault(json!({"route": CREATE, "errors": {"503": 1.0}, "times": 1}))
+        .await;
     let job = create_job("After a 503");
     let tag = job["idempotency_key"].as_str().unwrap().to_string();
     app.publish(&job).await;

@@ -65,19 +65,9 @@ async fn sigterm_under_load_finishes_in_flight_jobs_exits_0_and_loses_nothing() 
     };
     let mut app = spawn_app_without_worker(sandbox, &[("SHUTDOWN_TIMEOUT_SECS", "5")]).await;
     // Slow Genesys, so jobs are in flight when the signal arrives.
-    let fault = json!({"route": PATCH_PRESENCE, "latency_ms": 150});
-    app.http
-        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    let mut jobs = HashSet::new();
-    for n in 0..60 {
-        let job = agent_job(user_id(n), json!({"presence": "On Queue"}));
-        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
-        app.publish(&job).await;
-    }
+    app.set_fault(json!({"route": PATCH_PRESENCE, "latency_ms": 150}))
+        .await;
+    let jobs = app.publish_agent_jobs(60, "On Queue").await;
     let mut seen = HashMap::new();
     let mut first = app.start_worker_process();
     wait_for_events(&mut app, 10, &mut seen).await;
@@ -132,12 +122,7 @@ async fn sigkill_in_the_middle_of_2000_jobs_loses_none_and_applies_none_twice() 
         ("GENESYS_RATE_LIMIT_BURST", "500"),
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
-    let mut jobs = HashSet::new();
-    for n in 0..2000 {
-        let job = agent_job(user_id(n), json!({"presence": "Available"}));
-        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
-        app.publish(&job).await;
-    }
+    let jobs = app.publish_agent_jobs(2000, "Available").await;
     let mut seen = HashMap::new();
     let mut first = app.start_worker_process();
     wait_for_events(&mut app, 300, &mut seen).await;
@@ -193,12 +178,7 @@ async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_l
         ("WORKER_PREFETCH", "32"),
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
-    let mut jobs = HashSet::new();
-    for n in 0..JOBS {
-        let job = agent_job(user_id(n), json!({"presence": "Busy"}));
-        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
-        app.publish(&job).await;
-    }
+    let jobs = app.publish_agent_jobs(JOBS, "Busy").await;
     let mut a = app.start_worker_process();
     let mut b = app.start_worker_process();
     let mut seen = HashMap::new();
@@ -267,19 +247,9 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
         ("WORKER_PREFETCH", "8"),
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
-    let fault = json!({"route": PATCH_PRESENCE, "latency_ms": 80});
-    app.http
-        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    let mut jobs = HashSet::new();
-    for n in 0..80 {
-        let job = agent_job(user_id(n), json!({"presence": "Meal"}));
-        jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
-        app.publish(&job).await;
-    }
+    app.set_fault(json!({"route": PATCH_PRESENCE, "latency_ms": 80}))
+        .await;
+    let jobs = app.publish_agent_jobs(80, "Meal").await;
     let worker = app.start_worker_process();
     let mut seen = HashMap::new();
     wait_for_events(&mut app, 10, &mut seen).await;

@@ -9,17 +9,6 @@ use crate::helpers::{agent_job, spawn_app_with};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
-async fn set_fault(app: &crate::helpers::TestApp, fault: serde_json::Value) {
-    let response = app
-        .http
-        .post(format!("{}/sandbox/faults", app.sandbox.base_url()))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-}
-
 #[tokio::test]
 async fn throttled_jobs_wait_for_retry_after_and_all_land_without_spending_attempts() {
     let sandbox = SandboxConfig {
@@ -71,11 +60,8 @@ async fn transient_errors_are_retried_and_the_change_lands_once() {
         &[],
     )
     .await;
-    set_fault(
-        &app,
-        json!({"route": PATCH_PRESENCE, "errors": {"503": 1.0}, "times": 2}),
-    )
-    .await;
+    app.set_fault(json!({"route": PATCH_PRESENCE, "errors": {"503": 1.0}, "times": 2}))
+        .await;
     app.publish(&agent_job(user_id(0), json!({"presence": "Break"})))
         .await;
     let event = app.audit_events(1).await.remove(0);
@@ -97,7 +83,8 @@ async fn errors_that_outlast_the_retries_fail_the_job_into_the_dead_letter_queue
         &[("GENESYS_MAX_ATTEMPTS", "2")],
     )
     .await;
-    set_fault(&app, json!({"route": PATCH_PRESENCE, "errors": {"502": 1.0}})).await;
+    app.set_fault(json!({"route": PATCH_PRESENCE, "errors": {"502": 1.0}}))
+        .await;
     app.publish(&agent_job(user_id(1), json!({"presence": "Break"})))
         .await;
     // Two in-process attempts per round; a round in each of the two retry tiers; then failed.
@@ -134,11 +121,8 @@ async fn a_response_lost_after_the_change_is_retried_without_a_second_effect() {
         &[],
     )
     .await;
-    set_fault(
-        &app,
-        json!({"route": PATCH_PRESENCE, "drop_response": 1.0, "times": 1}),
-    )
-    .await;
+    app.set_fault(json!({"route": PATCH_PRESENCE, "drop_response": 1.0, "times": 1}))
+        .await;
     app.publish(&agent_job(user_id(2), json!({"presence": "Meal"})))
         .await;
     let event = app.audit_events(1).await.remove(0);
@@ -159,7 +143,8 @@ async fn with_30_percent_503s_on_mutating_routes_every_job_lands_exactly_once() 
     };
     let mut app = spawn_app_with(sandbox, &[("RETRY_DELAYS_MS", "100,200,400,800")]).await;
     for route in [PATCH_PRESENCE, "POST /api/v2/taskmanagement/workitems"] {
-        set_fault(&app, json!({"route": route, "errors": {"503": 0.3}})).await;
+        app.set_fault(json!({"route": route, "errors": {"503": 0.3}}))
+            .await;
     }
     let mut tags = Vec::new();
     for n in 0..20 {
