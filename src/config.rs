@@ -160,6 +160,12 @@ pub struct Config {
     /// An in-progress record's lease; renewed while the job runs, taken over once expired.
     pub lease_ms: u64,
     pub shutdown_timeout_secs: u64,
+    /// Coalesce `agent.status` jobs without preconditions into bulk presence calls.
+    pub bulk_presence: bool,
+    /// How long the first change of a bulk call waits for others.
+    pub bulk_window_ms: u64,
+    /// Most changes per bulk call (the API's batch size).
+    pub bulk_max: usize,
     /// Between two reads of a flow while Architect runs a checkin or publish.
     pub flow_poll_ms: u64,
     /// How long a checkin or publish may take.
@@ -269,6 +275,18 @@ impl Config {
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
             lease_ms: env.positive("LEASE_MS", 30_000)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
+            bulk_presence: match env.string("BULK_PRESENCE", "off")?.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError {
+                        var: "BULK_PRESENCE",
+                        problem: format!("expected on or off, got {other:?}"),
+                    })
+                }
+            },
+            bulk_window_ms: env.positive("BULK_WINDOW_MS", 25)?,
+            bulk_max: env.positive("BULK_MAX", 50)?,
             flow_poll_ms: env.positive("FLOW_POLL_MS", 1_000)?,
             flow_operation_timeout_secs: env.positive("FLOW_OPERATION_TIMEOUT_SECS", 300)?,
             admin_addr: env.socket_addr("ADMIN_ADDR", "127.0.0.1:9090")?,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use lapin::BasicProperties;
 use time::OffsetDateTime;
 
+use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::{self, Applied};
 use crate::broker::publisher::header_count;
@@ -77,6 +78,7 @@ pub struct Pipeline {
     pub topology: Topology,
     pub retry: RetryPolicy,
     pub flows: FlowSettings,
+    pub bulk: Option<BulkPresence>,
     pub max_message_bytes: usize,
 }
 
@@ -209,6 +211,7 @@ impl Pipeline {
                     genesys: &self.genesys,
                     retry: &self.retry,
                     flows: &self.flows,
+                    bulk: self.bulk.as_ref(),
                 };
                 apply::apply(ctx, job, lease.takeover).await
             }

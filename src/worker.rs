@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::admin::{self, Health};
+use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
@@ -59,12 +60,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let budget = Arc::new(budget);
     let genesys = Arc::new(GenesysClient::new(&config.genesys, budget.clone()));
     let health = Arc::new(Health::new(store.clone()).with_budget(budget));
+    let retry = RetryPolicy {
+        max_attempts: config.genesys.max_attempts,
+        ..RetryPolicy::default()
+    };
+    let bulk = config.bulk_presence.then(|| {
+        BulkPresence::start(
+            genesys.clone(),
+            retry,
+            Duration::from_millis(config.bulk_window_ms),
+            config.bulk_max,
+        )
+    });
     let cancel = CancellationToken::new();
     let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
     // However `run` ends, early errors included, the admin server stops with it.
     let _stop_admin = cancel.clone().drop_guard();
     let intake = cancel.child_token();
-    let supervise = supervise(&config, &store, &genesys, &health, intake.clone());
+    let supervise = supervise(&config, &store, &genesys, bulk.as_ref(), &health, intake.clone());
     tokio::pin!(supervise, shutdown);
     let result = tokio::select! {
         result = &mut supervise => result,
@@ -86,6 +99,7 @@ async fn supervise(
     config: &Config,
     store: &Store,
     genesys: &Arc<GenesysClient>,
+    bulk: Option<&BulkPresence>,
     health: &Health,
     stop: CancellationToken,
 ) -> Result<(), WorkerError> {
@@ -95,7 +109,8 @@ async fn supervise(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let (result, connected) = connect_and_consume(config, store, genesys, health, stop.clone()).await;
+        let (result, connected) =
+            connect_and_consume(config, store, genesys, bulk, health, stop.clone()).await;
         let err = match result {
             Ok(()) => return Ok(()),
             Err(err) => err,
@@ -119,6 +134,7 @@ async fn connect_and_consume(
     config: &Config,
     store: &Store,
     genesys: &Arc<GenesysClient>,
+    bulk: Option<&BulkPresence>,
     health: &Health,
     stop: CancellationToken,
 ) -> (Result<(), BrokerError>, bool) {
@@ -142,6 +158,7 @@ async fn connect_and_consume(
                 poll: Duration::from_millis(config.flow_poll_ms),
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
             },
+            bulk: bulk.cloned(),
             max_message_bytes: config.max_message_bytes,
         });
         let settings = IntakeSettings {

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::bulk::BulkOutcome;
 use super::{Applied, Context};
 use crate::events::Outcome;
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
@@ -130,6 +131,33 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
                 new_state: Some(new_state(&target, current.message.as_deref(), None)),
                 previous_state,
                 genesys_status: Some(200),
+                error: None,
+                attempts,
+                entity: None,
+                retryable: false,
+            };
+        }
+    }
+
+    // Without a precondition to check, the change can travel with others in one bulk call;
+    // a user the bulk call does not set falls through to a call of its own.
+    if let (Some(bulk), None, None, false) = (
+        ctx.bulk,
+        &payload.expected_current,
+        payload.routing_status,
+        takeover,
+    ) {
+        if let BulkOutcome::Set {
+            status,
+            message,
+            attempts,
+        } = bulk.set(user, &target.id, payload.message.as_deref()).await
+        {
+            return Applied {
+                outcome: Outcome::Applied,
+                previous_state: None,
+                new_state: Some(new_state(&target, message.as_deref(), None)),
+                genesys_status: Some(status),
                 error: None,
                 attempts,
                 entity: None,

@@ -4,6 +4,7 @@
 //! reports an [`Applied`]: the outcome and what the audit event needs to say about it.
 
 pub mod agent_status;
+pub mod bulk;
 pub mod flow_deploy;
 pub mod interaction_create;
 pub mod interaction_status;
@@ -86,6 +87,8 @@ pub struct Context<'a> {
     pub genesys: &'a GenesysClient,
     pub retry: &'a RetryPolicy,
     pub flows: &'a flow_deploy::FlowSettings,
+    /// Present when `agent.status` changes are coalesced into bulk calls.
+    pub bulk: Option<&'a bulk::BulkPresence>,
 }
 
 /// Applies `job`. `takeover` is set when a previous worker's lease expired mid-job: the change

@@ -5,6 +5,7 @@
 //! broker and one Redis.
 
 mod agent_status;
+mod bulk;
 mod conformance;
 mod flows;
 mod genesys_client;

@@ -1,0 +1,146 @@
+//! Bulk presence: `agent.status` changes that need no per-agent precondition, arriving within
+//! a short window, are sent together as one `PUT /api/v2/users/presences/bulk` (up to the
+//! API's batch size), so a shift handover of thousands of agents costs tens of calls, not
+//! thousands. Each job still waits for its own answer and keeps its own record, lock and events;
+//! a user the bulk answer leaves out, or everyone in a bulk call that failed, is handed back to
+//! the job, which applies its change alone (and so meets its own, precise error).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::genesys::GenesysClient;
+use crate::retry::RetryPolicy;
+
+/// What the bulk call did for one user.
+#[derive(Debug)]
+pub enum BulkOutcome {
+    /// Set; the HTTP status and the presence's message as Genesys returned it.
+    Set {
+        status: u16,
+        message: Option<String>,
+        attempts: u32,
+    },
+    /// Not set by the bulk call: the job should apply its change alone.
+    Left,
+}
+
+struct Request {
+    user: Uuid,
+    definition_id: String,
+    message: Option<String>,
+    reply: oneshot::Sender<BulkOutcome>,
+}
+
+/// Gathers presence changes into bulk calls; one per worker process.
+#[derive(Debug, Clone)]
+pub struct BulkPresence {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SetPresence {
+    id: String,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl BulkPresence {
+    /// Starts the gathering task: a call goes out `window` after its first change, or as soon
+    /// as `max` changes are waiting.
+    pub fn start(genesys: Arc<GenesysClient>, retry: RetryPolicy, window: Duration, max: usize) -> Self {
+        let (requests, mut incoming) = mpsc::channel::<Request>(max.max(1) * 4);
+        tokio::spawn(async move {
+            while let Some(first) = incoming.recv().await {
+                let mut batch = vec![first];
+                let deadline = tokio::time::Instant::now() + window;
+                while batch.len() < max {
+                    match tokio::time::timeout_at(deadline, incoming.recv()).await {
+                        Ok(Some(request)) => batch.push(request),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let genesys = genesys.clone();
+                // Calls overlap: the next batch gathers while this one is on the wire.
+                tokio::spawn(async move { send(&genesys, &retry, batch).await });
+            }
+        });
+        Self { requests }
+    }
+
+    /// Sets `user`'s presence as part of the next bulk call.
+    pub async fn set(&self, user: Uuid, definition_id: &str, message: Option<&str>) -> BulkOutcome {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            user,
+            definition_id: definition_id.to_string(),
+            message: message.map(str::to_string),
+            reply,
+        };
+        if self.requests.send(request).await.is_err() {
+            return BulkOutcome::Left;
+        }
+        answer.await.unwrap_or(BulkOutcome::Left)
+    }
+}
+
+async fn send(genesys: &GenesysClient, retry: &RetryPolicy, batch: Vec<Request>) {
+    let body: Vec<Value> = batch
+        .iter()
+        .map(|r| {
+            let mut item =
+                json!({"id": r.user, "source": "PURECLOUD", "presenceDefinition": {"id": r.definition_id}});
+            if let Some(message) = &r.message {
+                item["message"] = json!(message);
+            }
+            item
+        })
+        .collect();
+    let body = Value::Array(body);
+    let sent = retry
+        .run(|_| genesys.put::<Vec<SetPresence>>("/api/v2/users/presences/bulk", &body))
+        .await;
+    tracing::debug!(
+        users = batch.len(),
+        attempts = sent.attempts,
+        "Bulk presence call."
+    );
+    match sent.result {
+        Ok(reply) => {
+            for request in batch {
+                let set = reply
+                    .body
+                    .iter()
+                    .find(|p| p.id.eq_ignore_ascii_case(&request.user.to_string()));
+                let outcome = match set {
+                    Some(presence) => BulkOutcome::Set {
+                        status: reply.status,
+                        message: presence.message.clone(),
+                        attempts: sent.attempts,
+                    },
+                    None => BulkOutcome::Left,
+                };
+                let _ = request.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(users = batch.len(), error.message = %error, "Bulk presence call failed; each job applies its change alone.");
+            for request in batch {
+                let _ = request.reply.send(BulkOutcome::Left);
+            }
+        }
+    }
+}
