@@ -241,10 +241,13 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
         users: 80,
         ..SandboxConfig::default()
     };
+    // In-flight jobs keep their leases and locks across the restart: a short lease lets their
+    // redelivered copies take over quickly.
     let overrides = [
         ("REDIS_URL", url.as_str()),
         ("WORKER_CONCURRENCY", "4"),
         ("WORKER_PREFETCH", "8"),
+        ("LEASE_MS", "2000"),
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
     app.set_fault(json!({"route": PATCH_PRESENCE, "latency_ms": 80}))
@@ -324,6 +327,7 @@ async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_t
             ("AMQP_URL", url.as_str()),
             ("WORKER_CONCURRENCY", "4"),
             ("WORKER_PREFETCH", "8"),
+            ("LEASE_MS", "2000"),
         ],
     );
     let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
