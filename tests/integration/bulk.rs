@@ -5,33 +5,33 @@ use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, requests_in, spawn_app_with};
+use crate::helpers::{agent_job, requests_in, spawn_app_with, TestApp};
 
 const BULK: &str = "PUT /api/v2/users/presences/bulk";
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
-fn bulk_on(concurrency: &str) -> [(&'static str, String); 5] {
-    [
-        ("BULK_PRESENCE", "on".to_string()),
-        ("BULK_WINDOW_MS", "50".to_string()),
-        ("BULK_MAX", "50".to_string()),
-        ("WORKER_CONCURRENCY", concurrency.to_string()),
-        ("WORKER_PREFETCH", "128".to_string()),
-    ]
-}
-
-#[tokio::test]
-async fn a_handover_of_200_agents_costs_a_handful_of_bulk_calls_and_each_job_its_own_outcome() {
-    let settings = bulk_on("64");
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut app = spawn_app_with(
+/// A worker with bulk presence on, `users` seeded users and `concurrency` jobs in flight.
+async fn spawn_bulk(users: usize, concurrency: &str) -> TestApp {
+    let overrides = [
+        ("BULK_PRESENCE", "on"),
+        ("BULK_WINDOW_MS", "50"),
+        ("BULK_MAX", "50"),
+        ("WORKER_CONCURRENCY", concurrency),
+        ("WORKER_PREFETCH", "128"),
+    ];
+    spawn_app_with(
         SandboxConfig {
-            users: 200,
+            users,
             ..SandboxConfig::default()
         },
         &overrides,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_handover_of_200_agents_costs_a_handful_of_bulk_calls_and_each_job_its_own_outcome() {
+    let mut app = spawn_bulk(200, "64").await;
     let jobs = app.publish_agent_jobs(200, "On Queue").await;
     let events = app.audit_events(200).await;
     assert!(
@@ -59,16 +59,7 @@ async fn a_handover_of_200_agents_costs_a_handful_of_bulk_calls_and_each_job_its
 
 #[tokio::test]
 async fn a_user_the_bulk_call_leaves_out_is_applied_alone_and_meets_its_own_error() {
-    let settings = bulk_on("16");
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut app = spawn_app_with(
-        SandboxConfig {
-            users: 20,
-            ..SandboxConfig::default()
-        },
-        &overrides,
-    )
-    .await;
+    let mut app = spawn_bulk(20, "16").await;
     let stranger = Uuid::new_v4();
     for n in 0..5 {
         app.publish(&agent_job(user_id(n), json!({"presence": "Break"})))
@@ -106,16 +97,7 @@ async fn a_user_the_bulk_call_leaves_out_is_applied_alone_and_meets_its_own_erro
 
 #[tokio::test]
 async fn jobs_with_a_precondition_are_not_coalesced() {
-    let settings = bulk_on("8");
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut app = spawn_app_with(
-        SandboxConfig {
-            users: 20,
-            ..SandboxConfig::default()
-        },
-        &overrides,
-    )
-    .await;
+    let mut app = spawn_bulk(20, "8").await;
     app.publish(&agent_job(
         user_id(0),
         json!({"presence": "Break", "expected_current": "Offline"}),
