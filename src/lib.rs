@@ -4,16 +4,18 @@
 //!
 //! Modules follow the pipeline (DESIGN.md section 1), in the order a job passes through them:
 //!
-//! - [`intake`]: consumes the work queue with manual acks; acks or dead-letters each job last.
-//! - [`job`]: stage 1, decode and validate the message.
+//! - [`intake`]: consumes the work queue with manual acks; acks, parks in a retry queue or
+//!   dead-letters each job last, and stops consuming while Redis is down.
+//! - [`job`]: stage 1, decode and validate the message ([`flow`] validates IVR graphs).
 //! - [`dedupe`]: stage 2, Redis idempotency records, leases and takeover.
-//! - [`limit`]: stage 4, the token bucket every Genesys call waits on.
+//! - [`order`]: stage 3, one change in flight per entity, and the sequence rule.
+//! - [`limit`]: stage 4, the local and fleet-wide token buckets every Genesys call waits on.
 //! - [`apply`]: stage 5, one module per job kind, over the [`genesys`] client; [`retry`] is the
 //!   retry policy.
 //! - [`record`]: stage 6, the outcome with entity version and hash chain.
 //! - [`broker`]: stage 7, the topology and confirmed publishing of events and dead letters.
 //! - [`pipeline`]: runs one job through the stages and returns what to do with the delivery.
-//! - [`worker`]: wires the stages together: `run(config, shutdown)`.
+//! - [`worker`]: wires the stages together and keeps the broker connection: `run(config, shutdown)`.
 //!
 //! Around it: [`admin`] (`/healthz`, `/readyz`), [`audit`] (`audit verify`), [`config`], [`events`] (the consumers' contract), [`store`] (Redis keys),
 //! [`canonical`] (canonical JSON), [`enqueue`] (the producer CLI) and [`sandbox`], the Genesys

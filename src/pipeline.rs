@@ -1,7 +1,9 @@
-//! One job through the stages: decode → dedupe → (expiry) → apply → record → publish.
+//! One job through the stages: decode → dedupe → order (entity lock, sequence, expiry) → apply
+//! → record → publish.
 //!
-//! [`Pipeline::process`] returns what to do with the delivery ([`Disposition`]); the intake acks
-//! or dead-letters accordingly, always after the events here were confirmed. An `Err` means the
+//! [`Pipeline::process`] returns what to do with the delivery ([`Disposition`]); the intake acks,
+//! parks it in a retry queue (a transient failure that is not final yet: no outcome recorded or
+//! announced) or dead-letters it, always after the events here were confirmed. An `Err` means the
 //! worker's own infrastructure (Redis, the broker) failed: the job was not finished and must be
 //! delivered again.
 

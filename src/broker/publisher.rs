@@ -35,10 +35,6 @@ impl Publisher {
         Ok(Self { channel })
     }
 
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
     /// Publishes and waits for the broker's confirm.
     pub async fn publish(
         &self,

@@ -106,7 +106,8 @@ pub fn retry_queue_arguments(topology: &Topology, tier: usize) -> FieldTable {
     args
 }
 
-/// Arguments of the work queue; `deploy/rabbitmq-definitions.json` must declare the same.
+/// Arguments of the work queue; `deploy/rabbitmq/definitions.json` must declare the same (a test
+/// checks).
 pub fn work_queue_arguments(topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));

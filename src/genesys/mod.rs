@@ -93,10 +93,6 @@ impl GenesysClient {
         &self.auth
     }
 
-    pub fn budget(&self) -> &Budget {
-        &self.budget
-    }
-
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
         self.call(Method::GET, path, None).await
     }

@@ -486,9 +486,20 @@ impl TestApp {
 
 /// A bearer token from the sandbox's login endpoint, as any OAuth client would get one.
 pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
+    sandbox_token_as(
+        http,
+        base,
+        sandbox::DEFAULT_CLIENT_ID,
+        sandbox::DEFAULT_CLIENT_SECRET,
+    )
+    .await
+}
+
+/// The same, for another OAuth client.
+pub async fn sandbox_token_as(http: &reqwest::Client, base: &str, client_id: &str, secret: &str) -> String {
     let reply: Value = http
         .post(format!("{base}/oauth/token"))
-        .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
+        .basic_auth(client_id, Some(secret))
         .form(&[("grant_type", "client_credentials")])
         .send()
         .await

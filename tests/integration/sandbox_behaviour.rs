@@ -10,7 +10,7 @@ use genesys_worker::sandbox::{
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{get_json, requests_in, sandbox_token};
+use crate::helpers::{get_json, requests_in, sandbox_token, sandbox_token_as};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
@@ -79,21 +79,6 @@ impl Api {
     async fn stats(&self) -> Value {
         get_json(&self.http, &self.url("/sandbox/stats"), None).await
     }
-
-    async fn other_token(&self) -> String {
-        let reply: Value = self
-            .http
-            .post(self.url("/oauth/token"))
-            .basic_auth(OTHER_CLIENT_ID, Some(OTHER_CLIENT_SECRET))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        reply["access_token"].as_str().unwrap().to_string()
-    }
 }
 
 fn small() -> SandboxConfig {
@@ -147,7 +132,13 @@ async fn the_rate_limit_is_per_oauth_client_with_an_integer_retry_after() {
         .contains(&format!("[{retry_after}]")));
 
     // Another OAuth client has a bucket of its own.
-    let other = api.other_token().await;
+    let other = sandbox_token_as(
+        &api.http,
+        &api.sandbox.base_url(),
+        OTHER_CLIENT_ID,
+        OTHER_CLIENT_SECRET,
+    )
+    .await;
     assert_eq!(api.call_as(&other, Method::GET, path, None).await.unwrap().0, 200);
     assert_eq!(api.stats().await["throttled"], 1);
 
