@@ -5,6 +5,8 @@
 //! `duplicate`. An in-progress claim holds a lease renewed while the job runs: if the worker dies,
 //! the lease expires and a redelivered copy takes the job over.
 
+use std::sync::LazyLock;
+
 use std::time::Duration;
 
 use redis::Script;
@@ -37,7 +39,9 @@ pub struct Lease {
     pub takeover: bool,
 }
 
-const CLAIM: &str = r#"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'in_progress', 'fp', ARGV[1])
@@ -58,11 +62,15 @@ if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   return {'takeover'}
 end
 return {'busy'}
-"#;
+"#,
+    )
+});
 
 /// Renews every key (the idempotency lease, the entity lock) that `owner` holds; returns
 /// whether the first one, the lease, was still held.
-const RENEW: &str = r#"
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local held = 0
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then
@@ -71,17 +79,25 @@ for i, key in ipairs(KEYS) do
   end
 end
 return held
-"#;
+"#,
+    )
+});
 
-const CONFIRM: &str = r#"
+static CONFIRM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('HGET', KEYS[1], 'state') == 'done' then
   redis.call('HSET', KEYS[1], 'confirmed', '1')
 end
 return 1
-"#;
+"#,
+    )
+});
 
 /// Gives up an in-progress claim (the job will be delivered again later).
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
   if redis.call('HGET', KEYS[1], 'state') == 'in_progress' then
@@ -89,7 +105,9 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   end
 end
 return 1
-"#;
+"#,
+    )
+});
 
 /// How often a waiting copy looks at the record of the copy that runs.
 const BUSY_POLL: Duration = Duration::from_millis(50);
@@ -100,7 +118,7 @@ impl Store {
     pub async fn claim(&self, idempotency_key: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         let owner = Uuid::new_v4().to_string();
         let record = self.record_key(idempotency_key);
-        let script = Script::new(CLAIM);
+        let script = &*CLAIM;
         loop {
             let mut conn = self.conn.clone();
             let reply: Vec<String> = script
@@ -139,7 +157,7 @@ impl Store {
     /// was lost (expired and taken over).
     pub async fn renew(&self, lease: &Lease, entity: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let renewed: i64 = Script::new(RENEW)
+        let renewed: i64 = RENEW
             .key(self.lease_key(&lease.idempotency_key))
             .key(self.lock_key(entity))
             .arg(&lease.owner)
@@ -152,7 +170,7 @@ impl Store {
     /// Gives up `lease`'s claim, so the job's next delivery claims it afresh.
     pub async fn release_claim(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(RELEASE)
+        let _: i64 = RELEASE
             .key(self.record_key(&lease.idempotency_key))
             .key(self.lease_key(&lease.idempotency_key))
             .arg(&lease.owner)
@@ -164,7 +182,7 @@ impl Store {
     /// Notes that a finished job's events were confirmed by the broker.
     pub async fn mark_confirmed(&self, idempotency_key: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(CONFIRM)
+        let _: i64 = CONFIRM
             .key(self.record_key(idempotency_key))
             .invoke_async(&mut conn)
             .await?;

@@ -7,6 +7,8 @@
 //! and every replica sees the same time. A 429 pauses the whole budget until its `Retry-After`,
 //! every replica included, not just the one job that saw it.
 
+use std::sync::LazyLock;
+
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -20,7 +22,9 @@ use crate::store::{Store, StoreError};
 
 /// The fleet's GCRA: returns 0 when a call may go now, else the milliseconds to wait. The
 /// theoretical arrival time lives in KEYS[1], a 429 pause (an instant, ms) in KEYS[2].
-const TAKE: &str = r#"
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -38,10 +42,14 @@ if tat - tolerance > now then
 end
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tolerance + interval) + 1000)
 return 0
-"#;
+"#,
+    )
+});
 
 /// Pauses the fleet's budget for ARGV[1] ms unless a longer pause is in force.
-const PAUSE: &str = r#"
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local until_ms = now + tonumber(ARGV[1])
@@ -49,7 +57,9 @@ if until_ms > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], tostring(until_ms), 'PX', ARGV[1])
 end
 return 1
-"#;
+"#,
+    )
+});
 
 /// The budget shared by every replica calling as one OAuth client.
 #[derive(Debug, Clone)]
@@ -121,7 +131,7 @@ impl Budget {
         }
         self.limiter.until_ready().await;
         let Some(fleet) = &self.fleet else { return Ok(()) };
-        let script = Script::new(TAKE);
+        let script = &*TAKE;
         loop {
             let mut conn = fleet.store.conn.clone();
             let wait_ms: i64 = script
@@ -142,7 +152,7 @@ impl Budget {
     pub async fn pause_fleet(&self, wait: Duration) {
         let Some(fleet) = &self.fleet else { return };
         let mut conn = fleet.store.conn.clone();
-        let paused: Result<i64, _> = Script::new(PAUSE)
+        let paused: Result<i64, _> = PAUSE
             .key(&fleet.pause_key)
             .arg(wait.as_millis().max(1) as u64)
             .invoke_async(&mut conn)

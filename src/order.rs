@@ -6,13 +6,17 @@
 //! The lock is taken after the idempotency claim and released by the same atomic step that
 //! records the outcome ([`Store::commit`]), which also advances the entity's last sequence.
 
+use std::sync::LazyLock;
+
 use std::time::Duration;
 
 use redis::Script;
 
 use crate::store::{Store, StoreError};
 
-const LOCK: &str = r#"
+static LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
   return 1
 end
@@ -20,14 +24,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
-"#;
+"#,
+    )
+});
 
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+"#,
+    )
+});
 
 /// How often a job waiting for its entity looks again.
 const LOCK_POLL: Duration = Duration::from_millis(20);
@@ -36,7 +46,7 @@ impl Store {
     /// Waits until `owner` holds the lock of `entity`. A holder that died releases it when its
     /// lease runs out.
     pub async fn lock_entity(&self, entity: &str, owner: &str) -> Result<(), StoreError> {
-        let script = Script::new(LOCK);
+        let script = &*LOCK;
         let key = self.lock_key(entity);
         loop {
             let mut conn = self.conn.clone();
@@ -56,7 +66,7 @@ impl Store {
     /// Releases `owner`'s lock of `entity` (when the job ends without recording an outcome).
     pub async fn release_entity(&self, entity: &str, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(RELEASE)
+        let _: i64 = RELEASE
             .key(self.lock_key(entity))
             .arg(owner)
             .invoke_async(&mut conn)

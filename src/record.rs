@@ -6,6 +6,8 @@
 //! record happen in one Lua script, guarded by the head version the event was built on, so two
 //! workers can never both claim the same version.
 
+use std::sync::LazyLock;
+
 use redis::Script;
 use serde_json::Value;
 
@@ -63,7 +65,9 @@ pub fn link(event: &mut AuditEvent, head: &EntityHead) {
     }
 }
 
-const COMMIT: &str = r#"
+static COMMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local version = tonumber(redis.call('HGET', KEYS[3], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return 0
@@ -87,7 +91,9 @@ if redis.call('GET', KEYS[2]) == ARGV[7] then
   redis.call('DEL', KEYS[2])
 end
 return 1
-"#;
+"#,
+    )
+});
 
 impl Store {
     /// The head of `entity`'s chain (version 0 and the genesis checksum when it has none).
@@ -125,7 +131,7 @@ impl Store {
         sequence: Option<u64>,
         outbound: impl Fn(&AuditEvent) -> Vec<OutboundEvent>,
     ) -> Result<(AuditEvent, Vec<OutboundEvent>), StoreError> {
-        let script = Script::new(COMMIT);
+        let script = &*COMMIT;
         loop {
             let head = self.entity_head(&draft.entity).await?;
             let mut event = draft.clone();
