@@ -77,7 +77,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // However `run` ends, early errors included, the admin server stops with it.
     let _stop_admin = cancel.clone().drop_guard();
     let intake = cancel.child_token();
-    let supervise = supervise(&config, &store, &genesys, bulk.as_ref(), &health, intake.clone());
+    let parts = Parts {
+        config: &config,
+        store: &store,
+        genesys: &genesys,
+        bulk: bulk.as_ref(),
+        health: &health,
+    };
+    let supervise = supervise(&parts, intake.clone());
     tokio::pin!(supervise, shutdown);
     let result = tokio::select! {
         result = &mut supervise => result,
@@ -95,27 +102,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
 /// backing off from 250 ms to 10 s.
-async fn supervise(
-    config: &Config,
-    store: &Store,
-    genesys: &Arc<GenesysClient>,
-    bulk: Option<&BulkPresence>,
-    health: &Health,
-    stop: CancellationToken,
-) -> Result<(), WorkerError> {
+/// What outlives a broker connection: each new connection builds its pipeline from these.
+struct Parts<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    genesys: &'a Arc<GenesysClient>,
+    bulk: Option<&'a BulkPresence>,
+    health: &'a Health,
+}
+
+async fn supervise(parts: &Parts<'_>, stop: CancellationToken) -> Result<(), WorkerError> {
     const FIRST_WAIT: Duration = Duration::from_millis(250);
     let mut wait = FIRST_WAIT;
     loop {
         if stop.is_cancelled() {
             return Ok(());
         }
-        let (result, connected) =
-            connect_and_consume(config, store, genesys, bulk, health, stop.clone()).await;
+        let (result, connected) = connect_and_consume(parts, stop.clone()).await;
         let err = match result {
             Ok(()) => return Ok(()),
             Err(err) => err,
         };
-        health.set_consuming(false);
+        parts.health.set_consuming(false);
         if connected {
             wait = FIRST_WAIT;
         }
@@ -130,14 +138,14 @@ async fn supervise(
 
 /// One connection's life: connect, declare, consume until `stop` or a failure, close. Also says
 /// whether the connection was made, so backoff restarts after a connection that worked.
-async fn connect_and_consume(
-    config: &Config,
-    store: &Store,
-    genesys: &Arc<GenesysClient>,
-    bulk: Option<&BulkPresence>,
-    health: &Health,
-    stop: CancellationToken,
-) -> (Result<(), BrokerError>, bool) {
+async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Result<(), BrokerError>, bool) {
+    let Parts {
+        config,
+        store,
+        genesys,
+        bulk,
+        health,
+    } = *parts;
     let connection = match broker::connect(&config.amqp_url).await {
         Ok(connection) => connection,
         Err(err) => return (Err(err), false),
