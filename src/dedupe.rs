@@ -4,6 +4,10 @@
 //! copies of a job delivered at once exactly one runs; the others wait for its outcome and become
 //! `duplicate`. An in-progress claim holds a lease renewed while the job runs: if the worker dies,
 //! the lease expires and a redelivered copy takes the job over.
+//!
+//! The same round trip also tries the entity's lock (stage 3, [`crate::order`]) and, when it
+//! gets it, reads the entity's last sequence and chain head: everything a job needs before it
+//! applies costs one Redis round trip unless another change of the entity is in flight.
 
 use std::sync::LazyLock;
 
@@ -13,14 +17,17 @@ use redis::Script;
 use uuid::Uuid;
 
 use crate::events::{OutboundEvent, Outcome};
+use crate::order::EntityState;
 use crate::store::{Store, StoreError};
 
 /// What the claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This worker owns the job now. `takeover` is true when a previous owner's lease expired:
-    /// the change may already have been made.
-    Owned(Lease),
+    /// the change may already have been made. `entity` is the entity's state when its lock was
+    /// taken in the same step (None: another change of the entity is in flight; wait for it
+    /// with [`Store::lock_entity`]).
+    Owned(Lease, Option<EntityState>),
     /// The job already finished; `confirmed` says whether its events reached the exchanges.
     Done {
         outcome: Outcome,
@@ -39,15 +46,25 @@ pub struct Lease {
     pub takeover: bool,
 }
 
+/// KEYS: record, lease, entity lock, entity head. On a claim, also tries the entity lock and
+/// returns {verdict, locked, sequence, version, checksum}.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local function with_entity(verdict)
+  local locked = redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3], 'NX')
+  if not locked and redis.call('GET', KEYS[3]) ~= ARGV[2] then
+    return {verdict, '0'}
+  end
+  local head = redis.call('HMGET', KEYS[4], 'sequence', 'version', 'checksum')
+  return {verdict, '1', head[1] or '', head[2] or '', head[3] or ''}
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'in_progress', 'fp', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return {'claimed'}
+  return with_entity('claimed')
 end
 if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then
   return {'reused'}
@@ -59,7 +76,7 @@ if state == 'done' then
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {'takeover'}
+  return with_entity('takeover')
 end
 return {'busy'}
 "#,
@@ -94,7 +111,7 @@ return 1
     )
 });
 
-/// Gives up an in-progress claim (the job will be delivered again later).
+/// Gives up an in-progress claim (the job will be delivered again later) and the entity lock.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -103,6 +120,25 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   if redis.call('HGET', KEYS[1], 'state') == 'in_progress' then
     redis.call('DEL', KEYS[1])
   end
+end
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"#,
+    )
+});
+
+/// The last step of a job, after its events were confirmed: notes the confirmation on a
+/// remembered record and releases the entity lock, in one round trip.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'state') == 'done' then
+  redis.call('HSET', KEYS[1], 'confirmed', '1')
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
 end
 return 1
 "#,
@@ -113,33 +149,47 @@ return 1
 const BUSY_POLL: Duration = Duration::from_millis(50);
 
 impl Store {
-    /// Claims `idempotency_key` for a job whose payload has `fingerprint`. A copy that finds the
-    /// job running elsewhere waits until it finishes or its lease expires.
-    pub async fn claim(&self, idempotency_key: &str, fingerprint: &str) -> Result<Claim, StoreError> {
+    /// Claims `idempotency_key` for a job whose payload has `fingerprint` and that changes
+    /// `entity`, trying the entity's lock in the same step. A copy that finds the job running
+    /// elsewhere waits until it finishes or its lease expires.
+    pub async fn claim(
+        &self,
+        idempotency_key: &str,
+        fingerprint: &str,
+        entity: &str,
+    ) -> Result<Claim, StoreError> {
         let owner = Uuid::new_v4().to_string();
         let record = self.record_key(idempotency_key);
+        let entity_key = self.entity_key(entity);
         let script = &*CLAIM;
         loop {
             let mut conn = self.conn.clone();
             let reply: Vec<String> = script
                 .key(&record)
                 .key(self.lease_key(idempotency_key))
+                .key(self.lock_key(entity))
+                .key(&entity_key)
                 .arg(fingerprint)
                 .arg(&owner)
                 .arg(self.lease_ms)
                 .arg(self.idempotency_ttl_secs)
                 .invoke_async(&mut conn)
                 .await?;
-            let lease = |takeover| {
-                Claim::Owned(Lease {
+            let lease = |takeover| -> Result<Claim, StoreError> {
+                let lease = Lease {
                     idempotency_key: idempotency_key.to_string(),
                     owner: owner.clone(),
                     takeover,
-                })
+                };
+                let entity = match reply.get(1).map(String::as_str) {
+                    Some("1") => Some(EntityState::parse(&entity_key, &reply[2..])?),
+                    _ => None,
+                };
+                Ok(Claim::Owned(lease, entity))
             };
             match reply.first().map(String::as_str) {
-                Some("claimed") => return Ok(lease(false)),
-                Some("takeover") => return Ok(lease(true)),
+                Some("claimed") => return lease(false),
+                Some("takeover") => return lease(true),
                 Some("reused") => return Ok(Claim::KeyReused),
                 Some("done") => return parse_done(&record, &reply),
                 Some("busy") => tokio::time::sleep(BUSY_POLL).await,
@@ -167,13 +217,29 @@ impl Store {
         Ok(renewed == 1)
     }
 
-    /// Gives up `lease`'s claim, so the job's next delivery claims it afresh.
-    pub async fn release_claim(&self, lease: &Lease) -> Result<(), StoreError> {
+    /// Gives up `lease`'s claim and its lock of `entity`, so the job's next delivery claims it
+    /// afresh.
+    pub async fn release_claim(&self, lease: &Lease, entity: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: i64 = RELEASE
             .key(self.record_key(&lease.idempotency_key))
             .key(self.lease_key(&lease.idempotency_key))
+            .key(self.lock_key(entity))
             .arg(&lease.owner)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a recorded job once its events are confirmed: marks a remembered record confirmed
+    /// and releases `lease`'s lock of `entity`.
+    pub async fn finish(&self, lease: &Lease, entity: &str, remembered: bool) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = FINISH
+            .key(self.record_key(&lease.idempotency_key))
+            .key(self.lock_key(entity))
+            .arg(&lease.owner)
+            .arg(if remembered { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(())

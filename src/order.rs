@@ -3,8 +3,11 @@
 //! job whose `sequence` is lower than the last one applied to its entity is `superseded`, so a
 //! late "Break" never overwrites a newer "Available".
 //!
-//! The lock is taken after the idempotency claim and released by the same atomic step that
-//! records the outcome ([`Store::commit`]), which also advances the entity's last sequence.
+//! The lock is tried in the same round trip as the idempotency claim ([`Store::claim`]), which
+//! also reads the entity's [`EntityState`]; only when another change of the entity is in flight
+//! does the job wait here ([`Store::lock_entity`]). The outcome's record advances the last
+//! sequence ([`Store::commit`]); the lock is released once the job's events are confirmed
+//! ([`Store::finish`]), so an entity's events reach the exchanges in version order.
 
 use std::sync::LazyLock;
 
@@ -12,18 +15,53 @@ use std::time::Duration;
 
 use redis::Script;
 
+use crate::record::EntityHead;
 use crate::store::{Store, StoreError};
 
+/// What the job holding an entity's lock knows of it: the highest sequence applied and the head
+/// of its audit chain (stable while the lock is held).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntityState {
+    pub last_sequence: Option<u64>,
+    pub head: EntityHead,
+}
+
+impl EntityState {
+    /// Parses `[sequence, version, checksum]` as the Lua scripts return them ('' for absent).
+    pub(crate) fn parse(key: &str, fields: &[String]) -> Result<Self, StoreError> {
+        let corrupt = |problem: &str| StoreError::Corrupt {
+            key: key.to_string(),
+            problem: problem.to_string(),
+        };
+        let [sequence, version, checksum] = fields else {
+            return Err(corrupt("short entity state reply"));
+        };
+        let last_sequence = match sequence.as_str() {
+            "" => None,
+            raw => Some(raw.parse().map_err(|_| corrupt("sequence is not a number"))?),
+        };
+        let head = match (version.as_str(), checksum.as_str()) {
+            ("", "") => EntityHead::default(),
+            ("", _) | (_, "") => return Err(corrupt("half-written entity head")),
+            (version, checksum) => EntityHead {
+                version: version.parse().map_err(|_| corrupt("version is not a number"))?,
+                checksum: checksum.to_string(),
+            },
+        };
+        Ok(Self { last_sequence, head })
+    }
+}
+
+/// Takes the lock (KEYS[1]) for ARGV[1]; when held, returns {'1', sequence, version,
+/// checksum} of the entity (KEYS[2]), else {'0'}.
 static LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
-  return 1
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'0'}
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return 1
-end
-return 0
+local head = redis.call('HMGET', KEYS[2], 'sequence', 'version', 'checksum')
+return {'1', head[1] or '', head[2] or '', head[3] or ''}
 "#,
     )
 });
@@ -43,21 +81,23 @@ return 0
 const LOCK_POLL: Duration = Duration::from_millis(20);
 
 impl Store {
-    /// Waits until `owner` holds the lock of `entity`. A holder that died releases it when its
-    /// lease runs out.
-    pub async fn lock_entity(&self, entity: &str, owner: &str) -> Result<(), StoreError> {
+    /// Waits until `owner` holds the lock of `entity`, and returns the entity's state. A
+    /// holder that died releases the lock when its lease runs out.
+    pub async fn lock_entity(&self, entity: &str, owner: &str) -> Result<EntityState, StoreError> {
         let script = &*LOCK;
         let key = self.lock_key(entity);
+        let entity_key = self.entity_key(entity);
         loop {
             let mut conn = self.conn.clone();
-            let locked: i64 = script
+            let reply: Vec<String> = script
                 .key(&key)
+                .key(&entity_key)
                 .arg(owner)
                 .arg(self.lease_ms)
                 .invoke_async(&mut conn)
                 .await?;
-            if locked == 1 {
-                return Ok(());
+            if reply.first().map(String::as_str) == Some("1") {
+                return EntityState::parse(&entity_key, &reply[1..]);
             }
             tokio::time::sleep(LOCK_POLL).await;
         }
@@ -72,16 +112,5 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok(())
-    }
-
-    /// The highest `sequence` applied to `entity`, if any job carried one.
-    pub async fn last_sequence(&self, entity: &str) -> Result<Option<u64>, StoreError> {
-        let mut conn = self.conn.clone();
-        let last: Option<u64> = redis::cmd("HGET")
-            .arg(self.entity_key(entity))
-            .arg("sequence")
-            .query_async(&mut conn)
-            .await?;
-        Ok(last)
     }
 }

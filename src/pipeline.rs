@@ -23,6 +23,7 @@ use crate::dedupe::{Claim, Lease};
 use crate::events::{audit_event_id, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job};
+use crate::order::EntityState;
 use crate::record;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
@@ -99,8 +100,12 @@ impl Pipeline {
             retries: header_count(incoming.properties, "x-retries"),
             attempts: header_count(incoming.properties, "x-attempts"),
         };
-        match self.store.claim(&job.idempotency_key, &job.fingerprint).await? {
-            Claim::Owned(lease) => self.run_owned(&job, &lease, rounds, started).await,
+        match self
+            .store
+            .claim(&job.idempotency_key, &job.fingerprint, &job.entity())
+            .await?
+        {
+            Claim::Owned(lease, entity) => self.run_owned(&job, &lease, entity, rounds, started).await,
             Claim::Done {
                 events,
                 confirmed: false,
@@ -163,34 +168,41 @@ impl Pipeline {
         &self,
         job: &Job,
         lease: &Lease,
+        locked: Option<EntityState>,
         rounds: Rounds,
         started: Instant,
     ) -> Result<Disposition, PipelineError> {
         let entity = job.entity();
-        let result = self.run_locked(job, lease, &entity, rounds, started).await;
-        // Whatever happened, the next change of the entity may go ahead now, not only when the
-        // lock's lease runs out.
-        if let Err(err) = self.store.release_entity(&entity, &lease.owner).await {
-            tracing::warn!(error.message = %err, entity = %entity, "Could not release the entity lock; it expires with its lease.");
+        let result = self
+            .run_locked(job, lease, locked, &entity, rounds, started)
+            .await;
+        if result.is_err() {
+            // The next change of the entity may go ahead now, not only when the lock's lease
+            // runs out. (A finished job released it with its last step.)
+            if let Err(err) = self.store.release_entity(&entity, &lease.owner).await {
+                tracing::warn!(error.message = %err, entity = %entity, "Could not release the entity lock; it expires with its lease.");
+            }
         }
         result
     }
 
+    /// Runs an owned job. Redis round trips: the claim (which usually took the entity lock too),
+    /// the commit, and the finish after the events are confirmed.
     async fn run_locked(
         &self,
         job: &Job,
         lease: &Lease,
+        locked: Option<EntityState>,
         entity: &str,
         rounds: Rounds,
         started: Instant,
     ) -> Result<Disposition, PipelineError> {
         let keeper = self.store.keep_alive(lease, entity);
-        self.store.lock_entity(entity, &lease.owner).await?;
-        let last_sequence = match job.sequence {
-            Some(_) => self.store.last_sequence(entity).await?,
-            None => None,
+        let state = match locked {
+            Some(state) => state,
+            None => self.store.lock_entity(entity, &lease.owner).await?,
         };
-        let applied = match (job.not_after, job.sequence, last_sequence) {
+        let applied = match (job.not_after, job.sequence, state.last_sequence) {
             (Some(deadline), _, _) if OffsetDateTime::now_utc() > deadline => Applied::refused(
                 Outcome::Expired,
                 "expired",
@@ -222,7 +234,7 @@ impl Pipeline {
         if applied.outcome == Outcome::Failed && applied.retryable {
             if let Some(queue) = self.topology.retry_queue(rounds.retries as usize) {
                 // Not final: no outcome is recorded or announced; the next round claims afresh.
-                self.store.release_claim(lease).await?;
+                self.store.release_claim(lease, entity).await?;
                 let error = applied
                     .error
                     .as_ref()
@@ -241,16 +253,19 @@ impl Pipeline {
         // deploy included) release the key, so a redelivery or a DLQ replay evaluates the job
         // afresh.
         let remember = applied.outcome == Outcome::Applied;
+        // The head read with the lock still holds, unless the job turned out to change another
+        // entity (a created workitem).
+        let known_head = (draft.entity == entity).then_some(state.head);
         let (event, messages) = self
             .store
-            .commit(lease, &draft, remember, job.sequence, |e| self.outbound(e))
+            .commit(lease, &draft, remember, job.sequence, known_head, |e| {
+                self.outbound(e)
+            })
             .await?;
         for message in &messages {
             self.publisher.publish_event(message).await?;
         }
-        if remember {
-            self.store.mark_confirmed(&job.idempotency_key).await?;
-        }
+        self.store.finish(lease, entity, remember).await?;
         tracing::info!(
             outcome = %event.outcome,
             entity = %event.entity,

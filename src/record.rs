@@ -123,17 +123,24 @@ impl Store {
     /// otherwise the record is released so a redelivery or replay evaluates the job afresh.
     /// The entity lock stays held: the caller releases it once the events are confirmed, so an
     /// entity's events reach the exchanges in version order.
+    ///
+    /// `known_head` is the entity's head as read when its lock was taken; with it the commit is
+    /// one round trip (the version check still guards against a lost lock).
     pub async fn commit(
         &self,
         lease: &Lease,
         draft: &AuditEvent,
         remember: bool,
         sequence: Option<u64>,
+        mut known_head: Option<EntityHead>,
         outbound: impl Fn(&AuditEvent) -> Vec<OutboundEvent>,
     ) -> Result<(AuditEvent, Vec<OutboundEvent>), StoreError> {
         let script = &*COMMIT;
         loop {
-            let head = self.entity_head(&draft.entity).await?;
+            let head = match known_head.take() {
+                Some(head) => head,
+                None => self.entity_head(&draft.entity).await?,
+            };
             let mut event = draft.clone();
             link(&mut event, &head);
             let messages = outbound(&event);

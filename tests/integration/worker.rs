@@ -183,3 +183,70 @@ fn validate_flow_exits_0_1_or_2_and_names_every_problem() {
     let (code, _) = validate_flow(&["/nonexistent/flow.json"], None);
     assert_eq!(code, Some(2));
 }
+
+/// Commands a client (not a Lua script) sent to Redis on keys under `prefix`, as MONITOR sees
+/// them: the worker's Redis round trips.
+struct RedisMonitor {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RedisMonitor {
+    async fn start(prefix: &str) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let url = url::Url::parse(&crate::helpers::redis_url()).unwrap();
+        let address = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(6379));
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(&prefix) && !line.contains(" lua]") {
+                    sink.lock().unwrap().push(line);
+                }
+            }
+        });
+        Self { seen }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_job_costs_three_redis_round_trips() {
+    let mut app = spawn_app().await;
+    let prefix = app.config.redis_key_prefix.clone();
+    let monitor = RedisMonitor::start(&prefix).await;
+    let users = genesys_worker::sandbox::user_id;
+    // The first job loads the scripts into Redis (and the presence directory into memory).
+    app.publish(&crate::helpers::agent_job(
+        users(0),
+        serde_json::json!({"presence": "Available"}),
+    ))
+    .await;
+    app.audit_events(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor.take();
+
+    app.publish(&crate::helpers::agent_job(
+        users(1),
+        serde_json::json!({"presence": "Break"}),
+    ))
+    .await;
+    app.audit_events(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fleet budget's check is the rate limiter's, one per Genesys call, not the job's.
+    let round_trips: Vec<String> = monitor
+        .take()
+        .into_iter()
+        .filter(|line| !line.contains(&format!("{prefix}budget:")))
+        .collect();
+    // Claim (with the entity lock and state), commit, finish (confirmed + unlock).
+    assert_eq!(round_trips.len(), 3, "{round_trips:#?}");
+    app.stop().await;
+}
