@@ -30,6 +30,9 @@ pub enum Command {
     /// Work with captured audit events.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Follow `batch` jobs.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Validate an IVR flow definition offline, as `flow.deploy` would (for CI pipelines).
     /// Exit 0 when valid, 1 when invalid, 2 when the input cannot be read.
     ValidateFlow(ValidateFlowArgs),
@@ -54,6 +57,29 @@ pub struct ValidateFlowArgs {
     /// Also print the flow after condition optimisation (with --json, in the report).
     #[arg(long)]
     pub optimized: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Print a batch's progress (children published, final, counts per outcome, first errors).
+    /// Exit 0 when every child is final and the summary was sent, 3 while it runs, 1 when no
+    /// such batch is known, 2 when Redis cannot be reached.
+    Status {
+        /// The batch's `job_id`.
+        id: uuid::Uuid,
+        /// Print the progress as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(
+            long,
+            env = "REDIS_URL",
+            default_value = "redis://127.0.0.1:6379/",
+            hide_env_values = true
+        )]
+        redis_url: String,
+        #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "gw:")]
+        redis_key_prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -106,7 +106,10 @@ impl GenesysConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub jobs_exchange: String,
+    /// The single-job lane: every job published to `jobs_exchange`, batches included.
     pub work_queue: String,
+    /// The batch lane: the children a `batch` fans out, published straight to this queue.
+    pub batch_queue: String,
     /// Both the dead-letter exchange and its queue.
     pub dead_letter: String,
     pub audit_exchange: String,
@@ -119,12 +122,18 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The retry queue of tier `tier` (named by its delay, so changing a delay declares a new
-    /// queue rather than clashing with the old one's arguments).
-    pub fn retry_queue(&self, tier: usize) -> Option<String> {
+    /// The retry queue of tier `tier` for jobs of `queue` (named by its delay, so changing a
+    /// delay declares a new queue rather than clashing with the old one's arguments). A job
+    /// comes back to the queue it came from, so a batch child stays in the batch lane.
+    pub fn retry_queue(&self, queue: &str, tier: usize) -> Option<String> {
         self.retry_delays_ms
             .get(tier)
-            .map(|ms| format!("{}.retry.{ms}ms", self.work_queue))
+            .map(|ms| format!("{queue}.retry.{ms}ms"))
+    }
+
+    /// The queues jobs are consumed from: the single-job lane, then the batch lane.
+    pub fn lane_queues(&self) -> [&str; 2] {
+        [&self.work_queue, &self.batch_queue]
     }
 }
 
@@ -133,6 +142,7 @@ impl Default for Topology {
         Self {
             jobs_exchange: "genesys.jobs".into(),
             work_queue: "genesys.jobs.work".into(),
+            batch_queue: "genesys.jobs.batch".into(),
             dead_letter: "genesys.jobs.dead".into(),
             audit_exchange: "genesys.audit".into(),
             crm_exchange: "genesys.crm".into(),
@@ -140,6 +150,13 @@ impl Default for Topology {
             retry_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
         }
     }
+}
+
+/// Weights of the two lanes sharing the Genesys budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneWeights {
+    pub single: u32,
+    pub batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +177,17 @@ pub struct Config {
     /// An in-progress record's lease; renewed while the job runs, taken over once expired.
     pub lease_ms: u64,
     pub shutdown_timeout_secs: u64,
+    /// Most children of one `batch` job.
+    pub batch_max: usize,
+    /// Largest `batch` message accepted (other jobs: `max_message_bytes`).
+    pub max_batch_message_bytes: usize,
+    /// Batch children processed at once by this replica (bulk calls fill up to `bulk_max` only
+    /// when at least that many are in flight).
+    pub batch_concurrency: usize,
+    pub batch_prefetch: u16,
+    /// Fair share of the Genesys budget when both lanes wait: single jobs get
+    /// `single / (single + batch)` of the calls.
+    pub lane_weights: LaneWeights,
     /// Coalesce `agent.status` jobs without preconditions into bulk presence calls.
     pub bulk_presence: bool,
     /// How long the first change of a bulk call waits for others.
@@ -232,6 +260,7 @@ impl Config {
         let topology = Topology {
             jobs_exchange: env.name("JOBS_EXCHANGE", &defaults.jobs_exchange)?,
             work_queue: env.name("WORK_QUEUE", &defaults.work_queue)?,
+            batch_queue: env.name("BATCH_QUEUE", &defaults.batch_queue)?,
             dead_letter: env.name("DEAD_LETTER_QUEUE", &defaults.dead_letter)?,
             audit_exchange: env.name("AUDIT_EXCHANGE", &defaults.audit_exchange)?,
             crm_exchange: env.name("CRM_EXCHANGE", &defaults.crm_exchange)?,
@@ -275,7 +304,15 @@ impl Config {
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
             lease_ms: env.positive("LEASE_MS", 30_000)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
-            bulk_presence: match env.string("BULK_PRESENCE", "off")?.as_str() {
+            batch_max: env.positive("BATCH_MAX", 10_000)?,
+            max_batch_message_bytes: env.positive("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024)?,
+            batch_concurrency: env.positive("BATCH_CONCURRENCY", 128)?,
+            batch_prefetch: env.positive("BATCH_PREFETCH", 256)?,
+            lane_weights: LaneWeights {
+                single: env.positive("LANE_WEIGHT_SINGLE", 3)?,
+                batch: env.positive("LANE_WEIGHT_BATCH", 1)?,
+            },
+            bulk_presence: match env.string("BULK_PRESENCE", "on")?.as_str() {
                 "on" => true,
                 "off" => false,
                 other => {

@@ -87,6 +87,9 @@ pub struct AuditEvent {
     pub prev_checksum: String,
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
+    /// A `batch`'s event only: counts per outcome of its children and the first errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Value>,
 }
 
 impl AuditEvent {

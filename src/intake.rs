@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Health;
 use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::BrokerError;
+use crate::limit::Lane;
 use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
 
 /// Pause before returning a job whose processing hit an infrastructure error, so a Redis or
@@ -31,6 +32,8 @@ const INFRA_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
     pub queue: String,
+    /// The lane whose Genesys budget share this queue's jobs draw on.
+    pub lane: Lane,
     pub concurrency: usize,
     pub prefetch: u16,
     pub grace: Duration,
@@ -127,7 +130,7 @@ async fn consume_until_paused(
         Err(err) => return Pause::Broken(err.into()),
     };
     health.set_consuming(true);
-    tracing::info!(queue = %settings.queue, concurrency = settings.concurrency, "Consuming jobs.");
+    tracing::info!(queue = %settings.queue, lane = settings.lane.as_str(), concurrency = settings.concurrency, "Consuming jobs.");
     let pause = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Pause::Shutdown,
@@ -143,8 +146,9 @@ async fn consume_until_paused(
                     .expect("the semaphore is never closed");
                 let pipeline = pipeline.clone();
                 let redis_down = redis_down.clone();
+                let lane = settings.lane;
                 in_flight.spawn(async move {
-                    settle(&pipeline, delivery, &redis_down).await;
+                    settle(&pipeline, delivery, lane, &redis_down).await;
                     drop(slot);
                 });
             }
@@ -196,14 +200,14 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
 
 /// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
 /// stop consuming at once (`redis_down`), before this job's own backoff.
-async fn settle(pipeline: &Pipeline, delivery: Delivery, redis_down: &Notify) {
+async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down: &Notify) {
     let incoming = Incoming {
         body: &delivery.data,
         properties: &delivery.properties,
         exchange: delivery.exchange.as_str(),
         routing_key: delivery.routing_key.as_str(),
     };
-    let settled = match pipeline.process(incoming).await {
+    let settled = match pipeline.process(incoming, lane).await {
         Ok(Disposition::Ack) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
         Ok(Disposition::Retry {
             queue,

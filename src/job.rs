@@ -163,12 +163,21 @@ pub struct FlowDeploy {
     pub version_matrix: Option<Value>,
 }
 
+/// `batch` payload: child job messages, fanned out as jobs of their own (each decoded and
+/// validated when it runs, so one bad child is rejected alone).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub jobs: Vec<Value>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     AgentStatus(AgentStatus),
     InteractionStatus(InteractionStatus),
     InteractionCreate(InteractionCreate),
     FlowDeploy(Box<FlowDeploy>),
+    Batch(Batch),
 }
 
 /// A decoded, validated job.
@@ -204,6 +213,7 @@ impl Job {
                 (None, Some(create)) => format!("flow:new:{}", create.name),
                 (None, None) => "flow:unknown".into(),
             },
+            Payload::Batch(_) => format!("batch:{}", self.job_id),
         }
     }
 }
@@ -238,16 +248,46 @@ impl DecodeError {
     }
 }
 
-const MAX_KEY_LEN: usize = 512;
+pub const MAX_KEY_LEN: usize = 512;
 const MAX_TEXT_LEN: usize = 1024;
 
-/// Decodes and validates one message body.
+/// Size limits of job messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    /// A `batch` carries its children, so it may be larger.
+    pub max_batch_bytes: usize,
+    /// Most children of one batch.
+    pub batch_max: usize,
+}
+
+impl Limits {
+    /// The same size limit for every kind, and the default batch size.
+    pub fn uniform(max_bytes: usize) -> Self {
+        Self {
+            max_message_bytes: max_bytes,
+            max_batch_bytes: max_bytes,
+            batch_max: 10_000,
+        }
+    }
+}
+
+/// Decodes and validates one message body, any kind limited to `max_bytes`.
 pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
-    if body.len() > max_bytes {
-        return Err(DecodeError::new(
+    decode_with(body, &Limits::uniform(max_bytes))
+}
+
+/// Decodes and validates one message body.
+pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
+    let too_large = |max: usize| {
+        DecodeError::new(
             "payload_too_large",
-            format!("message is {} bytes, the limit is {max_bytes}", body.len()),
-        ));
+            format!("message is {} bytes, the limit is {max}", body.len()),
+        )
+    };
+    let ceiling = limits.max_message_bytes.max(limits.max_batch_bytes);
+    if body.len() > ceiling {
+        return Err(too_large(ceiling));
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| DecodeError::new("malformed_json", format!("message is not valid JSON: {e}")))?;
@@ -268,6 +308,9 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
         let err = DecodeError::new("unknown_kind", format!("unknown kind {:?}", header.kind));
         return Err(named(err, &header));
     };
+    if kind != Kind::Batch && body.len() > limits.max_message_bytes {
+        return Err(named(too_large(limits.max_message_bytes), &header));
+    }
     let payload_value = match object.get("payload") {
         Some(Value::Object(map)) => Value::Object(map.clone()),
         Some(_) => {
@@ -296,10 +339,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
         Kind::InteractionStatus => decode_interaction_status(payload_value),
         Kind::InteractionCreate => decode_interaction_create(payload_value, &idempotency_key),
         Kind::FlowDeploy => decode_flow_deploy(payload_value),
-        other => Err(DecodeError::new(
-            "unsupported_kind",
-            format!("kind {other} is part of the contract but not supported by this worker version"),
-        )),
+        Kind::Batch => decode_batch(payload_value, limits.batch_max),
     };
     let payload = payload.map_err(|mut err| {
         if err.entity.is_none() {
@@ -563,6 +603,30 @@ fn decode_flow_deploy(value: Value) -> Result<Payload, DecodeError> {
     Ok(Payload::FlowDeploy(Box::new(payload)))
 }
 
+fn decode_batch(value: Value, batch_max: usize) -> Result<Payload, DecodeError> {
+    let payload: Batch = serde_path_to_error::deserialize(value).map_err(payload_error)?;
+    if payload.jobs.is_empty() || payload.jobs.len() > batch_max {
+        return Err(DecodeError::new(
+            "invalid_payload",
+            format!(
+                "payload.jobs holds {} jobs; a batch holds 1 to {batch_max} (BATCH_MAX)",
+                payload.jobs.len()
+            ),
+        ));
+    }
+    // Children are validated one by one when they run; only what would make the fan-out itself
+    // wrong is refused here.
+    for (index, child) in payload.jobs.iter().enumerate() {
+        if child.get("kind").and_then(Value::as_str) == Some(Kind::Batch.as_str()) {
+            return Err(DecodeError::new(
+                "invalid_payload",
+                format!("payload.jobs[{index}]: a batch cannot contain a batch"),
+            ));
+        }
+    }
+    Ok(Payload::Batch(payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,12 +820,49 @@ mod tests {
     }
 
     #[test]
-    fn contract_kinds_not_yet_applied_are_unsupported_not_unknown() {
-        let err = decode(
-            &bytes(json!({"job_id": JOB, "kind": "batch", "payload": {}})),
-            1 << 20,
-        )
-        .unwrap_err();
-        assert_eq!(err.code, "unsupported_kind");
+    fn a_batch_holds_one_to_batch_max_jobs_and_no_batch() {
+        let limits = Limits {
+            batch_max: 3,
+            ..Limits::uniform(1 << 20)
+        };
+        let batch = |jobs: Value| decode_with(&bytes(job_of("batch", json!({"jobs": jobs}))), &limits);
+        let child = agent_job(json!({"user_id": USER, "presence": "Available"}));
+        let job = batch(json!([child, child])).unwrap();
+        assert_eq!(job.entity(), format!("batch:{JOB}"));
+        assert!(matches!(&job.payload, Payload::Batch(b) if b.jobs.len() == 2));
+        let err = batch(json!([])).unwrap_err();
+        assert_eq!(
+            (err.code, err.job_id),
+            ("invalid_payload", Some(JOB.parse().unwrap()))
+        );
+        let err = batch(json!([child, child, child, child])).unwrap_err();
+        assert!(
+            err.message.contains("holds 4 jobs") && err.message.contains("1 to 3"),
+            "{err}"
+        );
+        let err = batch(json!([child, {"kind": "batch"}])).unwrap_err();
+        assert!(err.message.contains("payload.jobs[1]"), "{err}");
+        // A child that is not even a job is the child's problem, found when it runs.
+        assert!(batch(json!([child, 42])).is_ok());
+    }
+
+    #[test]
+    fn a_batch_may_be_larger_than_other_messages() {
+        let limits = Limits {
+            max_message_bytes: 300,
+            max_batch_bytes: 4096,
+            batch_max: 100,
+        };
+        let child = agent_job(json!({"user_id": USER, "presence": "Available"}));
+        let batch = bytes(job_of("batch", json!({"jobs": [child, child, child]})));
+        assert!(batch.len() > 300);
+        assert!(decode_with(&batch, &limits).is_ok());
+        let single = bytes(agent_job(
+            json!({"user_id": USER, "presence": "Available", "message": "x".repeat(300)}),
+        ));
+        assert_eq!(
+            decode_with(&single, &limits).unwrap_err().code,
+            "payload_too_large"
+        );
     }
 }

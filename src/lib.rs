@@ -4,14 +4,17 @@
 //!
 //! Modules follow the pipeline (DESIGN.md section 1), in the order a job passes through them:
 //!
-//! - [`intake`]: consumes the work queue with manual acks; acks, parks in a retry queue or
-//!   dead-letters each job last, and stops consuming while Redis is down.
+//! - [`intake`]: consumes the two lanes' queues (single jobs, batch children) with manual acks;
+//!   acks, parks in a retry queue or dead-letters each job last, and stops consuming while Redis
+//!   is down.
 //! - [`job`]: stage 1, decode and validate the message ([`flow`] validates IVR graphs).
 //! - [`dedupe`]: stage 2, Redis idempotency records, leases and takeover.
 //! - [`order`]: stage 3, one change in flight per entity, and the sequence rule.
-//! - [`limit`]: stage 4, the local and fleet-wide token buckets every Genesys call waits on.
+//! - [`limit`]: stage 4, the local and fleet-wide token buckets every Genesys call waits on,
+//!   shared by the lanes by weight (fair share).
 //! - [`apply`]: stage 5, one module per job kind, over the [`genesys`] client; [`retry`] is the
-//!   retry policy.
+//!   retry policy; [`apply::bulk`] coalesces presence changes. A `batch` is not applied but
+//!   fanned out into the batch lane by [`batch`], which also keeps its progress and summary.
 //! - [`record`]: stage 6, the outcome with entity version and hash chain.
 //! - [`broker`]: stage 7, the topology and confirmed publishing of events and dead letters.
 //! - [`pipeline`]: runs one job through the stages and returns what to do with the delivery.
@@ -24,6 +27,7 @@
 pub mod admin;
 pub mod apply;
 pub mod audit;
+pub mod batch;
 pub mod broker;
 pub mod canonical;
 pub mod cli;

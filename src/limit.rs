@@ -6,9 +6,17 @@
 //! fleet: a Lua script on Redis's own clock, so it runs on any Redis, managed ones included,
 //! and every replica sees the same time. A 429 pauses the whole budget until its `Retry-After`,
 //! every replica included, not just the one job that saw it.
+//!
+//! Fair share: callers wait for their turn in one of two [`Lane`]s (single jobs, batch
+//! children), and while both lanes wait the turns go by weight (stride scheduling), so a single
+//! change submitted during a 10,000-agent handover waits for a few calls, not for the handover.
+//! A job's calls run in its lane through [`in_lane`].
 
 use std::sync::LazyLock;
 
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,9 +24,157 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use redis::Script;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::config::LaneWeights;
 use crate::store::{Store, StoreError};
+
+/// Which lane a Genesys call waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Jobs published on their own.
+    Single,
+    /// Children of a `batch`.
+    Batch,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Single => "single",
+            Lane::Batch => "batch",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Lane::Single => 0,
+            Lane::Batch => 1,
+        }
+    }
+}
+
+tokio::task_local! {
+    static LANE: Lane;
+    /// Set when the caller already took this call's budget (see [`Budget::prepaid`]).
+    static PREPAID: Cell<bool>;
+}
+
+/// Runs `work` with its Genesys calls waiting in `lane`.
+pub async fn in_lane<F: Future>(lane: Lane, work: F) -> F::Output {
+    LANE.scope(lane, work).await
+}
+
+/// The lane of the running job (single when none was set).
+pub fn current_lane() -> Lane {
+    LANE.try_with(|lane| *lane).unwrap_or(Lane::Single)
+}
+
+/// Whose turn it is to wait for the next token: one caller at a time, picked by weight among
+/// the lanes that have callers waiting.
+#[derive(Debug)]
+struct Turns {
+    state: Mutex<TurnState>,
+}
+
+#[derive(Debug)]
+struct TurnState {
+    taken: bool,
+    waiting: [VecDeque<oneshot::Sender<()>>; 2],
+    /// Stride scheduling: a lane's pass grows by 1/weight per turn; the lowest pass goes next.
+    pass: [f64; 2],
+    stride: [f64; 2],
+}
+
+impl Turns {
+    fn new(weights: LaneWeights) -> Self {
+        Self {
+            state: Mutex::new(TurnState {
+                taken: false,
+                waiting: [VecDeque::new(), VecDeque::new()],
+                pass: [0.0; 2],
+                stride: [
+                    1.0 / f64::from(weights.single.max(1)),
+                    1.0 / f64::from(weights.batch.max(1)),
+                ],
+            }),
+        }
+    }
+
+    /// Waits for `lane`'s caller's turn; the turn passes on when the guard drops.
+    async fn take(&self, lane: Lane) -> Turn<'_> {
+        let receiver = {
+            let mut state = self.state.lock().expect("turn lock is never poisoned");
+            if !state.taken {
+                state.taken = true;
+                return Turn(self);
+            }
+            let i = lane.index();
+            if state.waiting[i].is_empty() {
+                // A lane that was idle does not bank turns: it joins at the current pass.
+                let current = state.pass[1 - i];
+                state.pass[i] = state.pass[i].max(current - state.stride[i]);
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiting[i].push_back(sender);
+            receiver
+        };
+        let mut waiting = Waiting {
+            turns: self,
+            receiver: Some(receiver),
+        };
+        let handed = waiting.receiver.as_mut().expect("set above").await;
+        waiting.receiver = None;
+        debug_assert!(handed.is_ok(), "a waiting sender is only dropped after a send");
+        Turn(self)
+    }
+
+    /// Hands the turn to the next waiting caller, or frees it.
+    fn pass_on(&self) {
+        let mut state = self.state.lock().expect("turn lock is never poisoned");
+        loop {
+            let candidates = [0, 1].into_iter().filter(|&i| !state.waiting[i].is_empty());
+            let Some(next) = candidates.min_by(|&a, &b| state.pass[a].total_cmp(&state.pass[b])) else {
+                state.taken = false;
+                return;
+            };
+            let sender = state.waiting[next].pop_front().expect("a non-empty lane");
+            if sender.send(()).is_ok() {
+                state.pass[next] += state.stride[next];
+                return;
+            }
+            // That caller gave up waiting; try the next.
+        }
+    }
+}
+
+/// The current turn; passed on when dropped, so a cancelled call cannot keep it.
+struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.pass_on();
+    }
+}
+
+/// A caller waiting for its turn. Dropped after the turn was handed over but before it was
+/// seen, it passes the turn on.
+struct Waiting<'a> {
+    turns: &'a Turns,
+    receiver: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut receiver) = self.receiver.take() {
+            receiver.close();
+            if receiver.try_recv().is_ok() {
+                self.turns.pass_on();
+            }
+        }
+    }
+}
 
 /// The fleet's GCRA: returns 0 when a call may go now, else the milliseconds to wait. The
 /// theoretical arrival time lives in KEYS[1], a 429 pause (an instant, ms) in KEYS[2].
@@ -74,6 +230,7 @@ struct Fleet {
 }
 
 pub struct Budget {
+    turns: Turns,
     limiter: DefaultDirectRateLimiter,
     fleet: Option<Fleet>,
     /// No call starts before this instant (set by a 429's `Retry-After`).
@@ -93,10 +250,11 @@ impl std::fmt::Debug for Budget {
 impl Budget {
     /// # Panics
     /// If `rps` or `burst` is zero; configuration validation rules that out.
-    pub fn new(rps: u32, burst: u32) -> Self {
+    pub fn new(rps: u32, burst: u32, weights: LaneWeights) -> Self {
         let quota = Quota::per_second(NonZeroU32::new(rps).expect("rate limit rps is positive"))
             .allow_burst(NonZeroU32::new(burst).expect("rate limit burst is positive"));
         Self {
+            turns: Turns::new(weights),
             limiter: RateLimiter::direct(quota),
             fleet: None,
             paused_until: Mutex::new(None),
@@ -117,11 +275,16 @@ impl Budget {
         self
     }
 
-    /// Waits until a call may be made: the local pause and bucket, then the fleet's.
+    /// Waits until a call may be made: the caller's turn in its lane, then the local pause and
+    /// bucket, then the fleet's.
     ///
     /// # Errors
     /// When the fleet's budget cannot be consulted (Redis unreachable): no call is made.
     pub async fn acquire(&self) -> Result<(), StoreError> {
+        if PREPAID.try_with(|paid| paid.replace(false)).unwrap_or(false) {
+            return Ok(());
+        }
+        let _turn = self.turns.take(current_lane()).await;
         loop {
             let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
             match pause {
@@ -146,6 +309,12 @@ impl Budget {
             }
             tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         }
+    }
+
+    /// Runs `call` with its first budget check already paid: for a caller that took the token
+    /// itself with [`Budget::acquire`] (the bulk gatherer fills a call while it waits).
+    pub async fn prepaid<F: Future>(call: F) -> F::Output {
+        PREPAID.scope(Cell::new(true), call).await
     }
 
     /// Pauses the fleet's budget too (see [`Budget::pause_for`]).
@@ -181,10 +350,13 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    const WEIGHTS: LaneWeights = LaneWeights { single: 3, batch: 1 };
 
     #[tokio::test]
     async fn burst_is_served_at_once_then_calls_are_paced() {
-        let budget = Budget::new(20, 3);
+        let budget = Budget::new(20, 3, WEIGHTS);
         let start = std::time::Instant::now();
         for _ in 0..3 {
             budget.acquire().await.unwrap();
@@ -207,8 +379,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_single_call_overtakes_a_queue_of_batch_calls() {
+        let budget = Arc::new(Budget::new(50, 1, WEIGHTS));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let call = |lane: Lane, n: usize| {
+            let (budget, order) = (budget.clone(), order.clone());
+            tokio::spawn(in_lane(lane, async move {
+                budget.acquire().await.unwrap();
+                order.lock().unwrap().push((lane, n));
+            }))
+        };
+        let mut calls: Vec<_> = (0..20).map(|n| call(Lane::Batch, n)).collect();
+        // The batch lane is queued (a call every 20 ms) when the single calls arrive.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        calls.extend((0..2).map(|n| call(Lane::Single, n)));
+        for handle in calls {
+            handle.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let singles: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, (lane, _))| *lane == Lane::Single)
+            .map(|(position, _)| position)
+            .collect();
+        // Without lanes they would be last (20, 21); with weights 3:1 they go within a turn
+        // or two of arriving, behind the ~2 batch calls already made.
+        assert_eq!(singles.len(), 2);
+        assert!(singles.iter().all(|&p| p <= 5), "{order:?}");
+        // And the batch lane is not starved: every batch call was made.
+        assert_eq!(order.len(), 22);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_keep_the_turn() {
+        let budget = Arc::new(Budget::new(20, 1, WEIGHTS));
+        budget.acquire().await.unwrap();
+        // Waits for the next token (50 ms), then is dropped mid-wait.
+        let cancelled = tokio::time::timeout(Duration::from_millis(5), budget.acquire()).await;
+        assert!(cancelled.is_err());
+        let next = tokio::time::timeout(Duration::from_millis(500), budget.acquire()).await;
+        assert!(next.is_ok(), "the turn was lost with the cancelled caller");
+    }
+
+    #[tokio::test]
+    async fn a_prepaid_call_does_not_wait_for_a_token() {
+        let budget = Budget::new(1, 1, WEIGHTS);
+        budget.acquire().await.unwrap();
+        let start = std::time::Instant::now();
+        Budget::prepaid(async { budget.acquire().await.unwrap() }).await;
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
     async fn a_pause_holds_every_caller() {
-        let budget = Budget::new(1000, 10);
+        let budget = Budget::new(1000, 10, WEIGHTS);
         budget.pause_for(Duration::from_millis(120));
         let start = std::time::Instant::now();
         budget.acquire().await.unwrap();

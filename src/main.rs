@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use genesys_worker::audit::{self, VerifyError};
-use genesys_worker::cli::{AuditCommand, Cli, Command, EnqueueArgs, SandboxArgs, ValidateFlowArgs};
+use genesys_worker::cli::{
+    AuditCommand, BatchCommand, Cli, Command, EnqueueArgs, SandboxArgs, ValidateFlowArgs,
+};
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
 use genesys_worker::flow::{self, FlowDefinition, Rules};
@@ -22,6 +24,71 @@ async fn main() -> ExitCode {
         Command::Enqueue(args) => run_enqueue(args).await,
         Command::Audit(AuditCommand::Verify { file, sort }) => verify_audit(&file, sort),
         Command::ValidateFlow(args) => validate_flow(&args),
+        Command::Batch(BatchCommand::Status {
+            id,
+            json,
+            redis_url,
+            redis_key_prefix,
+        }) => batch_status(id, json, &redis_url, &redis_key_prefix).await,
+    }
+}
+
+async fn batch_status(id: uuid::Uuid, json: bool, redis_url: &str, prefix: &str) -> ExitCode {
+    let url = match ServiceUrl::parse(redis_url) {
+        Ok(url) => url,
+        Err(err) => {
+            eprintln!("invalid configuration: REDIS_URL: not a URL: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    // Reading progress needs neither the TTL nor the lease.
+    let progress = match genesys_worker::store::Store::connect(&url, prefix, 1, 1).await {
+        Ok(store) => store.batch_progress(id).await,
+        Err(err) => Err(err),
+    };
+    let progress = match progress {
+        Ok(Some(progress)) => progress,
+        Ok(None) => {
+            eprintln!("batch {id}: unknown (no progress under prefix {prefix:?}; finished batches are kept for IDEMPOTENCY_TTL_SECS)");
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("batch {id}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let done = progress.total > 0 && progress.finished >= progress.total && progress.summary_sent;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&progress).expect("progress serializes")
+        );
+    } else {
+        let percent = progress.finished * 100 / progress.total.max(1);
+        println!(
+            "batch {id}: {} of {} children final ({percent}%), {} published, summary {}",
+            progress.finished,
+            progress.total,
+            progress.published,
+            if progress.summary_sent { "sent" } else { "pending" }
+        );
+        for (outcome, count) in &progress.counts {
+            println!("  {outcome:<12} {count}");
+        }
+        for error in &progress.first_errors {
+            println!(
+                "  error: child {} ({}): [{}] {}",
+                error["index"],
+                error["job_id"].as_str().unwrap_or("?"),
+                error["code"].as_str().unwrap_or(""),
+                error["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     }
 }
 

@@ -12,19 +12,22 @@ use std::time::Instant;
 
 use lapin::BasicProperties;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::{self, Applied};
-use crate::broker::publisher::header_count;
+use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
+use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::dedupe::{Claim, Lease};
 use crate::events::{audit_event_id, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
 use crate::genesys::GenesysClient;
-use crate::job::{self, DecodeError, Job};
+use crate::job::{self, DecodeError, Job, Payload};
+use crate::limit::{current_lane, in_lane, Lane};
 use crate::order::EntityState;
-use crate::record;
+use crate::record::{self, EntityHead};
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 
@@ -55,6 +58,27 @@ pub enum Disposition {
     },
 }
 
+/// How a delivery ended: the disposition, and the outcome its audit event announced (for a
+/// batch child's progress; a `Retry` is not final).
+#[derive(Debug)]
+struct Settled {
+    disposition: Disposition,
+    outcome: Outcome,
+    error: Option<EventError>,
+    job_id: Option<Uuid>,
+}
+
+impl Settled {
+    fn new(disposition: Disposition, outcome: Outcome) -> Self {
+        Self {
+            disposition,
+            outcome,
+            error: None,
+            job_id: None,
+        }
+    }
+}
+
 /// What earlier rounds of a job spent, from the headers a retry queue hands back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Rounds {
@@ -82,14 +106,26 @@ pub struct Pipeline {
     pub retry: RetryPolicy,
     pub flows: FlowSettings,
     pub bulk: Option<BulkPresence>,
-    pub max_message_bytes: usize,
+    pub limits: job::Limits,
 }
 
 impl Pipeline {
-    #[tracing::instrument(skip_all, fields(job_id = tracing::field::Empty, kind = tracing::field::Empty))]
-    pub async fn process(&self, incoming: Incoming<'_>) -> Result<Disposition, PipelineError> {
+    /// Runs one delivery of `lane`; a batch child's final outcome is counted in its batch.
+    #[tracing::instrument(skip_all, fields(lane = lane.as_str(), job_id = tracing::field::Empty, kind = tracing::field::Empty))]
+    pub async fn process(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Disposition, PipelineError> {
+        let settled = in_lane(lane, self.settle(incoming)).await?;
+        if !matches!(settled.disposition, Disposition::Retry { .. }) {
+            if let Some(batch_id) = header_text(incoming.properties, BATCH_ID_HEADER) {
+                self.count_in_batch(&batch_id, incoming.properties, &settled)
+                    .await?;
+            }
+        }
+        Ok(settled.disposition)
+    }
+
+    async fn settle(&self, incoming: Incoming<'_>) -> Result<Settled, PipelineError> {
         let started = Instant::now();
-        let job = match job::decode(incoming.body, self.max_message_bytes) {
+        let job = match job::decode_with(incoming.body, &self.limits) {
             Ok(job) => job,
             Err(err) => return self.reject_undecodable(err, started).await,
         };
@@ -100,16 +136,17 @@ impl Pipeline {
             retries: header_count(incoming.properties, "x-retries"),
             attempts: header_count(incoming.properties, "x-attempts"),
         };
-        match self
+        let settled = match self
             .store
             .claim(&job.idempotency_key, &job.fingerprint, &job.entity())
             .await?
         {
+            Claim::Owned(lease, _) if job.kind == job::Kind::Batch => self.run_batch(&job, &lease).await,
             Claim::Owned(lease, entity) => self.run_owned(&job, &lease, entity, rounds, started).await,
             Claim::Done {
                 events,
                 confirmed: false,
-                ..
+                outcome,
             } => {
                 // Finished before, but its events may not have reached the exchanges: send the
                 // stored ones again (same ids, same bytes).
@@ -118,7 +155,7 @@ impl Pipeline {
                     self.publisher.publish_event(event).await?;
                 }
                 self.store.mark_confirmed(&job.idempotency_key).await?;
-                Ok(Disposition::Ack)
+                Ok(Settled::new(Disposition::Ack, outcome))
             }
             Claim::Done {
                 confirmed: true,
@@ -141,7 +178,7 @@ impl Pipeline {
                 };
                 self.publish_unrecorded(draft).await?;
                 tracing::info!(idempotency_key = %job.idempotency_key, "Duplicate job; no Genesys call made.");
-                Ok(Disposition::Ack)
+                Ok(Settled::new(Disposition::Ack, Outcome::Duplicate))
             }
             Claim::KeyReused => {
                 let message = format!(
@@ -155,13 +192,110 @@ impl Pipeline {
                 draft.attempts = 0;
                 self.publish_unrecorded(draft).await?;
                 tracing::warn!(idempotency_key = %job.idempotency_key, "Idempotency key reused with another payload; rejected.");
-                Ok(Disposition::DeadLetter {
-                    code: "idempotency_key_reused".into(),
-                    message,
-                    attempts: 0,
+                Ok(Settled {
+                    error: Some(EventError {
+                        code: "idempotency_key_reused".into(),
+                        message: message.clone(),
+                    }),
+                    ..Settled::new(
+                        Disposition::DeadLetter {
+                            code: "idempotency_key_reused".into(),
+                            message,
+                            attempts: 0,
+                        },
+                        Outcome::Rejected,
+                    )
                 })
             }
+        };
+        settled.map(|settled| Settled {
+            job_id: Some(job.job_id),
+            ..settled
+        })
+    }
+
+    /// A batch: its children are published to the batch lane; its own event comes with the
+    /// last child's outcome ([`Pipeline::count_in_batch`]).
+    async fn run_batch(&self, job: &Job, lease: &Lease) -> Result<Settled, PipelineError> {
+        let Payload::Batch(batch) = &job.payload else {
+            unreachable!("only batch jobs are fanned out")
+        };
+        let entity = job.entity();
+        let keeper = self.store.keep_alive(lease, &entity);
+        let fanned = batch::fan_out(
+            &self.store,
+            &self.publisher,
+            &self.topology.batch_queue,
+            job,
+            batch,
+        )
+        .await;
+        drop(keeper);
+        let total = match fanned {
+            Ok(total) => total,
+            Err(err) => {
+                // The next delivery goes on from the published cursor, without waiting for
+                // this claim's lease to run out.
+                if let Err(release) = self.store.release_claim(lease, &entity).await {
+                    tracing::warn!(error.message = %release, "Could not release the batch's claim; it expires with its lease.");
+                }
+                return Err(match err {
+                    FanOutError::Store(err) => err.into(),
+                    FanOutError::Broker(err) => err.into(),
+                });
+            }
+        };
+        self.store.batch_fanned_out(lease, &entity).await?;
+        tracing::info!(children = total, "Batch fanned out into the batch lane.");
+        Ok(Settled::new(Disposition::Ack, Outcome::Applied))
+    }
+
+    /// Counts a batch child's final outcome; the report that completes the batch publishes
+    /// the batch's summary event.
+    async fn count_in_batch(
+        &self,
+        batch_id: &str,
+        properties: &BasicProperties,
+        settled: &Settled,
+    ) -> Result<(), PipelineError> {
+        let Ok(batch_id) = batch_id.parse::<Uuid>() else {
+            tracing::warn!(
+                batch_id,
+                "A batch child names a batch that is not a UUID; not counted."
+            );
+            return Ok(());
+        };
+        let index = u64::from(header_count(properties, BATCH_INDEX_HEADER));
+        let Some(progress) = self
+            .store
+            .batch_report(
+                batch_id,
+                index,
+                settled.job_id,
+                settled.outcome,
+                settled.error.as_ref(),
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let mut event = progress.audit_event();
+        let head = self.store.entity_head(&event.entity).await?;
+        record::link(&mut event, &head);
+        let linked = EntityHead {
+            version: event.entity_version,
+            checksum: event.checksum.clone().unwrap_or_default(),
+        };
+        let messages = self
+            .store
+            .batch_seal(batch_id, &event.entity, &linked, &self.outbound(&event))
+            .await?;
+        for message in &messages {
+            self.publisher.publish_event(message).await?;
         }
+        self.store.batch_summary_sent(batch_id).await?;
+        tracing::info!(batch = %batch_id, total = progress.total, counts = ?progress.counts, "Batch finished; summary published.");
+        Ok(())
     }
 
     async fn run_owned(
@@ -171,7 +305,7 @@ impl Pipeline {
         locked: Option<EntityState>,
         rounds: Rounds,
         started: Instant,
-    ) -> Result<Disposition, PipelineError> {
+    ) -> Result<Settled, PipelineError> {
         let entity = job.entity();
         let result = self
             .run_locked(job, lease, locked, &entity, rounds, started)
@@ -196,7 +330,7 @@ impl Pipeline {
         entity: &str,
         rounds: Rounds,
         started: Instant,
-    ) -> Result<Disposition, PipelineError> {
+    ) -> Result<Settled, PipelineError> {
         let keeper = self.store.keep_alive(lease, entity);
         let state = match locked {
             Some(state) => state,
@@ -232,7 +366,11 @@ impl Pipeline {
         };
         drop(keeper);
         if applied.outcome == Outcome::Failed && applied.retryable {
-            if let Some(queue) = self.topology.retry_queue(rounds.retries as usize) {
+            let lane_queue = match current_lane() {
+                Lane::Single => &self.topology.work_queue,
+                Lane::Batch => &self.topology.batch_queue,
+            };
+            if let Some(queue) = self.topology.retry_queue(lane_queue, rounds.retries as usize) {
                 // Not final: no outcome is recorded or announced; the next round claims afresh.
                 self.store.release_claim(lease, entity).await?;
                 let error = applied
@@ -241,11 +379,12 @@ impl Pipeline {
                     .map(|e| e.message.as_str())
                     .unwrap_or_default();
                 tracing::warn!(retry_queue = %queue, round = rounds.retries + 1, error.message = %error, "Transient failure; the job will be retried after a delay.");
-                return Ok(Disposition::Retry {
+                let retry = Disposition::Retry {
                     queue,
                     retries: rounds.retries + 1,
                     attempts: rounds.attempts + applied.attempts,
-                });
+                };
+                return Ok(Settled::new(retry, Outcome::Failed));
             }
         }
         let draft = self.draft(job, &applied, started);
@@ -273,15 +412,14 @@ impl Pipeline {
             latency_ms = event.latency_ms,
             "Job finished."
         );
-        Ok(disposition(&event, rounds))
+        Ok(Settled {
+            error: event.error.clone(),
+            ..Settled::new(disposition(&event, rounds), event.outcome)
+        })
     }
 
     /// A message that did not decode: announced when it names a job, always dead-lettered.
-    async fn reject_undecodable(
-        &self,
-        err: DecodeError,
-        started: Instant,
-    ) -> Result<Disposition, PipelineError> {
+    async fn reject_undecodable(&self, err: DecodeError, started: Instant) -> Result<Settled, PipelineError> {
         tracing::warn!(code = err.code, error.message = %err.message, "Rejected an invalid job message.");
         if let (Some(job_id), Some(kind)) = (err.job_id, err.kind.clone()) {
             let idempotency_key = err.idempotency_key.clone().unwrap_or_else(|| job_id.to_string());
@@ -307,13 +445,24 @@ impl Pipeline {
                 checksum: None,
                 prev_checksum: String::new(),
                 occurred_at: now(),
+                summary: None,
             };
             self.publish_unrecorded(draft).await?;
         }
-        Ok(Disposition::DeadLetter {
-            code: err.code.into(),
-            message: err.message,
-            attempts: 0,
+        Ok(Settled {
+            error: Some(EventError {
+                code: err.code.into(),
+                message: err.message.clone(),
+            }),
+            job_id: err.job_id,
+            ..Settled::new(
+                Disposition::DeadLetter {
+                    code: err.code.into(),
+                    message: err.message,
+                    attempts: 0,
+                },
+                Outcome::Rejected,
+            )
         })
     }
 
@@ -347,6 +496,7 @@ impl Pipeline {
             checksum: None,
             prev_checksum: String::new(),
             occurred_at: now(),
+            summary: None,
         }
     }
 
@@ -358,7 +508,8 @@ impl Pipeline {
             message_id: event.event_id.to_string(),
             body: serde_json::to_string(event).expect("audit events serialize"),
         }];
-        if event.outcome == Outcome::Applied {
+        // A batch's own event summarises its children, which each sent their CRM event.
+        if event.outcome == Outcome::Applied && event.kind != job::Kind::Batch.as_str() {
             let crm = CrmEvent::from_audit(event);
             messages.push(OutboundEvent {
                 exchange: self.topology.crm_exchange.clone(),

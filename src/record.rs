@@ -195,6 +195,7 @@ mod tests {
             checksum: None,
             prev_checksum: String::new(),
             occurred_at: datetime!(2026-11-22 08:00:00 UTC),
+            summary: None,
         }
     }
 

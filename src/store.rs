@@ -9,6 +9,9 @@
 //!   `sequence`: the highest job sequence applied to it.
 //! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
 //! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget.
+//! - `batch:<job id>`: a batch's progress (hash: `total`, `published`, `n:<outcome>` counts,
+//!   `summary`, `sent`, ...); `batch:<job id>:final`: the indexes of its final children (set);
+//!   `batch:<job id>:errors`: its first errors (list).
 
 use std::time::Duration;
 
@@ -66,6 +69,11 @@ impl Store {
             idempotency_ttl_secs,
             lease_ms,
         })
+    }
+
+    /// `suffix` under the prefix.
+    pub(crate) fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
     }
 
     pub(crate) fn record_key(&self, idempotency_key: &str) -> String {

@@ -15,7 +15,8 @@ use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::genesys::GenesysClient;
 use crate::intake::{self, IntakeSettings};
-use crate::limit::Budget;
+use crate::job;
+use crate::limit::{Budget, Lane};
 use crate::pipeline::Pipeline;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
@@ -53,7 +54,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
     let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
-    let mut budget = Budget::new(rps, burst);
+    let mut budget = Budget::new(rps, burst, config.lane_weights);
     if config.genesys.rate_limit_shared {
         budget = budget.shared(store.clone(), &config.genesys.client_id, rps, burst);
     }
@@ -167,22 +168,52 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
             },
             bulk: bulk.cloned(),
-            max_message_bytes: config.max_message_bytes,
+            limits: job::Limits {
+                max_message_bytes: config.max_message_bytes,
+                max_batch_bytes: config.max_batch_message_bytes,
+                batch_max: config.batch_max,
+            },
         });
-        let settings = IntakeSettings {
-            queue: config.topology.work_queue.clone(),
-            concurrency: config.worker_concurrency,
-            prefetch: config.worker_prefetch,
-            grace: config.shutdown_timeout(),
-        };
-        let consumer = connection.create_channel().await?;
-        let consumed = intake::consume(&consumer, pipeline, &settings, health, stop).await;
-        // Acks travel on the consumer channel: closing it waits for what was written before.
+        let lanes = [
+            IntakeSettings {
+                queue: config.topology.work_queue.clone(),
+                lane: Lane::Single,
+                concurrency: config.worker_concurrency,
+                prefetch: config.worker_prefetch,
+                grace: config.shutdown_timeout(),
+            },
+            IntakeSettings {
+                queue: config.topology.batch_queue.clone(),
+                lane: Lane::Batch,
+                concurrency: config.batch_concurrency,
+                prefetch: config.batch_prefetch,
+                grace: config.shutdown_timeout(),
+            },
+        ];
+        // Each lane consumes on its own channel, with its own prefetch and concurrency; when
+        // one stops (shutdown or a broken channel), so does the other.
+        let lanes_stop = stop.child_token();
+        let mut consumers = Vec::new();
+        for _ in &lanes {
+            consumers.push(connection.create_channel().await?);
+        }
+        let consumed =
+            futures_util::future::join_all(lanes.iter().zip(&consumers).map(|(settings, consumer)| {
+                let (pipeline, lanes_stop) = (pipeline.clone(), lanes_stop.clone());
+                async move {
+                    let consumed =
+                        intake::consume(consumer, pipeline, settings, health, lanes_stop.clone()).await;
+                    lanes_stop.cancel();
+                    consumed
+                }
+            }))
+            .await;
+        // Acks travel on the consumer channels: closing one waits for what was written before.
         let ok: ReplyCode = 200;
-        for channel in [&consumer, &setup] {
+        for channel in consumers.iter().chain([&setup]) {
             let _ = channel.close(ok, "worker stopping".into()).await;
         }
-        consumed
+        consumed.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
     }
     .await;
     let _ = connection.close(200, "worker stopping".into()).await;

@@ -4,6 +4,10 @@
 //! thousands. Each job still waits for its own answer and keeps its own record, lock and events;
 //! a user the bulk answer leaves out, or everyone in a bulk call that failed, is handed back to
 //! the job, which applies its change alone (and so meets its own, precise error).
+//!
+//! Each lane ([`Lane`]) gathers its own calls, so batch children never hold a single job back.
+//! A gathered call first waits for its budget token and keeps gathering while it waits: when
+//! the budget is the bottleneck (a handover), calls leave full.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::genesys::GenesysClient;
+use crate::limit::{current_lane, in_lane, Budget, Lane};
 use crate::retry::RetryPolicy;
 
 /// What the bulk call did for one user.
@@ -39,7 +44,8 @@ struct Request {
 /// Gathers presence changes into bulk calls; one per worker process.
 #[derive(Debug, Clone)]
 pub struct BulkPresence {
-    requests: mpsc::Sender<Request>,
+    /// Per lane, indexed like [`Lane`]: single, batch.
+    lanes: [mpsc::Sender<Request>; 2],
 }
 
 impl std::fmt::Debug for Request {
@@ -59,26 +65,20 @@ struct SetPresence {
 }
 
 impl BulkPresence {
-    /// Starts the gathering task: a call goes out `window` after its first change, or as soon
-    /// as `max` changes are waiting.
+    /// Starts the gathering tasks: a call goes out `window` after its first change, once its
+    /// budget token is there, or as soon as `max` changes are waiting.
     pub fn start(genesys: Arc<GenesysClient>, retry: RetryPolicy, window: Duration, max: usize) -> Self {
-        let (requests, mut incoming) = mpsc::channel::<Request>(max.max(1) * 4);
-        tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
-                let mut batch = vec![first];
-                let deadline = tokio::time::Instant::now() + window;
-                while batch.len() < max {
-                    match tokio::time::timeout_at(deadline, incoming.recv()).await {
-                        Ok(Some(request)) => batch.push(request),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                let genesys = genesys.clone();
-                // Calls overlap: the next batch gathers while this one is on the wire.
-                tokio::spawn(async move { send(&genesys, &retry, batch).await });
-            }
-        });
-        Self { requests }
+        let lane = |lane| {
+            let (requests, incoming) = mpsc::channel::<Request>(max.max(1) * 4);
+            tokio::spawn(in_lane(
+                lane,
+                gather(genesys.clone(), retry, window, max, incoming),
+            ));
+            requests
+        };
+        Self {
+            lanes: [lane(Lane::Single), lane(Lane::Batch)],
+        }
     }
 
     /// Sets `user`'s presence as part of the next bulk call.
@@ -90,10 +90,59 @@ impl BulkPresence {
             message: message.map(str::to_string),
             reply,
         };
-        if self.requests.send(request).await.is_err() {
+        let lane = match current_lane() {
+            Lane::Single => &self.lanes[0],
+            Lane::Batch => &self.lanes[1],
+        };
+        if lane.send(request).await.is_err() {
             return BulkOutcome::Left;
         }
         answer.await.unwrap_or(BulkOutcome::Left)
+    }
+}
+
+async fn gather(
+    genesys: Arc<GenesysClient>,
+    retry: RetryPolicy,
+    window: Duration,
+    max: usize,
+    mut incoming: mpsc::Receiver<Request>,
+) {
+    let lane = current_lane();
+    while let Some(first) = incoming.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, incoming.recv()).await {
+                Ok(Some(request)) => batch.push(request),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // The call's token; changes arriving meanwhile still join the call.
+        let token = genesys.budget().acquire();
+        tokio::pin!(token);
+        let paid = loop {
+            if batch.len() >= max {
+                break token.await;
+            }
+            tokio::select! {
+                paid = &mut token => break paid,
+                Some(request) = incoming.recv() => batch.push(request),
+            }
+        };
+        if let Err(err) = paid {
+            tracing::warn!(users = batch.len(), error.message = %err, "No budget for a bulk presence call; each job applies its change alone.");
+            for request in batch {
+                let _ = request.reply.send(BulkOutcome::Left);
+            }
+            continue;
+        }
+        let genesys = genesys.clone();
+        // Calls overlap: the next one gathers while this one is on the wire.
+        tokio::spawn(in_lane(
+            lane,
+            Budget::prepaid(async move { send(&genesys, &retry, batch).await }),
+        ));
     }
 }
 

@@ -99,6 +99,12 @@ pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
         Payload::InteractionStatus(payload) => interaction_status::apply(ctx, job, payload).await,
         Payload::InteractionCreate(payload) => interaction_create::apply(ctx, job, payload, takeover).await,
         Payload::FlowDeploy(payload) => flow_deploy::apply(ctx, job, payload).await,
+        // The pipeline fans a batch out (crate::batch) instead of applying it.
+        Payload::Batch(_) => Applied::refused(
+            Outcome::Rejected,
+            "batch_not_applicable",
+            format!("job {}: a batch is fanned out, not applied", job.job_id),
+        ),
     }
 }
 

@@ -63,6 +63,39 @@ impl Publisher {
         Ok(())
     }
 
+    /// Publishes every message, then waits for all the confirms (one round of confirms, not
+    /// one per message).
+    pub async fn publish_all(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        messages: Vec<(Vec<u8>, BasicProperties)>,
+    ) -> Result<(), BrokerError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (body, properties) in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?;
+            pending.push(confirm);
+        }
+        for confirm in pending {
+            if !confirm.await?.is_ack() {
+                return Err(BrokerError::Nacked {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes an audit or CRM event: persistent JSON with the event id as message id.
     pub async fn publish_event(&self, event: &OutboundEvent) -> Result<(), BrokerError> {
         let properties = BasicProperties::default()

@@ -8,8 +8,12 @@
 //!   exchange and a `delivery-limit` declared together: a message that keeps crashing workers
 //!   ends in the dead-letter queue instead of looping.
 //! - `genesys.jobs.dead`: the dead-letter exchange (topic) and its quorum queue, bound with `#`.
-//! - retry queues `<work queue>.retry.<delay>ms`, one per tier: a message waits there for the
-//!   tier's TTL, then is dead-lettered back to the work queue through the default exchange.
+//! - the batch queue: the batch lane, same arguments as the work queue, bound to no exchange:
+//!   a batch publishes its children straight to it (default exchange), so they never queue in
+//!   front of single jobs.
+//! - retry queues `<lane queue>.retry.<delay>ms`, one per tier and lane: a message waits there
+//!   for the tier's TTL, then is dead-lettered back to its lane's queue through the default
+//!   exchange.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -61,23 +65,21 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         )
         .await?;
 
-    for tier in 0..topology.retry_delays_ms.len() {
-        let queue = topology.retry_queue(tier).expect("a tier of the list");
+    for lane in topology.lane_queues() {
+        for tier in 0..topology.retry_delays_ms.len() {
+            let queue = topology.retry_queue(lane, tier).expect("a tier of the list");
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    queue_options,
+                    retry_queue_arguments(topology, lane, tier),
+                )
+                .await?;
+        }
         channel
-            .queue_declare(
-                queue.as_str().into(),
-                queue_options,
-                retry_queue_arguments(topology, tier),
-            )
+            .queue_declare(lane.into(), queue_options, work_queue_arguments(topology))
             .await?;
     }
-    channel
-        .queue_declare(
-            topology.work_queue.as_str().into(),
-            queue_options,
-            work_queue_arguments(topology),
-        )
-        .await?;
     channel
         .queue_bind(
             topology.work_queue.as_str().into(),
@@ -90,9 +92,9 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     Ok(())
 }
 
-/// Arguments of retry queue `tier`: its delay as TTL, then back to the work queue through the
-/// default exchange.
-pub fn retry_queue_arguments(topology: &Topology, tier: usize) -> FieldTable {
+/// Arguments of retry queue `tier` of lane queue `lane`: its delay as TTL, then back to the lane
+/// through the default exchange.
+pub fn retry_queue_arguments(topology: &Topology, lane: &str, tier: usize) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-message-ttl".into(),
@@ -101,13 +103,13 @@ pub fn retry_queue_arguments(topology: &Topology, tier: usize) -> FieldTable {
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
     args.insert(
         "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(topology.work_queue.as_str().into()),
+        AMQPValue::LongString(lane.into()),
     );
     args
 }
 
-/// Arguments of the work queue; `deploy/rabbitmq/definitions.json` must declare the same (a test
-/// checks).
+/// Arguments of both lanes' queues; `deploy/rabbitmq/definitions.json` must declare the same (a
+/// test checks).
 pub fn work_queue_arguments(topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -157,7 +159,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), as_json(v)))
             .collect();
-        assert_eq!(queue(&topology.work_queue)["arguments"], Value::Object(declared));
+        for lane in topology.lane_queues() {
+            assert_eq!(queue(lane)["arguments"], Value::Object(declared.clone()));
+        }
         assert_eq!(
             queue(&topology.dead_letter)["arguments"],
             json!({"x-queue-type": "quorum"})
@@ -186,14 +190,16 @@ mod tests {
                     b["source"] == source && b["destination"] == destination && b["routing_key"] == "#"
                 })
             };
-        for tier in 0..topology.retry_delays_ms.len() {
-            let retry = queue(&topology.retry_queue(tier).unwrap());
-            let declared: serde_json::Map<String, Value> = retry_queue_arguments(&topology, tier)
-                .inner()
-                .iter()
-                .map(|(k, v)| (k.to_string(), as_json(v)))
-                .collect();
-            assert_eq!(retry["arguments"], Value::Object(declared));
+        for lane in topology.lane_queues() {
+            for tier in 0..topology.retry_delays_ms.len() {
+                let retry = queue(&topology.retry_queue(lane, tier).unwrap());
+                let declared: serde_json::Map<String, Value> = retry_queue_arguments(&topology, lane, tier)
+                    .inner()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), as_json(v)))
+                    .collect();
+                assert_eq!(retry["arguments"], Value::Object(declared));
+            }
         }
         assert!(bound(&topology.jobs_exchange, &topology.work_queue));
         assert!(bound(&topology.dead_letter, &topology.dead_letter));

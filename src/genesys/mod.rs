@@ -89,6 +89,11 @@ impl GenesysClient {
         self.auth.client_id()
     }
 
+    /// The budget every call waits for (the bulk gatherer takes a call's token itself).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     pub fn auth(&self) -> &TokenSource {
         &self.auth
     }

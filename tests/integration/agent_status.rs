@@ -1,4 +1,7 @@
 //! `agent.status` through the whole pipeline: what Genesys saw, what reached the exchanges.
+//!
+//! These follow the per-agent path (`BULK_PRESENCE=off`: one PATCH per job); `bulk.rs` covers
+//! the coalesced one.
 
 use genesys_worker::canonical;
 use genesys_worker::events::{audit_event_id, crm_event_id, Outcome, GENESIS_CHECKSUM};
@@ -6,9 +9,20 @@ use genesys_worker::sandbox::{presence_definition_id, user_id};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, spawn_app};
+use crate::helpers::{agent_job, spawn_app_with, TestApp, PER_AGENT_CALLS};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(
+        genesys_worker::sandbox::SandboxConfig {
+            users: 20,
+            ..Default::default()
+        },
+        PER_AGENT_CALLS,
+    )
+    .await
+}
 
 /// Recomputes an event's checksum the way a downstream verifier would: from the JSON received.
 fn recomputed_checksum(event: &Value) -> String {

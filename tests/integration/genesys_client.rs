@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use genesys_worker::config::{GenesysConfig, Secret};
+use genesys_worker::config::{GenesysConfig, LaneWeights, Secret};
 use genesys_worker::genesys::{ErrorClass, GenesysClient, GenesysError};
 use genesys_worker::limit::Budget;
 use genesys_worker::sandbox::{self, SandboxConfig, SandboxHandle};
@@ -38,7 +38,10 @@ fn client_for(sandbox: &SandboxHandle, secret: &str) -> GenesysClient {
         request_timeout_ms: 5_000,
         max_attempts: 3,
     };
-    GenesysClient::new(&config, Arc::new(Budget::new(1000, 200)))
+    GenesysClient::new(
+        &config,
+        Arc::new(Budget::new(1000, 200, LaneWeights { single: 3, batch: 1 })),
+    )
 }
 
 async fn stats(sandbox: &SandboxHandle) -> Value {

@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// One presence call per `agent.status` job (bulk coalescing off), for tests that count them.
+pub const PER_AGENT_CALLS: &[(&str, &str)] = &[("BULK_PRESENCE", "off")];
+
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -103,6 +106,7 @@ pub fn test_env(
         ("GENESYS_RATE_LIMIT_BURST".into(), "50".into()),
         ("JOBS_EXCHANGE".into(), format!("test.{prefix}.jobs")),
         ("WORK_QUEUE".into(), format!("test.{prefix}.jobs.work")),
+        ("BATCH_QUEUE".into(), format!("test.{prefix}.jobs.batch")),
         ("DEAD_LETTER_QUEUE".into(), format!("test.{prefix}.jobs.dead")),
         ("AUDIT_EXCHANGE".into(), format!("test.{prefix}.audit")),
         ("CRM_EXCHANGE".into(), format!("test.{prefix}.crm")),
@@ -457,10 +461,14 @@ impl TestApp {
             worker.await.expect("worker task").expect("worker stops cleanly");
         }
         let topology = &self.config.topology;
-        let retry_queues: Vec<String> = (0..topology.retry_delays_ms.len())
-            .filter_map(|t| topology.retry_queue(t))
+        let retry_queues: Vec<String> = topology
+            .lane_queues()
+            .into_iter()
+            .flat_map(|lane| {
+                (0..topology.retry_delays_ms.len()).filter_map(move |t| topology.retry_queue(lane, t))
+            })
             .collect();
-        for queue in [&topology.work_queue, &topology.dead_letter]
+        for queue in [&topology.work_queue, &topology.batch_queue, &topology.dead_letter]
             .into_iter()
             .chain(retry_queues.iter())
         {

@@ -130,6 +130,7 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
         checksum: Some("ab".repeat(32)),
         prev_checksum: GENESIS_CHECKSUM.into(),
         occurred_at: time::OffsetDateTime::UNIX_EPOCH,
+        summary: None,
     };
     let body = serde_json::to_string(&stored).unwrap();
     let events = vec![OutboundEvent {

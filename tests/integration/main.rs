@@ -5,6 +5,7 @@
 //! broker and one Redis.
 
 mod agent_status;
+mod batch;
 mod bulk;
 mod conformance;
 mod flows;

@@ -9,7 +9,7 @@ use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, spawn_app_without_worker, Arrived, TestApp};
+use crate::helpers::{agent_job, spawn_app_without_worker, Arrived, TestApp, PER_AGENT_CALLS};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
@@ -176,6 +176,7 @@ async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_l
         ("GENESYS_RATE_LIMIT_SCOPE", "fleet"),
         ("WORKER_CONCURRENCY", "16"),
         ("WORKER_PREFETCH", "32"),
+        PER_AGENT_CALLS[0],
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
     let jobs = app.publish_agent_jobs(JOBS, "Busy").await;

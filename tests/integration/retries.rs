@@ -5,7 +5,7 @@ use genesys_worker::events::Outcome;
 use genesys_worker::sandbox::{user_id, RateLimit, SandboxConfig};
 use serde_json::json;
 
-use crate::helpers::{agent_job, spawn_app_with};
+use crate::helpers::{agent_job, spawn_app_with, PER_AGENT_CALLS};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
@@ -20,7 +20,7 @@ async fn throttled_jobs_wait_for_retry_after_and_all_land_without_spending_attem
         ..SandboxConfig::default()
     };
     // The worker's own budget is far above Genesys' limit, so Genesys answers 429s.
-    let mut app = spawn_app_with(sandbox, &[]).await;
+    let mut app = spawn_app_with(sandbox, PER_AGENT_CALLS).await;
     for n in 0..5 {
         app.publish(&agent_job(user_id(n), json!({"presence": "Available"})))
             .await;
@@ -57,7 +57,7 @@ async fn transient_errors_are_retried_and_the_change_lands_once() {
             users: 20,
             ..SandboxConfig::default()
         },
-        &[],
+        PER_AGENT_CALLS,
     )
     .await;
     app.set_fault(json!({"route": PATCH_PRESENCE, "errors": {"503": 1.0}, "times": 2}))
@@ -80,7 +80,7 @@ async fn errors_that_outlast_the_retries_fail_the_job_into_the_dead_letter_queue
             users: 20,
             ..SandboxConfig::default()
         },
-        &[("GENESYS_MAX_ATTEMPTS", "2")],
+        &[("GENESYS_MAX_ATTEMPTS", "2"), PER_AGENT_CALLS[0]],
     )
     .await;
     app.set_fault(json!({"route": PATCH_PRESENCE, "errors": {"502": 1.0}}))
@@ -118,7 +118,7 @@ async fn a_response_lost_after_the_change_is_retried_without_a_second_effect() {
             users: 20,
             ..SandboxConfig::default()
         },
-        &[],
+        PER_AGENT_CALLS,
     )
     .await;
     app.set_fault(json!({"route": PATCH_PRESENCE, "drop_response": 1.0, "times": 1}))
@@ -141,7 +141,11 @@ async fn with_30_percent_503s_on_mutating_routes_every_job_lands_exactly_once() 
         seed: 7,
         ..SandboxConfig::default()
     };
-    let mut app = spawn_app_with(sandbox, &[("RETRY_DELAYS_MS", "100,200,400,800")]).await;
+    let mut app = spawn_app_with(
+        sandbox,
+        &[("RETRY_DELAYS_MS", "100,200,400,800"), PER_AGENT_CALLS[0]],
+    )
+    .await;
     for route in [PATCH_PRESENCE, "POST /api/v2/taskmanagement/workitems"] {
         app.set_fault(json!({"route": route, "errors": {"503": 0.3}}))
             .await;

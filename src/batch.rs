@@ -1,0 +1,533 @@
+//! The `batch` kind (DESIGN.md sections 3 and 4): fan-out into the batch lane, progress in
+//! Redis, and one summary audit event once every child is final.
+//!
+//! A batch publishes its children straight to the batch queue, in chunks of confirmed publishes,
+//! each child with the batch's `job_id` as `correlation_id`, an idempotency key derived from the
+//! batch's, and its place in the batch in the `x-batch-id` / `x-batch-index` headers. A cursor in
+//! Redis says how far the fan-out got, so a batch delivered again (a crash mid fan-out) goes on
+//! from there; a child published twice has the same derived key, so it is never applied twice.
+//!
+//! Each child reports its final outcome by index (a set, so a child reported twice counts
+//! once). The report that completes the batch gets the counts back, and the summary event is
+//! sealed in Redis (stored once, byte for byte) before it is published, so a crash between the
+//! two re-publishes the same event.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use redis::Script;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::broker::{BrokerError, Publisher};
+use crate::canonical;
+use crate::events::{audit_event_id, EventError, OutboundEvent, Outcome};
+use crate::job::{self, Batch, Job};
+use crate::record::EntityHead;
+use crate::store::{Store, StoreError};
+
+/// Header naming the batch a child belongs to (the batch's `job_id`).
+pub const BATCH_ID_HEADER: &str = "x-batch-id";
+/// Header giving a child's place in its batch, from 0.
+pub const BATCH_INDEX_HEADER: &str = "x-batch-index";
+/// Children published per round of confirms.
+const CHUNK: usize = 500;
+/// Errors kept for the summary.
+pub const FIRST_ERRORS: usize = 5;
+
+/// The idempotency key of a batch's child: the batch's key with the child's own key (or its
+/// index), hashed when that would be longer than a key may be.
+pub fn derived_key(batch_key: &str, index: usize, child_key: Option<&str>) -> String {
+    let key = match child_key {
+        Some(child) => format!("{batch_key}/{child}"),
+        None => format!("{batch_key}/{index}"),
+    };
+    if key.len() <= job::MAX_KEY_LEN {
+        key
+    } else {
+        format!("batch-child:{}", canonical::sha256_hex(key.as_bytes()))
+    }
+}
+
+/// A child as published: the batch's id as correlation id, a derived key, and the batch's
+/// actor and deadline unless the child has its own. Anything that is not an object goes as it
+/// is: it is rejected, alone, when it runs.
+pub fn child_body(batch: &Job, index: usize, child: &Value) -> Vec<u8> {
+    let Value::Object(fields) = child else {
+        return serde_json::to_vec(child).expect("JSON values serialize");
+    };
+    let mut fields = fields.clone();
+    fields.insert("correlation_id".into(), json!(batch.job_id.to_string()));
+    match fields.get("idempotency_key") {
+        None | Some(Value::Null) => {
+            fields.insert(
+                "idempotency_key".into(),
+                json!(derived_key(&batch.idempotency_key, index, None)),
+            );
+        }
+        Some(Value::String(own)) => {
+            let key = derived_key(&batch.idempotency_key, index, Some(own));
+            fields.insert("idempotency_key".into(), json!(key));
+        }
+        // A malformed key stays as it is, for the child's own rejection to name it.
+        Some(_) => {}
+    }
+    if let Some(actor) = &batch.actor {
+        fields.entry("actor").or_insert_with(|| json!(actor));
+    }
+    if let Some(not_after) = batch.not_after {
+        fields
+            .entry("not_after")
+            .or_insert_with(|| json!(crate::events::rfc3339(not_after)));
+    }
+    serde_json::to_vec(&Value::Object(fields)).expect("JSON values serialize")
+}
+
+fn child_properties(batch: &Job, index: usize, child: &Value) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(BATCH_ID_HEADER),
+        AMQPValue::LongString(LongString::from(batch.job_id.to_string())),
+    );
+    headers.insert(
+        ShortString::from(BATCH_INDEX_HEADER),
+        AMQPValue::LongLongInt(index as i64),
+    );
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_correlation_id(batch.job_id.to_string().as_str().into())
+        .with_headers(headers);
+    if let Some(job_id) = child.get("job_id").and_then(Value::as_str) {
+        properties = properties.with_message_id(job_id.into());
+    }
+    properties
+}
+
+/// Publishes the children of `batch` not published yet to `queue`; returns how many there are.
+pub async fn fan_out(
+    store: &Store,
+    publisher: &Publisher,
+    queue: &str,
+    job: &Job,
+    batch: &Batch,
+) -> Result<usize, FanOutError> {
+    let total = batch.jobs.len();
+    let mut cursor = store.batch_start(job, total).await?;
+    if cursor > 0 {
+        tracing::info!(batch = %job.job_id, published = cursor, total, "Resuming a batch's fan-out.");
+    }
+    while cursor < total {
+        let end = (cursor + CHUNK).min(total);
+        let messages: Vec<(Vec<u8>, BasicProperties)> = (cursor..end)
+            .map(|i| {
+                let child = &batch.jobs[i];
+                (child_body(job, i, child), child_properties(job, i, child))
+            })
+            .collect();
+        publisher.publish_all("", queue, messages).await?;
+        store.batch_published(job.job_id, end).await?;
+        cursor = end;
+    }
+    Ok(total)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A batch's progress as kept in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    pub batch_id: Uuid,
+    pub total: u64,
+    /// Children published so far.
+    pub published: u64,
+    /// Children with a final outcome.
+    pub finished: u64,
+    pub counts: BTreeMap<String, u64>,
+    pub first_errors: Vec<Value>,
+    /// Whether the summary event was confirmed by the broker.
+    pub summary_sent: bool,
+    #[serde(skip)]
+    idempotency_key: String,
+    #[serde(skip)]
+    actor: Option<String>,
+    #[serde(skip)]
+    correlation_id: Option<String>,
+    #[serde(skip)]
+    started_ms: u64,
+}
+
+impl Progress {
+    fn parse(
+        batch_id: Uuid,
+        key: &str,
+        fields: &[String],
+        errors: &[String],
+        finished: u64,
+    ) -> Result<Self, StoreError> {
+        let map: BTreeMap<&str, &str> = fields
+            .chunks_exact(2)
+            .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+            .collect();
+        let number = |name: &str| -> Result<u64, StoreError> {
+            map.get(name)
+                .map(|raw| raw.parse())
+                .transpose()
+                .map(Option::unwrap_or_default)
+                .map_err(|_| StoreError::Corrupt {
+                    key: key.to_string(),
+                    problem: format!("{name} is not a number"),
+                })
+        };
+        let text = |name: &str| map.get(name).filter(|v| !v.is_empty()).map(|v| v.to_string());
+        let counts = map
+            .iter()
+            .filter_map(|(name, count)| Some((name.strip_prefix("n:")?.to_string(), count.parse().ok()?)))
+            .collect();
+        Ok(Self {
+            batch_id,
+            total: number("total")?,
+            published: number("published")?,
+            finished,
+            counts,
+            first_errors: errors
+                .iter()
+                .filter_map(|e| serde_json::from_str(e).ok())
+                .collect(),
+            summary_sent: map.get("sent") == Some(&"1"),
+            idempotency_key: text("key").unwrap_or_default(),
+            actor: text("actor"),
+            correlation_id: text("correlation_id"),
+            started_ms: number("started_ms")?,
+        })
+    }
+
+    /// The `summary` of the batch's audit event.
+    pub fn summary(&self) -> Value {
+        json!({
+            "total": self.total,
+            "counts": self.counts,
+            "first_errors": self.first_errors,
+        })
+    }
+
+    /// The batch's own audit event (not yet linked into its chain): outcome `applied`, entity
+    /// `batch:<id>`, with the summary.
+    pub fn audit_event(&self) -> crate::events::AuditEvent {
+        let now = OffsetDateTime::now_utc();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as u64;
+        crate::events::AuditEvent {
+            event_id: audit_event_id(&self.idempotency_key, self.batch_id, Outcome::Applied),
+            job_id: self.batch_id,
+            kind: job::Kind::Batch.as_str().into(),
+            idempotency_key: Some(self.idempotency_key.clone()),
+            entity: format!("batch:{}", self.batch_id),
+            outcome: Outcome::Applied,
+            actor: self.actor.clone(),
+            correlation_id: self.correlation_id.clone(),
+            previous_state: None,
+            new_state: None,
+            attempts: 0,
+            latency_ms: now_ms.saturating_sub(self.started_ms),
+            genesys_status: None,
+            error: None,
+            entity_version: 0,
+            checksum: None,
+            prev_checksum: String::new(),
+            occurred_at: now
+                .replace_millisecond(now.millisecond())
+                .expect("a millisecond of the current time is valid"),
+            summary: Some(self.summary()),
+        }
+    }
+}
+
+/// Creates the progress record (once) and returns how many children were published already.
+static START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSETNX', KEYS[1], 'total', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'published', '0')
+redis.call('HSETNX', KEYS[1], 'key', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'actor', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'correlation_id', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return redis.call('HGET', KEYS[1], 'published')
+"#,
+    )
+});
+
+/// Counts a child's final outcome once; when that completes the batch (and its summary was not
+/// sent), returns the progress record's fields, '--', then the first errors.
+static REPORT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[2], 1)
+  if ARGV[3] ~= '' and redis.call('LLEN', KEYS[3]) < tonumber(ARGV[4]) then
+    redis.call('RPUSH', KEYS[3], ARGV[3])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '-1')
+if total < 0 or redis.call('SCARD', KEYS[2]) < total or redis.call('HGET', KEYS[1], 'sent') == '1' then
+  return {}
+end
+local reply = redis.call('HGETALL', KEYS[1])
+table.insert(reply, '--')
+for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  table.insert(reply, e)
+end
+return reply
+"#,
+    )
+});
+
+/// Stores the summary's messages once and advances the batch entity's head with it; returns
+/// the stored messages (an earlier seal wins, so every publication is byte-identical).
+static SEAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stored = redis.call('HGET', KEYS[1], 'summary')
+if stored then
+  return stored
+end
+redis.call('HSET', KEYS[1], 'summary', ARGV[1])
+redis.call('HSET', KEYS[2], 'version', ARGV[2], 'checksum', ARGV[3])
+return ARGV[1]
+"#,
+    )
+});
+
+/// Finishes a batch job's idempotency record once its children are all published: a copy
+/// delivered later is a duplicate. Releases its lease and entity lock.
+static FANNED_OUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', 'applied', 'events', '[]', 'confirmed', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for i = 2, 3 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 1
+"#,
+    )
+});
+
+impl Store {
+    fn batch_key(&self, batch_id: Uuid, part: &str) -> String {
+        self.key(&format!("batch:{batch_id}{part}"))
+    }
+
+    async fn batch_start(&self, job: &Job, total: usize) -> Result<usize, StoreError> {
+        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+        let mut conn = self.conn.clone();
+        let published: String = START
+            .key(self.batch_key(job.job_id, ""))
+            .arg(total)
+            .arg(&job.idempotency_key)
+            .arg(job.actor.as_deref().unwrap_or_default())
+            .arg(job.correlation_id.as_deref().unwrap_or_default())
+            .arg(now_ms)
+            .arg(self.idempotency_ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        published.parse().map_err(|_| StoreError::Corrupt {
+            key: self.batch_key(job.job_id, ""),
+            problem: "published is not a number".into(),
+        })
+    }
+
+    async fn batch_published(&self, batch_id: Uuid, published: usize) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.batch_key(batch_id, ""))
+            .arg("published")
+            .arg(published)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Finishes the idempotency record of a batch whose children are all published.
+    pub async fn batch_fanned_out(
+        &self,
+        lease: &crate::dedupe::Lease,
+        entity: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = FANNED_OUT
+            .key(self.record_key(&lease.idempotency_key))
+            .key(self.lease_key(&lease.idempotency_key))
+            .key(self.lock_key(entity))
+            .arg(&lease.owner)
+            .arg(self.idempotency_ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts child `index`'s final `outcome`; returns the batch's progress when this completed
+    /// it and its summary is still to be sent.
+    pub async fn batch_report(
+        &self,
+        batch_id: Uuid,
+        index: u64,
+        child_job: Option<Uuid>,
+        outcome: Outcome,
+        error: Option<&EventError>,
+    ) -> Result<Option<Progress>, StoreError> {
+        let error = error
+            .map(|e| {
+                json!({"index": index, "job_id": child_job, "outcome": outcome, "code": e.code, "message": e.message})
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = REPORT
+            .key(self.batch_key(batch_id, ""))
+            .key(self.batch_key(batch_id, ":final"))
+            .key(self.batch_key(batch_id, ":errors"))
+            .arg(index)
+            .arg(outcome.as_str())
+            .arg(error)
+            .arg(FIRST_ERRORS)
+            .arg(self.idempotency_ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let split = reply.iter().position(|f| f == "--").unwrap_or(reply.len());
+        let (fields, errors) = reply.split_at(split);
+        let mut progress = Progress::parse(
+            batch_id,
+            &self.batch_key(batch_id, ""),
+            fields,
+            errors.get(1..).unwrap_or_default(),
+            0,
+        )?;
+        progress.finished = progress.total;
+        Ok(Some(progress))
+    }
+
+    /// Stores the summary's `messages` (linked at `head`) unless an earlier report did; returns
+    /// the messages to publish.
+    pub async fn batch_seal(
+        &self,
+        batch_id: Uuid,
+        entity: &str,
+        head: &EntityHead,
+        messages: &[OutboundEvent],
+    ) -> Result<Vec<OutboundEvent>, StoreError> {
+        let key = self.batch_key(batch_id, "");
+        let mut conn = self.conn.clone();
+        let stored: String = SEAL
+            .key(&key)
+            .key(self.entity_key(entity))
+            .arg(serde_json::to_string(messages).expect("outbound events serialize"))
+            .arg(head.version)
+            .arg(&head.checksum)
+            .invoke_async(&mut conn)
+            .await?;
+        serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt {
+            key,
+            problem: format!("summary: {e}"),
+        })
+    }
+
+    /// Notes that the batch's summary event was confirmed.
+    pub async fn batch_summary_sent(&self, batch_id: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.batch_key(batch_id, ""))
+            .arg("sent")
+            .arg("1")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A batch's progress, for `genesys-worker batch status` (None: no such batch).
+    pub async fn batch_progress(&self, batch_id: Uuid) -> Result<Option<Progress>, StoreError> {
+        let key = self.batch_key(batch_id, "");
+        let mut conn = self.conn.clone();
+        let (fields, finished, errors): (Vec<String>, u64, Vec<String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("SCARD")
+            .arg(self.batch_key(batch_id, ":final"))
+            .cmd("LRANGE")
+            .arg(self.batch_key(batch_id, ":errors"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Progress::parse(batch_id, &key, &fields, &errors, finished).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn batch_job(key: &str) -> Job {
+        let message = json!({
+            "job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b",
+            "kind": "batch",
+            "idempotency_key": key,
+            "actor": "wfm",
+            "not_after": "2026-11-22T08:15:00Z",
+            "payload": {"jobs": [{"kind": "agent.status"}]},
+        });
+        job::decode(&serde_json::to_vec(&message).unwrap(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn children_carry_the_batch_as_correlation_and_a_derived_key() {
+        let batch = batch_job("handover-1");
+        let child = json!({"job_id": "x", "kind": "agent.status", "payload": {}});
+        let body: Value = serde_json::from_slice(&child_body(&batch, 7, &child)).unwrap();
+        assert_eq!(body["correlation_id"], batch.job_id.to_string());
+        assert_eq!(body["idempotency_key"], "handover-1/7");
+        assert_eq!(body["actor"], "wfm");
+        assert_eq!(body["not_after"], "2026-11-22T08:15:00Z");
+
+        let own = json!({"job_id": "x", "kind": "agent.status", "idempotency_key": "u-1", "actor": "me", "payload": {}});
+        let body: Value = serde_json::from_slice(&child_body(&batch, 7, &own)).unwrap();
+        assert_eq!(body["idempotency_key"], "handover-1/u-1");
+        assert_eq!(body["actor"], "me");
+    }
+
+    #[test]
+    fn a_derived_key_stays_within_the_key_limit() {
+        let long = "k".repeat(job::MAX_KEY_LEN);
+        let key = derived_key(&long, 3, Some(&long));
+        assert!(key.len() <= job::MAX_KEY_LEN);
+        assert_eq!(key, derived_key(&long, 3, Some(&long)));
+        assert_ne!(key, derived_key(&long, 3, Some("other")));
+    }
+
+    #[test]
+    fn a_child_that_is_not_an_object_is_passed_on_unchanged() {
+        let batch = batch_job("b");
+        assert_eq!(child_body(&batch, 0, &json!(42)), b"42");
+    }
+}
