@@ -151,9 +151,7 @@ impl Pipeline {
                 // Finished before, but its events may not have reached the exchanges: send the
                 // stored ones again (same ids, same bytes).
                 tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
-                for event in &events {
-                    self.publisher.publish_event(event).await?;
-                }
+                self.publisher.publish_events(&events).await?;
                 self.store.mark_confirmed(&job.idempotency_key).await?;
                 Ok(Settled::new(Disposition::Ack, outcome))
             }
@@ -290,9 +288,7 @@ impl Pipeline {
             .store
             .batch_seal(batch_id, &event.entity, &linked, &self.outbound(&event))
             .await?;
-        for message in &messages {
-            self.publisher.publish_event(message).await?;
-        }
+        self.publisher.publish_events(&messages).await?;
         self.store.batch_summary_sent(batch_id).await?;
         tracing::info!(batch = %batch_id, total = progress.total, counts = ?progress.counts, "Batch finished; summary published.");
         Ok(())
@@ -401,9 +397,7 @@ impl Pipeline {
                 self.outbound(e)
             })
             .await?;
-        for message in &messages {
-            self.publisher.publish_event(message).await?;
-        }
+        self.publisher.publish_events(&messages).await?;
         self.store.finish(lease, entity, remember).await?;
         tracing::info!(
             outcome = %event.outcome,
@@ -470,9 +464,7 @@ impl Pipeline {
     async fn publish_unrecorded(&self, mut draft: AuditEvent) -> Result<(), PipelineError> {
         let head = self.store.entity_head(&draft.entity).await?;
         record::link(&mut draft, &head);
-        for message in self.outbound(&draft) {
-            self.publisher.publish_event(&message).await?;
-        }
+        self.publisher.publish_events(&self.outbound(&draft)).await?;
         Ok(())
     }
 

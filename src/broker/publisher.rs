@@ -63,29 +63,54 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes every message, then waits for all the confirms (one round of confirms, not
-    /// one per message).
+    /// Publishes every message to `exchange` with `routing_key`, then waits for all the
+    /// confirms (one round of confirms, not one per message).
     pub async fn publish_all(
         &self,
         exchange: &str,
         routing_key: &str,
         messages: Vec<(Vec<u8>, BasicProperties)>,
     ) -> Result<(), BrokerError> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for (body, properties) in messages {
+        self.send_all(
+            messages
+                .iter()
+                .map(|(body, properties)| (exchange, routing_key, body.as_slice(), properties.clone())),
+        )
+        .await
+    }
+
+    /// Publishes a job's events together and waits for their confirms.
+    pub async fn publish_events(&self, events: &[OutboundEvent]) -> Result<(), BrokerError> {
+        self.send_all(events.iter().map(|event| {
+            (
+                event.exchange.as_str(),
+                event.routing_key.as_str(),
+                event.body.as_bytes(),
+                event_properties(event),
+            )
+        }))
+        .await
+    }
+
+    async fn send_all<'a>(
+        &self,
+        messages: impl Iterator<Item = (&'a str, &'a str, &'a [u8], BasicProperties)>,
+    ) -> Result<(), BrokerError> {
+        let mut pending = Vec::new();
+        for (exchange, routing_key, body, properties) in messages {
             let confirm = self
                 .channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
                     BasicPublishOptions::default(),
-                    &body,
+                    body,
                     properties,
                 )
                 .await?;
-            pending.push(confirm);
+            pending.push((exchange, routing_key, confirm));
         }
-        for confirm in pending {
+        for (exchange, routing_key, confirm) in pending {
             if !confirm.await?.is_ack() {
                 return Err(BrokerError::Nacked {
                     exchange: exchange.into(),
@@ -94,21 +119,6 @@ impl Publisher {
             }
         }
         Ok(())
-    }
-
-    /// Publishes an audit or CRM event: persistent JSON with the event id as message id.
-    pub async fn publish_event(&self, event: &OutboundEvent) -> Result<(), BrokerError> {
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(event.message_id.as_str().into());
-        self.publish(
-            &event.exchange,
-            &event.routing_key,
-            event.body.as_bytes(),
-            properties,
-        )
-        .await
     }
 
     /// Parks the message in `retry_queue` (through the default exchange) for its delay, with
@@ -172,6 +182,14 @@ impl Publisher {
         self.publish(dead_letter_exchange, letter.routing_key, letter.body, properties)
             .await
     }
+}
+
+/// Persistent JSON with the event id as message id.
+fn event_properties(event: &OutboundEvent) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.message_id.as_str().into())
 }
 
 fn header_present(headers: &FieldTable, name: &str) -> bool {

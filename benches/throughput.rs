@@ -1,0 +1,887 @@
+//! The throughput benchmark suite (issue 7): the worker against the plumbing it runs on.
+//!
+//! Needs RabbitMQ and Redis (`scripts/bench.sh` starts them); starts the sandbox and the worker
+//! as processes of the release binary. Prints a table and writes `target/bench/throughput.json`.
+//!
+//! ```text
+//! cargo bench --bench throughput -- [--quick] [--runs N] [--only NAME,...]
+//! ```
+//! Scenarios: `plumbing`, `bulk-off`, `bulk-on` (drains of the same 20,000 `agent.status` jobs,
+//! repeated `--runs` times, medians reported), `fidelity` (20 calls/s against a sandbox limit
+//! of 20/s, 1 and 3 replicas), `handover` (10,000 agents as one batch at 5 calls/s), `backlog`
+//! (worker memory with 1,000,000 jobs queued).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use genesys_worker::broker::{self, topology, Publisher};
+use genesys_worker::config::{ServiceUrl, Topology};
+use genesys_worker::sandbox::{self, user_id};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_genesys-worker");
+/// Jobs in flight, the same for the plumbing and the worker.
+const CONCURRENCY: usize = 64;
+const PREFETCH: u16 = 128;
+
+struct Settings {
+    jobs: usize,
+    runs: usize,
+    handover: usize,
+    backlog: usize,
+    fidelity_secs: u64,
+    only: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        Self {
+            jobs: if quick { 4_000 } else { 20_000 },
+            runs: value("--runs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 1 } else { 3 }),
+            handover: if quick { 2_000 } else { 10_000 },
+            backlog: if quick { 100_000 } else { 1_000_000 },
+            fidelity_secs: if quick { 8 } else { 20 },
+            only: value("--only").map(|v| v.split(',').map(str::to_string).collect()),
+        }
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == scenario))
+    }
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `genesys-worker sandbox` process.
+struct Sandbox {
+    /// Held so the process is killed when the scenario drops the sandbox.
+    _process: Child,
+    base: String,
+}
+
+impl Sandbox {
+    async fn start(users: usize, rate_limit: Option<(u32, u32)>) -> Self {
+        let port = free_port();
+        let (rps, burst) = rate_limit.unwrap_or((0, 1));
+        let child = Command::new(BIN)
+            .args(["sandbox", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--users", &users.to_string()])
+            .args(["--rate-limit-rps", &rps.to_string()])
+            .args(["--rate-limit-burst", &burst.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the sandbox starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{base}/sandbox/stats")).send().await.is_ok() {
+                return Self {
+                    _process: child,
+                    base,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the sandbox did not answer on {base}");
+    }
+
+    async fn token(&self, http: &reqwest::Client) -> String {
+        let reply: Value = http
+            .post(format!("{}/oauth/token", self.base))
+            .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reply["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Answered API requests (not token grants), by status.
+    async fn answered(&self, http: &reqwest::Client) -> HashMap<u64, u64> {
+        let stats: Value = http
+            .get(format!("{}/sandbox/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut by_status = HashMap::new();
+        for request in stats["requests"].as_array().unwrap() {
+            if request["route"].as_str().unwrap_or_default().contains("/api/v2/") {
+                *by_status.entry(request["status"].as_u64().unwrap()).or_default() +=
+                    request["count"].as_u64().unwrap();
+            }
+        }
+        by_status
+    }
+}
+
+/// The names one scenario uses, apart from every other run.
+fn topology(tag: &str) -> Topology {
+    Topology {
+        jobs_exchange: format!("bench.{tag}.jobs"),
+        work_queue: format!("bench.{tag}.work"),
+        batch_queue: format!("bench.{tag}.batch"),
+        dead_letter: format!("bench.{tag}.dead"),
+        audit_exchange: format!("bench.{tag}.audit"),
+        crm_exchange: format!("bench.{tag}.crm"),
+        ..Topology::default()
+    }
+}
+
+async fn remove(channel: &Channel, topology: &Topology) {
+    let mut queues = vec![
+        topology.work_queue.clone(),
+        topology.batch_queue.clone(),
+        topology.dead_letter.clone(),
+    ];
+    for lane in topology.lane_queues() {
+        queues.extend((0..topology.retry_delays_ms.len()).filter_map(|t| topology.retry_queue(lane, t)));
+    }
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+fn worker_env(
+    tag: &str,
+    sandbox: &Sandbox,
+    topology: &Topology,
+    extra: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("AMQP_URL".into(), amqp_url()),
+        ("REDIS_URL".into(), redis_url()),
+        ("REDIS_KEY_PREFIX".into(), format!("bench:{tag}:")),
+        ("GENESYS_API_BASE".into(), sandbox.base.clone()),
+        ("GENESYS_LOGIN_BASE".into(), sandbox.base.clone()),
+        ("GENESYS_CLIENT_ID".into(), sandbox::DEFAULT_CLIENT_ID.into()),
+        (
+            "GENESYS_CLIENT_SECRET".into(),
+            sandbox::DEFAULT_CLIENT_SECRET.into(),
+        ),
+        ("JOBS_EXCHANGE".into(), topology.jobs_exchange.clone()),
+        ("WORK_QUEUE".into(), topology.work_queue.clone()),
+        ("BATCH_QUEUE".into(), topology.batch_queue.clone()),
+        ("DEAD_LETTER_QUEUE".into(), topology.dead_letter.clone()),
+        ("AUDIT_EXCHANGE".into(), topology.audit_exchange.clone()),
+        ("CRM_EXCHANGE".into(), topology.crm_exchange.clone()),
+        ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
+        ("WORKER_CONCURRENCY".into(), CONCURRENCY.to_string()),
+        ("WORKER_PREFETCH".into(), PREFETCH.to_string()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.clone()));
+    }
+    env
+}
+
+fn start_worker(env: &[(String, String)]) -> Child {
+    Command::new(BIN)
+        .arg("run")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker starts")
+}
+
+/// CPU seconds (user + system) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is 0, utime 11, stime 12; 100 ticks per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of process `pid`, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn agent_job(n: usize, users: usize, presence: &str) -> Value {
+    json!({
+        "job_id": Uuid::new_v4(),
+        "kind": "agent.status",
+        "idempotency_key": format!("bench-{}", Uuid::new_v4()),
+        "actor": "bench",
+        "payload": {"user_id": user_id(n % users), "presence": presence},
+    })
+}
+
+fn job_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Publishes `bodies` to `exchange` with routing key `agent.status`, confirms in rounds.
+async fn publish_jobs(publisher: &Publisher, exchange: &str, bodies: Vec<Vec<u8>>) {
+    let mut bodies = bodies.into_iter().peekable();
+    while bodies.peek().is_some() {
+        let chunk: Vec<(Vec<u8>, BasicProperties)> = bodies
+            .by_ref()
+            .take(5_000)
+            .map(|b| (b, job_properties()))
+            .collect();
+        publisher
+            .publish_all(exchange, "agent.status", chunk)
+            .await
+            .expect("jobs published");
+    }
+}
+
+/// A queue bound to the audit exchange: the bench's view of outcomes.
+async fn capture_audit(channel: &Channel, topology: &Topology) -> lapin::Consumer {
+    let queue = format!("{}.capture", topology.audit_exchange);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            topology.audit_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-audit".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Waits for `n` audit events matching `wanted` (or `limit`); returns their bodies with their
+/// arrival instants.
+async fn await_events(
+    audit: &mut lapin::Consumer,
+    n: usize,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<(Instant, Value)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::with_capacity(n.min(100_000));
+    while seen.len() < n {
+        match tokio::time::timeout_at(deadline, audit.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+                if wanted(&event) {
+                    seen.push((Instant::now(), event));
+                }
+            }
+            _ => {
+                eprintln!("  (timed out with {} of {n} events)", seen.len());
+                break;
+            }
+        }
+    }
+    seen
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 0.5)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Drain {
+    jobs_per_sec: f64,
+    cpu_secs_per_1000: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_mib: f64,
+}
+
+fn median_drain(runs: &[Drain]) -> Drain {
+    let pick = |f: fn(&Drain) -> f64| median(runs.iter().map(f).collect());
+    Drain {
+        jobs_per_sec: pick(|d| d.jobs_per_sec),
+        cpu_secs_per_1000: pick(|d| d.cpu_secs_per_1000),
+        p50_ms: pick(|d| d.p50_ms),
+        p99_ms: pick(|d| d.p99_ms),
+        peak_rss_mib: pick(|d| d.peak_rss_mib),
+    }
+}
+
+/// The plumbing alone, in this process: consume → one Redis round trip → one HTTP request to
+/// the sandbox → two confirmed publishes → ack, `CONCURRENCY` at a time.
+async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> Drain {
+    let tag = format!("plumbing{run}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+    let topology = topology(&tag);
+    let sandbox = Sandbox::start(settings.jobs, None).await;
+    let http = reqwest::Client::new();
+    let token = Arc::new(sandbox.token(&http).await);
+    let setup = connection.create_channel().await.unwrap();
+    topology::declare(&setup, &topology).await.unwrap();
+    // Its "audit events" are captured and read as the worker's are.
+    let audit = capture_audit(&setup, &topology).await;
+    let publisher = Publisher::open(connection).await.unwrap();
+    let bodies = (0..settings.jobs)
+        .map(|n| serde_json::to_vec(&agent_job(n, settings.jobs, "Available")).unwrap())
+        .collect();
+    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+    let jobs = settings.jobs;
+    let reader = tokio::spawn(async move {
+        let mut audit = audit;
+        await_events(&mut audit, jobs, Duration::from_secs(600), |_| true)
+            .await
+            .len()
+    });
+
+    let redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let consumer_channel = connection.create_channel().await.unwrap();
+    consumer_channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(
+            topology.work_queue.as_str().into(),
+            "plumbing".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(settings.jobs)));
+    let cpu_before = cpu_seconds(std::process::id());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..settings.jobs {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        let slot = slots.clone().acquire_owned().await.unwrap();
+        let (mut redis, http, token, publisher) =
+            (redis.clone(), http.clone(), token.clone(), publisher.clone());
+        let (base, audit, crm, latencies) = (
+            sandbox.base.clone(),
+            topology.audit_exchange.clone(),
+            topology.crm_exchange.clone(),
+            latencies.clone(),
+        );
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let job: Value = serde_json::from_slice(&delivery.data).unwrap();
+            let key = format!("bench:plumbing:{}", job["idempotency_key"].as_str().unwrap());
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("NX")
+                .arg("EX")
+                .arg(60)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let user = job["payload"]["user_id"].as_str().unwrap();
+            let reply = http
+                .patch(format!("{base}/api/v2/users/{user}/presences/purecloud"))
+                .bearer_auth(token.as_str())
+                .json(&json!({"presenceDefinition": {"id": sandbox::presence_definition_id("Available")}}))
+                .send()
+                .await
+                .unwrap();
+            assert!(reply.status().is_success());
+            let body = reply.bytes().await.unwrap().to_vec();
+            for exchange in [&audit, &crm] {
+                let event = json!({"job_id": job["job_id"], "presence": serde_json::from_slice::<Value>(&body).unwrap()});
+                publisher
+                    .publish(exchange, "bench", &serde_json::to_vec(&event).unwrap(), job_properties())
+                    .await
+                    .unwrap();
+            }
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            latencies.lock().unwrap().push(began.elapsed().as_secs_f64() * 1000.0);
+            drop(slot);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = reader.await;
+    let cpu = cpu_seconds(std::process::id()) - cpu_before;
+    let mut latencies = latencies.lock().unwrap().clone();
+    latencies.sort_by(f64::total_cmp);
+    remove(&setup, &topology).await;
+    drop(sandbox);
+    Drain {
+        jobs_per_sec: settings.jobs as f64 / elapsed,
+        cpu_secs_per_1000: cpu * 1000.0 / settings.jobs as f64,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        // The plumbing shares this process with the bench; its memory is not comparable.
+        peak_rss_mib: 0.0,
+    }
+}
+
+/// The worker draining `settings.jobs` pre-published `agent.status` jobs.
+async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, run: usize) -> Drain {
+    let tag = format!(
+        "bulk{}{run}-{}",
+        if bulk { "on" } else { "off" },
+        &Uuid::new_v4().simple().to_string()[..6]
+    );
+    let topology = topology(&tag);
+    let sandbox = Sandbox::start(settings.jobs, None).await;
+    let setup = connection.create_channel().await.unwrap();
+    topology::declare(&setup, &topology).await.unwrap();
+    let mut audit = capture_audit(&setup, &topology).await;
+    let publisher = Publisher::open(connection).await.unwrap();
+    let bodies = (0..settings.jobs)
+        .map(|n| serde_json::to_vec(&agent_job(n, settings.jobs, "Available")).unwrap())
+        .collect();
+    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+
+    let env = worker_env(
+        &tag,
+        &sandbox,
+        &topology,
+        &[
+            ("BULK_PRESENCE", if bulk { "on" } else { "off" }.into()),
+            ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
+            ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
+            ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
+        ],
+    );
+    let worker = start_worker(&env);
+    let pid = worker.id().unwrap();
+    let events = await_events(&mut audit, settings.jobs, Duration::from_secs(600), |_| true).await;
+    // From the first outcome to the last: the drain, not the process start.
+    let elapsed = match (events.first(), events.last()) {
+        (Some((first, _)), Some((last, _))) => last.duration_since(*first),
+        _ => Duration::ZERO,
+    };
+    let cpu = cpu_seconds(pid);
+    let rss = peak_rss_mib(pid);
+    drop(worker);
+    let mut latencies: Vec<f64> = events
+        .iter()
+        .filter_map(|(_, e)| e["latency_ms"].as_f64())
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let applied = events.iter().filter(|(_, e)| e["outcome"] == "applied").count();
+    if applied != settings.jobs {
+        eprintln!("  warning: {applied} of {} jobs applied", settings.jobs);
+    }
+    remove(&setup, &topology).await;
+    Drain {
+        jobs_per_sec: events.len().saturating_sub(1) as f64 / elapsed.as_secs_f64(),
+        cpu_secs_per_1000: cpu * 1000.0 / events.len().max(1) as f64,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        peak_rss_mib: rss,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Fidelity {
+    replicas: usize,
+    allowed_per_sec: u32,
+    achieved_per_sec: f64,
+    achieved_share: f64,
+    throttled_share: f64,
+}
+
+/// Replicas sharing a 20/s budget against a sandbox that allows 20/s: how much of it they use,
+/// and how often they are throttled.
+async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize) -> Fidelity {
+    const RATE: u32 = 20;
+    let tag = format!("fidelity{replicas}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+    let topology = topology(&tag);
+    let jobs = (RATE as usize) * (settings.fidelity_secs as usize + 10);
+    let sandbox = Sandbox::start(jobs, Some((RATE, RATE))).await;
+    let http = reqwest::Client::new();
+    let setup = connection.create_channel().await.unwrap();
+    topology::declare(&setup, &topology).await.unwrap();
+    let publisher = Publisher::open(connection).await.unwrap();
+    let bodies = (0..jobs)
+        .map(|n| serde_json::to_vec(&agent_job(n, jobs, "Busy")).unwrap())
+        .collect();
+    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+    let env = worker_env(
+        &tag,
+        &sandbox,
+        &topology,
+        &[
+            ("BULK_PRESENCE", "off".into()),
+            ("GENESYS_RATE_LIMIT_RPS", RATE.to_string()),
+            ("GENESYS_RATE_LIMIT_BURST", RATE.to_string()),
+            ("GENESYS_RATE_LIMIT_SCOPE", "fleet".into()),
+            ("WORKER_CONCURRENCY", "16".into()),
+        ],
+    );
+    let workers: Vec<Child> = (0..replicas)
+        .map(|_| {
+            let mut env = env.clone();
+            env.retain(|(k, _)| k != "ADMIN_ADDR");
+            env.push(("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+            start_worker(&env)
+        })
+        .collect();
+    // Past the start (token grant, presence directory, the first burst), then a steady window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = sandbox.answered(&http).await;
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(settings.fidelity_secs)).await;
+    let after = sandbox.answered(&http).await;
+    let seconds = window.elapsed().as_secs_f64();
+    drop(workers);
+    let count = |map: &HashMap<u64, u64>, ok: bool| -> u64 {
+        map.iter()
+            .filter(|(status, _)| (**status == 429) != ok)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let answered = count(&after, true) - count(&before, true);
+    let throttled = count(&after, false) - count(&before, false);
+    remove(&setup, &topology).await;
+    Fidelity {
+        replicas,
+        allowed_per_sec: RATE,
+        achieved_per_sec: answered as f64 / seconds,
+        achieved_share: answered as f64 / seconds / f64::from(RATE),
+        throttled_share: throttled as f64 / (answered + throttled).max(1) as f64,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Handover {
+    agents: usize,
+    budget_per_sec: u32,
+    api_calls: u64,
+    wall_secs: f64,
+    ideal_secs: f64,
+    ratio_to_ideal: f64,
+}
+
+/// A shift handover of `settings.handover` agents as one `batch`, at 5 calls/s.
+async fn handover(connection: &Connection, settings: &Settings) -> Handover {
+    const BUDGET: u32 = 5;
+    let tag = format!("handover-{}", &Uuid::new_v4().simple().to_string()[..6]);
+    let topology = topology(&tag);
+    let agents = settings.handover;
+    let sandbox = Sandbox::start(agents, Some((BUDGET, 2 * BUDGET))).await;
+    let http = reqwest::Client::new();
+    let setup = connection.create_channel().await.unwrap();
+    topology::declare(&setup, &topology).await.unwrap();
+    let mut audit = capture_audit(&setup, &topology).await;
+    let env = worker_env(
+        &tag,
+        &sandbox,
+        &topology,
+        &[
+            ("GENESYS_RATE_LIMIT_RPS", BUDGET.to_string()),
+            ("GENESYS_RATE_LIMIT_BURST", BUDGET.to_string()),
+        ],
+    );
+    let worker = start_worker(&env);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let children: Vec<Value> = (0..agents).map(|n| agent_job(n, agents, "On Queue")).collect();
+    let batch = json!({
+        "job_id": Uuid::new_v4(),
+        "kind": "batch",
+        "idempotency_key": format!("handover-{tag}"),
+        "payload": {"jobs": children},
+    });
+    let publisher = Publisher::open(connection).await.unwrap();
+    let started = Instant::now();
+    publisher
+        .publish(
+            &topology.jobs_exchange,
+            "batch",
+            &serde_json::to_vec(&batch).unwrap(),
+            job_properties(),
+        )
+        .await
+        .unwrap();
+    let summary = await_events(&mut audit, 1, Duration::from_secs(600), |e| e["kind"] == "batch").await;
+    let wall = summary
+        .first()
+        .map(|(at, _)| at.duration_since(started))
+        .unwrap_or_default()
+        .as_secs_f64();
+    if let Some((_, event)) = summary.first() {
+        println!("  handover summary: {}", event["summary"]["counts"]);
+    }
+    drop(worker);
+    let calls: u64 = sandbox.answered(&http).await.values().sum();
+    remove(&setup, &topology).await;
+    let ideal = calls as f64 / f64::from(BUDGET);
+    Handover {
+        agents,
+        budget_per_sec: BUDGET,
+        api_calls: calls,
+        wall_secs: wall,
+        ideal_secs: ideal,
+        ratio_to_ideal: wall / ideal,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Backlog {
+    queued: usize,
+    publish_secs: f64,
+    processed_in_window: usize,
+    peak_rss_mib: f64,
+}
+
+/// The worker's memory while a backlog of `settings.backlog` jobs waits in its queue.
+async fn backlog(connection: &Connection, settings: &Settings) -> Backlog {
+    let tag = format!("backlog-{}", &Uuid::new_v4().simple().to_string()[..6]);
+    let topology = topology(&tag);
+    let users = 20_000;
+    let sandbox = Sandbox::start(users, None).await;
+    let setup = connection.create_channel().await.unwrap();
+    topology::declare(&setup, &topology).await.unwrap();
+    let mut audit = capture_audit(&setup, &topology).await;
+    let publisher = Publisher::open(connection).await.unwrap();
+    let started = Instant::now();
+    let mut published = 0;
+    while published < settings.backlog {
+        let n = (settings.backlog - published).min(50_000);
+        let bodies = (published..published + n)
+            .map(|i| serde_json::to_vec(&agent_job(i, users, "Available")).unwrap())
+            .collect();
+        publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+        published += n;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let env = worker_env(
+        &tag,
+        &sandbox,
+        &topology,
+        &[
+            ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
+            ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
+            ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
+        ],
+    );
+    let worker = start_worker(&env);
+    let pid = worker.id().unwrap();
+    let processed = await_events(&mut audit, usize::MAX, Duration::from_secs(20), |_| true)
+        .await
+        .len();
+    let rss = peak_rss_mib(pid);
+    drop(worker);
+    remove(&setup, &topology).await;
+    Backlog {
+        queued: settings.backlog,
+        publish_secs,
+        processed_in_window: processed,
+        peak_rss_mib: rss,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let settings = Settings::from_args();
+    let url = ServiceUrl::parse(&amqp_url()).expect("AMQP_URL is a URL");
+    let connection = broker::connect(&url)
+        .await
+        .expect("RabbitMQ answers (start it with scripts/services.sh up)");
+    let mut report = serde_json::Map::new();
+    report.insert(
+        "machine".into(),
+        json!({
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "jobs_per_drain": settings.jobs,
+            "runs": settings.runs,
+            "concurrency": CONCURRENCY,
+        }),
+    );
+
+    let mut drains: Vec<(&str, Drain)> = Vec::new();
+    for (name, bulk) in [
+        ("plumbing", None),
+        ("bulk-off", Some(false)),
+        ("bulk-on", Some(true)),
+    ] {
+        if !settings.wants(name) {
+            continue;
+        }
+        let mut runs = Vec::new();
+        for run in 0..settings.runs {
+            let drain = match bulk {
+                None => plumbing(&connection, &settings, run).await,
+                Some(bulk) => worker_drain(&connection, &settings, bulk, run).await,
+            };
+            println!("  {name} run {}: {:.0} jobs/s", run + 1, drain.jobs_per_sec);
+            runs.push(drain);
+        }
+        drains.push((name, median_drain(&runs)));
+    }
+    if !drains.is_empty() {
+        let baseline = drains
+            .iter()
+            .find(|(name, _)| *name == "plumbing")
+            .map(|(_, d)| d.jobs_per_sec);
+        println!();
+        println!(
+            "| {:<9} | {:>8} | {:>11} | {:>14} | {:>8} | {:>8} | {:>9} |",
+            "drain", "jobs/s", "vs plumbing", "CPU s/1k jobs", "p50 ms", "p99 ms", "peak RSS"
+        );
+        println!(
+            "|{:-<11}|{:->10}|{:->13}|{:->16}|{:->10}|{:->10}|{:->11}|",
+            "", "", "", "", "", "", ""
+        );
+        let mut json_drains = serde_json::Map::new();
+        for (name, drain) in &drains {
+            let ratio = baseline.map(|b| drain.jobs_per_sec / b);
+            println!(
+                "| {:<9} | {:>8.0} | {:>11} | {:>14.2} | {:>8.1} | {:>8.1} | {:>9} |",
+                name,
+                drain.jobs_per_sec,
+                ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_default(),
+                drain.cpu_secs_per_1000,
+                drain.p50_ms,
+                drain.p99_ms,
+                if drain.peak_rss_mib > 0.0 {
+                    format!("{:.0} MiB", drain.peak_rss_mib)
+                } else {
+                    "-".into()
+                },
+            );
+            let mut value = serde_json::to_value(drain).unwrap();
+            value["ratio_to_plumbing"] = json!(ratio);
+            json_drains.insert((*name).into(), value);
+        }
+        report.insert("drains".into(), Value::Object(json_drains));
+    }
+    if settings.wants("fidelity") {
+        let mut results = Vec::new();
+        for replicas in [1, 3] {
+            let result = fidelity(&connection, &settings, replicas).await;
+            println!(
+                "budget fidelity, {} replica(s): {:.2}/s of {}/s allowed ({:.1}%), 429s {:.2}%",
+                result.replicas,
+                result.achieved_per_sec,
+                result.allowed_per_sec,
+                result.achieved_share * 100.0,
+                result.throttled_share * 100.0
+            );
+            results.push(result);
+        }
+        report.insert("fidelity".into(), serde_json::to_value(results).unwrap());
+    }
+    if settings.wants("handover") {
+        let result = handover(&connection, &settings).await;
+        println!(
+            "handover of {} agents at {}/s: {} API calls, {:.1} s (ideal {:.1} s, ratio {:.2})",
+            result.agents,
+            result.budget_per_sec,
+            result.api_calls,
+            result.wall_secs,
+            result.ideal_secs,
+            result.ratio_to_ideal
+        );
+        report.insert("handover".into(), serde_json::to_value(result).unwrap());
+    }
+    if settings.wants("backlog") {
+        let result = backlog(&connection, &settings).await;
+        println!(
+            "backlog of {} jobs (published in {:.0} s): worker peak RSS {:.1} MiB ({} jobs done in 20 s)",
+            result.queued, result.publish_secs, result.peak_rss_mib, result.processed_in_window
+        );
+        report.insert("backlog".into(), serde_json::to_value(result).unwrap());
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("target"))
+        .join("bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join("throughput.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&Value::Object(report)).unwrap(),
+    )
+    .unwrap();
+    println!("\nwritten: {}", path.display());
+}
