@@ -526,6 +526,10 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
         &topology,
         &[
             ("BULK_PRESENCE", if bulk { "on" } else { "off" }.into()),
+            (
+                "BULK_WINDOW_MS",
+                std::env::var("BENCH_BULK_WINDOW_MS").unwrap_or("25".into()),
+            ),
             ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
             ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
             ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: local RabbitMQ + Redis, the Genesys sandbox and the worker. A sample shift handover
-# (demo/handover.ndjson), some interaction changes (demo/interactions.ndjson) and an IVR flow
+# (demo/handover.ndjson), a 200-agent handover as one batch (demo/handover-batch.ndjson), some
+# interaction changes (demo/interactions.ndjson) and an IVR flow
 # release (demo/flows.ndjson, checked first with `validate-flow`) are enqueued,
 # each job's outcome is printed from the audit events, the events' hash chains are verified,
 # then everything is stopped. Logs and captured events are kept in a temporary directory named
@@ -14,7 +15,7 @@ export SERVICES_STATE
 
 SANDBOX_PORT="${SANDBOX_PORT:-18088}"
 JOBS_FILES=("${@:-demo/handover.ndjson}")
-[ "$#" -gt 0 ] || JOBS_FILES=(demo/handover.ndjson demo/interactions.ndjson demo/flows.ndjson)
+[ "$#" -gt 0 ] || JOBS_FILES=(demo/handover.ndjson demo/handover-batch.ndjson demo/interactions.ndjson demo/flows.ndjson)
 LOGS="$(mktemp -d /tmp/genesys-worker-demo.XXXXXX)"
 pids=()
 
@@ -34,7 +35,7 @@ echo "== starting RabbitMQ and Redis"
 scripts/services.sh up
 
 echo "== starting the Genesys sandbox on 127.0.0.1:$SANDBOX_PORT"
-"$bin" sandbox --bind "127.0.0.1:$SANDBOX_PORT" --users 20 >"$LOGS/sandbox.log" 2>&1 &
+"$bin" sandbox --bind "127.0.0.1:$SANDBOX_PORT" --users 200 >"$LOGS/sandbox.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$SANDBOX_PORT") 2>/dev/null && break; sleep 0.1; done
 

@@ -361,7 +361,10 @@ fn describe(event: &genesys_worker::events::AuditEvent) -> String {
             .or_else(|| field("status"))
             .or_else(|| field("published_version").map(|v| format!("published {v}")))
     });
-    let state = headline.map(|h| format!(" -> {h}")).unwrap_or_default();
+    let mut state = headline.map(|h| format!(" -> {h}")).unwrap_or_default();
+    if let Some(counts) = event.summary.as_ref().and_then(|s| s.get("counts")) {
+        state = format!(" children: {counts}");
+    }
     format!(
         "{}  {:<18} {:<10} {} v{}{state}{error}",
         event.job_id, event.kind, event.outcome, event.entity, event.entity_version
