@@ -225,8 +225,11 @@ fn worker_env(
     env
 }
 
+/// The worker binary: this build's, or `BENCH_WORKER_BIN` (a build with frame pointers, to
+/// profile it).
 fn start_worker(env: &[(String, String)]) -> Child {
-    Command::new(BIN)
+    let bin = std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| BIN.to_string());
+    Command::new(bin)
         .arg("run")
         .envs(env.iter().cloned())
         .stdout(Stdio::null())
