@@ -93,12 +93,17 @@ pub struct Context<'a> {
 
 /// Applies `job`. `takeover` is set when a previous worker's lease expired mid-job: the change
 /// may already be in Genesys, so appliers read before they write.
+///
+/// Each kind's future is boxed: inline, the largest (a flow deploy) made every job's future
+/// twice as large (~16 KB), and it is copied whenever a job is spawned or wrapped.
 pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
     match &job.payload {
-        Payload::AgentStatus(payload) => agent_status::apply(ctx, job, payload, takeover).await,
-        Payload::InteractionStatus(payload) => interaction_status::apply(ctx, job, payload).await,
-        Payload::InteractionCreate(payload) => interaction_create::apply(ctx, job, payload, takeover).await,
-        Payload::FlowDeploy(payload) => flow_deploy::apply(ctx, job, payload).await,
+        Payload::AgentStatus(payload) => Box::pin(agent_status::apply(ctx, job, payload, takeover)).await,
+        Payload::InteractionStatus(payload) => Box::pin(interaction_status::apply(ctx, job, payload)).await,
+        Payload::InteractionCreate(payload) => {
+            Box::pin(interaction_create::apply(ctx, job, payload, takeover)).await
+        }
+        Payload::FlowDeploy(payload) => Box::pin(flow_deploy::apply(ctx, job, payload)).await,
         // The pipeline fans a batch out (crate::batch) instead of applying it.
         Payload::Batch(_) => Applied::refused(
             Outcome::Rejected,
