@@ -1,6 +1,7 @@
 //! The admin endpoints on `ADMIN_ADDR` (loopback by default), for probes and operators:
 //!
 //! - `GET /healthz`: 200 while the process serves requests (liveness).
+//! - `GET /metrics`: Prometheus text format ([`crate::telemetry`] lists the metrics).
 //! - `GET /readyz`: 200 when the worker is consuming and Redis answers; 503 with the reason
 //!   otherwise; also how many 429s Genesys answered (`genesys_throttled`), counted apart from
 //!   errors (readiness: without Redis the worker cannot deduplicate, so it must not be sent
@@ -64,6 +65,15 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::telemetry::render(),
+                )
+            }),
+        )
         .with_state(health);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -206,6 +206,7 @@ mod tests {
                     prev_checksum: String::new(),
                     occurred_at: datetime!(2026-11-22 08:00:00 UTC),
                     summary: None,
+                    traceparent: None,
                 };
                 link(&mut event, head);
                 if let Some(checksum) = &event.checksum {

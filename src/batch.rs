@@ -96,6 +96,13 @@ fn child_properties(batch: &Job, index: usize, child: &Value) -> BasicProperties
         ShortString::from(BATCH_INDEX_HEADER),
         AMQPValue::LongLongInt(index as i64),
     );
+    // Children continue the batch's trace.
+    if let Some(traceparent) = &batch.traceparent {
+        headers.insert(
+            ShortString::from("traceparent"),
+            AMQPValue::LongString(LongString::from(traceparent.as_str())),
+        );
+    }
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
@@ -247,6 +254,7 @@ impl Progress {
                 .replace_millisecond(now.millisecond())
                 .expect("a millisecond of the current time is valid"),
             summary: Some(self.summary()),
+            traceparent: None,
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct AuditEvent {
     /// A `batch`'s event only: counts per outcome of its children and the first errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Value>,
+    /// The W3C trace context the job arrived with (AMQP header `traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl AuditEvent {
@@ -120,6 +123,9 @@ pub struct CrmEvent {
     /// The job's `version_matrix` (`flow.deploy`), for VCS sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_matrix: Option<Value>,
+    /// The W3C trace context the job arrived with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl CrmEvent {
@@ -148,6 +154,7 @@ impl CrmEvent {
             version_matrix: state("version_matrix")
                 .cloned()
                 .filter(|_| for_kind("flow.deploy")),
+            traceparent: audit.traceparent.clone(),
         }
     }
 

@@ -201,6 +201,7 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
 /// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
 /// stop consuming at once (`redis_down`), before this job's own backoff.
 async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down: &Notify) {
+    let _in_flight = crate::telemetry::job_started(lane.as_str());
     let incoming = Incoming {
         body: &delivery.data,
         properties: &delivery.properties,
@@ -256,7 +257,11 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down:
                 .dead_letter(&pipeline.topology.dead_letter, letter)
                 .await
             {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+                Ok(()) => {
+                    metrics::counter!(crate::telemetry::names::DEAD_LETTERS, "code" => code.clone())
+                        .increment(1);
+                    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+                }
                 Err(err) => {
                     tracing::error!(error.message = %err, "Could not dead-letter a job; returning it to the queue.");
                     requeue(&delivery).await

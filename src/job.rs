@@ -196,6 +196,8 @@ pub struct Job {
     pub not_after: Option<OffsetDateTime>,
     pub correlation_id: Option<String>,
     pub payload: Payload,
+    /// The W3C trace context the message arrived with (an AMQP header, not part of the body).
+    pub traceparent: Option<String>,
 }
 
 impl Job {
@@ -358,6 +360,7 @@ pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
         not_after: header.not_after,
         correlation_id: header.correlation_id,
         payload,
+        traceparent: None,
     })
 }
 

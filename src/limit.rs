@@ -284,7 +284,16 @@ impl Budget {
         if PREPAID.try_with(|paid| paid.replace(false)).unwrap_or(false) {
             return Ok(());
         }
-        let _turn = self.turns.take(current_lane()).await;
+        let lane = current_lane();
+        let waiting = std::time::Instant::now();
+        let taken = self.take(lane).await;
+        metrics::histogram!(crate::telemetry::names::RATE_LIMIT_WAIT, "lane" => lane.as_str())
+            .record(waiting.elapsed().as_secs_f64());
+        taken
+    }
+
+    async fn take(&self, lane: Lane) -> Result<(), StoreError> {
+        let _turn = self.turns.take(lane).await;
         loop {
             let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
             match pause {

@@ -30,6 +30,7 @@ use crate::order::EntityState;
 use crate::record::{self, EntityHead};
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
+use crate::telemetry::names;
 
 /// A delivery as the pipeline sees it.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +67,8 @@ struct Settled {
     outcome: Outcome,
     error: Option<EventError>,
     job_id: Option<Uuid>,
+    /// A kind of the contract, or `invalid` (a metric label: never the message's own text).
+    kind: &'static str,
 }
 
 impl Settled {
@@ -75,6 +78,7 @@ impl Settled {
             outcome,
             error: None,
             job_id: None,
+            kind: "invalid",
         }
     }
 }
@@ -111,10 +115,24 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Runs one delivery of `lane`; a batch child's final outcome is counted in its batch.
-    #[tracing::instrument(skip_all, fields(lane = lane.as_str(), job_id = tracing::field::Empty, kind = tracing::field::Empty))]
+    #[tracing::instrument(skip_all, fields(
+        lane = lane.as_str(),
+        job_id = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        entity = tracing::field::Empty,
+        attempt = header_count(incoming.properties, "x-retries") + 1,
+        traceparent = tracing::field::Empty,
+    ))]
     pub async fn process(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Disposition, PipelineError> {
+        let started = Instant::now();
         let settled = in_lane(lane, self.settle(incoming)).await?;
-        if !matches!(settled.disposition, Disposition::Retry { .. }) {
+        if matches!(settled.disposition, Disposition::Retry { .. }) {
+            metrics::counter!(names::RETRIES, "stage" => "retry_queue").increment(1);
+        } else {
+            metrics::counter!(names::JOBS, "kind" => settled.kind, "outcome" => settled.outcome.as_str())
+                .increment(1);
+            metrics::histogram!(names::JOB_DURATION, "kind" => settled.kind)
+                .record(started.elapsed().as_secs_f64());
             if let Some(batch_id) = header_text(incoming.properties, BATCH_ID_HEADER) {
                 self.count_in_batch(&batch_id, incoming.properties, &settled)
                     .await?;
@@ -125,13 +143,19 @@ impl Pipeline {
 
     async fn settle(&self, incoming: Incoming<'_>) -> Result<Settled, PipelineError> {
         let started = Instant::now();
-        let job = match job::decode_with(incoming.body, &self.limits) {
+        let traceparent = traceparent(incoming.properties);
+        let mut job = match job::decode_with(incoming.body, &self.limits) {
             Ok(job) => job,
-            Err(err) => return self.reject_undecodable(err, started).await,
+            Err(err) => return self.reject_undecodable(err, traceparent, started).await,
         };
+        job.traceparent = traceparent;
         let span = tracing::Span::current();
         span.record("job_id", tracing::field::display(job.job_id));
         span.record("kind", job.kind.as_str());
+        span.record("entity", job.entity());
+        if let Some(traceparent) = &job.traceparent {
+            span.record("traceparent", traceparent.as_str());
+        }
         let rounds = Rounds {
             retries: header_count(incoming.properties, "x-retries"),
             attempts: header_count(incoming.properties, "x-attempts"),
@@ -208,6 +232,7 @@ impl Pipeline {
         };
         settled.map(|settled| Settled {
             job_id: Some(job.job_id),
+            kind: job.kind.as_str(),
             ..settled
         })
     }
@@ -413,7 +438,12 @@ impl Pipeline {
     }
 
     /// A message that did not decode: announced when it names a job, always dead-lettered.
-    async fn reject_undecodable(&self, err: DecodeError, started: Instant) -> Result<Settled, PipelineError> {
+    async fn reject_undecodable(
+        &self,
+        err: DecodeError,
+        traceparent: Option<String>,
+        started: Instant,
+    ) -> Result<Settled, PipelineError> {
         tracing::warn!(code = err.code, error.message = %err.message, "Rejected an invalid job message.");
         if let (Some(job_id), Some(kind)) = (err.job_id, err.kind.clone()) {
             let idempotency_key = err.idempotency_key.clone().unwrap_or_else(|| job_id.to_string());
@@ -440,6 +470,7 @@ impl Pipeline {
                 prev_checksum: String::new(),
                 occurred_at: now(),
                 summary: None,
+                traceparent,
             };
             self.publish_unrecorded(draft).await?;
         }
@@ -449,6 +480,11 @@ impl Pipeline {
                 message: err.message.clone(),
             }),
             job_id: err.job_id,
+            kind: err
+                .kind
+                .as_deref()
+                .and_then(job::Kind::parse)
+                .map_or("invalid", job::Kind::as_str),
             ..Settled::new(
                 Disposition::DeadLetter {
                     code: err.code.into(),
@@ -489,6 +525,7 @@ impl Pipeline {
             prev_checksum: String::new(),
             occurred_at: now(),
             summary: None,
+            traceparent: job.traceparent.clone(),
         }
     }
 
@@ -527,6 +564,18 @@ fn disposition(event: &AuditEvent, rounds: Rounds) -> Disposition {
         message: error.message,
         attempts: rounds.attempts + event.attempts,
     }
+}
+
+/// The W3C `traceparent` header of a delivery, when well-formed
+/// (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`), to carry into the job's events.
+fn traceparent(properties: &BasicProperties) -> Option<String> {
+    let value = header_text(properties, "traceparent")?;
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = matches!(parts.as_slice(), [version, trace, parent, flags]
+        if hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'));
+    valid.then(|| value.trim().to_ascii_lowercase())
 }
 
 /// Now, to the millisecond: events carry no false precision.

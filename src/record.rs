@@ -196,6 +196,7 @@ mod tests {
             prev_checksum: String::new(),
             occurred_at: datetime!(2026-11-22 08:00:00 UTC),
             summary: None,
+            traceparent: None,
         }
     }
 

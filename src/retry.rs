@@ -77,6 +77,7 @@ impl RetryPolicy {
                 Err(err) if Self::retries(err.class()) && attempt < self.max_attempts => {
                     let wait = self.backoff(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error.message = %err, "Transient Genesys error; retrying.");
+                    metrics::counter!(crate::telemetry::names::RETRIES, "stage" => "in_process").increment(1);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }

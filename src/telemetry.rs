@@ -1,5 +1,16 @@
-//! Tracing output: human-readable text, or JSON lines for containers (`LOG_FORMAT`).
+//! What the worker tells operators: tracing output (human-readable text, or JSON lines for
+//! containers, `LOG_FORMAT`) and Prometheus metrics (served on `/metrics` by [`crate::admin`]).
+//!
+//! Metrics go through the `metrics` facade to one process-wide Prometheus recorder. Labels are
+//! low-cardinality only: kinds, outcomes, lanes, error codes, route templates (ids replaced by
+//! `{id}`), HTTP statuses; never a job, user or workitem id.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -14,4 +25,154 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Metric names, shared with `deploy/grafana/` and the alert examples (a test checks).
+pub mod names {
+    pub const JOBS: &str = "genesys_worker_jobs_total";
+    pub const JOB_DURATION: &str = "genesys_worker_job_duration_seconds";
+    pub const JOBS_IN_FLIGHT: &str = "genesys_worker_jobs_in_flight";
+    pub const OLDEST_JOB_AGE: &str = "genesys_worker_oldest_job_age_seconds";
+    pub const RETRIES: &str = "genesys_worker_retries_total";
+    pub const DEAD_LETTERS: &str = "genesys_worker_dead_letters_total";
+    pub const GENESYS_REQUESTS: &str = "genesys_worker_genesys_requests_total";
+    pub const GENESYS_REQUEST_DURATION: &str = "genesys_worker_genesys_request_duration_seconds";
+    pub const RATE_LIMIT_WAIT: &str = "genesys_worker_rate_limit_wait_seconds";
+    pub const BULK_BATCH_SIZE: &str = "genesys_worker_bulk_batch_size";
+
+    pub const ALL: [&str; 10] = [
+        JOBS,
+        JOB_DURATION,
+        JOBS_IN_FLIGHT,
+        OLDEST_JOB_AGE,
+        RETRIES,
+        DEAD_LETTERS,
+        GENESYS_REQUESTS,
+        GENESYS_REQUEST_DURATION,
+        RATE_LIMIT_WAIT,
+        BULK_BATCH_SIZE,
+    ];
+}
+
+/// The process's Prometheus recorder, installed on first use (several workers in one test
+/// process share it).
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(names::BULK_BATCH_SIZE.into()),
+                    &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0],
+                )
+            })
+            .expect("bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (a library user's); ours still renders what it saw.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Renders every metric in the Prometheus text format, with the age of the oldest job in
+/// flight as of now.
+pub fn render() -> String {
+    let handle = metrics();
+    let oldest = in_flight()
+        .started
+        .lock()
+        .expect("in-flight lock is never poisoned")
+        .values()
+        .min()
+        .map(|started| started.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!(names::OLDEST_JOB_AGE).set(oldest);
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Jobs being processed in this process, for the in-flight gauge and the oldest job's age.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    next: AtomicU64,
+    started: Mutex<HashMap<u64, Instant>>,
+}
+
+fn in_flight() -> &'static InFlight {
+    static IN_FLIGHT: OnceLock<InFlight> = OnceLock::new();
+    IN_FLIGHT.get_or_init(InFlight::default)
+}
+
+/// Counts a job of `lane` in flight until the guard drops.
+pub fn job_started(lane: &'static str) -> JobInFlight {
+    let tracker = in_flight();
+    let id = tracker.next.fetch_add(1, Ordering::Relaxed);
+    tracker
+        .started
+        .lock()
+        .expect("in-flight lock is never poisoned")
+        .insert(id, Instant::now());
+    metrics::gauge!(names::JOBS_IN_FLIGHT, "lane" => lane).increment(1.0);
+    JobInFlight { id, lane }
+}
+
+#[derive(Debug)]
+pub struct JobInFlight {
+    id: u64,
+    lane: &'static str,
+}
+
+impl Drop for JobInFlight {
+    fn drop(&mut self) {
+        in_flight()
+            .started
+            .lock()
+            .expect("in-flight lock is never poisoned")
+            .remove(&self.id);
+        metrics::gauge!(names::JOBS_IN_FLIGHT, "lane" => self.lane).decrement(1.0);
+    }
+}
+
+/// A request path as a low-cardinality label: ids (UUIDs, numbers) become `{id}`, the query is
+/// dropped. `/api/v2/users/8f1c…/presences/purecloud` → `/api/v2/users/{id}/presences/purecloud`.
+pub fn route_template(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    path.split('/')
+        .map(|segment| {
+            let is_id = uuid::Uuid::parse_str(segment).is_ok()
+                || (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()));
+            if is_id {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_lose_their_ids_and_queries() {
+        assert_eq!(
+            route_template("/api/v2/users/8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f/presences/purecloud"),
+            "/api/v2/users/{id}/presences/purecloud"
+        );
+        assert_eq!(
+            route_template("/api/v2/flows/8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f/versions/3?deleted=false"),
+            "/api/v2/flows/{id}/versions/{id}"
+        );
+        assert_eq!(
+            route_template("/api/v2/users/presences/bulk"),
+            "/api/v2/users/presences/bulk"
+        );
+    }
 }

@@ -40,6 +40,8 @@ pub enum WorkerError {
 /// again.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     tracing::info!(amqp = %config.amqp_url, redis = %config.redis_url, genesys = %config.genesys.api_base, "Starting worker.");
+    // Installed before the first job, so no count is lost before the first scrape.
+    crate::telemetry::metrics();
     let store = Store::connect(
         &config.redis_url,
         &config.redis_key_prefix,

@@ -147,6 +147,7 @@ async fn gather(
 }
 
 async fn send(genesys: &GenesysClient, retry: &RetryPolicy, batch: Vec<Request>) {
+    metrics::histogram!(crate::telemetry::names::BULK_BATCH_SIZE).record(batch.len() as f64);
     let body: Vec<Value> = batch
         .iter()
         .map(|r| {

@@ -25,6 +25,7 @@ pub use error::{ErrorClass, GenesysError};
 
 use crate::config::GenesysConfig;
 use crate::limit::Budget;
+use crate::telemetry::names;
 
 /// A 429 asking for a longer wait than this is not waited out in-process (as the Go SDK does).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
@@ -148,13 +149,23 @@ impl GenesysClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = request.send().await.map_err(|source| GenesysError::Network {
-                method: method.to_string(),
-                path: path.to_string(),
-                maybe_sent: !source.is_connect(),
-                source,
+            let route = format!("{method} {}", crate::telemetry::route_template(path));
+            let sent = std::time::Instant::now();
+            let response = request.send().await.map_err(|source| {
+                metrics::counter!(names::GENESYS_REQUESTS, "route" => route.clone(), "status" => "error")
+                    .increment(1);
+                GenesysError::Network {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    maybe_sent: !source.is_connect(),
+                    source,
+                }
             })?;
             let status = response.status().as_u16();
+            metrics::histogram!(names::GENESYS_REQUEST_DURATION, "route" => route.clone())
+                .record(sent.elapsed().as_secs_f64());
+            metrics::counter!(names::GENESYS_REQUESTS, "route" => route, "status" => status.to_string())
+                .increment(1);
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)

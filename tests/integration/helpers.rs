@@ -299,6 +299,31 @@ impl TestApp {
             .await;
     }
 
+    /// Publishes a job message with AMQP headers (e.g. `traceparent`).
+    pub async fn publish_with_headers(&self, job: &Value, headers: &[(&str, &str)]) {
+        let mut table = lapin::types::FieldTable::default();
+        for (name, value) in headers {
+            table.insert(
+                (*name).into(),
+                lapin::types::AMQPValue::LongString((*value).into()),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(table);
+        let kind = job.get("kind").and_then(Value::as_str).unwrap_or("unknown");
+        self.publisher
+            .publish(
+                &self.config.topology.jobs_exchange,
+                kind,
+                &serde_json::to_vec(job).unwrap(),
+                properties,
+            )
+            .await
+            .expect("job published");
+    }
+
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())

@@ -131,6 +131,7 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
         prev_checksum: GENESIS_CHECKSUM.into(),
         occurred_at: time::OffsetDateTime::UNIX_EPOCH,
         summary: None,
+        traceparent: None,
     };
     let body = serde_json::to_string(&stored).unwrap();
     let events = vec![OutboundEvent {

@@ -13,6 +13,7 @@ mod genesys_client;
 mod helpers;
 mod idempotency;
 mod interactions;
+mod operations;
 mod ordering;
 mod processes;
 mod retries;

@@ -1,0 +1,132 @@
+//! What operators see: `/metrics`, and the trace context carried from a job into its events.
+
+use std::collections::HashMap;
+
+use genesys_worker::events::Outcome;
+use genesys_worker::sandbox::{user_id, SandboxConfig};
+use serde_json::json;
+
+use crate::helpers::{agent_job, job, spawn_app_without_worker};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// `name{labels} value` lines of a Prometheus text page, by name and labels.
+fn samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_jobs_calls_and_dead_letters_with_low_cardinality_labels() {
+    let sandbox = SandboxConfig {
+        users: 10,
+        ..SandboxConfig::default()
+    };
+    // A worker process of its own: the counts below are this worker's alone.
+    let mut app = spawn_app_without_worker(sandbox, &[]).await;
+    for n in 0..3 {
+        app.publish(&agent_job(user_id(n), json!({"presence": "Available"})))
+            .await;
+    }
+    app.publish(&job("agent.teleport", json!({}))).await;
+    let mut worker = app.start_worker_process();
+    let events = app.audit_events(4).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.outcome == Outcome::Applied)
+            .count(),
+        3
+    );
+    app.dead_letters(1).await;
+
+    let page = app
+        .http
+        .get(format!("http://{}/metrics", worker.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = samples(&page);
+    let value = |series: &str| {
+        *metrics
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from\n{page}"))
+    };
+    assert_eq!(
+        value(r#"genesys_worker_jobs_total{kind="agent.status",outcome="applied"}"#),
+        3.0
+    );
+    // An unknown kind is labelled `invalid`, not with the message's own text.
+    assert_eq!(
+        value(r#"genesys_worker_jobs_total{kind="invalid",outcome="rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"genesys_worker_dead_letters_total{code="unknown_kind"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"genesys_worker_job_duration_seconds_count{kind="agent.status"}"#),
+        3.0
+    );
+    assert!(
+        value(
+            r#"genesys_worker_genesys_requests_total{route="PUT /api/v2/users/presences/bulk",status="200"}"#
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            r#"genesys_worker_genesys_request_duration_seconds_count{route="GET /api/v2/presence/definitions"}"#
+        ) >= 1.0
+    );
+    assert!(value(r#"genesys_worker_rate_limit_wait_seconds_count{lane="single"}"#) >= 2.0);
+    assert!(value("genesys_worker_bulk_batch_size_count") >= 1.0);
+    assert_eq!(value(r#"genesys_worker_jobs_in_flight{lane="single"}"#), 0.0);
+    assert_eq!(value("genesys_worker_oldest_job_age_seconds"), 0.0);
+    // No id ever becomes a label.
+    let user = user_id(0).to_string();
+    assert!(!page.contains(&user), "{page}");
+    for event in &events {
+        assert!(!page.contains(&event.event.job_id.to_string()));
+    }
+
+    worker.terminate();
+    worker.wait(std::time::Duration::from_secs(10)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_jobs_traceparent_is_carried_into_its_events() {
+    let mut app = spawn_app_without_worker(SandboxConfig::default(), &[]).await;
+    let traced = agent_job(user_id(1), json!({"presence": "Break"}));
+    app.publish_with_headers(&traced, &[("traceparent", TRACEPARENT)])
+        .await;
+    // A malformed one is not carried.
+    app.publish_with_headers(
+        &agent_job(user_id(2), json!({"presence": "Break"})),
+        &[("traceparent", "not-a-trace")],
+    )
+    .await;
+    let mut worker = app.start_worker_process();
+    let audit = app.audit_events(2).await;
+    let crm = app.crm_events(2).await;
+    for (audit, crm) in audit.iter().zip(&crm) {
+        let expected =
+            (audit.event.job_id.to_string() == traced["job_id"].as_str().unwrap()).then_some(TRACEPARENT);
+        assert_eq!(audit.event.traceparent.as_deref(), expected, "{}", audit.raw);
+        let crm_expected =
+            (crm.event.job_id.to_string() == traced["job_id"].as_str().unwrap()).then_some(TRACEPARENT);
+        assert_eq!(crm.event.traceparent.as_deref(), crm_expected, "{}", crm.raw);
+    }
+    worker.terminate();
+    worker.wait(std::time::Duration::from_secs(10)).await;
+    app.stop().await;
+}
