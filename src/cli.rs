@@ -30,6 +30,9 @@ pub enum Command {
     /// Work with captured audit events.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Read and replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Follow `batch` jobs.
     #[command(subcommand)]
     Batch(BatchCommand),
@@ -57,6 +60,63 @@ pub struct ValidateFlowArgs {
     /// Also print the flow after condition optimisation (with --json, in the report).
     #[arg(long)]
     pub optimized: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters with their error headers; the queue is left as it was.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Most dead letters to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        broker: DlqBroker,
+    },
+    /// Re-publish dead letters to their original exchange and routing key, acking each from
+    /// the dead-letter queue only once its re-publication is confirmed.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print what would be replayed; publish and ack nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most re-publications per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[command(flatten)]
+        broker: DlqBroker,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqFilter {
+    /// Only jobs of this kind (e.g. agent.status).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only dead letters with this error code (`x-error-code`, e.g. genesys.bad.gateway).
+    #[arg(long)]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqBroker {
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "genesys.jobs.dead")]
+    pub dead_letter_queue: String,
+    /// Where a dead letter without origin headers is replayed to.
+    #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
+    pub jobs_exchange: String,
 }
 
 #[derive(Debug, Subcommand)]

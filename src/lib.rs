@@ -33,6 +33,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod dlq;
 pub mod enqueue;
 pub mod events;
 pub mod flow;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use genesys_worker::audit::{self, VerifyError};
 use genesys_worker::cli::{
-    AuditCommand, BatchCommand, Cli, Command, EnqueueArgs, SandboxArgs, ValidateFlowArgs,
+    AuditCommand, BatchCommand, Cli, Command, DlqBroker, DlqCommand, EnqueueArgs, SandboxArgs,
+    ValidateFlowArgs,
 };
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
@@ -24,12 +25,122 @@ async fn main() -> ExitCode {
         Command::Enqueue(args) => run_enqueue(args).await,
         Command::Audit(AuditCommand::Verify { file, sort }) => verify_audit(&file, sort),
         Command::ValidateFlow(args) => validate_flow(&args),
+        Command::Dlq(command) => dlq(command).await,
         Command::Batch(BatchCommand::Status {
             id,
             json,
             redis_url,
             redis_key_prefix,
         }) => batch_status(id, json, &redis_url, &redis_key_prefix).await,
+    }
+}
+
+async fn dlq(command: DlqCommand) -> ExitCode {
+    use genesys_worker::dlq::{self, DlqOptions, Filter};
+    let options = |broker: &DlqBroker| -> Result<DlqOptions, ExitCode> {
+        let amqp_url = ServiceUrl::parse(&broker.amqp_url).map_err(|err| {
+            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
+            ExitCode::from(2)
+        })?;
+        Ok(DlqOptions {
+            amqp_url,
+            dead_letter_queue: broker.dead_letter_queue.clone(),
+            jobs_exchange: broker.jobs_exchange.clone(),
+        })
+    };
+    let line = |letter: &dlq::Letter| {
+        format!(
+            "{}  {:<18} {:<28} attempts {:<2} -> {} {}  {}",
+            letter.job_id.as_deref().unwrap_or("(no job id)"),
+            letter.kind.as_deref().unwrap_or("?"),
+            letter.code,
+            letter.attempts,
+            if letter.original_exchange.is_empty() {
+                "(default)"
+            } else {
+                &letter.original_exchange
+            },
+            letter.original_routing_key,
+            letter.message.as_deref().unwrap_or(""),
+        )
+    };
+    match command {
+        DlqCommand::List {
+            filter,
+            limit,
+            json,
+            broker,
+        } => {
+            let options = match options(&broker) {
+                Ok(options) => options,
+                Err(code) => return code,
+            };
+            let filter = Filter {
+                kind: filter.kind,
+                code: filter.code,
+            };
+            match dlq::list(&options, &filter, limit).await {
+                Ok(letters) => {
+                    for letter in &letters {
+                        if json {
+                            println!("{}", serde_json::to_string(letter).expect("letters serialize"));
+                        } else {
+                            println!("{}", line(letter));
+                        }
+                    }
+                    if !json {
+                        eprintln!("{} dead letter(s) listed", letters.len());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("dlq list: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        DlqCommand::Replay {
+            filter,
+            dry_run,
+            rate,
+            broker,
+        } => {
+            let options = match options(&broker) {
+                Ok(options) => options,
+                Err(code) => return code,
+            };
+            let filter = Filter {
+                kind: filter.kind,
+                code: filter.code,
+            };
+            match dlq::replay(&options, &filter, rate, dry_run).await {
+                Ok(outcome) => {
+                    for letter in &outcome.replayed {
+                        println!(
+                            "{}{}",
+                            if dry_run { "would replay " } else { "replayed " },
+                            line(letter)
+                        );
+                    }
+                    println!(
+                        "{} {} dead letter(s); {} left in {}",
+                        if dry_run { "would replay" } else { "replayed" },
+                        outcome.replayed.len(),
+                        if dry_run {
+                            outcome.left + outcome.replayed.len()
+                        } else {
+                            outcome.left
+                        },
+                        options.dead_letter_queue
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("dlq replay: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod agent_status;
 mod batch;
 mod bulk;
 mod conformance;
+mod dead_letters;
 mod flows;
 mod genesys_client;
 mod helpers;

@@ -45,15 +45,25 @@ async fn metrics_count_jobs_calls_and_dead_letters_with_low_cardinality_labels()
     );
     app.dead_letters(1).await;
 
-    let page = app
-        .http
-        .get(format!("http://{}/metrics", worker.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Counted once a job is settled, just after its events: look until all four are.
+    let url = format!("http://{}/metrics", worker.admin_addr);
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = app.http.get(&url).send().await.unwrap().text().await.unwrap();
+        let settled: f64 = samples(&page)
+            .iter()
+            .filter(|(series, _)| series.starts_with("genesys_worker_jobs_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        let dead = samples(&page)
+            .iter()
+            .any(|(series, _)| series.starts_with("genesys_worker_dead_letters_total{"));
+        let idle = samples(&page).get(r#"genesys_worker_jobs_in_flight{lane="single"}"#) == Some(&0.0);
+        if settled >= 4.0 && dead && idle {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let metrics = samples(&page);
     let value = |series: &str| {
         *metrics

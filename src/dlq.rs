@@ -1,0 +1,288 @@
+//! Dead-letter tooling: `genesys-worker dlq list` and `dlq replay`.
+//!
+//! Both take every message of the dead-letter queue without acking it, so nothing is lost if
+//! the tool dies: what it does not ack goes back to the queue when its channel closes. `replay`
+//! re-publishes a matching message to where it was first published (`x-original-exchange` /
+//! `x-original-routing-key`, or RabbitMQ's `x-death` for a message RabbitMQ dead-lettered
+//! itself), waits for the broker's confirm, and only then acks it from the dead-letter queue.
+//! Idempotency makes a replay harmless: a change already applied is not applied again.
+
+use std::time::Duration;
+
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker::publisher::{header_count, header_text};
+use crate::broker::{self, BrokerError, Publisher};
+use crate::config::ServiceUrl;
+
+/// Which dead letters a command applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub kind: Option<String>,
+    pub code: Option<String>,
+}
+
+/// One dead letter, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    pub job_id: Option<String>,
+    pub kind: Option<String>,
+    pub code: String,
+    pub message: Option<String>,
+    pub attempts: u32,
+    pub retries: u32,
+    pub first_seen: Option<String>,
+    pub original_exchange: String,
+    pub original_routing_key: String,
+    pub batch_id: Option<String>,
+    pub bytes: usize,
+}
+
+impl Letter {
+    fn read(message: &BasicGetMessage, jobs_exchange: &str) -> Self {
+        let properties = &message.delivery.properties;
+        let body: Option<Value> = serde_json::from_slice(&message.delivery.data).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let death = first_death(properties);
+        let (exchange, routing_key) = match (
+            header_text(properties, "x-original-exchange"),
+            header_text(properties, "x-original-routing-key"),
+        ) {
+            (Some(exchange), Some(routing_key)) => (exchange, routing_key),
+            _ => match &death {
+                Some(death) => (death.exchange.clone(), death.routing_key.clone()),
+                None => (
+                    jobs_exchange.to_string(),
+                    message.delivery.routing_key.to_string(),
+                ),
+            },
+        };
+        let code = header_text(properties, "x-error-code")
+            .or_else(|| death.as_ref().map(|d| d.reason.clone()))
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            job_id: field("job_id"),
+            kind: field("kind"),
+            code,
+            message: header_text(properties, "x-error-message"),
+            attempts: header_count(properties, "x-attempts"),
+            retries: header_count(properties, "x-retries"),
+            first_seen: header_text(properties, "x-first-seen"),
+            original_exchange: exchange,
+            original_routing_key: routing_key,
+            batch_id: header_text(properties, crate::batch::BATCH_ID_HEADER),
+            bytes: message.delivery.data.len(),
+        }
+    }
+
+    fn matches(&self, filter: &Filter) -> bool {
+        filter.kind.as_ref().is_none_or(|k| self.kind.as_ref() == Some(k))
+            && filter.code.as_ref().is_none_or(|c| &self.code == c)
+    }
+}
+
+/// Where RabbitMQ says it dead-lettered a message from (`x-death`, newest first).
+struct Death {
+    exchange: String,
+    routing_key: String,
+    reason: String,
+}
+
+fn first_death(properties: &BasicProperties) -> Option<Death> {
+    let headers = properties.headers().as_ref()?;
+    let (_, deaths) = headers.inner().iter().find(|(k, _)| k.as_str() == "x-death")?;
+    let AMQPValue::FieldArray(deaths) = deaths else {
+        return None;
+    };
+    let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| match death.inner().iter().find(|(k, _)| k.as_str() == name)?.1 {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    };
+    let routing_key = match death.inner().iter().find(|(k, _)| k.as_str() == "routing-keys") {
+        Some((_, AMQPValue::FieldArray(keys))) => match keys.as_slice().first() {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    };
+    Some(Death {
+        exchange: text("exchange").unwrap_or_default(),
+        routing_key: routing_key.unwrap_or_default(),
+        reason: text("reason").map_or_else(|| "dead_lettered".into(), |r| format!("rabbitmq.{r}")),
+    })
+}
+
+/// Where the tools connect.
+#[derive(Debug, Clone)]
+pub struct DlqOptions {
+    pub amqp_url: ServiceUrl,
+    pub dead_letter_queue: String,
+    /// Where a message without origin headers is replayed to.
+    pub jobs_exchange: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("dead-letter queue {queue}: {source}")]
+    Queue { queue: String, source: lapin::Error },
+}
+
+/// Lists the dead letters matching `filter`, up to `limit`; the queue is left as it was.
+pub async fn list(options: &DlqOptions, filter: &Filter, limit: usize) -> Result<Vec<Letter>, DlqError> {
+    let mut letters = Vec::new();
+    scan(options, |letter, _| {
+        if letter.matches(filter) && letters.len() < limit {
+            letters.push(letter.clone());
+        }
+        async { Ok(false) }
+    })
+    .await?;
+    Ok(letters)
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replayed {
+    pub replayed: Vec<Letter>,
+    /// Dead letters left in the queue (not matching the filter).
+    pub left: usize,
+}
+
+/// Re-publishes the dead letters matching `filter` to their origin, at most `rate` per second,
+/// acking each from the dead-letter queue once its re-publication is confirmed. With `dry_run`
+/// nothing is published or acked.
+pub async fn replay(
+    options: &DlqOptions,
+    filter: &Filter,
+    rate: f64,
+    dry_run: bool,
+) -> Result<Replayed, DlqError> {
+    let connection = broker::connect(&options.amqp_url).await?;
+    let publisher = Publisher::open(&connection).await?;
+    let pace = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut next = tokio::time::Instant::now();
+    let mut outcome = Replayed::default();
+    scan(options, |letter, message| {
+        let matched = letter.matches(filter);
+        if matched {
+            outcome.replayed.push(letter.clone());
+        } else {
+            outcome.left += 1;
+        }
+        let publisher = &publisher;
+        let (exchange, routing_key) = (
+            letter.original_exchange.clone(),
+            letter.original_routing_key.clone(),
+        );
+        let wait_until = next;
+        if matched && !dry_run {
+            next = next.max(tokio::time::Instant::now()) + pace;
+        }
+        async move {
+            if !matched || dry_run {
+                return Ok(false);
+            }
+            tokio::time::sleep_until(wait_until).await;
+            let properties = replay_properties(&message.delivery.properties);
+            publisher
+                .publish(&exchange, &routing_key, &message.delivery.data, properties)
+                .await?;
+            Ok(true)
+        }
+    })
+    .await?;
+    connection.close(200, "dlq replay done".into()).await.ok();
+    Ok(outcome)
+}
+
+/// The message as first published: the dead-letter and retry bookkeeping headers dropped, so
+/// the job starts over (its batch and trace headers stay).
+fn replay_properties(properties: &BasicProperties) -> BasicProperties {
+    const DROPPED: [&str; 8] = [
+        "x-error-code",
+        "x-error-message",
+        "x-attempts",
+        "x-retries",
+        "x-original-exchange",
+        "x-original-routing-key",
+        "x-death",
+        "x-delivery-count",
+    ];
+    let mut headers = FieldTable::default();
+    if let Some(existing) = properties.headers() {
+        for (name, value) in existing.inner() {
+            if !DROPPED.contains(&name.as_str()) {
+                headers.insert(ShortString::from(name.as_str()), value.clone());
+            }
+        }
+    }
+    properties.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+/// Takes every message of the dead-letter queue once (unacked), calls `visit` with each; a
+/// message for which `visit` returns true is acked, the others return to the queue when the
+/// channel closes.
+async fn scan<F, Fut>(options: &DlqOptions, mut visit: F) -> Result<(), DlqError>
+where
+    F: FnMut(&Letter, BasicGetMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, BrokerError>>,
+{
+    let connection = broker::connect(&options.amqp_url).await?;
+    let channel = connection.create_channel().await.map_err(BrokerError::from)?;
+    let queue_error = |source| DlqError::Queue {
+        queue: options.dead_letter_queue.clone(),
+        source,
+    };
+    let queue = channel
+        .queue_declare(
+            options.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(queue_error)?;
+    // Only what is there now: a replayed message dead-lettered again is not seen twice.
+    for _ in 0..queue.message_count() {
+        let Some(message) = channel
+            .basic_get(
+                options.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(queue_error)?
+        else {
+            break;
+        };
+        let letter = Letter::read(&message, &options.jobs_exchange);
+        let tag = message.delivery.delivery_tag;
+        if visit(&letter, message).await? {
+            channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+                .map_err(queue_error)?;
+        }
+    }
+    // Unacked messages go back to the queue.
+    channel.close(200, "dlq scan done".into()).await.ok();
+    connection.close(200, "dlq scan done".into()).await.ok();
+    Ok(())
+}

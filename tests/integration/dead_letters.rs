@@ -1,0 +1,116 @@
+//! `genesys-worker dlq list|replay` against the dead-letter queue the worker fills.
+
+use genesys_worker::events::Outcome;
+use genesys_worker::sandbox::{user_id, SandboxConfig};
+use serde_json::{json, Value};
+
+use crate::helpers::{agent_job, amqp_url, spawn_app_with, TestApp};
+
+const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
+
+/// Runs `genesys-worker dlq ARGS` against the app's queues; returns exit code and stdout.
+async fn dlq(app: &TestApp, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+        .arg("dlq")
+        .args(args)
+        .env("AMQP_URL", amqp_url())
+        .env("DEAD_LETTER_QUEUE", &app.config.topology.dead_letter)
+        .env("JOBS_EXCHANGE", &app.config.topology.jobs_exchange)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+async fn listed(app: &TestApp, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["list", "--json"];
+    args.extend_from_slice(filter);
+    let (code, out) = dlq(app, &args).await;
+    assert_eq!(code, 0, "{out}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_without_being_taken_and_replayed_once_the_cause_is_fixed() {
+    let mut app = spawn_app_with(
+        SandboxConfig {
+            users: 10,
+            ..SandboxConfig::default()
+        },
+        &[
+            ("GENESYS_MAX_ATTEMPTS", "1"),
+            ("RETRY_DELAYS_MS", "none"),
+            ("BULK_PRESENCE", "off"),
+        ],
+    )
+    .await;
+    app.set_fault(json!({"route": PATCH_PRESENCE, "errors": {"502": 1.0}}))
+        .await;
+    let failing = agent_job(user_id(1), json!({"presence": "Break"}));
+    let invalid = agent_job(user_id(2), json!({"presence": "Napping"}));
+    app.publish(&failing).await;
+    app.publish(&invalid).await;
+    let outcomes: Vec<Outcome> = app
+        .audit_events(2)
+        .await
+        .iter()
+        .map(|e| e.event.outcome)
+        .collect();
+    assert!(outcomes.contains(&Outcome::Failed) && outcomes.contains(&Outcome::Rejected));
+
+    // Dead-lettering follows the events; wait until both are in the queue.
+    let mut letters = Vec::new();
+    for _ in 0..50 {
+        letters = listed(&app, &[]).await;
+        if letters.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    let failed = letters.iter().find(|l| l["job_id"] == failing["job_id"]).unwrap();
+    assert_eq!(failed["code"], "genesys.bad.gateway");
+    assert_eq!(failed["kind"], "agent.status");
+    assert_eq!(
+        failed["original_exchange"],
+        json!(app.config.topology.jobs_exchange)
+    );
+    assert_eq!(failed["original_routing_key"], "agent.status");
+    assert_eq!(listed(&app, &["--code", "unknown_presence"]).await.len(), 1);
+    assert_eq!(listed(&app, &["--kind", "interaction.status"]).await.len(), 0);
+    // Listing took nothing.
+    assert_eq!(listed(&app, &[]).await.len(), 2);
+
+    // The cause is fixed; a dry run first.
+    let cleared = app
+        .http
+        .delete(format!("{}/sandbox/faults", app.sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(cleared.status().is_success());
+    let (code, out) = dlq(&app, &["replay", "--code", "genesys.bad.gateway", "--dry-run"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("would replay 1 dead letter(s); 2 left"), "{out}");
+    assert_eq!(listed(&app, &[]).await.len(), 2);
+
+    let (code, out) = dlq(&app, &["replay", "--code", "genesys.bad.gateway", "--rate", "5"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("replayed 1 dead letter(s); 1 left"), "{out}");
+    let replayed = app.audit_events(1).await.remove(0);
+    assert_eq!(
+        replayed.event.job_id.to_string(),
+        failing["job_id"].as_str().unwrap()
+    );
+    assert_eq!(replayed.event.outcome, Outcome::Applied);
+    // A fresh start: the replayed job's retry bookkeeping was dropped.
+    assert_eq!(replayed.event.attempts, 1);
+    assert_eq!(app.user(user_id(1)).await["presence"], "Break");
+    let left = listed(&app, &[]).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["code"], "unknown_presence");
+    app.stop().await;
+}
