@@ -203,15 +203,20 @@ pub struct SandboxArgs {
 pub struct EnqueueArgs {
     /// NDJSON file of jobs, or - for standard input.
     pub file: PathBuf,
-    /// Wait for every job's outcome on the audit exchange and print it.
+    /// Wait for every published job's outcome on the audit exchange, print each, then the
+    /// counts per outcome.
+    #[arg(long, visible_alias = "await-outcomes")]
+    pub wait: bool,
+    /// Publish nothing if any line is invalid (by default invalid lines are reported with
+    /// their line numbers and skipped, and the exit code is 1).
     #[arg(long)]
-    pub await_outcomes: bool,
+    pub strict: bool,
     /// How long to wait for outcomes.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
-    /// With --await-outcomes: also write the audit events, as published, to this NDJSON file
-    /// (input for `audit verify`).
-    #[arg(long, requires = "await_outcomes")]
+    /// With --wait: also write the audit events, as published, to this NDJSON file (input for
+    /// `audit verify`).
+    #[arg(long, requires = "wait")]
     pub events_out: Option<PathBuf>,
     #[arg(
         long,

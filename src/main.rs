@@ -422,16 +422,38 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
         amqp_url,
         jobs_exchange: args.jobs_exchange,
         audit_exchange: args.audit_exchange,
-        await_outcomes: args.await_outcomes,
+        await_outcomes: args.wait,
         timeout: Duration::from_secs(args.timeout_secs),
+        strict: args.strict,
+        limits: job_limits_from_env(),
+    };
+    // A progress bar on a terminal; plain counts otherwise (logs, CI).
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = indicatif::ProgressBar::hidden();
+    if terminal {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs published ({per_sec})")
+                .expect("the template is valid"),
+        );
+    }
+    let mut published = 0;
+    let on_published = |round: usize, total: usize| {
+        published += round;
+        bar.set_length(total as u64);
+        bar.set_position(published as u64);
+        if !terminal {
+            eprintln!("published {published}/{total}");
+        }
     };
     let mut captured = String::new();
     let print = |event: &genesys_worker::events::AuditEvent, raw: &[u8]| {
-        println!("{}", describe(event));
+        bar.suspend(|| println!("{}", describe(event)));
         captured.push_str(&String::from_utf8_lossy(raw));
         captured.push('\n');
     };
-    let result = enqueue::enqueue(&input, &options, print).await;
+    let result = enqueue::enqueue(&input, &options, on_published, print).await;
+    bar.finish_and_clear();
     if let (Some(path), Ok(_)) = (&args.events_out, &result) {
         if let Err(err) = std::fs::write(path, &captured) {
             eprintln!("cannot write {}: {err}", path.display());
@@ -439,23 +461,56 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
         }
     }
     match result {
-        Ok(events) => {
+        Ok(report) => {
+            for invalid in &report.skipped {
+                eprintln!("skipped {invalid}");
+            }
             if options.await_outcomes {
                 let mut counts = std::collections::BTreeMap::new();
-                for event in &events {
+                for event in &report.events {
                     *counts.entry(event.outcome.as_str()).or_insert(0) += 1;
                 }
                 let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                println!("{} job(s): {}", events.len(), summary.join(", "));
-            } else {
-                println!("published");
+                println!("{} job(s): {}", report.events.len(), summary.join(", "));
             }
-            ExitCode::SUCCESS
+            println!(
+                "published {} job(s){}",
+                report.published,
+                if report.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", skipped {} invalid line(s)", report.skipped.len())
+                }
+            );
+            if report.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err @ enqueue::EnqueueError::Invalid(_)) => {
+            eprintln!("enqueue: {err}");
+            ExitCode::from(2)
         }
         Err(err) => {
             eprintln!("enqueue: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The worker's message limits, from the same variables the worker reads.
+fn job_limits_from_env() -> genesys_worker::job::Limits {
+    let number = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    genesys_worker::job::Limits {
+        max_message_bytes: number("MAX_MESSAGE_BYTES", 1024 * 1024),
+        max_batch_bytes: number("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024),
+        batch_max: number("BATCH_MAX", 10_000),
     }
 }
 
