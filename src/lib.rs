@@ -38,6 +38,7 @@ pub mod enqueue;
 pub mod events;
 pub mod flow;
 pub mod genesys;
+pub mod ingest;
 pub mod intake;
 pub mod job;
 pub mod limit;

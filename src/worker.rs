@@ -14,6 +14,7 @@ use crate::apply::flow_deploy::FlowSettings;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::genesys::GenesysClient;
+use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
 use crate::job;
 use crate::limit::{Budget, Lane};
@@ -29,6 +30,11 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error("cannot serve the admin endpoints on {addr}: {source}")]
     Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve HTTP ingest on {addr} (INGEST_ADDR): {source}")]
+    Ingest {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -77,6 +83,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     let cancel = CancellationToken::new();
     let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
+    let ingest_server = match (config.ingest_addr, &config.ingest_token) {
+        (Some(addr), Some(token)) => {
+            let listener = ingest::bind(addr)
+                .await
+                .map_err(|source| WorkerError::Ingest { addr, source })?;
+            tracing::info!(%addr, "Accepting jobs over HTTP on POST /v1/jobs.");
+            let ingest = Arc::new(Ingest::new(
+                token.clone(),
+                config.amqp_url.clone(),
+                config.topology.jobs_exchange.clone(),
+                limits(&config),
+            ));
+            Some(tokio::spawn(ingest::serve(listener, ingest, cancel.clone())))
+        }
+        _ => None,
+    };
     // However `run` ends, early errors included, the admin server stops with it.
     let _stop_admin = cancel.clone().drop_guard();
     let intake = cancel.child_token();
@@ -99,8 +121,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     cancel.cancel();
     let _ = admin_server.await;
+    if let Some(server) = ingest_server {
+        let _ = server.await;
+    }
     tracing::info!("Worker stopped.");
     result
+}
+
+/// The message limits jobs are decoded with.
+fn limits(config: &Config) -> job::Limits {
+    job::Limits {
+        max_message_bytes: config.max_message_bytes,
+        max_batch_bytes: config.max_batch_message_bytes,
+        batch_max: config.batch_max,
+    }
 }
 
 /// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
@@ -170,11 +204,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
             },
             bulk: bulk.cloned(),
-            limits: job::Limits {
-                max_message_bytes: config.max_message_bytes,
-                max_batch_bytes: config.max_batch_message_bytes,
-                batch_max: config.batch_max,
-            },
+            limits: limits(config),
         });
         let lanes = [
             IntakeSettings {

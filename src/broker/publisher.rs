@@ -92,7 +92,9 @@ impl Publisher {
         .await
     }
 
-    async fn send_all<'a>(
+    /// Publishes every `(exchange, routing key, body, properties)`, then waits for all the
+    /// confirms.
+    pub async fn send_all<'a>(
         &self,
         messages: impl Iterator<Item = (&'a str, &'a str, &'a [u8], BasicProperties)>,
     ) -> Result<(), BrokerError> {

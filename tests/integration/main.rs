@@ -14,6 +14,7 @@ mod flows;
 mod genesys_client;
 mod helpers;
 mod idempotency;
+mod ingest;
 mod interactions;
 mod operations;
 mod ordering;
