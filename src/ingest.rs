@@ -130,9 +130,8 @@ async fn accept(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Byt
         );
         return response;
     }
-    let text = match std::str::from_utf8(&body) {
-        Ok(text) => text,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "invalid_body", "the body is not UTF-8"),
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_body", "the body is not UTF-8");
     };
     // One JSON object, or NDJSON (one job per line).
     let lines: Vec<(usize, &str)> = match serde_json::from_str::<Value>(text) {
