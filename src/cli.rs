@@ -33,6 +33,9 @@ pub enum Command {
     /// Read and replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Forward CRM or audit events to a webhook (HMAC-signed, retried, dead-lettered).
+    /// The signing secret comes from RELAY_SECRET.
+    Relay(RelayArgs),
     /// Follow `batch` jobs.
     #[command(subcommand)]
     Batch(BatchCommand),
@@ -91,6 +94,48 @@ pub enum DlqCommand {
         #[command(flatten)]
         broker: DlqBroker,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelaySource {
+    Crm,
+    Audit,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// Which events: the CRM exchange (applied changes) or the audit exchange (every outcome).
+    #[arg(long, value_enum)]
+    pub source: RelaySource,
+    /// The webhook events are POSTed to.
+    #[arg(long)]
+    pub url: url::Url,
+    /// The relay's queue on the source exchange (default `genesys.relay.<source>`); dead
+    /// letters go to `<queue>.dead`.
+    #[arg(long, env = "RELAY_QUEUE")]
+    pub queue: Option<String>,
+    /// Delivery attempts per event before it is dead-lettered.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Events POSTed at once.
+    #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// First retry delay in milliseconds (doubling, with full jitter, up to 60 s).
+    #[arg(long, env = "RELAY_BACKOFF_MS", default_value_t = 500)]
+    pub backoff_ms: u64,
+    #[arg(long, env = "RELAY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    #[arg(long, env = "CRM_EXCHANGE", default_value = "genesys.crm")]
+    pub crm_exchange: String,
+    #[arg(long, env = "AUDIT_EXCHANGE", default_value = "genesys.audit")]
+    pub audit_exchange: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -45,6 +45,7 @@ pub mod limit;
 pub mod order;
 pub mod pipeline;
 pub mod record;
+pub mod relay;
 pub mod retry;
 pub mod sandbox;
 pub mod store;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use genesys_worker::audit::{self, VerifyError};
 use genesys_worker::cli::{
-    AuditCommand, BatchCommand, Cli, Command, DlqBroker, DlqCommand, EnqueueArgs, SandboxArgs,
-    ValidateFlowArgs,
+    AuditCommand, BatchCommand, Cli, Command, DlqBroker, DlqCommand, EnqueueArgs, RelayArgs, RelaySource,
+    SandboxArgs, ValidateFlowArgs,
 };
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
@@ -26,12 +26,59 @@ async fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify { file, sort }) => verify_audit(&file, sort),
         Command::ValidateFlow(args) => validate_flow(&args),
         Command::Dlq(command) => dlq(command).await,
+        Command::Relay(args) => relay(args).await,
         Command::Batch(BatchCommand::Status {
             id,
             json,
             redis_url,
             redis_key_prefix,
         }) => batch_status(id, json, &redis_url, &redis_key_prefix).await,
+    }
+}
+
+async fn relay(args: RelayArgs) -> ExitCode {
+    telemetry::init(log_format_from_env());
+    let Some(secret) = std::env::var("RELAY_SECRET").ok().filter(|s| !s.is_empty()) else {
+        eprintln!(
+            "invalid configuration: RELAY_SECRET: required (the HMAC key receivers verify signatures with)"
+        );
+        return ExitCode::from(2);
+    };
+    let amqp_url = match ServiceUrl::parse(&args.amqp_url) {
+        Ok(url) => url,
+        Err(err) => {
+            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (exchange, name) = match args.source {
+        RelaySource::Crm => (args.crm_exchange, "crm"),
+        RelaySource::Audit => (args.audit_exchange, "audit"),
+    };
+    let options = genesys_worker::relay::RelayOptions {
+        amqp_url,
+        exchange,
+        queue: args.queue.unwrap_or_else(|| format!("genesys.relay.{name}")),
+        url: args.url,
+        secret: genesys_worker::config::Secret::new(secret),
+        max_attempts: args.max_attempts.max(1),
+        concurrency: args.concurrency.max(1),
+        request_timeout: Duration::from_millis(args.timeout_ms),
+        base_backoff: Duration::from_millis(args.backoff_ms),
+        max_backoff: Duration::from_secs(60),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    match genesys_worker::relay::run(options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("relay: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

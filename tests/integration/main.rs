@@ -19,6 +19,7 @@ mod interactions;
 mod operations;
 mod ordering;
 mod processes;
+mod relay;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;
