@@ -17,6 +17,9 @@ use crate::helpers::{agent_job, amqp_url, connect_broker, random_name, spawn_app
 
 const SECRET: &str = "relay-test-secret";
 
+/// The status a receiver answers to its n-th request, carrying `event`.
+type Answer = dyn Fn(usize, &Value) -> u16 + Send + Sync;
+
 /// A webhook receiver that checks every signature; `answer(n, event)` picks the status of the
 /// n-th request.
 #[derive(Clone)]
@@ -25,7 +28,7 @@ struct Receiver {
     bad_signatures: Arc<AtomicUsize>,
     /// Event id → deliveries accepted (2xx).
     accepted: Arc<Mutex<HashMap<String, usize>>>,
-    answer: Arc<dyn Fn(usize, &Value) -> u16 + Send + Sync>,
+    answer: Arc<Answer>,
 }
 
 impl Receiver {
