@@ -23,4 +23,5 @@ mod relay;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;
+mod schemas;
 mod worker;
