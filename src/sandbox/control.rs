@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `dropped_responses`, `mutations` |
 //! | `GET /sandbox/mutations?entity=user:<id>` | the mutation log, optionally of one entity |
+//! | `POST`/`GET /sandbox/webhook` | a webhook receiver for `relay` (keeps the last 1,000 deliveries: headers and body) |
 //! | `POST /sandbox/reset` | back to the seed: state, stats, tokens, faults cleared |
 //! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`) |
 //! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
@@ -52,7 +53,36 @@ pub(crate) fn router() -> Router<Arc<Sandbox>> {
             post(fail_next_publish),
         )
         .route("/sandbox/users", get(users))
+        .route("/sandbox/webhook", get(webhook_deliveries).post(webhook))
         .route("/sandbox/tokens/revoke", post(revoke_tokens))
+}
+
+async fn webhook(
+    State(sandbox): State<Arc<Sandbox>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let mut world = sandbox.world();
+    let signed = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    world.webhook.push_back(json!({
+        "event_id": signed("x-genesys-worker-event-id"),
+        "timestamp": signed("x-genesys-worker-timestamp"),
+        "signature": signed("x-genesys-worker-signature"),
+        "body": serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+    }));
+    if world.webhook.len() > super::state::WEBHOOK_KEPT {
+        world.webhook.pop_front();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn webhook_deliveries(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    Json(json!({"deliveries": sandbox.world().webhook.iter().collect::<Vec<_>>()}))
 }
 
 async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {

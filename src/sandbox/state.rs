@@ -123,6 +123,9 @@ impl Stats {
     }
 }
 
+/// Deliveries `POST /sandbox/webhook` keeps.
+pub const WEBHOOK_KEPT: usize = 1_000;
+
 #[derive(Debug)]
 pub(crate) struct World {
     pub users: BTreeMap<Uuid, User>,
@@ -133,6 +136,9 @@ pub(crate) struct World {
     pub flows: FlowState,
     pub stats: Stats,
     pub mutations: Vec<Mutation>,
+    /// What `POST /sandbox/webhook` received (a stand-in receiver for `relay` in the demo
+    /// stack), newest last, at most [`WEBHOOK_KEPT`].
+    pub webhook: std::collections::VecDeque<serde_json::Value>,
     pub faults: Faults,
     /// Per-OAuth-client token bucket, as Genesys limits requests per client token.
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -188,6 +194,7 @@ impl World {
             flows: FlowState::seeded(config.flows),
             stats: Stats::default(),
             mutations: Vec::new(),
+            webhook: std::collections::VecDeque::new(),
             faults: Faults::new(config.seed),
             limiter: None,
         };

@@ -9,6 +9,7 @@ mod batch;
 mod bulk;
 mod conformance;
 mod dead_letters;
+mod deploy;
 mod enqueue;
 mod flows;
 mod genesys_client;
