@@ -25,4 +25,5 @@ mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;
 mod schemas;
+mod tls;
 mod worker;
