@@ -57,11 +57,20 @@ echo "== validating the IVR flow offline, as a CI pipeline would"
 
 for file in "${JOBS_FILES[@]}"; do
   echo "== enqueueing $file; outcomes from the audit exchange (entity and its version):"
-  "$bin" enqueue "$file" --await-outcomes --timeout-secs 60 --events-out "$LOGS/$(basename "$file" .ndjson).audit.ndjson"
+  "$bin" enqueue "$file" --wait --timeout-secs 60 --events-out "$LOGS/$(basename "$file" .ndjson).audit.ndjson"
 done
 
 echo "== verifying the hash chains of every audit event received"
 cat "$LOGS"/*.audit.ndjson | "$bin" audit verify -
+
+admin="${ADMIN_ADDR:-127.0.0.1:9090}"
+echo "== the worker's metrics (curl http://$admin/metrics), jobs by kind and outcome:"
+if command -v curl >/dev/null; then
+  curl -fsS "http://$admin/metrics" | grep '^genesys_worker_jobs_total' || true
+fi
+
+echo "== the dead-letter queue (replay after fixing the cause: genesys-worker dlq replay --code CODE):"
+"$bin" dlq list --limit 10
 
 echo "== stopping the worker (SIGTERM: finishes in-flight jobs, then closes cleanly)"
 kill -TERM "$worker_pid"
