@@ -2,7 +2,7 @@
 //!
 //! - `GET /healthz`: 200 while the process serves requests (liveness).
 //! - `GET /metrics`: Prometheus text format ([`crate::telemetry`] lists the metrics).
-//! - `GET /readyz`: 200 when the worker is consuming and Redis answers; 503 with the reason
+//! - `GET /readyz`: 200 when the worker consumes both lanes and Redis answers; 503 with the reason
 //!   otherwise; also how many 429s Genesys answered (`genesys_throttled`), counted apart from
 //!   errors (readiness: without Redis the worker cannot deduplicate, so it must not be sent
 //!   work).
@@ -20,13 +20,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::limit::Budget;
+use crate::limit::{Budget, Lane};
 use crate::store::Store;
 
 /// What readiness is made of.
 #[derive(Debug)]
 pub struct Health {
-    consuming: AtomicBool,
+    /// Per lane (single, batch): whether its consumer is consuming.
+    consuming: [AtomicBool; 2],
     store: Store,
     /// The Genesys budget, whose 429 count is reported apart from errors.
     budget: Option<Arc<Budget>>,
@@ -35,7 +36,7 @@ pub struct Health {
 impl Health {
     pub fn new(store: Store) -> Self {
         Self {
-            consuming: AtomicBool::new(false),
+            consuming: [AtomicBool::new(false), AtomicBool::new(false)],
             store,
             budget: None,
         }
@@ -46,8 +47,16 @@ impl Health {
         self
     }
 
-    pub fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::Relaxed);
+    /// Notes whether `lane`'s consumer is consuming; the worker is ready when both are.
+    pub fn set_consuming(&self, lane: Lane, consuming: bool) {
+        self.consuming[lane.index()].store(consuming, Ordering::Relaxed);
+    }
+
+    /// No lane consumes (the broker connection is gone).
+    pub fn stopped_consuming(&self) {
+        for lane in &self.consuming {
+            lane.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -81,7 +90,7 @@ pub async fn serve(
 }
 
 async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
-    let consuming = health.consuming.load(Ordering::Relaxed);
+    let consuming = health.consuming.iter().all(|lane| lane.load(Ordering::Relaxed));
     let redis = match tokio::time::timeout(Duration::from_secs(1), health.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),

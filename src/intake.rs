@@ -129,7 +129,7 @@ async fn consume_until_paused(
         Ok(consumer) => consumer,
         Err(err) => return Pause::Broken(err.into()),
     };
-    health.set_consuming(true);
+    health.set_consuming(settings.lane, true);
     tracing::info!(queue = %settings.queue, lane = settings.lane.as_str(), concurrency = settings.concurrency, "Consuming jobs.");
     let pause = loop {
         let next = tokio::select! {
@@ -160,7 +160,7 @@ async fn consume_until_paused(
             }
         }
     };
-    health.set_consuming(false);
+    health.set_consuming(settings.lane, false);
     if let Err(err) = channel
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await

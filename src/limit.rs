@@ -47,7 +47,8 @@ impl Lane {
         }
     }
 
-    fn index(self) -> usize {
+    /// 0 for single, 1 for batch: for per-lane arrays.
+    pub(crate) fn index(self) -> usize {
         match self {
             Lane::Single => 0,
             Lane::Batch => 1,

@@ -160,7 +160,7 @@ async fn supervise(parts: &Parts<'_>, stop: CancellationToken) -> Result<(), Wor
             Ok(()) => return Ok(()),
             Err(err) => err,
         };
-        parts.health.set_consuming(false);
+        parts.health.stopped_consuming();
         if connected {
             wait = FIRST_WAIT;
         }

@@ -90,11 +90,7 @@ impl BulkPresence {
             message: message.map(str::to_string),
             reply,
         };
-        let lane = match current_lane() {
-            Lane::Single => &self.lanes[0],
-            Lane::Batch => &self.lanes[1],
-        };
-        if lane.send(request).await.is_err() {
+        if self.lanes[current_lane().index()].send(request).await.is_err() {
             return BulkOutcome::Left;
         }
         answer.await.unwrap_or(BulkOutcome::Left)
