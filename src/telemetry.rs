@@ -79,6 +79,21 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// Folds recorded histogram samples into their buckets every 5 s until `stop`: samples wait in
+/// a list until then, so without it a worker nobody scrapes would grow without bound.
+pub fn keep_metrics_tidy(stop: tokio_util::sync::CancellationToken) {
+    let handle = metrics();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => handle.run_upkeep(),
+            }
+        }
+    });
+}
+
 /// Renders every metric in the Prometheus text format, with the age of the oldest job in
 /// flight as of now.
 pub fn render() -> String {

@@ -83,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     let cancel = CancellationToken::new();
     let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
+    crate::telemetry::keep_metrics_tidy(cancel.clone());
     let ingest_server = match (config.ingest_addr, &config.ingest_token) {
         (Some(addr), Some(token)) => {
             let listener = ingest::bind(addr)
