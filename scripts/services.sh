@@ -33,6 +33,8 @@ install_missing() {
   local missing=()
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  # The TLS test makes its certificates with openssl.
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} with apt"
     as_root apt-get update -qq
