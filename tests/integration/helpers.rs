@@ -207,7 +207,7 @@ pub async fn spawn_app_without_worker(sandbox_config: SandboxConfig, overrides: 
     }
 }
 
-async fn capture(channel: &Channel, exchange: &str) -> Consumer {
+pub async fn capture(channel: &Channel, exchange: &str) -> Consumer {
     let options = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -258,7 +258,7 @@ async fn next_from<T: serde::de::DeserializeOwned>(
     })
 }
 
-async fn next_n<T>(consumer: &mut Consumer, n: usize, what: &str) -> Vec<Arrived<T>>
+pub async fn next_n<T>(consumer: &mut Consumer, n: usize, what: &str) -> Vec<Arrived<T>>
 where
     T: serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -581,11 +581,18 @@ pub struct PrivateRabbit {
 
 impl PrivateRabbit {
     pub async fn start() -> Self {
+        Self::start_with(|_| String::new()).await
+    }
+
+    /// Starts a node whose `rabbitmq.conf` is `config(node directory)` (files the config names
+    /// should be put in that directory: it is readable by the node's user).
+    pub async fn start_with(config: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = std::env::temp_dir().join(format!("genesys-worker-rabbit-{}", random_name()));
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         std::fs::write(dir.join("enabled_plugins"), "").unwrap();
+        std::fs::write(dir.join("rabbitmq.conf"), config(&dir)).unwrap();
         let rabbit = Self {
             port: free_port(),
             dir,
@@ -597,6 +604,11 @@ impl PrivateRabbit {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's directory (its data, logs and config).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn pid_file(&self) -> std::path::PathBuf {
@@ -629,6 +641,7 @@ impl PrivateRabbit {
             .arg(format!("RABBITMQ_NODE_PORT={}", self.port))
             .arg(format!("RABBITMQ_DIST_PORT={}", free_port()))
             .arg(format!("RABBITMQ_ENABLED_PLUGINS_FILE={dir}/enabled_plugins"))
+            .arg(format!("RABBITMQ_CONFIG_FILE={dir}/rabbitmq.conf"))
             .arg(format!("RABBITMQ_PID_FILE={}", self.pid_file().display()))
             .arg("/usr/lib/rabbitmq/bin/rabbitmq-server")
             .stdout(std::process::Stdio::null())

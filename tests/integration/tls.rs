@@ -176,3 +176,74 @@ async fn the_worker_runs_over_rediss_with_a_trusted_certificate_and_refuses_an_u
     app.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn the_worker_consumes_and_publishes_over_amqps() {
+    use genesys_worker::broker::{self, topology, Publisher};
+    use genesys_worker::config::{Config, ServiceUrl};
+    use lapin::BasicProperties;
+
+    let tls_port = free_port();
+    let rabbit = crate::helpers::PrivateRabbit::start_with(|dir| {
+        make_certificates(dir);
+        let path = |file: &str| dir.join(file).display().to_string();
+        format!(
+            "listeners.ssl.default = {tls_port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            path("ca.pem"),
+            path("server.pem"),
+            path("server.key"),
+        )
+    })
+    .await;
+    let sandbox = genesys_worker::sandbox::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            users: 5,
+            ..SandboxConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let amqps = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let mut env = crate::helpers::test_env(&sandbox, &random_name(), &[("AMQP_URL", amqps.as_str())]);
+    env.insert(
+        "SSL_CERT_FILE".into(),
+        rabbit.dir().join("ca.pem").display().to_string(),
+    );
+    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+
+    // The test itself talks plain AMQP to the same node.
+    let plain = broker::connect(&ServiceUrl::parse(&rabbit.url()).unwrap())
+        .await
+        .unwrap();
+    let channel = plain.create_channel().await.unwrap();
+    topology::declare(&channel, &config.topology).await.unwrap();
+    let mut audit = crate::helpers::capture(&channel, &config.topology.audit_exchange).await;
+    let mut worker = start_worker_process(&env);
+    let job = agent_job(user_id(2), json!({"presence": "Meal"}));
+    Publisher::open(&plain)
+        .await
+        .unwrap()
+        .publish(
+            &config.topology.jobs_exchange,
+            "agent.status",
+            &serde_json::to_vec(&job).unwrap(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    let events: Vec<crate::helpers::Arrived<genesys_worker::events::AuditEvent>> =
+        crate::helpers::next_n(&mut audit, 1, "audit").await;
+    assert_eq!(events[0].event.outcome, Outcome::Applied, "{}", worker.log_text());
+    assert_eq!(
+        events[0].event.job_id.to_string(),
+        job["job_id"].as_str().unwrap()
+    );
+    worker.terminate();
+    worker.wait(Duration::from_secs(10)).await;
+}
