@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::canonical;
 
-/// Job kinds of the contract. Only the ones listed in [`Kind::is_supported`] are applied yet.
+/// Job kinds of the contract; every one is applied (a `batch` by fanning out its children).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     AgentStatus,

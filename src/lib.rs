@@ -20,9 +20,11 @@
 //! - [`pipeline`]: runs one job through the stages and returns what to do with the delivery.
 //! - [`worker`]: wires the stages together and keeps the broker connection: `run(config, shutdown)`.
 //!
-//! Around it: [`admin`] (`/healthz`, `/readyz`), [`audit`] (`audit verify`), [`config`], [`events`] (the consumers' contract), [`store`] (Redis keys),
-//! [`canonical`] (canonical JSON), [`enqueue`] (the producer CLI) and [`sandbox`], the Genesys
-//! Cloud simulator used by the tests and the demo.
+//! Around it: [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (logs and the
+//! metric names), [`ingest`] (`POST /v1/jobs`), [`audit`] (`audit verify`), [`config`],
+//! [`events`] (the consumers' contract), [`store`] (Redis keys), [`canonical`] (canonical JSON),
+//! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`), [`relay`] (events to webhooks)
+//! and [`sandbox`], the Genesys Cloud simulator used by the tests and the demo.
 
 pub mod admin;
 pub mod apply;
