@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::broker::{BrokerError, Publisher};
 use crate::canonical;
-use crate::events::{audit_event_id, EventError, OutboundEvent, Outcome};
+use crate::events::{audit_event_id, now_millis, unix_millis, EventError, OutboundEvent, Outcome};
 use crate::job::{self, Batch, Job};
 use crate::record::EntityHead;
 use crate::store::{Store, StoreError};
@@ -230,8 +230,7 @@ impl Progress {
     /// The batch's own audit event (not yet linked into its chain): outcome `applied`, entity
     /// `batch:<id>`, with the summary.
     pub fn audit_event(&self) -> crate::events::AuditEvent {
-        let now = OffsetDateTime::now_utc();
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as u64;
+        let now = now_millis();
         crate::events::AuditEvent {
             event_id: audit_event_id(&self.idempotency_key, self.batch_id, Outcome::Applied),
             job_id: self.batch_id,
@@ -244,15 +243,13 @@ impl Progress {
             previous_state: None,
             new_state: None,
             attempts: 0,
-            latency_ms: now_ms.saturating_sub(self.started_ms),
+            latency_ms: unix_millis(now).saturating_sub(self.started_ms),
             genesys_status: None,
             error: None,
             entity_version: 0,
             checksum: None,
             prev_checksum: String::new(),
-            occurred_at: now
-                .replace_millisecond(now.millisecond())
-                .expect("a millisecond of the current time is valid"),
+            occurred_at: now,
             summary: Some(self.summary()),
             traceparent: None,
         }
@@ -341,7 +338,7 @@ impl Store {
     }
 
     async fn batch_start(&self, job: &Job, total: usize) -> Result<usize, StoreError> {
-        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+        let now_ms = unix_millis(OffsetDateTime::now_utc());
         let mut conn = self.conn.clone();
         let published: String = START
             .key(self.batch_key(job.job_id, ""))

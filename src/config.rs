@@ -135,6 +135,11 @@ impl Topology {
     pub fn lane_queues(&self) -> [&str; 2] {
         [&self.work_queue, &self.batch_queue]
     }
+
+    /// The queue of `lane`.
+    pub fn lane_queue(&self, lane: crate::limit::Lane) -> &str {
+        self.lane_queues()[lane.index()]
+    }
 }
 
 impl Default for Topology {

@@ -16,7 +16,7 @@ use lapin::BasicProperties;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker::publisher::{header_count, header_text};
+use crate::broker::publisher::{field_text, header_count, header_text};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::ServiceUrl;
 
@@ -107,11 +107,7 @@ fn first_death(properties: &BasicProperties) -> Option<Death> {
     let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
         return None;
     };
-    let text = |name: &str| match death.inner().iter().find(|(k, _)| k.as_str() == name)?.1 {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    };
+    let text = |name: &str| field_text(death, name);
     let routing_key = match death.inner().iter().find(|(k, _)| k.as_str() == "routing-keys") {
         Some((_, AMQPValue::FieldArray(keys))) => match keys.as_slice().first() {
             Some(AMQPValue::LongString(s)) => Some(s.to_string()),

@@ -60,6 +60,18 @@ pub struct EventError {
     pub message: String,
 }
 
+/// Now, to the millisecond: events carry no false precision.
+pub fn now_millis() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond())
+        .expect("a millisecond of the current time is valid")
+}
+
+/// Milliseconds since the Unix epoch of `instant`.
+pub fn unix_millis(instant: OffsetDateTime) -> u64 {
+    (instant.unix_timestamp_nanos() / 1_000_000) as u64
+}
+
 /// The `prev_checksum` of an entity's first link.
 pub const GENESIS_CHECKSUM: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -254,7 +254,7 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down:
             };
             match pipeline
                 .publisher
-                .dead_letter(&pipeline.topology.dead_letter, letter)
+                .dead_letter((&pipeline.topology.dead_letter, &routing_key), letter)
                 .await
             {
                 Ok(()) => {

@@ -61,11 +61,13 @@ async fn relay(args: RelayArgs) -> ExitCode {
         queue: args.queue.unwrap_or_else(|| format!("genesys.relay.{name}")),
         url: args.url,
         secret: genesys_worker::config::Secret::new(secret),
-        max_attempts: args.max_attempts.max(1),
+        retry: genesys_worker::retry::RetryPolicy {
+            max_attempts: args.max_attempts.max(1),
+            base_delay: Duration::from_millis(args.backoff_ms),
+            max_delay: Duration::from_secs(60),
+        },
         concurrency: args.concurrency.max(1),
         request_timeout: Duration::from_millis(args.timeout_ms),
-        base_backoff: Duration::from_millis(args.backoff_ms),
-        max_backoff: Duration::from_secs(60),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

@@ -22,7 +22,9 @@ use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::dedupe::{Claim, Lease};
-use crate::events::{audit_event_id, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::events::{
+    audit_event_id, now_millis, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome,
+};
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::limit::{current_lane, in_lane, Lane};
@@ -152,7 +154,8 @@ impl Pipeline {
         let span = tracing::Span::current();
         span.record("job_id", tracing::field::display(job.job_id));
         span.record("kind", job.kind.as_str());
-        span.record("entity", job.entity());
+        let entity = job.entity();
+        span.record("entity", entity.as_str());
         if let Some(traceparent) = &job.traceparent {
             span.record("traceparent", traceparent.as_str());
         }
@@ -162,11 +165,16 @@ impl Pipeline {
         };
         let settled = match self
             .store
-            .claim(&job.idempotency_key, &job.fingerprint, &job.entity())
+            .claim(&job.idempotency_key, &job.fingerprint, &entity)
             .await?
         {
-            Claim::Owned(lease, _) if job.kind == job::Kind::Batch => self.run_batch(&job, &lease).await,
-            Claim::Owned(lease, entity) => self.run_owned(&job, &lease, entity, rounds, started).await,
+            Claim::Owned(lease, _) if job.kind == job::Kind::Batch => {
+                self.run_batch(&job, &entity, &lease).await
+            }
+            Claim::Owned(lease, locked) => {
+                self.run_owned(&job, &entity, &lease, locked, rounds, started)
+                    .await
+            }
             Claim::Done {
                 events,
                 confirmed: false,
@@ -239,12 +247,11 @@ impl Pipeline {
 
     /// A batch: its children are published to the batch lane; its own event comes with the
     /// last child's outcome ([`Pipeline::count_in_batch`]).
-    async fn run_batch(&self, job: &Job, lease: &Lease) -> Result<Settled, PipelineError> {
+    async fn run_batch(&self, job: &Job, entity: &str, lease: &Lease) -> Result<Settled, PipelineError> {
         let Payload::Batch(batch) = &job.payload else {
             unreachable!("only batch jobs are fanned out")
         };
-        let entity = job.entity();
-        let keeper = self.store.keep_alive(lease, &entity);
+        let keeper = self.store.keep_alive(lease, entity);
         let fanned = batch::fan_out(
             &self.store,
             &self.publisher,
@@ -259,7 +266,7 @@ impl Pipeline {
             Err(err) => {
                 // The next delivery goes on from the published cursor, without waiting for
                 // this claim's lease to run out.
-                if let Err(release) = self.store.release_claim(lease, &entity).await {
+                if let Err(release) = self.store.release_claim(lease, entity).await {
                     tracing::warn!(error.message = %release, "Could not release the batch's claim; it expires with its lease.");
                 }
                 return Err(match err {
@@ -268,7 +275,7 @@ impl Pipeline {
                 });
             }
         };
-        self.store.batch_fanned_out(lease, &entity).await?;
+        self.store.batch_fanned_out(lease, entity).await?;
         tracing::info!(children = total, "Batch fanned out into the batch lane.");
         Ok(Settled::new(Disposition::Ack, Outcome::Applied))
     }
@@ -322,19 +329,17 @@ impl Pipeline {
     async fn run_owned(
         &self,
         job: &Job,
+        entity: &str,
         lease: &Lease,
         locked: Option<EntityState>,
         rounds: Rounds,
         started: Instant,
     ) -> Result<Settled, PipelineError> {
-        let entity = job.entity();
-        let result = self
-            .run_locked(job, lease, locked, &entity, rounds, started)
-            .await;
+        let result = self.run_locked(job, lease, locked, entity, rounds, started).await;
         if result.is_err() {
             // The next change of the entity may go ahead now, not only when the lock's lease
             // runs out. (A finished job released it with its last step.)
-            if let Err(err) = self.store.release_entity(&entity, &lease.owner).await {
+            if let Err(err) = self.store.release_entity(entity, &lease.owner).await {
                 tracing::warn!(error.message = %err, entity = %entity, "Could not release the entity lock; it expires with its lease.");
             }
         }
@@ -387,10 +392,8 @@ impl Pipeline {
         };
         drop(keeper);
         if applied.outcome == Outcome::Failed && applied.retryable {
-            let lane_queue = match current_lane() {
-                Lane::Single => &self.topology.work_queue,
-                Lane::Batch => &self.topology.batch_queue,
-            };
+            // Back to the lane it came from.
+            let lane_queue = self.topology.lane_queue(current_lane());
             if let Some(queue) = self.topology.retry_queue(lane_queue, rounds.retries as usize) {
                 // Not final: no outcome is recorded or announced; the next round claims afresh.
                 self.store.release_claim(lease, entity).await?;
@@ -468,7 +471,7 @@ impl Pipeline {
                 entity_version: 0,
                 checksum: None,
                 prev_checksum: String::new(),
-                occurred_at: now(),
+                occurred_at: now_millis(),
                 summary: None,
                 traceparent,
             };
@@ -523,7 +526,7 @@ impl Pipeline {
             entity_version: 0,
             checksum: None,
             prev_checksum: String::new(),
-            occurred_at: now(),
+            occurred_at: now_millis(),
             summary: None,
             traceparent: job.traceparent.clone(),
         }
@@ -576,11 +579,4 @@ fn traceparent(properties: &BasicProperties) -> Option<String> {
         if hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
             && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'));
     valid.then(|| value.trim().to_ascii_lowercase())
-}
-
-/// Now, to the millisecond: events carry no false precision.
-fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_millisecond(now.millisecond())
-        .expect("a millisecond of the current time is valid")
 }

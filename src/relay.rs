@@ -20,15 +20,16 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
-use rand::Rng;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::publisher::DeadLetter;
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::{Secret, ServiceUrl};
+use crate::retry::RetryPolicy;
 
 pub const EVENT_ID_HEADER: &str = "x-genesys-worker-event-id";
 pub const TIMESTAMP_HEADER: &str = "x-genesys-worker-timestamp";
@@ -54,14 +55,12 @@ pub struct RelayOptions {
     pub queue: String,
     pub url: url::Url,
     pub secret: Secret,
-    /// Deliveries attempted per event before it is dead-lettered.
-    pub max_attempts: u32,
+    /// Deliveries attempted per event before it is dead-lettered, and the backoff between
+    /// them (exponential with full jitter, as for Genesys calls).
+    pub retry: RetryPolicy,
     /// Events POSTed at once.
     pub concurrency: usize,
     pub request_timeout: Duration,
-    /// First retry delay; doubles per attempt, up to `max_backoff`.
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,28 +195,16 @@ async fn relay_one(
         }
         Err(failure) => {
             tracing::warn!(event_id, code = %failure.code, error.message = %failure.message, "Event dead-lettered.");
-            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-            let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-            headers.insert(ShortString::from("x-error-code"), text(&failure.code));
-            headers.insert(ShortString::from("x-error-message"), text(&failure.message));
-            headers.insert(
-                ShortString::from("x-attempts"),
-                AMQPValue::LongInt(failure.attempts as i32),
-            );
-            headers.insert(
-                ShortString::from("x-original-exchange"),
-                text(delivery.exchange.as_str()),
-            );
-            headers.insert(
-                ShortString::from("x-original-routing-key"),
-                text(delivery.routing_key.as_str()),
-            );
-            let properties = delivery
-                .properties
-                .clone()
-                .with_headers(headers)
-                .with_delivery_mode(2);
-            match publisher.publish("", dead, &delivery.data, properties).await {
+            let letter = DeadLetter {
+                body: &delivery.data,
+                properties: &delivery.properties,
+                exchange: delivery.exchange.as_str(),
+                routing_key: delivery.routing_key.as_str(),
+                error_code: &failure.code,
+                error_message: &failure.message,
+                attempts: failure.attempts,
+            };
+            match publisher.dead_letter(("", dead), letter).await {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                 Err(err) => {
                     tracing::error!(error.message = %err, "Could not dead-letter an event; it will be relayed again.");
@@ -262,12 +249,7 @@ async fn deliver(
             Ok(response) if response.status().is_success() => return Ok(attempt),
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = crate::retry::retry_after(response.headers());
                 let retryable = status >= 500 || status == 408 || status == 429;
                 (
                     retryable,
@@ -287,19 +269,17 @@ async fn deliver(
                 format!("{}: {err}", options.url),
             ),
         };
-        if !retryable || attempt >= options.max_attempts {
+        if !retryable || attempt >= options.retry.max_attempts {
             return Err(Undeliverable {
                 code,
                 message,
                 attempts: attempt,
             });
         }
-        let ceiling = options
-            .base_backoff
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(options.max_backoff);
-        let jitter = rand::rng().random_range(0..=ceiling.as_millis() as u64);
-        let wait = Duration::from_millis(jitter).max(retry_after.unwrap_or_default());
+        let wait = options
+            .retry
+            .backoff(attempt)
+            .max(retry_after.unwrap_or_default());
         tracing::debug!(event_id, attempt, wait_ms = wait.as_millis() as u64, %code, "Delivery failed; retrying.");
         tokio::time::sleep(wait).await;
         attempt += 1;

@@ -29,6 +29,15 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A response's `Retry-After`, when given in seconds (the form Genesys and most webhooks use).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// A result and how many attempts it took.
 #[derive(Debug)]
 pub struct Attempted<T> {
@@ -44,7 +53,8 @@ impl RetryPolicy {
         self.base_delay.saturating_mul(factor).min(self.max_delay)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait after failed attempt `attempt`: a uniform draw below [`Self::backoff_ceiling`].
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self.backoff_ceiling(attempt).as_millis() as u64;
         Duration::from_millis(rand::rng().random_range(0..=ceiling))
     }

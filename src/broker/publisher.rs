@@ -43,24 +43,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await?;
-        if !confirm.is_ack() {
-            return Err(BrokerError::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            });
-        }
-        Ok(())
+        self.send_all(std::iter::once((exchange, routing_key, body, properties)))
+            .await
     }
 
     /// Publishes every message to `exchange` with `routing_key`, then waits for all the
@@ -153,10 +137,12 @@ impl Publisher {
         self.publish("", retry_queue, body, properties).await
     }
 
-    /// Sends the original message to the dead-letter exchange with the reason in its headers.
+    /// Sends the original message to `destination` (exchange, routing key) with the reason
+    /// and its origin in its headers: the worker's dead-letter exchange under the original
+    /// routing key, or a queue of its own through the default exchange (the relay's).
     pub async fn dead_letter(
         &self,
-        dead_letter_exchange: &str,
+        destination: (&str, &str),
         letter: DeadLetter<'_>,
     ) -> Result<(), BrokerError> {
         let mut headers = letter.properties.headers().clone().unwrap_or_default();
@@ -181,7 +167,7 @@ impl Publisher {
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
-        self.publish(dead_letter_exchange, letter.routing_key, letter.body, properties)
+        self.publish(destination.0, destination.1, letter.body, properties)
             .await
     }
 }
@@ -200,8 +186,12 @@ fn header_present(headers: &FieldTable, name: &str) -> bool {
 
 /// A text header of a message.
 pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
-    let headers = properties.headers().as_ref()?;
-    match headers.inner().iter().find(|(k, _)| k.as_str() == name)?.1 {
+    field_text(properties.headers().as_ref()?, name)
+}
+
+/// A text field of a table (headers, or a nested table such as an `x-death` entry).
+pub fn field_text(table: &FieldTable, name: &str) -> Option<String> {
+    match table.inner().iter().find(|(k, _)| k.as_str() == name)?.1 {
         AMQPValue::LongString(s) => Some(s.to_string()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,

@@ -166,12 +166,7 @@ impl GenesysClient {
                 .record(sent.elapsed().as_secs_f64());
             metrics::counter!(names::GENESYS_REQUESTS, "route" => route, "status" => status.to_string())
                 .increment(1);
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = crate::retry::retry_after(response.headers());
             let bytes = response.bytes().await.map_err(|source| GenesysError::Network {
                 method: method.to_string(),
                 path: path.to_string(),
