@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::ServiceUrl;
+use crate::dlq::{DlqOptions, Filter};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "genesys-worker",
@@ -70,7 +73,7 @@ pub enum DlqCommand {
     /// List dead letters with their error headers; the queue is left as it was.
     List {
         #[command(flatten)]
-        filter: DlqFilter,
+        filter: Filter,
         /// Most dead letters to print.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -78,13 +81,13 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        broker: DlqBroker,
+        broker: DlqOptions,
     },
     /// Re-publish dead letters to their original exchange and routing key, acking each from
     /// the dead-letter queue only once its re-publication is confirmed.
     Replay {
         #[command(flatten)]
-        filter: DlqFilter,
+        filter: Filter,
         /// Print what would be replayed; publish and ack nothing.
         #[arg(long)]
         dry_run: bool,
@@ -92,7 +95,7 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
         #[command(flatten)]
-        broker: DlqBroker,
+        broker: DlqOptions,
     },
 }
 
@@ -125,43 +128,26 @@ pub struct RelayArgs {
     pub backoff_ms: u64,
     #[arg(long, env = "RELAY_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     #[arg(long, env = "CRM_EXCHANGE", default_value = "genesys.crm")]
     pub crm_exchange: String,
     #[arg(long, env = "AUDIT_EXCHANGE", default_value = "genesys.audit")]
     pub audit_exchange: String,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct DlqFilter {
-    /// Only jobs of this kind (e.g. agent.status).
-    #[arg(long)]
-    pub kind: Option<String>,
-    /// Only dead letters with this error code (`x-error-code`, e.g. genesys.bad.gateway).
-    #[arg(long)]
-    pub code: Option<String>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct DlqBroker {
+/// The broker the tools connect to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ (`amqps://` for TLS).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = ServiceUrl::parse
     )]
-    pub amqp_url: String,
-    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "genesys.jobs.dead")]
-    pub dead_letter_queue: String,
-    /// Where a dead letter without origin headers is replayed to.
-    #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
-    pub jobs_exchange: String,
+    pub amqp_url: ServiceUrl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,9 +165,10 @@ pub enum BatchCommand {
             long,
             env = "REDIS_URL",
             default_value = "redis://127.0.0.1:6379/",
-            hide_env_values = true
+            hide_env_values = true,
+            value_parser = ServiceUrl::parse
         )]
-        redis_url: String,
+        redis_url: ServiceUrl,
         #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "gw:")]
         redis_key_prefix: String,
     },
@@ -263,13 +250,8 @@ pub struct EnqueueArgs {
     /// `audit verify`).
     #[arg(long, requires = "wait")]
     pub events_out: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
     pub jobs_exchange: String,
     #[arg(long, env = "AUDIT_EXCHANGE", default_value = "genesys.audit")]

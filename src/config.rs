@@ -176,16 +176,13 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// Unacked deliveries the broker may push ahead of processing.
     pub worker_prefetch: u16,
-    pub max_message_bytes: usize,
+    /// `MAX_MESSAGE_BYTES`, `MAX_BATCH_MESSAGE_BYTES`, `BATCH_MAX`: what a job message may be.
+    pub limits: crate::job::Limits,
     /// How long a finished job's idempotency record is kept.
     pub idempotency_ttl_secs: u64,
     /// An in-progress record's lease; renewed while the job runs, taken over once expired.
     pub lease_ms: u64,
     pub shutdown_timeout_secs: u64,
-    /// Most children of one `batch` job.
-    pub batch_max: usize,
-    /// Largest `batch` message accepted (other jobs: `max_message_bytes`).
-    pub max_batch_message_bytes: usize,
     /// Batch children processed at once by this replica (bulk calls fill up to `bulk_max` only
     /// when at least that many are in flight).
     pub batch_concurrency: usize,
@@ -305,12 +302,10 @@ impl Config {
             topology,
             worker_concurrency: env.positive("WORKER_CONCURRENCY", 32)?,
             worker_prefetch: env.positive("WORKER_PREFETCH", 64)?,
-            max_message_bytes: env.positive("MAX_MESSAGE_BYTES", 1024 * 1024)?,
+            limits: job_limits(&env)?,
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
             lease_ms: env.positive("LEASE_MS", 30_000)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
-            batch_max: env.positive("BATCH_MAX", 10_000)?,
-            max_batch_message_bytes: env.positive("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024)?,
             batch_concurrency: env.positive("BATCH_CONCURRENCY", 128)?,
             batch_prefetch: env.positive("BATCH_PREFETCH", 256)?,
             lane_weights: LaneWeights {
@@ -337,6 +332,22 @@ impl Config {
             ingest_token,
         })
     }
+}
+
+/// The message limits, read through `lookup`: shared by the worker and the tools that validate
+/// jobs for it (`enqueue`).
+pub fn job_limits_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<crate::job::Limits, ConfigError> {
+    job_limits(&Env(&lookup))
+}
+
+fn job_limits(env: &Env) -> Result<crate::job::Limits, ConfigError> {
+    Ok(crate::job::Limits {
+        max_message_bytes: env.positive("MAX_MESSAGE_BYTES", 1024 * 1024)?,
+        max_batch_bytes: env.positive("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024)?,
+        batch_max: env.positive("BATCH_MAX", crate::job::DEFAULT_BATCH_MAX)?,
+    })
 }
 
 fn parse_region_url(raw: &str) -> Result<Url, ConfigError> {

@@ -18,12 +18,15 @@ use serde_json::Value;
 
 use crate::broker::publisher::{field_text, header_count, header_text};
 use crate::broker::{self, BrokerError, Publisher};
-use crate::config::ServiceUrl;
 
 /// Which dead letters a command applies to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Filter {
+    /// Only jobs of this kind (e.g. agent.status).
+    #[arg(long)]
     pub kind: Option<String>,
+    /// Only dead letters with this error code (`x-error-code`, e.g. genesys.bad.gateway).
+    #[arg(long)]
     pub code: Option<String>,
 }
 
@@ -123,11 +126,14 @@ fn first_death(properties: &BasicProperties) -> Option<Death> {
 }
 
 /// Where the tools connect.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DlqOptions {
-    pub amqp_url: ServiceUrl,
+    #[command(flatten)]
+    pub broker: crate::cli::BrokerArgs,
+    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "genesys.jobs.dead")]
     pub dead_letter_queue: String,
-    /// Where a message without origin headers is replayed to.
+    /// Where a dead letter without origin headers is replayed to.
+    #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
     pub jobs_exchange: String,
 }
 
@@ -169,7 +175,7 @@ pub async fn replay(
     rate: f64,
     dry_run: bool,
 ) -> Result<Replayed, DlqError> {
-    let connection = broker::connect(&options.amqp_url).await?;
+    let connection = broker::connect(&options.broker.amqp_url).await?;
     let publisher = Publisher::open(&connection).await?;
     let pace = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut next = tokio::time::Instant::now();
@@ -239,7 +245,7 @@ where
     F: FnMut(&Letter, BasicGetMessage) -> Fut,
     Fut: std::future::Future<Output = Result<bool, BrokerError>>,
 {
-    let connection = broker::connect(&options.amqp_url).await?;
+    let connection = broker::connect(&options.broker.amqp_url).await?;
     let channel = connection.create_channel().await.map_err(BrokerError::from)?;
     let queue_error = |source| DlqError::Queue {
         queue: options.dead_letter_queue.clone(),

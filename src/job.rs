@@ -253,6 +253,9 @@ impl DecodeError {
 pub const MAX_KEY_LEN: usize = 512;
 const MAX_TEXT_LEN: usize = 1024;
 
+/// Most children of one batch unless `BATCH_MAX` says otherwise.
+pub const DEFAULT_BATCH_MAX: usize = 10_000;
+
 /// Size limits of job messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -269,7 +272,7 @@ impl Limits {
         Self {
             max_message_bytes: max_bytes,
             max_batch_bytes: max_bytes,
-            batch_max: 10_000,
+            batch_max: DEFAULT_BATCH_MAX,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use genesys_worker::audit::{self, VerifyError};
 use genesys_worker::cli::{
-    AuditCommand, BatchCommand, Cli, Command, DlqBroker, DlqCommand, EnqueueArgs, RelayArgs, RelaySource,
-    SandboxArgs, ValidateFlowArgs,
+    AuditCommand, BatchCommand, Cli, Command, DlqCommand, EnqueueArgs, RelayArgs, RelaySource, SandboxArgs,
+    ValidateFlowArgs,
 };
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
@@ -44,19 +44,12 @@ async fn relay(args: RelayArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let amqp_url = match ServiceUrl::parse(&args.amqp_url) {
-        Ok(url) => url,
-        Err(err) => {
-            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
-            return ExitCode::from(2);
-        }
-    };
     let (exchange, name) = match args.source {
         RelaySource::Crm => (args.crm_exchange, "crm"),
         RelaySource::Audit => (args.audit_exchange, "audit"),
     };
     let options = genesys_worker::relay::RelayOptions {
-        amqp_url,
+        amqp_url: args.broker.amqp_url,
         exchange,
         queue: args.queue.unwrap_or_else(|| format!("genesys.relay.{name}")),
         url: args.url,
@@ -85,18 +78,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
 }
 
 async fn dlq(command: DlqCommand) -> ExitCode {
-    use genesys_worker::dlq::{self, DlqOptions, Filter};
-    let options = |broker: &DlqBroker| -> Result<DlqOptions, ExitCode> {
-        let amqp_url = ServiceUrl::parse(&broker.amqp_url).map_err(|err| {
-            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
-            ExitCode::from(2)
-        })?;
-        Ok(DlqOptions {
-            amqp_url,
-            dead_letter_queue: broker.dead_letter_queue.clone(),
-            jobs_exchange: broker.jobs_exchange.clone(),
-        })
-    };
+    use genesys_worker::dlq;
     let line = |letter: &dlq::Letter| {
         format!(
             "{}  {:<18} {:<28} attempts {:<2} -> {} {}  {}",
@@ -120,14 +102,7 @@ async fn dlq(command: DlqCommand) -> ExitCode {
             json,
             broker,
         } => {
-            let options = match options(&broker) {
-                Ok(options) => options,
-                Err(code) => return code,
-            };
-            let filter = Filter {
-                kind: filter.kind,
-                code: filter.code,
-            };
+            let options = broker;
             match dlq::list(&options, &filter, limit).await {
                 Ok(letters) => {
                     for letter in &letters {
@@ -154,14 +129,7 @@ async fn dlq(command: DlqCommand) -> ExitCode {
             rate,
             broker,
         } => {
-            let options = match options(&broker) {
-                Ok(options) => options,
-                Err(code) => return code,
-            };
-            let filter = Filter {
-                kind: filter.kind,
-                code: filter.code,
-            };
+            let options = broker;
             match dlq::replay(&options, &filter, rate, dry_run).await {
                 Ok(outcome) => {
                     for letter in &outcome.replayed {
@@ -193,16 +161,9 @@ async fn dlq(command: DlqCommand) -> ExitCode {
     }
 }
 
-async fn batch_status(id: uuid::Uuid, json: bool, redis_url: &str, prefix: &str) -> ExitCode {
-    let url = match ServiceUrl::parse(redis_url) {
-        Ok(url) => url,
-        Err(err) => {
-            eprintln!("invalid configuration: REDIS_URL: not a URL: {err}");
-            return ExitCode::from(2);
-        }
-    };
+async fn batch_status(id: uuid::Uuid, json: bool, url: &ServiceUrl, prefix: &str) -> ExitCode {
     // Reading progress needs neither the TTL nor the lease.
-    let progress = match genesys_worker::store::Store::connect(&url, prefix, 1, 1).await {
+    let progress = match genesys_worker::store::Store::connect(url, prefix, 1, 1).await {
         Ok(store) => store.batch_progress(id).await,
         Err(err) => Err(err),
     };
@@ -460,21 +421,22 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let amqp_url = match ServiceUrl::parse(&args.amqp_url) {
-        Ok(url) => url,
+    // Lines are validated against the limits the worker reads from the same variables.
+    let limits = match genesys_worker::config::job_limits_from_lookup(|name| std::env::var(name).ok()) {
+        Ok(limits) => limits,
         Err(err) => {
-            eprintln!("invalid configuration: AMQP_URL: not a URL: {err}");
+            eprintln!("{err}");
             return ExitCode::from(2);
         }
     };
     let options = EnqueueOptions {
-        amqp_url,
+        amqp_url: args.broker.amqp_url,
         jobs_exchange: args.jobs_exchange,
         audit_exchange: args.audit_exchange,
         await_outcomes: args.wait,
         timeout: Duration::from_secs(args.timeout_secs),
         strict: args.strict,
-        limits: job_limits_from_env(),
+        limits,
     };
     // A progress bar on a terminal; plain counts otherwise (logs, CI).
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -545,21 +507,6 @@ async fn run_enqueue(args: EnqueueArgs) -> ExitCode {
             eprintln!("enqueue: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The worker's message limits, from the same variables the worker reads.
-fn job_limits_from_env() -> genesys_worker::job::Limits {
-    let number = |var: &str, default: usize| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    genesys_worker::job::Limits {
-        max_message_bytes: number("MAX_MESSAGE_BYTES", 1024 * 1024),
-        max_batch_bytes: number("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024),
-        batch_max: number("BATCH_MAX", 10_000),
     }
 }
 

@@ -16,7 +16,6 @@ use crate::config::Config;
 use crate::genesys::GenesysClient;
 use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
-use crate::job;
 use crate::limit::{Budget, Lane};
 use crate::pipeline::Pipeline;
 use crate::retry::RetryPolicy;
@@ -94,7 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 token.clone(),
                 config.amqp_url.clone(),
                 config.topology.jobs_exchange.clone(),
-                limits(&config),
+                config.limits,
             ));
             Some(tokio::spawn(ingest::serve(listener, ingest, cancel.clone())))
         }
@@ -129,17 +128,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
-/// The message limits jobs are decoded with.
-fn limits(config: &Config) -> job::Limits {
-    job::Limits {
-        max_message_bytes: config.max_message_bytes,
-        max_batch_bytes: config.max_batch_message_bytes,
-        batch_max: config.batch_max,
-    }
-}
-
-/// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
-/// backing off from 250 ms to 10 s.
 /// What outlives a broker connection: each new connection builds its pipeline from these.
 struct Parts<'a> {
     config: &'a Config,
@@ -149,6 +137,8 @@ struct Parts<'a> {
     health: &'a Health,
 }
 
+/// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
+/// backing off from 250 ms to 10 s.
 async fn supervise(parts: &Parts<'_>, stop: CancellationToken) -> Result<(), WorkerError> {
     const FIRST_WAIT: Duration = Duration::from_millis(250);
     let mut wait = FIRST_WAIT;
@@ -205,7 +195,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
             },
             bulk: bulk.cloned(),
-            limits: limits(config),
+            limits: config.limits,
         });
         let lanes = [
             IntakeSettings {
