@@ -2,14 +2,13 @@
 //! and fair share with single jobs.
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use genesys_worker::events::Outcome;
 use genesys_worker::sandbox::{presence_definition_id, user_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, job, redis_url, requests_in, spawn_app_with, Arrived, TestApp};
+use crate::helpers::{agent_job, job, requests_in, spawn_app_with, Arrived, TestApp};
 
 const BULK: &str = "PUT /api/v2/users/presences/bulk";
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
@@ -45,15 +44,9 @@ async fn events(app: &mut TestApp, n: usize) -> Vec<Arrived<genesys_worker::even
     app.audit_events(n).await
 }
 
-fn batch_status(app: &TestApp, id: Uuid) -> (Option<i32>, Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
-        .args(["batch", "status", &id.to_string(), "--json"])
-        .env("REDIS_URL", redis_url())
-        .env("REDIS_KEY_PREFIX", &app.config.redis_key_prefix)
-        .output()
-        .unwrap();
-    let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    (output.status.code(), report)
+async fn batch_status(app: &TestApp, id: Uuid) -> (i32, Value) {
+    let (code, stdout, _) = app.cli(&["batch", "status", &id.to_string(), "--json"]).await;
+    (code, serde_json::from_str(&stdout).unwrap_or(Value::Null))
 }
 
 #[tokio::test]
@@ -93,8 +86,8 @@ async fn a_handover_of_1000_agents_costs_at_most_25_presence_calls_and_ends_in_o
     assert_eq!(stats["mutations"].as_array().unwrap().len(), 1000);
     assert_eq!(app.user(user_id(999)).await["presence"], "On Queue");
 
-    let (code, report) = batch_status(&app, batch_id);
-    assert_eq!(code, Some(0), "{report}");
+    let (code, report) = batch_status(&app, batch_id).await;
+    assert_eq!(code, 0, "{report}");
     assert_eq!(
         (
             &report["total"],

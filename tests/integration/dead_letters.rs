@@ -4,25 +4,14 @@ use genesys_worker::events::Outcome;
 use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::{json, Value};
 
-use crate::helpers::{agent_job, amqp_url, spawn_app_with, TestApp};
+use crate::helpers::{agent_job, spawn_app_with, TestApp};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
 /// Runs `genesys-worker dlq ARGS` against the app's queues; returns exit code and stdout.
 async fn dlq(app: &TestApp, args: &[&str]) -> (i32, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
-        .arg("dlq")
-        .args(args)
-        .env("AMQP_URL", amqp_url())
-        .env("DEAD_LETTER_QUEUE", &app.config.topology.dead_letter)
-        .env("JOBS_EXCHANGE", &app.config.topology.jobs_exchange)
-        .output()
-        .await
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8(output.stdout).unwrap(),
-    )
+    let (code, stdout, _) = app.cli(&[&["dlq"], args].concat()).await;
+    (code, stdout)
 }
 
 async fn listed(app: &TestApp, filter: &[&str]) -> Vec<Value> {

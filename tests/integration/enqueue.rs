@@ -3,24 +3,11 @@
 use genesys_worker::sandbox::user_id;
 use serde_json::json;
 
-use crate::helpers::{agent_job, amqp_url, spawn_app, TestApp};
+use crate::helpers::{agent_job, spawn_app, TestApp};
 
 async fn enqueue(app: &TestApp, file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
-        .arg("enqueue")
-        .arg(file)
-        .args(args)
-        .env("AMQP_URL", amqp_url())
-        .env("JOBS_EXCHANGE", &app.config.topology.jobs_exchange)
-        .env("AUDIT_EXCHANGE", &app.config.topology.audit_exchange)
-        .output()
+    app.cli(&[&["enqueue", file.to_str().unwrap()], args].concat())
         .await
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
 }
 
 #[tokio::test]

@@ -460,6 +460,23 @@ impl TestApp {
             .unwrap_or_else(|| panic!("user {id} is not seeded"))
     }
 
+    /// Runs `genesys-worker ARGS` (a tool: enqueue, dlq, batch status) with this app's
+    /// environment, so it finds the app's queues, exchanges and Redis keys; returns the exit
+    /// code, stdout and stderr.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-worker"))
+            .args(args)
+            .envs(&self.env)
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    }
+
     /// Starts `genesys-worker run` as a process with this app's configuration; its output goes
     /// to a log file named in the returned handle.
     pub fn start_worker_process(&self) -> WorkerProcess {
