@@ -352,7 +352,10 @@ async fn await_events(
                 }
             }
             _ => {
-                eprintln!("  (timed out with {} of {n} events)", seen.len());
+                // usize::MAX asks for whatever arrives within `limit`.
+                if n != usize::MAX {
+                    eprintln!("  (timed out with {} of {n} events)", seen.len());
+                }
                 break;
             }
         }
@@ -392,23 +395,67 @@ fn median_drain(runs: &[Drain]) -> Drain {
     }
 }
 
+/// What every scenario sets up: its own names, a fresh sandbox, the topology declared, and a
+/// confirming publisher.
+struct Stage {
+    tag: String,
+    topology: Topology,
+    sandbox: Sandbox,
+    setup: Channel,
+    publisher: Publisher,
+}
+
+impl Stage {
+    async fn open(connection: &Connection, name: &str, users: usize, rate_limit: Option<(u32, u32)>) -> Self {
+        let tag = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let topology = topology(&tag);
+        let sandbox = Sandbox::start(users, rate_limit).await;
+        let setup = connection.create_channel().await.unwrap();
+        topology::declare(&setup, &topology).await.unwrap();
+        let publisher = Publisher::open(connection).await.unwrap();
+        Self {
+            tag,
+            topology,
+            sandbox,
+            setup,
+            publisher,
+        }
+    }
+
+    /// Queues `agent.status` jobs `jobs` (job n for user n mod `users`).
+    async fn publish_agent_jobs(&self, jobs: std::ops::Range<usize>, users: usize, presence: &str) {
+        let bodies = jobs
+            .map(|n| serde_json::to_vec(&agent_job(n, users, presence)).unwrap())
+            .collect();
+        publish_jobs(&self.publisher, &self.topology.jobs_exchange, bodies).await;
+    }
+
+    fn worker_env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        worker_env(&self.tag, &self.sandbox, &self.topology, extra)
+    }
+
+    async fn capture_audit(&self) -> lapin::Consumer {
+        capture_audit(&self.setup, &self.topology).await
+    }
+
+    /// Deletes the scenario's queues (the sandbox stops when dropped).
+    async fn close(self) {
+        remove(&self.setup, &self.topology).await;
+    }
+}
+
 /// The plumbing alone, in this process: consume → one Redis round trip → one HTTP request to
 /// the sandbox → two confirmed publishes → ack, `CONCURRENCY` at a time.
 async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> Drain {
-    let tag = format!("plumbing{run}-{}", &Uuid::new_v4().simple().to_string()[..6]);
-    let topology = topology(&tag);
-    let sandbox = Sandbox::start(settings.jobs, None).await;
+    let stage = Stage::open(connection, &format!("plumbing{run}"), settings.jobs, None).await;
+    let (topology, sandbox, publisher) = (&stage.topology, &stage.sandbox, &stage.publisher);
     let http = reqwest::Client::new();
     let token = Arc::new(sandbox.token(&http).await);
-    let setup = connection.create_channel().await.unwrap();
-    topology::declare(&setup, &topology).await.unwrap();
     // Its "audit events" are captured and read as the worker's are.
-    let audit = capture_audit(&setup, &topology).await;
-    let publisher = Publisher::open(connection).await.unwrap();
-    let bodies = (0..settings.jobs)
-        .map(|n| serde_json::to_vec(&agent_job(n, settings.jobs, "Available")).unwrap())
-        .collect();
-    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+    let audit = stage.capture_audit().await;
+    stage
+        .publish_agent_jobs(0..settings.jobs, settings.jobs, "Available")
+        .await;
     let jobs = settings.jobs;
     let reader = tokio::spawn(async move {
         let mut audit = audit;
@@ -493,8 +540,7 @@ async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> D
     let cpu = cpu_seconds(std::process::id()) - cpu_before;
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort_by(f64::total_cmp);
-    remove(&setup, &topology).await;
-    drop(sandbox);
+    stage.close().await;
     Drain {
         jobs_per_sec: settings.jobs as f64 / elapsed,
         cpu_secs_per_1000: cpu * 1000.0 / settings.jobs as f64,
@@ -507,37 +553,23 @@ async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> D
 
 /// The worker draining `settings.jobs` pre-published `agent.status` jobs.
 async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, run: usize) -> Drain {
-    let tag = format!(
-        "bulk{}{run}-{}",
-        if bulk { "on" } else { "off" },
-        &Uuid::new_v4().simple().to_string()[..6]
-    );
-    let topology = topology(&tag);
-    let sandbox = Sandbox::start(settings.jobs, None).await;
-    let setup = connection.create_channel().await.unwrap();
-    topology::declare(&setup, &topology).await.unwrap();
-    let mut audit = capture_audit(&setup, &topology).await;
-    let publisher = Publisher::open(connection).await.unwrap();
-    let bodies = (0..settings.jobs)
-        .map(|n| serde_json::to_vec(&agent_job(n, settings.jobs, "Available")).unwrap())
-        .collect();
-    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+    let name = format!("bulk{}{run}", if bulk { "on" } else { "off" });
+    let stage = Stage::open(connection, &name, settings.jobs, None).await;
+    let mut audit = stage.capture_audit().await;
+    stage
+        .publish_agent_jobs(0..settings.jobs, settings.jobs, "Available")
+        .await;
 
-    let env = worker_env(
-        &tag,
-        &sandbox,
-        &topology,
-        &[
-            ("BULK_PRESENCE", if bulk { "on" } else { "off" }.into()),
-            (
-                "BULK_WINDOW_MS",
-                std::env::var("BENCH_BULK_WINDOW_MS").unwrap_or("25".into()),
-            ),
-            ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
-            ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
-            ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
-        ],
-    );
+    let env = stage.worker_env(&[
+        ("BULK_PRESENCE", if bulk { "on" } else { "off" }.into()),
+        (
+            "BULK_WINDOW_MS",
+            std::env::var("BENCH_BULK_WINDOW_MS").unwrap_or("25".into()),
+        ),
+        ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
+        ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
+        ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
+    ]);
     let worker = start_worker(&env);
     let pid = worker.id().unwrap();
     let events = await_events(&mut audit, settings.jobs, Duration::from_secs(600), |_| true).await;
@@ -558,7 +590,7 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
     if applied != settings.jobs {
         eprintln!("  warning: {applied} of {} jobs applied", settings.jobs);
     }
-    remove(&setup, &topology).await;
+    stage.close().await;
     Drain {
         jobs_per_sec: events.len().saturating_sub(1) as f64 / elapsed.as_secs_f64(),
         cpu_secs_per_1000: cpu * 1000.0 / events.len().max(1) as f64,
@@ -581,30 +613,23 @@ struct Fidelity {
 /// and how often they are throttled.
 async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize) -> Fidelity {
     const RATE: u32 = 20;
-    let tag = format!("fidelity{replicas}-{}", &Uuid::new_v4().simple().to_string()[..6]);
-    let topology = topology(&tag);
     let jobs = (RATE as usize) * (settings.fidelity_secs as usize + 10);
-    let sandbox = Sandbox::start(jobs, Some((RATE, RATE))).await;
+    let stage = Stage::open(
+        connection,
+        &format!("fidelity{replicas}"),
+        jobs,
+        Some((RATE, RATE)),
+    )
+    .await;
     let http = reqwest::Client::new();
-    let setup = connection.create_channel().await.unwrap();
-    topology::declare(&setup, &topology).await.unwrap();
-    let publisher = Publisher::open(connection).await.unwrap();
-    let bodies = (0..jobs)
-        .map(|n| serde_json::to_vec(&agent_job(n, jobs, "Busy")).unwrap())
-        .collect();
-    publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
-    let env = worker_env(
-        &tag,
-        &sandbox,
-        &topology,
-        &[
-            ("BULK_PRESENCE", "off".into()),
-            ("GENESYS_RATE_LIMIT_RPS", RATE.to_string()),
-            ("GENESYS_RATE_LIMIT_BURST", RATE.to_string()),
-            ("GENESYS_RATE_LIMIT_SCOPE", "fleet".into()),
-            ("WORKER_CONCURRENCY", "16".into()),
-        ],
-    );
+    stage.publish_agent_jobs(0..jobs, jobs, "Busy").await;
+    let env = stage.worker_env(&[
+        ("BULK_PRESENCE", "off".into()),
+        ("GENESYS_RATE_LIMIT_RPS", RATE.to_string()),
+        ("GENESYS_RATE_LIMIT_BURST", RATE.to_string()),
+        ("GENESYS_RATE_LIMIT_SCOPE", "fleet".into()),
+        ("WORKER_CONCURRENCY", "16".into()),
+    ]);
     let workers: Vec<Child> = (0..replicas)
         .map(|_| {
             let mut env = env.clone();
@@ -615,10 +640,10 @@ async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize)
         .collect();
     // Past the start (token grant, presence directory, the first burst), then a steady window.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = sandbox.answered(&http).await;
+    let before = stage.sandbox.answered(&http).await;
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(settings.fidelity_secs)).await;
-    let after = sandbox.answered(&http).await;
+    let after = stage.sandbox.answered(&http).await;
     let seconds = window.elapsed().as_secs_f64();
     drop(workers);
     let count = |map: &HashMap<u64, u64>, ok: bool| -> u64 {
@@ -629,7 +654,7 @@ async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize)
     };
     let answered = count(&after, true) - count(&before, true);
     let throttled = count(&after, false) - count(&before, false);
-    remove(&setup, &topology).await;
+    stage.close().await;
     Fidelity {
         replicas,
         allowed_per_sec: RATE,
@@ -652,37 +677,28 @@ struct Handover {
 /// A shift handover of `settings.handover` agents as one `batch`, at 5 calls/s.
 async fn handover(connection: &Connection, settings: &Settings) -> Handover {
     const BUDGET: u32 = 5;
-    let tag = format!("handover-{}", &Uuid::new_v4().simple().to_string()[..6]);
-    let topology = topology(&tag);
     let agents = settings.handover;
-    let sandbox = Sandbox::start(agents, Some((BUDGET, 2 * BUDGET))).await;
+    let stage = Stage::open(connection, "handover", agents, Some((BUDGET, 2 * BUDGET))).await;
     let http = reqwest::Client::new();
-    let setup = connection.create_channel().await.unwrap();
-    topology::declare(&setup, &topology).await.unwrap();
-    let mut audit = capture_audit(&setup, &topology).await;
-    let env = worker_env(
-        &tag,
-        &sandbox,
-        &topology,
-        &[
-            ("GENESYS_RATE_LIMIT_RPS", BUDGET.to_string()),
-            ("GENESYS_RATE_LIMIT_BURST", BUDGET.to_string()),
-        ],
-    );
+    let mut audit = stage.capture_audit().await;
+    let env = stage.worker_env(&[
+        ("GENESYS_RATE_LIMIT_RPS", BUDGET.to_string()),
+        ("GENESYS_RATE_LIMIT_BURST", BUDGET.to_string()),
+    ]);
     let worker = start_worker(&env);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let children: Vec<Value> = (0..agents).map(|n| agent_job(n, agents, "On Queue")).collect();
     let batch = json!({
         "job_id": Uuid::new_v4(),
         "kind": "batch",
-        "idempotency_key": format!("handover-{tag}"),
+        "idempotency_key": format!("handover-{}", stage.tag),
         "payload": {"jobs": children},
     });
-    let publisher = Publisher::open(connection).await.unwrap();
     let started = Instant::now();
-    publisher
+    stage
+        .publisher
         .publish(
-            &topology.jobs_exchange,
+            &stage.topology.jobs_exchange,
             "batch",
             &serde_json::to_vec(&batch).unwrap(),
             job_properties(),
@@ -699,8 +715,8 @@ async fn handover(connection: &Connection, settings: &Settings) -> Handover {
         println!("  handover summary: {}", event["summary"]["counts"]);
     }
     drop(worker);
-    let calls: u64 = sandbox.answered(&http).await.values().sum();
-    remove(&setup, &topology).await;
+    let calls: u64 = stage.sandbox.answered(&http).await.values().sum();
+    stage.close().await;
     let ideal = calls as f64 / f64::from(BUDGET);
     Handover {
         agents,
@@ -722,35 +738,24 @@ struct Backlog {
 
 /// The worker's memory while a backlog of `settings.backlog` jobs waits in its queue.
 async fn backlog(connection: &Connection, settings: &Settings) -> Backlog {
-    let tag = format!("backlog-{}", &Uuid::new_v4().simple().to_string()[..6]);
-    let topology = topology(&tag);
     let users = 20_000;
-    let sandbox = Sandbox::start(users, None).await;
-    let setup = connection.create_channel().await.unwrap();
-    topology::declare(&setup, &topology).await.unwrap();
-    let mut audit = capture_audit(&setup, &topology).await;
-    let publisher = Publisher::open(connection).await.unwrap();
+    let stage = Stage::open(connection, "backlog", users, None).await;
+    let mut audit = stage.capture_audit().await;
     let started = Instant::now();
     let mut published = 0;
     while published < settings.backlog {
         let n = (settings.backlog - published).min(50_000);
-        let bodies = (published..published + n)
-            .map(|i| serde_json::to_vec(&agent_job(i, users, "Available")).unwrap())
-            .collect();
-        publish_jobs(&publisher, &topology.jobs_exchange, bodies).await;
+        stage
+            .publish_agent_jobs(published..published + n, users, "Available")
+            .await;
         published += n;
     }
     let publish_secs = started.elapsed().as_secs_f64();
-    let env = worker_env(
-        &tag,
-        &sandbox,
-        &topology,
-        &[
-            ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
-            ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
-            ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
-        ],
-    );
+    let env = stage.worker_env(&[
+        ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
+        ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
+        ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
+    ]);
     let worker = start_worker(&env);
     let pid = worker.id().unwrap();
     let processed = await_events(&mut audit, usize::MAX, Duration::from_secs(20), |_| true)
@@ -758,7 +763,7 @@ async fn backlog(connection: &Connection, settings: &Settings) -> Backlog {
         .len();
     let rss = peak_rss_mib(pid);
     drop(worker);
-    remove(&setup, &topology).await;
+    stage.close().await;
     Backlog {
         queued: settings.backlog,
         publish_secs,
