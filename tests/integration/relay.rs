@@ -8,12 +8,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use genesys_worker::relay::{signature, EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use genesys_worker::sandbox::{user_id, SandboxConfig};
+use genesys_worker::sandbox::user_id;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use serde_json::{json, Value};
 
-use crate::helpers::{agent_job, amqp_url, connect_broker, random_name, spawn_app_with, TestApp};
+use crate::helpers::{agent_job, amqp_url, connect_broker, random_name, spawn_app, TestApp};
 
 const SECRET: &str = "relay-test-secret";
 
@@ -131,20 +131,9 @@ impl RelayProcess {
     }
 }
 
-async fn spawn() -> TestApp {
-    spawn_app_with(
-        SandboxConfig {
-            users: 20,
-            ..SandboxConfig::default()
-        },
-        &[],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn every_event_reaches_a_receiver_that_fails_half_the_time_signed() {
-    let mut app = spawn().await;
+    let mut app = spawn_app().await;
     // Every other request fails: 503, or 429 with a Retry-After of 0.
     let (receiver, url) = Receiver::start(|n, _| match n % 4 {
         1 => 503,
@@ -182,7 +171,7 @@ async fn every_event_reaches_a_receiver_that_fails_half_the_time_signed() {
 
 #[tokio::test]
 async fn an_event_the_receiver_refuses_is_dead_lettered_with_the_reason() {
-    let mut app = spawn().await;
+    let mut app = spawn_app().await;
     let refused_user = format!("user:{}", user_id(3));
     let refused = refused_user.clone();
     let (receiver, url) =
