@@ -229,6 +229,15 @@ pub struct SandboxArgs {
     /// Seed of the fault injector: the same requests in the same order meet the same faults.
     #[arg(long, env = "SANDBOX_SEED", default_value_t = 42)]
     pub seed: u64,
+    /// Which of the real service's behaviours to play, as JSON, e.g.
+    /// '{"flow_operations": "complete_in_response", "consistency_lag_ms": 500}' (README, "The
+    /// sandbox"); fields not given keep their defaults.
+    #[arg(long, env = "SANDBOX_BEHAVIOUR", value_parser = parse_behaviour)]
+    pub behaviour: Option<crate::sandbox::Behaviour>,
+}
+
+fn parse_behaviour(text: &str) -> Result<crate::sandbox::Behaviour, String> {
+    crate::sandbox::Behaviour::parse(text)
 }
 
 #[derive(Debug, clap::Args)]

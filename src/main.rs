@@ -391,6 +391,7 @@ async fn run_sandbox(args: SandboxArgs) -> ExitCode {
         bulk_presence_max: args.bulk_presence_max,
         flow_operation_ms: args.flow_operation_ms,
         seed: args.seed,
+        behaviour: args.behaviour.unwrap_or_default(),
     };
     let listener = match tokio::net::TcpListener::bind(args.bind).await {
         Ok(listener) => listener,

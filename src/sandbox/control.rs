@@ -9,6 +9,7 @@
 //! | `POST /sandbox/reset` | back to the seed: state, stats, tokens, faults cleared |
 //! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`) |
 //! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
+//! | `GET`/`PUT`/`DELETE /sandbox/behaviour` | the [`Behaviour`] played (PUT replaces it; fields not given take their defaults) |
 //! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) |
 //! | `POST /sandbox/flows/{flowId}/fail-next-publish` | the flow's next publish fails |
 //! | `GET /sandbox/users` | seeded users with current presence and routing status |
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::behaviour::Behaviour;
 use super::faults::Fault;
 use super::state::World;
 use super::{RateLimit, Sandbox, OTHER_CLIENT_ID};
@@ -46,6 +48,10 @@ pub(crate) fn router() -> Router<Arc<Sandbox>> {
         .route(
             "/sandbox/faults",
             get(list_faults).post(set_fault).delete(clear_faults),
+        )
+        .route(
+            "/sandbox/behaviour",
+            get(get_behaviour).put(set_behaviour).delete(clear_behaviour),
         )
         .route("/sandbox/flows/{flowId}/lock", post(lock_flow))
         .route(
@@ -146,6 +152,23 @@ async fn set_rate_limit(State(sandbox): State<Arc<Sandbox>>, Json(limit): Json<R
 async fn clear_rate_limit(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     sandbox.set_rate_limit(None);
     Json(json!({"rate_limit": null}))
+}
+
+async fn get_behaviour(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    Json(json!({"behaviour": sandbox.behaviour()}))
+}
+
+async fn set_behaviour(State(sandbox): State<Arc<Sandbox>>, Json(behaviour): Json<Behaviour>) -> Reply {
+    if let Some(problem) = behaviour.problem() {
+        return refused(StatusCode::BAD_REQUEST, problem);
+    }
+    sandbox.set_behaviour(behaviour.clone());
+    (StatusCode::OK, Json(json!({"behaviour": behaviour})))
+}
+
+async fn clear_behaviour(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    sandbox.set_behaviour(Behaviour::default());
+    Json(json!({"behaviour": Behaviour::default()}))
 }
 
 async fn list_faults(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {

@@ -13,6 +13,7 @@
 
 mod api;
 mod architect;
+mod behaviour;
 mod control;
 mod faults;
 mod gateway;
@@ -33,6 +34,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 pub use architect::flow_id;
+pub use behaviour::{Behaviour, ErrorBodyKind, FlowOperations, GatewayErrors, OrgLimit};
 pub use faults::Fault;
 pub use state::{presence_definition_id, SYSTEM_PRESENCES};
 pub use taskmanagement::{status_id, workitem_id, worktype_id};
@@ -66,6 +68,8 @@ pub struct SandboxConfig {
     /// Seed of the fault injector's random draws: the same requests in the same order meet
     /// the same faults.
     pub seed: u64,
+    /// Which of the real service's behaviours to play (see [`Behaviour`]).
+    pub behaviour: Behaviour,
 }
 
 impl Default for SandboxConfig {
@@ -83,6 +87,7 @@ impl Default for SandboxConfig {
             bulk_presence_max: 50,
             flow_operation_ms: 200,
             seed: 42,
+            behaviour: Behaviour::default(),
         }
     }
 }
@@ -136,6 +141,21 @@ impl Sandbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .rate_limit = limit;
         self.world().set_rate_limit(limit);
+    }
+
+    pub(crate) fn behaviour(&self) -> Behaviour {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .behaviour
+            .clone()
+    }
+
+    pub(crate) fn set_behaviour(&self, behaviour: Behaviour) {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .behaviour = behaviour;
     }
 }
 

@@ -24,6 +24,8 @@ mod relay;
 mod retries;
 mod sandbox_api;
 mod sandbox_behaviour;
+mod sandbox_limits;
+mod sandbox_profiles;
 mod schemas;
 mod tls;
 mod worker;
