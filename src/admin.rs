@@ -65,6 +65,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves the admin endpoints on a thread and runtime of their own until `shutdown` is
+/// cancelled: a probe gets a prompt answer (a 503 with the reason, at worst) however busy or
+/// stuck the worker's own runtime is, during a Redis outage included.
+///
+/// # Errors
+/// When the listener cannot be handed to the admin thread.
+pub fn spawn(
+    listener: TcpListener,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let listener = listener.into_std()?;
+    std::thread::Builder::new().name("admin".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            serve(listener, health, shutdown).await
+        })
+    })
+}
+
 /// Serves the admin endpoints until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,

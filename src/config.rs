@@ -94,11 +94,26 @@ pub struct GenesysConfig {
     pub request_timeout_ms: u64,
     /// In-process attempts for a transient error (429s are not counted).
     pub max_attempts: u32,
+    /// How long a 404 on an entity the job just created, or a 409 "version must match" right
+    /// after its own checkin, is read again as Genesys' consistency lag.
+    pub consistency_window_ms: u64,
+    /// How often the org's effective token limit is read (the budget paces at it when it is
+    /// below `rate_limit_rps`); 0: never.
+    pub limits_refresh_secs: u64,
 }
 
 impl GenesysConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The retry policy of every Genesys call.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: self.max_attempts,
+            consistency_window: Duration::from_millis(self.consistency_window_ms),
+            ..crate::retry::RetryPolicy::default()
+        }
     }
 }
 
@@ -200,6 +215,8 @@ pub struct Config {
     pub flow_poll_ms: u64,
     /// How long a checkin or publish may take.
     pub flow_operation_timeout_secs: u64,
+    /// How long a deploy waits for someone else's lock on its flow; 0: a `conflict` at once.
+    pub flow_lock_wait_secs: u64,
     pub admin_addr: SocketAddr,
     pub log_format: LogFormat,
     pub ingest_addr: Option<SocketAddr>,
@@ -257,6 +274,8 @@ impl Config {
             },
             request_timeout_ms: env.positive("GENESYS_TIMEOUT_MS", 16_000)?,
             max_attempts: env.positive("GENESYS_MAX_ATTEMPTS", 3)?,
+            consistency_window_ms: env.whole("GENESYS_CONSISTENCY_WINDOW_MS", 5_000)?,
+            limits_refresh_secs: env.whole("GENESYS_LIMITS_REFRESH_SECS", 300)?,
         };
         let defaults = Topology::default();
         let topology = Topology {
@@ -326,6 +345,7 @@ impl Config {
             bulk_max: env.positive("BULK_MAX", 50)?,
             flow_poll_ms: env.positive("FLOW_POLL_MS", 1_000)?,
             flow_operation_timeout_secs: env.positive("FLOW_OPERATION_TIMEOUT_SECS", 300)?,
+            flow_lock_wait_secs: env.whole("FLOW_LOCK_WAIT_SECS", 0)?,
             admin_addr: env.socket_addr("ADMIN_ADDR", "127.0.0.1:9090")?,
             log_format,
             ingest_addr,
@@ -404,6 +424,17 @@ impl Env<'_> {
                 problem: format!("expected a positive whole number, got {raw:?}"),
             }),
         }
+    }
+
+    /// A whole number, zero allowed (it turns something off).
+    fn whole(&self, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        raw.trim().parse::<u64>().map_err(|_| ConfigError {
+            var,
+            problem: format!("expected a whole number (0 or more), got {raw:?}"),
+        })
     }
 
     /// A comma-separated list of millisecond delays; empty (`""` or `none`) turns retries off.

@@ -4,8 +4,14 @@
 //! with a burst. Genesys limits the OAuth client, not the process, so when replicas share a
 //! budget (`GENESYS_RATE_LIMIT_SCOPE=fleet`, the default) a second GCRA in Redis paces the whole
 //! fleet: a Lua script on Redis's own clock, so it runs on any Redis, managed ones included,
-//! and every replica sees the same time. A 429 pauses the whole budget until its `Retry-After`,
-//! every replica included, not just the one job that saw it.
+//! and every replica sees the same time. A 429 on the OAuth client's own limit pauses the whole
+//! budget until its `Retry-After`, every replica included, not just the one job that saw it. A
+//! 429 on another limit (Genesys' org-wide limits on route families, shared with every other
+//! integration of the org) pauses only that route family (`users` for `/api/v2/users/*`),
+//! fleet-wide: presence changes stalled by someone else's traffic do not stall flow deploys.
+//!
+//! The pace is the configured one unless Genesys says the client may spend less
+//! ([`Budget::set_allowed_per_minute`], read from the organization limits API).
 //!
 //! Fair share: callers wait for their turn in one of two [`Lane`]s (single jobs, batch
 //! children), and while both lanes wait the turns go by weight (stride scheduling), so a single
@@ -15,11 +21,11 @@
 use std::sync::LazyLock;
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -177,13 +183,19 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// The fleet's GCRA: returns 0 when a call may go now, else the milliseconds to wait. The
-/// theoretical arrival time lives in KEYS[1], a 429 pause (an instant, ms) in KEYS[2].
+/// The fleet's GCRA: returns 0 when a call may go now, else the milliseconds to wait; negative
+/// when the call's route family is paused (no token taken: the caller waits outside its turn).
+/// The theoretical arrival time lives in KEYS[1], the client's 429 pause (an instant, ms) in
+/// KEYS[2], the route family's in KEYS[3].
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local family_paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if family_paused > now then
+  return -math.ceil(family_paused - now)
+end
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then
   return math.ceil(paused - now)
@@ -222,20 +234,54 @@ return 1
 #[derive(Debug, Clone)]
 struct Fleet {
     store: Store,
+    client_id: String,
     tat_key: String,
     pause_key: String,
-    /// Milliseconds between calls at the steady rate.
+}
+
+impl Fleet {
+    fn family_pause_key(&self, family: &str) -> String {
+        self.store.budget_key(&self.client_id, &format!("pause:{family}"))
+    }
+}
+
+/// The pace calls are made at: the configured one, or less when Genesys allows less.
+#[derive(Debug)]
+struct Pace {
+    limiter: DefaultDirectRateLimiter,
+    per_second: f64,
+    /// Milliseconds between calls at the steady rate (the fleet's GCRA).
     interval_ms: f64,
     /// How far ahead of the steady rate a burst may run, in milliseconds.
     tolerance_ms: f64,
 }
 
+impl Pace {
+    fn new(per_second: f64, burst: u32) -> Self {
+        let interval = Duration::from_secs_f64(1.0 / per_second);
+        let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+        let quota = Quota::with_period(interval)
+            .expect("a positive rate has a positive period")
+            .allow_burst(burst);
+        let interval_ms = 1000.0 / per_second;
+        Self {
+            limiter: RateLimiter::direct(quota),
+            per_second,
+            interval_ms,
+            tolerance_ms: interval_ms * f64::from(burst.get() - 1),
+        }
+    }
+}
+
 pub struct Budget {
     turns: Turns,
-    limiter: DefaultDirectRateLimiter,
+    configured: (u32, u32),
+    pace: Mutex<Arc<Pace>>,
     fleet: Option<Fleet>,
     /// No call starts before this instant (set by a 429's `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
+    /// Route families paused by a 429 on a limit that is not the client's own.
+    families_paused: Mutex<HashMap<String, Instant>>,
     /// 429 responses seen: throttling, counted apart from errors.
     throttled: AtomicU64,
 }
@@ -252,72 +298,143 @@ impl Budget {
     /// # Panics
     /// If `rps` or `burst` is zero; configuration validation rules that out.
     pub fn new(rps: u32, burst: u32, weights: LaneWeights) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(rps).expect("rate limit rps is positive"))
-            .allow_burst(NonZeroU32::new(burst).expect("rate limit burst is positive"));
-        Self {
+        assert!(rps > 0 && burst > 0, "rate limit rps and burst are positive");
+        let budget = Self {
             turns: Turns::new(weights),
-            limiter: RateLimiter::direct(quota),
+            configured: (rps, burst),
+            pace: Mutex::new(Arc::new(Pace::new(f64::from(rps), burst))),
             fleet: None,
             paused_until: Mutex::new(None),
+            families_paused: Mutex::new(HashMap::new()),
             throttled: AtomicU64::new(0),
-        }
+        };
+        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_CONFIGURED).set(f64::from(rps));
+        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_EFFECTIVE).set(f64::from(rps));
+        budget
     }
 
     /// Shares the budget with every replica calling as `client_id`, through `store`.
-    pub fn shared(mut self, store: Store, client_id: &str, rps: u32, burst: u32) -> Self {
-        let interval_ms = 1000.0 / f64::from(rps.max(1));
+    pub fn shared(mut self, store: Store, client_id: &str) -> Self {
         self.fleet = Some(Fleet {
             tat_key: store.budget_key(client_id, "tat"),
             pause_key: store.budget_key(client_id, "pause"),
+            client_id: client_id.to_string(),
             store,
-            interval_ms,
-            tolerance_ms: interval_ms * f64::from(burst.max(1) - 1),
         });
         self
     }
 
-    /// Waits until a call may be made: the caller's turn in its lane, then the local pause and
-    /// bucket, then the fleet's.
+    fn pace(&self) -> Arc<Pace> {
+        self.pace.lock().expect("budget lock is never poisoned").clone()
+    }
+
+    /// The requests per second calls are paced at now.
+    pub fn per_second(&self) -> f64 {
+        self.pace().per_second
+    }
+
+    /// What Genesys allows this OAuth client (the organization limits API's
+    /// `client.credentials.token.rate.per.minute`), or `None` when it says nothing: the budget
+    /// paces at the lower of that and the configuration. Returns whether the pace changed.
+    pub fn set_allowed_per_minute(&self, allowed: Option<u32>) -> bool {
+        let (rps, burst) = self.configured;
+        let configured = f64::from(rps);
+        let (per_second, burst) = match allowed.map(|per_minute| f64::from(per_minute.max(1)) / 60.0) {
+            // A burst above one second of the allowance would draw 429s at every start.
+            Some(allowed) if allowed < configured => (allowed, burst.min(allowed.ceil() as u32).max(1)),
+            _ => (configured, burst),
+        };
+        let mut pace = self.pace.lock().expect("budget lock is never poisoned");
+        if (pace.per_second - per_second).abs() < 1e-9 {
+            return false;
+        }
+        *pace = Arc::new(Pace::new(per_second, burst));
+        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_EFFECTIVE).set(per_second);
+        true
+    }
+
+    /// Waits until a call on `family` (see [`route_family`]) may be made: the family's pause,
+    /// then the caller's turn in its lane, the client's pause and bucket, then the fleet's.
     ///
     /// # Errors
     /// When the fleet's budget cannot be consulted (Redis unreachable): no call is made.
-    pub async fn acquire(&self) -> Result<(), StoreError> {
+    pub async fn acquire(&self, family: &str) -> Result<(), StoreError> {
         if PREPAID.try_with(|paid| paid.replace(false)).unwrap_or(false) {
+            // The caller took the token; a family paused since still holds the call back.
+            self.wait_family(family).await;
             return Ok(());
         }
         let lane = current_lane();
         let waiting = std::time::Instant::now();
-        let taken = self.take(lane).await;
+        let taken = self.take(lane, family).await;
         metrics::histogram!(crate::telemetry::names::RATE_LIMIT_WAIT, "lane" => lane.as_str())
             .record(waiting.elapsed().as_secs_f64());
         taken
     }
 
-    async fn take(&self, lane: Lane) -> Result<(), StoreError> {
-        let _turn = self.turns.take(lane).await;
+    /// Sleeps while `family` is paused here.
+    async fn wait_family(&self, family: &str) {
         loop {
-            let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
-            match pause {
+            let until = self
+                .families_paused
+                .lock()
+                .expect("budget lock is never poisoned")
+                .get(family)
+                .copied();
+            match until {
                 Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
+                _ => return,
             }
         }
-        self.limiter.until_ready().await;
-        let Some(fleet) = &self.fleet else { return Ok(()) };
-        let script = &*TAKE;
+    }
+
+    fn family_paused(&self, family: &str) -> bool {
+        self.families_paused
+            .lock()
+            .expect("budget lock is never poisoned")
+            .get(family)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    async fn take(&self, lane: Lane, family: &str) -> Result<(), StoreError> {
         loop {
-            let mut conn = fleet.store.conn.clone();
-            let wait_ms: i64 = script
-                .key(&fleet.tat_key)
-                .key(&fleet.pause_key)
-                .arg(fleet.interval_ms)
-                .arg(fleet.tolerance_ms)
-                .invoke_async(&mut conn)
-                .await?;
-            if wait_ms <= 0 {
-                return Ok(());
+            // Outside the turn: a paused family must not hold up the others.
+            self.wait_family(family).await;
+            let _turn = self.turns.take(lane).await;
+            if self.family_paused(family) {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+            loop {
+                let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
+                match pause {
+                    Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                    _ => break,
+                }
+            }
+            let pace = self.pace();
+            pace.limiter.until_ready().await;
+            let Some(fleet) = &self.fleet else { return Ok(()) };
+            let family_key = fleet.family_pause_key(family);
+            loop {
+                let mut conn = fleet.store.conn.clone();
+                let wait_ms: i64 = TAKE
+                    .key(&fleet.tat_key)
+                    .key(&fleet.pause_key)
+                    .key(&family_key)
+                    .arg(pace.interval_ms)
+                    .arg(pace.tolerance_ms)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match wait_ms {
+                    0 => return Ok(()),
+                    wait if wait > 0 => tokio::time::sleep(Duration::from_millis(wait as u64)).await,
+                    // Another replica saw the family throttled: wait with it, outside the turn.
+                    paused => {
+                        self.pause_family_here(family, Duration::from_millis(paused.unsigned_abs()));
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -327,34 +444,67 @@ impl Budget {
         PREPAID.scope(Cell::new(true), call).await
     }
 
-    /// Pauses the fleet's budget too (see [`Budget::pause_for`]).
-    pub async fn pause_fleet(&self, wait: Duration) {
-        let Some(fleet) = &self.fleet else { return };
-        let mut conn = fleet.store.conn.clone();
-        let paused: Result<i64, _> = PAUSE
-            .key(&fleet.pause_key)
-            .arg(wait.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(err) = paused {
-            tracing::warn!(error.message = %err, "Could not pause the fleet's budget; pausing this replica only.");
+    /// Pauses every caller for `wait` (a 429's `Retry-After` on the client's own limit), every
+    /// replica included; a longer pause already in force is kept.
+    pub async fn pause(&self, wait: Duration) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + wait;
+        {
+            let mut paused = self.paused_until.lock().expect("budget lock is never poisoned");
+            if paused.is_none_or(|current| current < until) {
+                *paused = Some(until);
+            }
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet_pause(fleet, &fleet.pause_key, wait).await;
         }
     }
 
-    /// Pauses every caller for `wait` (a 429's `Retry-After`); a longer pause already in force
-    /// is kept.
-    pub fn pause_for(&self, wait: Duration) {
+    /// Pauses the calls of one route `family` for `wait` (a 429 on a limit that is not the
+    /// client's own), every replica included; other families go on.
+    pub async fn pause_family(&self, family: &str, wait: Duration) {
         self.throttled.fetch_add(1, Ordering::Relaxed);
+        self.pause_family_here(family, wait);
+        if let Some(fleet) = &self.fleet {
+            fleet_pause(fleet, &fleet.family_pause_key(family), wait).await;
+        }
+    }
+
+    fn pause_family_here(&self, family: &str, wait: Duration) {
         let until = Instant::now() + wait;
-        let mut paused = self.paused_until.lock().expect("budget lock is never poisoned");
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
+        let mut paused = self
+            .families_paused
+            .lock()
+            .expect("budget lock is never poisoned");
+        let entry = paused.entry(family.to_string()).or_insert(until);
+        if *entry < until {
+            *entry = until;
         }
     }
 
     pub fn throttled(&self) -> u64 {
         self.throttled.load(Ordering::Relaxed)
     }
+}
+
+async fn fleet_pause(fleet: &Fleet, key: &str, wait: Duration) {
+    let mut conn = fleet.store.conn.clone();
+    let paused: Result<i64, _> = PAUSE
+        .key(key)
+        .arg(wait.as_millis().max(1) as u64)
+        .invoke_async(&mut conn)
+        .await;
+    if let Err(err) = paused {
+        tracing::warn!(error.message = %err, "Could not pause the fleet's budget; pausing this replica only.");
+    }
+}
+
+/// The route family of an API path: its first segment after `/api/v2/` (`users` for
+/// `/api/v2/users/{id}/presences/purecloud`), the unit Genesys' org-wide limits apply to.
+pub fn route_family(path: &str) -> &str {
+    let rest = path.trim_start_matches('/');
+    let rest = rest.strip_prefix("api/v2/").unwrap_or(rest);
+    rest.split(['/', '?']).next().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -369,7 +519,7 @@ mod tests {
         let budget = Budget::new(20, 3, WEIGHTS);
         let start = std::time::Instant::now();
         for _ in 0..3 {
-            budget.acquire().await.unwrap();
+            budget.acquire("users").await.unwrap();
         }
         // Within one pacing interval (50 ms at 20/s): the burst did not wait.
         assert!(
@@ -378,7 +528,7 @@ mod tests {
             start.elapsed()
         );
         for _ in 0..4 {
-            budget.acquire().await.unwrap();
+            budget.acquire("users").await.unwrap();
         }
         // Four more at 20/s need at least ~150 ms after the burst.
         assert!(
@@ -395,7 +545,7 @@ mod tests {
         let call = |lane: Lane, n: usize| {
             let (budget, order) = (budget.clone(), order.clone());
             tokio::spawn(in_lane(lane, async move {
-                budget.acquire().await.unwrap();
+                budget.acquire("users").await.unwrap();
                 order.lock().unwrap().push((lane, n));
             }))
         };
@@ -424,30 +574,95 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_does_not_keep_the_turn() {
         let budget = Arc::new(Budget::new(20, 1, WEIGHTS));
-        budget.acquire().await.unwrap();
+        budget.acquire("users").await.unwrap();
         // Waits for the next token (50 ms), then is dropped mid-wait.
-        let cancelled = tokio::time::timeout(Duration::from_millis(5), budget.acquire()).await;
+        let cancelled = tokio::time::timeout(Duration::from_millis(5), budget.acquire("users")).await;
         assert!(cancelled.is_err());
-        let next = tokio::time::timeout(Duration::from_millis(500), budget.acquire()).await;
+        let next = tokio::time::timeout(Duration::from_millis(500), budget.acquire("users")).await;
         assert!(next.is_ok(), "the turn was lost with the cancelled caller");
     }
 
     #[tokio::test]
     async fn a_prepaid_call_does_not_wait_for_a_token() {
         let budget = Budget::new(1, 1, WEIGHTS);
-        budget.acquire().await.unwrap();
+        budget.acquire("users").await.unwrap();
         let start = std::time::Instant::now();
-        Budget::prepaid(async { budget.acquire().await.unwrap() }).await;
+        Budget::prepaid(async { budget.acquire("users").await.unwrap() }).await;
         assert!(start.elapsed() < Duration::from_millis(100));
     }
 
     #[tokio::test]
     async fn a_pause_holds_every_caller() {
         let budget = Budget::new(1000, 10, WEIGHTS);
-        budget.pause_for(Duration::from_millis(120));
+        budget.pause(Duration::from_millis(120)).await;
         let start = std::time::Instant::now();
-        budget.acquire().await.unwrap();
+        budget.acquire("users").await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(110));
         assert_eq!(budget.throttled(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_paused_route_family_holds_only_its_own_calls() {
+        let budget = Arc::new(Budget::new(1000, 10, WEIGHTS));
+        budget.pause_family("users", Duration::from_millis(300)).await;
+        let paused = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                budget.acquire("users").await.unwrap();
+                start.elapsed()
+            })
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            budget.acquire("taskmanagement").await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(paused.await.unwrap() >= Duration::from_millis(280));
+        assert_eq!(budget.throttled(), 1);
+    }
+
+    #[test]
+    fn genesys_allowing_less_than_configured_sets_the_pace() {
+        let budget = Budget::new(12, 12, WEIGHTS);
+        assert_eq!(budget.per_second(), 12.0);
+        assert!(budget.set_allowed_per_minute(Some(240)));
+        assert_eq!(budget.per_second(), 4.0);
+        assert!(!budget.set_allowed_per_minute(Some(240)), "unchanged");
+        // Allowing more than configured does not raise the pace above the configuration.
+        assert!(budget.set_allowed_per_minute(Some(6000)));
+        assert_eq!(budget.per_second(), 12.0);
+        assert!(budget.set_allowed_per_minute(Some(120)));
+        assert!(budget.set_allowed_per_minute(None));
+        assert_eq!(budget.per_second(), 12.0);
+    }
+
+    #[tokio::test]
+    async fn the_lower_pace_is_kept() {
+        let budget = Budget::new(100, 1, WEIGHTS);
+        budget.set_allowed_per_minute(Some(1200)); // 20/s
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            budget.acquire("users").await.unwrap();
+        }
+        // Five calls at 20/s with a burst of 1: at least 4 intervals of 50 ms.
+        assert!(
+            start.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn route_families_are_the_first_segment_after_api_v2() {
+        assert_eq!(route_family("/api/v2/users/u/presences/purecloud"), "users");
+        assert_eq!(route_family("/api/v2/users/presences/bulk"), "users");
+        assert_eq!(route_family("/api/v2/flows/actions/publish?flow=f"), "flows");
+        assert_eq!(route_family("api/v2/taskmanagement/workitems"), "taskmanagement");
+        assert_eq!(route_family("/api/v2/flows?name=x"), "flows");
     }
 }

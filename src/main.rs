@@ -58,6 +58,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
             max_attempts: args.max_attempts.max(1),
             base_delay: Duration::from_millis(args.backoff_ms),
             max_delay: Duration::from_secs(60),
+            ..genesys_worker::retry::RetryPolicy::default()
         },
         concurrency: args.concurrency.max(1),
         request_timeout: Duration::from_millis(args.timeout_ms),

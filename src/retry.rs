@@ -3,7 +3,9 @@
 //! Transient errors (408, 5xx but 501, network) are retried in-process with exponential backoff
 //! and full jitter, up to `max_attempts`. Throttling is not failure: the client waits out 429s
 //! itself and they never reach this policy as an attempt. Permanent errors and conflicts are
-//! returned at once.
+//! returned at once, except where the caller knows one may be Genesys' eventual consistency (a
+//! 404 right after a create, a 409 right after its own checkin): [`RetryPolicy::run_through_lag`]
+//! retries those for up to `consistency_window`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +19,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// How long an answer that may be Genesys' consistency lag is retried before it counts.
+    pub consistency_window: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -25,6 +29,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
+            consistency_window: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +107,40 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// [`RetryPolicy::run`], and while `lagging(error)` holds, again with backoff until
+    /// `consistency_window` has passed since the first attempt: for answers that are Genesys'
+    /// eventual consistency rather than the truth (CX-as-Code retries the same: a 404 right after
+    /// a create, a 409 "version must match" right after a checkin).
+    pub async fn run_through_lag<T, F, Fut>(
+        &self,
+        lagging: impl Fn(&GenesysError) -> bool,
+        mut op: F,
+    ) -> Attempted<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, GenesysError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.consistency_window;
+        let mut round = 0;
+        loop {
+            let attempted = self.run(&mut op).await;
+            let Err(err) = &attempted.result else {
+                return attempted;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !lagging(err) || left.is_zero() {
+                return attempted;
+            }
+            round += 1;
+            let wait = self.backoff_ceiling(round).min(left);
+            tracing::info!(wait_ms = wait.as_millis() as u64, error.message = %err, "Genesys may not show a recent change yet; reading again.");
+            metrics::counter!(crate::telemetry::names::RETRIES, "stage" => "consistency").increment(1);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +151,7 @@ mod tests {
             max_attempts: 10,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         assert_eq!(policy.backoff_ceiling(1), Duration::from_millis(100));
         assert_eq!(policy.backoff_ceiling(2), Duration::from_millis(200));
@@ -164,5 +204,54 @@ mod tests {
             })
             .await;
         assert_eq!(outcome.attempts, 1);
+    }
+
+    fn not_found() -> GenesysError {
+        GenesysError::Api {
+            method: "GET".into(),
+            path: "/x".into(),
+            status: 404,
+            code: "not.found".into(),
+            message: String::new(),
+            context_id: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_answer_is_retried_until_the_truth_shows() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let outcome = RetryPolicy::default()
+            .run_through_lag(
+                |err| err.status() == Some(404),
+                |_| {
+                    let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        if n < 3 {
+                            Err(not_found())
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+            )
+            .await;
+        assert_eq!(outcome.result.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_answer_counts_once_the_window_has_passed() {
+        let policy = RetryPolicy::default();
+        let started = tokio::time::Instant::now();
+        let outcome = policy
+            .run_through_lag(|_| true, |_| async { Err::<(), _>(not_found()) })
+            .await;
+        assert!(outcome.result.is_err());
+        let waited = started.elapsed();
+        assert!(waited >= policy.consistency_window, "{waited:?}");
+        assert!(
+            waited < policy.consistency_window + Duration::from_secs(1),
+            "{waited:?}"
+        );
     }
 }

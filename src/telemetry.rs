@@ -18,8 +18,10 @@ use crate::config::LogFormat;
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` filter.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+    // Colour codes only on a terminal: a file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -39,8 +41,11 @@ pub mod names {
     pub const GENESYS_REQUEST_DURATION: &str = "genesys_worker_genesys_request_duration_seconds";
     pub const RATE_LIMIT_WAIT: &str = "genesys_worker_rate_limit_wait_seconds";
     pub const BULK_BATCH_SIZE: &str = "genesys_worker_bulk_batch_size";
+    pub const RATE_LIMIT_CONFIGURED: &str = "genesys_worker_rate_limit_configured_per_second";
+    pub const RATE_LIMIT_EFFECTIVE: &str = "genesys_worker_rate_limit_effective_per_second";
+    pub const THROTTLED: &str = "genesys_worker_genesys_throttled_total";
 
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         JOBS,
         JOB_DURATION,
         JOBS_IN_FLIGHT,
@@ -51,6 +56,9 @@ pub mod names {
         GENESYS_REQUEST_DURATION,
         RATE_LIMIT_WAIT,
         BULK_BATCH_SIZE,
+        RATE_LIMIT_CONFIGURED,
+        RATE_LIMIT_EFFECTIVE,
+        THROTTLED,
     ];
 }
 

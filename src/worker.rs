@@ -18,7 +18,6 @@ use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
 use crate::limit::{Budget, Lane};
 use crate::pipeline::Pipeline;
-use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +62,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
     let mut budget = Budget::new(rps, burst, config.lane_weights);
     if config.genesys.rate_limit_shared {
-        budget = budget.shared(store.clone(), &config.genesys.client_id, rps, burst);
+        budget = budget.shared(store.clone(), &config.genesys.client_id);
     }
     let budget = Arc::new(budget);
     let genesys = Arc::new(GenesysClient::new(&config.genesys, budget.clone()));
-    let health = Arc::new(Health::new(store.clone()).with_budget(budget));
-    let retry = RetryPolicy {
-        max_attempts: config.genesys.max_attempts,
-        ..RetryPolicy::default()
-    };
+    let health = Arc::new(Health::new(store.clone()).with_budget(budget.clone()));
+    let retry = config.genesys.retry_policy();
     let bulk = config.bulk_presence.then(|| {
         BulkPresence::start(
             genesys.clone(),
@@ -81,8 +77,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )
     });
     let cancel = CancellationToken::new();
-    let admin_server = tokio::spawn(admin::serve(admin_listener, health.clone(), cancel.clone()));
+    let admin_server = admin::spawn(admin_listener, health.clone(), cancel.clone()).map_err(|source| {
+        WorkerError::Admin {
+            addr: config.admin_addr,
+            source,
+        }
+    })?;
     crate::telemetry::keep_metrics_tidy(cancel.clone());
+    if config.genesys.limits_refresh_secs > 0 {
+        tokio::spawn(crate::genesys::limits::follow_allowed_rate(
+            genesys.clone(),
+            budget,
+            rps,
+            Duration::from_secs(config.genesys.limits_refresh_secs),
+            cancel.clone(),
+        ));
+    }
     let ingest_server = match (config.ingest_addr, &config.ingest_token) {
         (Some(addr), Some(token)) => {
             let listener = ingest::bind(addr)
@@ -120,7 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     cancel.cancel();
-    let _ = admin_server.await;
+    let _ = tokio::task::spawn_blocking(move || admin_server.join()).await;
     if let Some(server) = ingest_server {
         let _ = server.await;
     }
@@ -186,13 +196,11 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             genesys: genesys.clone(),
             publisher: Publisher::open(&connection).await?,
             topology: config.topology.clone(),
-            retry: RetryPolicy {
-                max_attempts: config.genesys.max_attempts,
-                ..RetryPolicy::default()
-            },
+            retry: config.genesys.retry_policy(),
             flows: FlowSettings {
                 poll: Duration::from_millis(config.flow_poll_ms),
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
+                lock_wait: Duration::from_secs(config.flow_lock_wait_secs),
             },
             bulk: bulk.cloned(),
             limits: config.limits,

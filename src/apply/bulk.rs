@@ -18,8 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::genesys::GenesysClient;
-use crate::limit::{current_lane, in_lane, Budget, Lane};
+use crate::limit::{current_lane, in_lane, route_family, Budget, Lane};
 use crate::retry::RetryPolicy;
+
+const BULK_PATH: &str = "/api/v2/users/presences/bulk";
 
 /// What the bulk call did for one user.
 #[derive(Debug)]
@@ -115,7 +117,7 @@ async fn gather(
             }
         }
         // The call's token; changes arriving meanwhile still join the call.
-        let token = genesys.budget().acquire();
+        let token = genesys.budget().acquire(route_family(BULK_PATH));
         tokio::pin!(token);
         let paid = loop {
             if batch.len() >= max {
@@ -157,7 +159,7 @@ async fn send(genesys: &GenesysClient, retry: &RetryPolicy, batch: Vec<Request>)
         .collect();
     let body = Value::Array(body);
     let sent = retry
-        .run(|_| genesys.put::<Vec<SetPresence>>("/api/v2/users/presences/bulk", &body))
+        .run(|_| genesys.put::<Vec<SetPresence>>(BULK_PATH, &body))
         .await;
     tracing::debug!(
         users = batch.len(),

@@ -12,6 +12,13 @@
 //! Every action that may have been applied without an answer (5xx, timeout, dropped
 //! connection) is settled by reading the flow before it is sent again, so a retry never
 //! creates a second version or a second operation.
+//!
+//! Genesys reports an asynchronous operation in more than one way, all within its models: the
+//! action's own answer may already be the complete `Operation`; or it is incomplete and the
+//! flow's `currentOperation` shows its progress; or the flow never shows it (or keeps showing an
+//! older one) and only its versions move. The deploy decides on whichever evidence comes first:
+//! a complete operation with this id, or `checkedInVersion`/`publishedVersion` at the version
+//! it is waiting for. The timeout is for a Genesys that never finishes.
 
 use std::time::Duration;
 
@@ -32,6 +39,9 @@ pub struct FlowSettings {
     pub poll: Duration,
     /// How long a checkin or publish may take before the deploy gives up.
     pub timeout: Duration,
+    /// How long to wait for someone else's lock (a person in Architect, another client) to be
+    /// released before the deploy is a `conflict`; zero: at once.
+    pub lock_wait: Duration,
 }
 
 impl Default for FlowSettings {
@@ -39,6 +49,7 @@ impl Default for FlowSettings {
         Self {
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(300),
+            lock_wait: Duration::ZERO,
         }
     }
 }
@@ -82,6 +93,24 @@ struct Deploy<'a> {
     entity: String,
     flow_id: String,
     attempts: u32,
+    /// This job created the flow: a 404 on reading it is Genesys' consistency lag.
+    created: bool,
+}
+
+/// What ends the wait for an operation: the flow showing the version it was meant to move.
+#[derive(Debug, Clone, Copy)]
+enum Evidence<'v> {
+    CheckedIn(&'v str),
+    Published(&'v str),
+}
+
+impl Evidence<'_> {
+    fn shown_by(self, flow: &Flow) -> bool {
+        match self {
+            Evidence::CheckedIn(version) => flow.checked_in() == Some(version),
+            Evidence::Published(version) => flow.published() == Some(version),
+        }
+    }
 }
 
 pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Applied {
@@ -92,6 +121,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Applied
         entity: job.entity(),
         flow_id: String::new(),
         attempts: 1,
+        created: false,
     };
     deploy.run().await
 }
@@ -103,6 +133,10 @@ impl Deploy<'_> {
 
     async fn run(&mut self) -> Applied {
         let before = match self.resolve().await {
+            Ok(flow) => flow,
+            Err(stop) => return self.finish(stop, None, None),
+        };
+        let before = match self.wait_for_unlock(before).await {
             Ok(flow) => flow,
             Err(stop) => return self.finish(stop, None, None),
         };
@@ -119,15 +153,6 @@ impl Deploy<'_> {
                 };
                 return self.finish(stop, Some(previous_state), None);
             }
-        }
-        if let Some(holder) = before.locked_by_other(self.client_id()) {
-            let message = format!("flow is locked by {holder}; the lock is left alone");
-            let stop = Stop::Refused {
-                outcome: Outcome::Conflict,
-                code: "flow_locked",
-                message,
-            };
-            return self.finish(stop, Some(previous_state), None);
         }
         let mut definition = self.payload.flow.clone();
         let optimization = if self.payload.optimize {
@@ -178,7 +203,7 @@ impl Deploy<'_> {
     /// Checkout, save `configuration` as a new version, checkin and wait: the new version's id.
     async fn check_in_new_version(&mut self, configuration: &Value) -> Result<String, Stop> {
         let client = self.client_id().to_string();
-        self.action("checkout", |flow: &Flow| flow.locked_by(&client))
+        self.action("checkout", |flow: &Flow| flow.locked_by(&client), no_lag)
             .await
             .map_err(|err| match err {
                 Stop::Genesys(GenesysError::Api { status: 409, .. }) => Stop::Refused {
@@ -190,12 +215,11 @@ impl Deploy<'_> {
             })?;
         let current = self.read().await?;
         let saved = self.save_version(&current, configuration).await?;
+        let checked_in = Evidence::CheckedIn(&saved);
         let operation = self
-            .action("checkin", |flow: &Flow| {
-                is_new_operation(flow, "CHECKIN", &current)
-            })
+            .action("checkin", |flow: &Flow| checked_in.shown_by(flow), no_lag)
             .await?;
-        let done = self.wait("CHECKIN", operation.as_ref(), &current).await?;
+        let done = self.wait("CHECKIN", operation.as_ref(), checked_in).await?;
         if done.checked_in() != Some(saved.as_str()) {
             return Err(Stop::Operation {
                 code: "checkin_not_effective".into(),
@@ -210,13 +234,16 @@ impl Deploy<'_> {
 
     /// Publishes the checked-in version and confirms `publishedVersion` moved to `version`.
     async fn publish(&mut self, version: &str) -> Result<Flow, Stop> {
-        let current = self.read().await?;
+        let published = Evidence::Published(version);
+        // Right after a checkin Genesys may still answer 409 "version must match".
         let operation = self
-            .action("publish", |flow: &Flow| {
-                is_new_operation(flow, "PUBLISH", &current)
-            })
+            .action(
+                "publish",
+                |flow: &Flow| published.shown_by(flow),
+                GenesysError::is_version_mismatch,
+            )
             .await?;
-        let done = self.wait("PUBLISH", operation.as_ref(), &current).await?;
+        let done = self.wait("PUBLISH", operation.as_ref(), published).await?;
         if done.published() != Some(version) {
             return Err(Stop::Operation {
                 code: "publish_not_effective".into(),
@@ -278,11 +305,13 @@ impl Deploy<'_> {
             return;
         }
         if self
-            .action("revert", |f: &Flow| !f.locked_by(&client))
+            .action("revert", |f: &Flow| !f.locked_by(&client), no_lag)
             .await
             .is_err()
         {
-            let _ = self.action("unlock", |f: &Flow| !f.locked_by(&client)).await;
+            let _ = self
+                .action("unlock", |f: &Flow| !f.locked_by(&client), no_lag)
+                .await;
         }
     }
 
@@ -302,14 +331,52 @@ impl Deploy<'_> {
         }
         let body = json!({"name": create.name, "type": flow_type});
         let created = self.ctx.genesys.post::<Flow>("/api/v2/flows", &body).await;
+        self.created = true;
         match created {
             Ok(reply) => Ok(reply.body),
-            // Lost answer or a racing creator: the flow may exist now.
-            Err(err) if err.may_have_applied() || err.class() == ErrorClass::Conflict => self
-                .find(&create.name, &flow_type)
-                .await?
-                .ok_or(Stop::Genesys(err)),
+            // Lost answer or a racing creator: the flow may exist now, though a listing may not
+            // show it at once.
+            Err(err) if err.may_have_applied() || err.class() == ErrorClass::Conflict => {
+                let deadline = tokio::time::Instant::now() + self.ctx.retry.consistency_window;
+                let mut round = 0;
+                loop {
+                    if let Some(found) = self.find(&create.name, &flow_type).await? {
+                        return Ok(found);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Stop::Genesys(err));
+                    }
+                    round += 1;
+                    tokio::time::sleep(self.ctx.retry.backoff_ceiling(round)).await;
+                }
+            }
             Err(err) => Err(Stop::Genesys(err)),
+        }
+    }
+
+    /// Waits, up to `lock_wait`, for a lock held by someone else to be released; a lock still
+    /// held then is a `conflict`, and it is left alone.
+    async fn wait_for_unlock(&mut self, mut flow: Flow) -> Result<Flow, Stop> {
+        let deadline = tokio::time::Instant::now() + self.ctx.flows.lock_wait;
+        loop {
+            let Some(holder) = flow.locked_by_other(self.client_id()) else {
+                return Ok(flow);
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let waited = if self.ctx.flows.lock_wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after waiting {:?}", self.ctx.flows.lock_wait)
+                };
+                return Err(Stop::Refused {
+                    outcome: Outcome::Conflict,
+                    code: "flow_locked",
+                    message: format!("flow is locked by {holder}{waited}; the lock is left alone"),
+                });
+            }
+            tracing::info!(flow_id = %self.flow_id, %holder, "Flow is locked by someone else; waiting for them to release it.");
+            tokio::time::sleep(self.ctx.flows.poll).await;
+            flow = self.read().await?;
         }
     }
 
@@ -333,7 +400,15 @@ impl Deploy<'_> {
 
     async fn read(&mut self) -> Result<Flow, Stop> {
         let path = format!("/api/v2/flows/{}", self.flow_id);
-        let read = self.ctx.retry.run(|_| self.ctx.genesys.get::<Flow>(&path)).await;
+        let created = self.created;
+        let read = self
+            .ctx
+            .retry
+            .run_through_lag(
+                |err| created && err.status() == Some(404),
+                |_| self.ctx.genesys.get::<Flow>(&path),
+            )
+            .await;
         self.attempts = self.attempts.max(read.attempts);
         Ok(read.result?.body)
     }
@@ -372,57 +447,83 @@ impl Deploy<'_> {
     }
 
     /// `POST /api/v2/flows/actions/{name}?flow=<id>`; after an ambiguous failure, `done(flow)`
-    /// tells whether it took effect. Returns the operation when the answer carried one.
-    async fn action(&mut self, name: &str, done: impl Fn(&Flow) -> bool) -> Result<Option<Operation>, Stop> {
+    /// tells whether it took effect. An error that `lagging` calls Genesys' consistency lag is
+    /// retried within the consistency window without spending an attempt. Returns the
+    /// operation when the answer carried one.
+    async fn action(
+        &mut self,
+        name: &str,
+        done: impl Fn(&Flow) -> bool,
+        lagging: fn(&GenesysError) -> bool,
+    ) -> Result<Option<Operation>, Stop> {
         let path = format!("/api/v2/flows/actions/{name}?flow={}", self.flow_id);
         let max = self.ctx.retry.max_attempts;
-        for attempt in 1..=max {
+        let lag_deadline = tokio::time::Instant::now() + self.ctx.retry.consistency_window;
+        let (mut attempt, mut lag_round) = (1, 0);
+        loop {
             self.attempts = self.attempts.max(attempt);
-            match self.ctx.genesys.post::<Value>(&path, &Value::Null).await {
+            let err = match self.ctx.genesys.post::<Value>(&path, &Value::Null).await {
                 Ok(reply) => return Ok(serde_json::from_value::<Operation>(reply.body).ok()),
-                Err(err) => {
-                    if err.may_have_applied() {
-                        let now = self.read().await?;
-                        if done(&now) {
-                            tracing::info!(action = name, flow_id = %self.flow_id, "Action answer lost, but it took effect; not sending it again.");
-                            return Ok(None);
-                        }
-                    }
-                    if attempt == max || !RetryPolicy::retries(err.class()) {
-                        return Err(Stop::Genesys(err));
-                    }
-                    tokio::time::sleep(self.ctx.retry.backoff_ceiling(attempt)).await;
+                Err(err) => err,
+            };
+            if err.may_have_applied() {
+                let now = self.read().await?;
+                if done(&now) {
+                    tracing::info!(action = name, flow_id = %self.flow_id, "Action answer lost, but it took effect; not sending it again.");
+                    return Ok(None);
                 }
             }
+            if lagging(&err) && tokio::time::Instant::now() < lag_deadline {
+                lag_round += 1;
+                tracing::info!(action = name, flow_id = %self.flow_id, error.message = %err, "Genesys has not settled the previous action yet; trying again.");
+                tokio::time::sleep(self.ctx.retry.backoff_ceiling(lag_round)).await;
+                continue;
+            }
+            if attempt == max || !RetryPolicy::retries(err.class()) {
+                return Err(Stop::Genesys(err));
+            }
+            tokio::time::sleep(self.ctx.retry.backoff_ceiling(attempt)).await;
+            attempt += 1;
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
-    /// Polls the flow until the `action` operation started after `before` completes.
-    async fn wait(&mut self, action: &str, started: Option<&Operation>, before: &Flow) -> Result<Flow, Stop> {
+    /// Waits for the `action` operation to finish: decided by the action's own answer when it
+    /// is complete, else by whichever the flow shows first, the operation (by id) complete, or
+    /// the `evidence`. A success is returned as the flow read after it, for the caller to check
+    /// the versions.
+    async fn wait(
+        &mut self,
+        action: &str,
+        started: Option<&Operation>,
+        evidence: Evidence<'_>,
+    ) -> Result<Flow, Stop> {
         let deadline = tokio::time::Instant::now() + self.ctx.flows.timeout;
+        // After a reported success the versions may take a moment to show it; they are checked
+        // for that long, then the caller reports what the flow shows.
+        let mut settle_deadline = None;
+        if let Some(op) = started.filter(|op| op.complete) {
+            operation_result(action, op)?;
+            settle_deadline = Some(tokio::time::Instant::now() + self.ctx.retry.consistency_window);
+        }
         loop {
             let flow = self.read().await?;
-            let operation = flow.current_operation.as_ref().filter(|op| match started {
-                Some(started) => op.id == started.id,
-                None => is_new_operation(&flow, action, before),
-            });
-            if let Some(op) = operation.filter(|op| op.complete) {
-                if op.action_status.as_deref() == Some("FAILURE") {
-                    return Err(Stop::Operation {
-                        code: op
-                            .error_code
-                            .clone()
-                            .unwrap_or_else(|| format!("{}_failed", action.to_lowercase())),
-                        message: format!(
-                            "{action} failed: {}",
-                            op.error_message.clone().unwrap_or_else(|| "no message".into())
-                        ),
-                    });
-                }
+            if evidence.shown_by(&flow) {
                 return Ok(flow);
             }
-            if tokio::time::Instant::now() >= deadline {
+            let shown = flow
+                .current_operation
+                .as_ref()
+                .filter(|op| started.is_some_and(|started| op.id == started.id) && op.complete);
+            if let Some(op) = shown {
+                operation_result(action, op)?;
+                settle_deadline
+                    .get_or_insert(tokio::time::Instant::now() + self.ctx.retry.consistency_window);
+            }
+            let now = tokio::time::Instant::now();
+            if settle_deadline.is_some_and(|settle| now >= settle) {
+                return Ok(flow);
+            }
+            if now >= deadline {
                 return Err(Stop::Operation {
                     code: "operation_timeout".into(),
                     message: format!("{action} did not complete within {:?}", self.ctx.flows.timeout),
@@ -485,12 +586,23 @@ impl Deploy<'_> {
     }
 }
 
-/// Whether `flow` shows an `action` operation other than the one `before` showed.
-fn is_new_operation(flow: &Flow, action: &str, before: &Flow) -> bool {
-    let previous = before.current_operation.as_ref().map(|op| op.id.as_str());
-    flow.current_operation
-        .as_ref()
-        .is_some_and(|op| op.action_name.as_deref() == Some(action) && Some(op.id.as_str()) != previous)
+/// A complete operation's verdict: `FAILURE` is the deploy's failure, with what Genesys said.
+fn operation_result(action: &str, op: &Operation) -> Result<(), Stop> {
+    if op.action_status.as_deref() == Some("FAILURE") {
+        return Err(Stop::Operation {
+            code: op
+                .error_code
+                .clone()
+                .unwrap_or_else(|| format!("{}_failed", action.to_lowercase())),
+            message: format!("{action} failed: {}", op.failure_text()),
+        });
+    }
+    Ok(())
+}
+
+/// An action whose errors are never consistency lag.
+fn no_lag(_: &GenesysError) -> bool {
+    false
 }
 
 fn state_of(flow: &Flow) -> Value {

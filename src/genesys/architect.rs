@@ -71,6 +71,37 @@ pub struct Operation {
     pub error_code: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
+    #[serde(default)]
+    pub error_details: Vec<OperationDetail>,
+}
+
+impl Operation {
+    /// What a failed operation says about itself: its message and every detail.
+    pub fn failure_text(&self) -> String {
+        let mut text = self.error_message.clone().unwrap_or_else(|| "no message".into());
+        for detail in &self.error_details {
+            let parts: Vec<&str> = [&detail.error_code, &detail.field_name, &detail.entity_name]
+                .into_iter()
+                .filter_map(|part| part.as_deref())
+                .collect();
+            if !parts.is_empty() {
+                text.push_str(&format!("; {}", parts.join(" ")));
+            }
+        }
+        text
+    }
+}
+
+/// `Detail`, an entry of an operation's `errorDetails`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationDetail {
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub field_name: Option<String>,
+    #[serde(default)]
+    pub entity_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -126,6 +126,21 @@ impl GenesysError {
         }
     }
 
+    /// Genesys' "version must match": right after a checkin it is the checkin still settling
+    /// (Terraform's CX-as-Code provider matches the same: a 409, or a 400 saying "does not match
+    /// the current version").
+    pub fn is_version_mismatch(&self) -> bool {
+        match self {
+            GenesysError::Api {
+                status: 400 | 409,
+                code,
+                message,
+                ..
+            } => code.contains("version.mismatch") || message.contains("does not match the current version"),
+            _ => false,
+        }
+    }
+
     /// True when the request may have been applied although no success was seen: a write that
     /// failed this way must be settled by reading Genesys before it is sent again.
     pub fn may_have_applied(&self) -> bool {

@@ -1,13 +1,16 @@
 //! The Genesys Cloud REST client every job kind applies its changes through.
 //!
 //! One place for what every call needs: a bearer token ([`auth`]), the shared [`Budget`] before
-//! the request, a 401 answered by one fresh grant, a 429 answered by pausing the whole budget
-//! for `Retry-After` (not charged to the job), and Genesys error bodies turned into
-//! [`GenesysError`]s whose [`ErrorClass`] drives the retry policy.
+//! the request, a 401 answered by one fresh grant, a 429 answered by a pause for `Retry-After`
+//! (not charged to the job: of the whole budget when the limit hit is the OAuth client's own, of
+//! the request's route family when it is another, such as an org-wide limit), and Genesys error
+//! bodies, JSON or not, turned into [`GenesysError`]s whose [`ErrorClass`] drives the retry
+//! policy.
 
 pub mod architect;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod presence;
 pub mod taskmanagement;
 
@@ -24,7 +27,7 @@ pub use auth::TokenSource;
 pub use error::{ErrorClass, GenesysError};
 
 use crate::config::GenesysConfig;
-use crate::limit::Budget;
+use crate::limit::{route_family, Budget};
 use crate::telemetry::names;
 
 /// A 429 asking for a longer wait than this is not waited out in-process (as the Go SDK does).
@@ -49,6 +52,27 @@ struct ErrorBody {
     code: String,
     #[serde(default)]
     context_id: String,
+    /// On a 429: which of the limits applied to the request was hit.
+    #[serde(default)]
+    limit: Option<limits::Limit>,
+}
+
+impl ErrorBody {
+    /// Reads an error answer. Gateways in front of the API answer some errors with an HTML page
+    /// or nothing at all: those are described by what came back, and classified by status.
+    fn read(status: u16, bytes: &[u8]) -> Self {
+        match serde_json::from_slice::<ErrorBody>(bytes) {
+            Ok(body) => body,
+            Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => Self {
+                message: format!("{status} with an empty body"),
+                ..Self::default()
+            },
+            Err(_) => Self {
+                message: format!("{status} with a non-JSON body of {} bytes", bytes.len()),
+                ..Self::default()
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,12 +158,13 @@ impl GenesysClient {
             .api_base
             .join(path.trim_start_matches('/'))
             .expect("API paths are relative URLs");
+        let family = route_family(path);
         let mut regranted = false;
         let mut throttled_waits = 0;
         loop {
             let token = self.auth.token().await?;
             self.budget
-                .acquire()
+                .acquire(family)
                 .await
                 .map_err(|err| GenesysError::Budget(err.to_string()))?;
             let mut request = self
@@ -186,7 +211,8 @@ impl GenesysClient {
                 })?;
                 return Ok(Reply { status, body });
             }
-            let err_body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            let err_body = ErrorBody::read(status, &bytes);
+            let limit = err_body.limit.clone();
             let error = GenesysError::Api {
                 method: method.to_string(),
                 path: path.to_string(),
@@ -212,13 +238,23 @@ impl GenesysClient {
                     if wait > MAX_RETRY_AFTER || throttled_waits > MAX_THROTTLED_WAITS {
                         return Err(error);
                     }
-                    tracing::warn!(
-                        path,
-                        retry_after_secs = wait.as_secs(),
-                        "Genesys returned 429; pausing the budget."
-                    );
-                    self.budget.pause_for(wait);
-                    self.budget.pause_fleet(wait).await;
+                    let key = limit.as_ref().map_or("unnamed", |l| l.key.as_str());
+                    metrics::counter!(names::THROTTLED, "limit" => key.to_string(), "family" => family.to_string())
+                        .increment(1);
+                    if limit.as_ref().is_none_or(limits::Limit::is_the_clients_own) {
+                        tracing::warn!(
+                            path,
+                            limit = key,
+                            retry_after_secs = wait.as_secs(),
+                            "Genesys returned 429 on this client's limit; pausing the budget."
+                        );
+                        self.budget.pause(wait).await;
+                    } else {
+                        // A limit others spend too (an org-wide one on a route family): only the
+                        // calls that count against it wait.
+                        tracing::warn!(path, limit = key, family, retry_after_secs = wait.as_secs(), "Genesys returned 429 on a limit shared beyond this client; pausing this route family only.");
+                        self.budget.pause_family(family, wait).await;
+                    }
                 }
                 _ => return Err(error),
             }

@@ -37,6 +37,8 @@ fn client_for(sandbox: &SandboxHandle, secret: &str) -> GenesysClient {
         rate_limit_shared: false,
         request_timeout_ms: 5_000,
         max_attempts: 3,
+        consistency_window_ms: 5_000,
+        limits_refresh_secs: 0,
     };
     GenesysClient::new(
         &config,
