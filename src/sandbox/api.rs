@@ -6,6 +6,7 @@ use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::limits::Limit;
 use super::Sandbox;
 
 /// An API error, rendered as Genesys' `ErrorBody` with an `ININ-Correlation-Id` header equal to
@@ -15,6 +16,10 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `ErrorBody.limit`: the limit a 429 names.
+    limit: Option<Limit>,
+    /// The `Retry-After` header, in whole seconds.
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +28,23 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            limit: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Genesys' normalised 429 (since November 2021): an integer `Retry-After` (at least 1) and
+    /// the limit that was hit.
+    pub(crate) fn too_many_requests(retry_after_secs: u64, limit: Limit) -> Self {
+        let seconds = retry_after_secs.max(1);
+        Self {
+            limit: Some(limit),
+            retry_after_secs: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too.many.requests.retry.after",
+                format!("Rate limit exceeded the maximum. Retry the request in [{seconds}] seconds"),
+            )
         }
     }
 
@@ -51,7 +73,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let context_id = Uuid::new_v4().to_string();
-        let body = json!({
+        let mut body = json!({
             "message": self.message,
             "code": self.code,
             "status": self.status.as_u16(),
@@ -59,9 +81,17 @@ impl IntoResponse for ApiError {
             "details": [],
             "errors": [],
         });
+        if let Some(limit) = &self.limit {
+            body["limit"] = json!(limit);
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Ok(value) = HeaderValue::from_str(&context_id) {
             response.headers_mut().insert("ININ-Correlation-Id", value);
+        }
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert("Retry-After", HeaderValue::from(seconds));
         }
         response
     }

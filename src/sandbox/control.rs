@@ -3,7 +3,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `dropped_responses`, `mutations` |
+//! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `throttled_by` (429s per `limit.key`), `dropped_responses`, `reset_connections`, `mutations` |
 //! | `GET /sandbox/mutations?entity=user:<id>` | the mutation log, optionally of one entity |
 //! | `POST`/`GET /sandbox/webhook` | a webhook receiver for `relay` (keeps the last 1,000 deliveries: headers and body) |
 //! | `POST /sandbox/reset` | back to the seed: state, stats, tokens, faults cleared |
@@ -109,7 +109,9 @@ async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     Json(json!({
         "requests": requests,
         "throttled": throttled,
+        "throttled_by": world.stats.throttled_by,
         "dropped_responses": world.stats.dropped_responses,
+        "reset_connections": world.stats.reset_connections,
         "mutations": world.mutations,
     }))
 }

@@ -6,9 +6,12 @@
 //! conformance test, on loopback by default, with state in memory seeded from a
 //! [`SandboxConfig`]. One listener serves both the login host (`/oauth/token`) and the API host.
 //!
-//! Every API request passes the [`gateway`]: it is counted, rate-limited per OAuth client
-//! (a real 429 with `Retry-After`), and exposed to the faults set through the control API
-//! (errors, latency, a response dropped after the change was made). The control API under
+//! Every API request passes the [`gateway`]: it is counted, rate-limited per OAuth client and,
+//! with the behaviour's org limit, per route family for the whole org (a real 429 with
+//! `Retry-After` naming the `limit` hit; the [`limits`] API reports the same values), and
+//! exposed to the faults set through the control API and the behaviour's gateway errors
+//! (errors with a Genesys, HTML or empty body, latency, a connection reset before any answer, a
+//! response dropped after the change was made). The control API under
 //! `/sandbox/` ([`control`]) reports what Genesys *saw* and resets state, so tests assert on it.
 
 mod api;
@@ -17,6 +20,7 @@ mod behaviour;
 mod control;
 mod faults;
 mod gateway;
+mod limits;
 mod oauth;
 mod presence;
 mod state;
@@ -268,6 +272,18 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/api/v2/flows/actions/publish", post(architect::publish))
         .route("/api/v2/flows/actions/revert", post(architect::revert))
         .route("/api/v2/flows/actions/unlock", post(architect::unlock))
+        .route(
+            "/api/v2/organizations/limits/namespaces",
+            get(limits::list_namespaces),
+        )
+        .route(
+            "/api/v2/organizations/limits/namespaces/{namespaceName}",
+            get(limits::effective_limits),
+        )
+        .route(
+            "/api/v2/organizations/limits/namespaces/{namespaceName}/defaults",
+            get(limits::default_limits),
+        )
         .fallback(api::not_found)
         .layer(middleware::from_fn_with_state(sandbox.clone(), gateway::gateway));
     genesys.merge(control::router()).with_state(sandbox)

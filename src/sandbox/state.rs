@@ -1,11 +1,8 @@
-//! The sandbox's in-memory Genesys org: users, presence definitions, tokens, and what was seen.
+//! The sandbox's in-memory Genesys org: users, presence definitions, tokens, the rate limits'
+//! token buckets, and what was seen.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
-
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -13,7 +10,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::architect::FlowState;
+use super::behaviour::OrgLimit;
 use super::faults::Faults;
+use super::limits::Limit;
 use super::taskmanagement::TaskState;
 use super::{user_id, RateLimit, SandboxConfig};
 
@@ -113,14 +112,95 @@ pub(crate) struct Mutation {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub requests: BTreeMap<(String, u16), u64>,
+    /// 429s per `limit.key` of the limit that refused them.
+    pub throttled_by: BTreeMap<String, u64>,
     /// Requests served whose response was then dropped (a fault).
     pub dropped_responses: u64,
+    /// Connections closed before any answer (a fault or the gateway behaviour): nothing served.
+    pub reset_connections: u64,
 }
 
 impl Stats {
     pub fn count(&mut self, route: String, status: u16) {
         *self.requests.entry((route, status)).or_default() += 1;
     }
+
+    pub fn count_throttled(&mut self, route: String, limit: &Limit) {
+        self.count(route, 429);
+        *self.throttled_by.entry(limit.key.clone()).or_default() += 1;
+    }
+}
+
+/// A token bucket read at instants the caller gives, so its arithmetic is testable without
+/// sleeping. It refills at `refill_per_second` up to `capacity`, while a continuous drain (the
+/// traffic of another integration sharing it) takes `drain_per_second` out of it.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    capacity: f64,
+    refill_per_second: f64,
+    drain_per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+/// Float slack, so a bucket refilled to 0.999999… by rounding still holds its token.
+const WHOLE_TOKEN: f64 = 1.0 - 1e-9;
+
+impl TokenBucket {
+    pub fn new(capacity: u32, refill_per_second: f64, drain_per_second: f64, now: Instant) -> Self {
+        // It starts where the drain alone keeps it: full, unless the drain takes everything
+        // that comes in (the other integration was there first).
+        let starved = drain_per_second > 0.0 && drain_per_second >= refill_per_second;
+        let capacity = f64::from(capacity.max(1));
+        Self {
+            capacity,
+            refill_per_second,
+            drain_per_second,
+            tokens: if starved { 0.0 } else { capacity },
+            at: now,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let net = self.refill_per_second - self.drain_per_second;
+        self.tokens = (self.tokens + net * elapsed).clamp(0.0, self.capacity);
+        self.at = self.at.max(now);
+    }
+
+    /// `Ok` when a token is there at `now`; else how long until one is, `None` when never
+    /// (the drain takes everything). Takes nothing: see [`TokenBucket::take`].
+    pub fn check(&mut self, now: Instant) -> Result<(), Option<Duration>> {
+        self.advance(now);
+        if self.tokens >= WHOLE_TOKEN {
+            return Ok(());
+        }
+        let net = self.refill_per_second - self.drain_per_second;
+        if net <= 0.0 {
+            return Err(None);
+        }
+        Err(Some(Duration::from_secs_f64((1.0 - self.tokens) / net)))
+    }
+
+    /// Spends the token a successful [`TokenBucket::check`] found.
+    pub fn take(&mut self) {
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
+
+/// A request refused by a rate limit: which one, and when a token would be there (`None`:
+/// not while the other integration spends everything).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Refusal {
+    pub limit: Limit,
+    pub wait: Option<Duration>,
+}
+
+/// The org-wide bucket of the behaviour's `org_limit`, with the limit it was made for.
+#[derive(Debug)]
+struct OrgBucket {
+    limit: OrgLimit,
+    bucket: TokenBucket,
 }
 
 /// Deliveries `POST /sandbox/webhook` keeps.
@@ -140,8 +220,11 @@ pub(crate) struct World {
     /// stack), newest last, at most [`WEBHOOK_KEPT`].
     pub webhook: std::collections::VecDeque<serde_json::Value>,
     pub faults: Faults,
-    /// Per-OAuth-client token bucket, as Genesys limits requests per client token.
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// The per-OAuth-client limit, as Genesys limits requests per client token.
+    rate_limit: Option<RateLimit>,
+    client_buckets: HashMap<String, TokenBucket>,
+    /// Made when a request first meets the behaviour's org limit, remade when it changes.
+    org_bucket: Option<OrgBucket>,
 }
 
 impl World {
@@ -196,28 +279,80 @@ impl World {
             mutations: Vec::new(),
             webhook: std::collections::VecDeque::new(),
             faults: Faults::new(config.seed),
-            limiter: None,
+            rate_limit: None,
+            client_buckets: HashMap::new(),
+            org_bucket: None,
         };
         world.set_rate_limit(config.rate_limit);
         world
     }
 
+    /// Sets the per-client limit; every client starts again with a full bucket.
     pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
-        self.limiter = limit.map(|limit| {
-            let rps = NonZeroU32::new(limit.requests_per_second.max(1)).expect("at least 1");
-            let burst = NonZeroU32::new(limit.burst.max(1)).expect("at least 1");
-            RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst))
-        });
+        self.rate_limit = limit;
+        self.client_buckets.clear();
     }
 
-    /// `Some(wait)` when `client` is over its rate limit.
-    pub fn throttle(&self, client: &str) -> Option<Duration> {
-        let limiter = self.limiter.as_ref()?;
-        let key = client.to_string();
-        limiter
-            .check_key(&key)
-            .err()
-            .map(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    /// Lets a request of `client` through the rate limits at `now`, spending a token of each
+    /// limit that applies, or names the limit that refuses it.
+    ///
+    /// The per-client limit is checked first, then `org_limit` when the request's route family
+    /// is the limit's (`applies`). A request refused by one limit spends nothing of the other.
+    /// `org_limit` is the behaviour's in any case, so its bucket is remade as soon as it
+    /// changes.
+    pub fn admit(
+        &mut self,
+        client: &str,
+        org_limit: Option<&OrgLimit>,
+        applies: bool,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        self.follow_org_limit(org_limit, now);
+        let client_bucket = match self.rate_limit {
+            Some(rate) => {
+                let bucket = self.client_buckets.entry(client.to_string()).or_insert_with(|| {
+                    TokenBucket::new(rate.burst, f64::from(rate.requests_per_second), 0.0, now)
+                });
+                bucket.check(now).map_err(|wait| Refusal {
+                    limit: Limit::client_rate(rate),
+                    wait,
+                })?;
+                Some(bucket)
+            }
+            None => None,
+        };
+        let org_bucket = match self.org_bucket.as_mut().filter(|_| applies) {
+            Some(org) => {
+                org.bucket.check(now).map_err(|wait| Refusal {
+                    limit: Limit::org(&org.limit),
+                    wait,
+                })?;
+                Some(&mut org.bucket)
+            }
+            None => None,
+        };
+        // Both limits let it through: only now is anything spent.
+        client_bucket
+            .into_iter()
+            .chain(org_bucket)
+            .for_each(TokenBucket::take);
+        Ok(())
+    }
+
+    fn follow_org_limit(&mut self, org_limit: Option<&OrgLimit>, now: Instant) {
+        let current = self.org_bucket.as_ref().map(|org| &org.limit);
+        if current == org_limit {
+            return;
+        }
+        self.org_bucket = org_limit.map(|limit| OrgBucket {
+            limit: limit.clone(),
+            bucket: TokenBucket::new(
+                limit.burst,
+                limit.requests_per_second,
+                limit.other_integration_rps,
+                now,
+            ),
+        });
     }
 
     pub fn issue_token(&mut self, client_id: &str, ttl: Duration) -> String {
@@ -278,4 +413,131 @@ pub(crate) fn genesys_time(at: OffsetDateTime) -> String {
         at.second(),
         at.millisecond()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
+    fn org_limit(rps: f64, burst: u32, other: f64) -> OrgLimit {
+        OrgLimit {
+            family: "users".into(),
+            requests_per_second: rps,
+            burst,
+            other_integration_rps: other,
+            key: "org.requests.per.minute".into(),
+            namespace: None,
+        }
+    }
+
+    fn world() -> World {
+        World::seeded(&SandboxConfig {
+            users: 1,
+            workitems: 0,
+            flows: 0,
+            ..SandboxConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_refills_at_its_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(2, 4.0, 0.0, start);
+        for _ in 0..2 {
+            assert_eq!(bucket.check(start), Ok(()));
+            bucket.take();
+        }
+        assert_eq!(bucket.check(start), Err(Some(Duration::from_millis(250))));
+        let wait = bucket.check(at(start, 100)).unwrap_err().unwrap();
+        assert!(
+            wait.abs_diff(Duration::from_millis(150)) < Duration::from_micros(1),
+            "{wait:?}"
+        );
+        assert_eq!(bucket.check(at(start, 250)), Ok(()));
+        // Idle time refills no further than the burst.
+        bucket.take();
+        assert_eq!(bucket.check(at(start, 10_000)), Ok(()));
+        bucket.take();
+        bucket.take();
+        assert!(bucket.check(at(start, 10_000)).is_err());
+    }
+
+    #[test]
+    fn another_integration_slows_the_refill_or_takes_everything() {
+        let start = Instant::now();
+        let mut shared = TokenBucket::new(1, 3.0, 1.0, start);
+        assert_eq!(shared.check(start), Ok(()));
+        shared.take();
+        // 2 tokens/s left to share: half a second for the next.
+        assert_eq!(shared.check(start), Err(Some(Duration::from_millis(500))));
+
+        let mut starved = TokenBucket::new(5, 2.0, 2.0, start);
+        assert_eq!(
+            starved.check(start),
+            Err(None),
+            "starts empty: the other was there first"
+        );
+        assert_eq!(starved.check(at(start, 60_000)), Err(None));
+        let mut drained = TokenBucket::new(3, 1.0, 4.0, start);
+        assert_eq!(drained.check(at(start, 1_000)), Err(None));
+    }
+
+    #[test]
+    fn the_org_limit_applies_only_to_its_family_and_is_shared_by_every_client() {
+        let mut world = world();
+        let start = Instant::now();
+        let limit = org_limit(1.0, 2, 0.0);
+        assert!(world.admit("a", Some(&limit), true, start).is_ok());
+        assert!(world.admit("b", Some(&limit), true, start).is_ok());
+        let refusal = world.admit("a", Some(&limit), true, start).unwrap_err();
+        assert_eq!(refusal.limit, Limit::org(&limit));
+        assert_eq!(refusal.wait, Some(Duration::from_secs(1)));
+        assert!(
+            world.admit("c", Some(&limit), false, start).is_ok(),
+            "another family"
+        );
+        assert!(world.admit("c", Some(&limit), true, at(start, 1_000)).is_ok());
+    }
+
+    #[test]
+    fn a_request_refused_by_one_limit_spends_nothing_of_the_other() {
+        let mut world = world();
+        world.set_rate_limit(Some(RateLimit {
+            requests_per_second: 1,
+            burst: 1,
+        }));
+        let start = Instant::now();
+        let starved = org_limit(2.0, 1, 2.0);
+        let refusal = world.admit("a", Some(&starved), true, start).unwrap_err();
+        assert_eq!(refusal.limit.key, "org.requests.per.minute");
+        assert_eq!(refusal.wait, None);
+        // The org refusal left the client's token: a request of another family gets it.
+        assert!(world.admit("a", Some(&starved), false, start).is_ok());
+        let refusal = world.admit("a", Some(&starved), false, start).unwrap_err();
+        assert_eq!(refusal.limit.key, "client.credentials.token.rate.per.minute");
+
+        // The client's refusal comes first and leaves the org's token.
+        let open = org_limit(1.0, 1, 0.0);
+        assert_eq!(
+            world.admit("a", Some(&open), true, start).unwrap_err().limit.key,
+            "client.credentials.token.rate.per.minute"
+        );
+        assert!(world.admit("b", Some(&open), true, start).is_ok());
+    }
+
+    #[test]
+    fn a_changed_org_limit_starts_a_new_bucket() {
+        let mut world = world();
+        let start = Instant::now();
+        let one = org_limit(1.0, 1, 0.0);
+        assert!(world.admit("a", Some(&one), true, start).is_ok());
+        assert!(world.admit("a", Some(&one), true, start).is_err());
+        let two = org_limit(1.0, 2, 0.0);
+        assert!(world.admit("a", Some(&two), true, start).is_ok());
+        assert!(world.admit("a", None, true, start).is_ok(), "no org limit");
+    }
 }
