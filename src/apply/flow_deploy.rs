@@ -174,8 +174,8 @@ impl Deploy<'_> {
             _ => None,
         };
 
-        let saved = match self.check_in_new_version(&configuration).await {
-            Ok(saved) => saved,
+        let (saved, checked_in) = match self.check_in_new_version(&configuration).await {
+            Ok(done) => done,
             Err(stop) => {
                 self.release().await;
                 return self.finish(stop, Some(previous_state), None);
@@ -185,7 +185,7 @@ impl Deploy<'_> {
             let after = self.read().await.unwrap_or(before.clone());
             return self.applied(Outcome::Applied, previous_state, &after, optimization, None);
         }
-        match self.publish(&saved).await {
+        match self.publish(&saved, &checked_in).await {
             Ok(after) => self.applied(Outcome::Applied, previous_state, &after, optimization, None),
             Err(cause) => match restore {
                 Some((version, config)) => {
@@ -200,8 +200,9 @@ impl Deploy<'_> {
         }
     }
 
-    /// Checkout, save `configuration` as a new version, checkin and wait: the new version's id.
-    async fn check_in_new_version(&mut self, configuration: &Value) -> Result<String, Stop> {
+    /// Checkout, save `configuration` as a new version, checkin and wait: the new version's id
+    /// and the flow as the checkin left it.
+    async fn check_in_new_version(&mut self, configuration: &Value) -> Result<(String, Flow), Stop> {
         let client = self.client_id().to_string();
         self.action("checkout", |flow: &Flow| flow.locked_by(&client), no_lag)
             .await
@@ -216,9 +217,13 @@ impl Deploy<'_> {
         let current = self.read().await?;
         let saved = self.save_version(&current, configuration).await?;
         let checked_in = Evidence::CheckedIn(&saved);
-        let operation = self
-            .action("checkin", |flow: &Flow| checked_in.shown_by(flow), no_lag)
-            .await?;
+        // A checkin releases the lock: a flow no longer locked by this client took it.
+        let took_effect = |flow: &Flow| {
+            checked_in.shown_by(flow)
+                || !flow.locked_by(&client)
+                || is_new_operation(flow, "CHECKIN", &current)
+        };
+        let operation = self.action("checkin", took_effect, no_lag).await?;
         let done = self.wait("CHECKIN", operation.as_ref(), checked_in).await?;
         if done.checked_in() != Some(saved.as_str()) {
             return Err(Stop::Operation {
@@ -229,19 +234,19 @@ impl Deploy<'_> {
                 ),
             });
         }
-        Ok(saved)
+        Ok((saved, done))
     }
 
     /// Publishes the checked-in version and confirms `publishedVersion` moved to `version`.
-    async fn publish(&mut self, version: &str) -> Result<Flow, Stop> {
+    async fn publish(&mut self, version: &str, before: &Flow) -> Result<Flow, Stop> {
         let published = Evidence::Published(version);
-        // Right after a checkin Genesys may still answer 409 "version must match".
+        let took_effect = |flow: &Flow| published.shown_by(flow) || is_new_operation(flow, "PUBLISH", before);
+        // Right after a checkin Genesys may still answer 409 "version must match"; after a
+        // publish whose answer was lost and that the flow does not show, "in progress".
         let operation = self
-            .action(
-                "publish",
-                |flow: &Flow| published.shown_by(flow),
-                GenesysError::is_version_mismatch,
-            )
+            .action("publish", took_effect, |err| {
+                err.is_version_mismatch() || err.is_operation_in_progress()
+            })
             .await?;
         let done = self.wait("PUBLISH", operation.as_ref(), published).await?;
         if done.published() != Some(version) {
@@ -267,11 +272,11 @@ impl Deploy<'_> {
     ) -> Applied {
         let (code, message) = cause.describe();
         tracing::warn!(flow_id = %self.flow_id, cause = %message, "Deploy failed after a partial change; rolling back.");
-        let restored = match self.check_in_new_version(configuration).await {
-            Ok(restored) => restored,
+        let (restored, checked_in) = match self.check_in_new_version(configuration).await {
+            Ok(done) => done,
             Err(stop) => return self.rollback_failed(&message, stop, previous_state).await,
         };
-        match self.publish(&restored).await {
+        match self.publish(&restored, &checked_in).await {
             Ok(after) => {
                 let note =
                     format!("{message}; restored version {version}'s configuration as version {restored}");
@@ -598,6 +603,14 @@ fn operation_result(action: &str, op: &Operation) -> Result<(), Stop> {
         });
     }
     Ok(())
+}
+
+/// Whether `flow` shows an `action` operation other than the one `before` showed.
+fn is_new_operation(flow: &Flow, action: &str, before: &Flow) -> bool {
+    let previous = before.current_operation.as_ref().map(|op| op.id.as_str());
+    flow.current_operation
+        .as_ref()
+        .is_some_and(|op| op.action_name.as_deref() == Some(action) && Some(op.id.as_str()) != previous)
 }
 
 /// An action whose errors are never consistency lag.

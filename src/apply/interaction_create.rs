@@ -4,7 +4,9 @@
 //! idempotency key. When a create may have been applied without the worker seeing the answer
 //! (a 5xx, a timeout, a connection closed after sending) or a previous worker's lease ran out
 //! mid-job, the worker queries the workitems of that type by `externalTag` before creating
-//! again: exactly one workitem exists per idempotency key.
+//! again: exactly one workitem exists per idempotency key. A query may not show a workitem
+//! created a moment ago (Genesys' consistency lag), so after an ambiguous failure "not found" is
+//! only believed once the consistency window has passed.
 
 use serde_json::{json, Map, Value};
 
@@ -38,7 +40,10 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, tak
                     .await
                 {
                     Ok(reply) => Ok((reply.body, reply.status)),
-                    Err(err) if err.may_have_applied() => settle_ambiguous(err, find().await, attempt, tag),
+                    Err(err) if err.may_have_applied() => {
+                        let lookup = find_settled(ctx.retry, find).await;
+                        settle_ambiguous(err, lookup, attempt, tag)
+                    }
                     Err(err) => Err(err),
                 }
             }
@@ -47,6 +52,28 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, tak
     match outcome.result {
         Ok((workitem, status)) => created(workitem, status, outcome.attempts),
         Err(err) => Applied::from_error(job.job_id, &job.entity(), &err, outcome.attempts),
+    }
+}
+
+/// `find`, again with backoff while it finds nothing, until the consistency window has passed.
+async fn find_settled<F, Fut>(
+    retry: &crate::retry::RetryPolicy,
+    find: F,
+) -> Result<Option<Workitem>, GenesysError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Workitem>, GenesysError>>,
+{
+    let deadline = tokio::time::Instant::now() + retry.consistency_window;
+    let mut round = 0;
+    loop {
+        let found = find().await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if found.is_some() || left.is_zero() {
+            return Ok(found);
+        }
+        round += 1;
+        tokio::time::sleep(retry.backoff_ceiling(round).min(left)).await;
     }
 }
 

@@ -5,48 +5,113 @@
 //! transition is validated against the current status's `destinationStatuses` (empty: any)
 //! before anything is written. Then `PATCH /api/v2/taskmanagement/workitems/{id}` with
 //! `statusId`. A workitem already in the target status is `applied` without a write.
+//!
+//! Genesys' reads may lag its writes: a workitem created a moment ago may answer 404, one changed
+//! a moment ago may show its previous status. So a 404, and a read that refuses the job (a
+//! transition the read status does not allow, an `expected_current` that does not hold), are
+//! read again until the consistency window has passed before they count.
 
 use serde_json::{json, Value};
 
 use super::{Applied, Context};
 use crate::events::Outcome;
-use crate::genesys::taskmanagement::{Workitem, WorkitemStatus};
+use crate::genesys::taskmanagement::{StatusGraph, Workitem, WorkitemStatus};
+use crate::genesys::GenesysError;
 use crate::job::{InteractionStatus, Job};
 
 pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> Applied {
     let entity = job.entity();
     let path = format!("/api/v2/taskmanagement/workitems/{}", payload.workitem_id);
     let fail = |err, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
-    let refuse = |outcome, code: &str, message: String| {
-        Applied::refused(outcome, code, format!("job {}: {entity}: {message}", job.job_id))
-    };
 
-    let read = ctx.retry.run(|_| ctx.genesys.get::<Workitem>(&path)).await;
+    let read = ctx
+        .retry
+        .run_through_lag(
+            |err| err.status() == Some(404),
+            |_| ctx.genesys.get::<Workitem>(&path),
+        )
+        .await;
     let mut attempts = read.attempts;
-    let current = match read.result {
+    let mut current = match read.result {
         Ok(reply) => reply.body,
         Err(err) => return fail(&err, attempts),
+    };
+    let lag_deadline = tokio::time::Instant::now() + ctx.retry.consistency_window;
+    let mut lag_round = 0;
+    loop {
+        let plan = match plan(ctx, job, payload, &current).await {
+            Ok(plan) => plan,
+            Err(err) => return fail(&err, attempts),
+        };
+        let left = lag_deadline.saturating_duration_since(tokio::time::Instant::now());
+        match plan {
+            Plan::Write {
+                to,
+                previous_state,
+                graph,
+            } => return write(ctx, job, &path, &graph, to, previous_state, attempts).await,
+            Plan::Refuse {
+                mut refusal,
+                read_may_lag,
+            } => {
+                if !read_may_lag || left.is_zero() {
+                    refusal.attempts = refusal.attempts.max(attempts);
+                    return refusal;
+                }
+            }
+        }
+        lag_round += 1;
+        tokio::time::sleep(ctx.retry.backoff_ceiling(lag_round).min(left)).await;
+        let reread = ctx.retry.run(|_| ctx.genesys.get::<Workitem>(&path)).await;
+        attempts = attempts.max(reread.attempts);
+        current = match reread.result {
+            Ok(reply) => reply.body,
+            Err(err) => return fail(&err, attempts),
+        };
+    }
+}
+
+/// What the job does to the workitem as read.
+enum Plan {
+    Write {
+        to: WorkitemStatus,
+        previous_state: Value,
+        graph: StatusGraph,
+    },
+    /// Decided without a write; `read_may_lag` when the read's status alone refused it, so a
+    /// fresher read may decide otherwise.
+    Refuse { refusal: Applied, read_may_lag: bool },
+}
+
+async fn plan(
+    ctx: Context<'_>,
+    job: &Job,
+    payload: &InteractionStatus,
+    current: &Workitem,
+) -> Result<Plan, GenesysError> {
+    let entity = job.entity();
+    let refuse = |outcome, code: &str, message: String| {
+        Applied::refused(outcome, code, format!("job {}: {entity}: {message}", job.job_id))
     };
     let target = payload.target();
     let mut wanted = vec![current.status.id.as_str(), target.as_str()];
     if let Some(expected) = &payload.expected_current {
         wanted.push(expected);
     }
-    let graph = match ctx
+    let graph = ctx
         .genesys
         .statuses
         .graph(ctx.genesys, &current.worktype.id, &wanted)
-        .await
-    {
-        Ok(graph) => graph,
-        Err(err) => return fail(&err, attempts),
-    };
+        .await?;
     let Some(from) = graph.find(&current.status.id).cloned() else {
         let message = format!(
             "current status {} is not a status of worktype {}",
             current.status.id, graph.worktype
         );
-        return refuse(Outcome::Rejected, "unknown_status", message);
+        return Ok(Plan::Refuse {
+            refusal: refuse(Outcome::Rejected, "unknown_status", message),
+            read_may_lag: false,
+        });
     };
     let previous_state = state_of(&current.id, &from);
     let Some(to) = graph.find(&target).cloned() else {
@@ -56,30 +121,40 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
             graph.worktype,
             known.join(", ")
         );
-        return with_previous(
-            refuse(Outcome::Rejected, "unknown_status", message),
-            previous_state,
-        );
+        return Ok(Plan::Refuse {
+            refusal: with_previous(
+                refuse(Outcome::Rejected, "unknown_status", message),
+                previous_state,
+            ),
+            read_may_lag: false,
+        });
     };
     if let Some(expected) = &payload.expected_current {
         if !from.answers_to(expected) {
             let message = format!("expected current status {expected:?}, found {:?}", from.name);
             let mut conflict = refuse(Outcome::Conflict, "expected_current_mismatch", message);
             conflict.genesys_status = Some(200);
-            return with_previous(conflict, previous_state);
+            return Ok(Plan::Refuse {
+                refusal: with_previous(conflict, previous_state),
+                read_may_lag: true,
+            });
         }
     }
     if from.id == to.id {
-        return Applied {
+        let unchanged = Applied {
             outcome: Outcome::Applied,
             new_state: Some(previous_state.clone()),
             previous_state: Some(previous_state),
             genesys_status: Some(200),
             error: None,
-            attempts,
+            attempts: 1,
             entity: None,
             retryable: false,
         };
+        return Ok(Plan::Refuse {
+            refusal: unchanged,
+            read_may_lag: false,
+        });
     }
     if !from.allows(&to) {
         let message = format!(
@@ -88,18 +163,36 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
             to.name,
             graph.allowed_from(&from)
         );
-        return with_previous(
-            refuse(Outcome::Rejected, "transition_not_allowed", message),
-            previous_state,
-        );
+        return Ok(Plan::Refuse {
+            refusal: with_previous(
+                refuse(Outcome::Rejected, "transition_not_allowed", message),
+                previous_state,
+            ),
+            read_may_lag: true,
+        });
     }
+    Ok(Plan::Write {
+        to,
+        previous_state,
+        graph,
+    })
+}
 
+async fn write(
+    ctx: Context<'_>,
+    job: &Job,
+    path: &str,
+    graph: &StatusGraph,
+    to: WorkitemStatus,
+    previous_state: Value,
+    attempts: u32,
+) -> Applied {
     let body = json!({"statusId": to.id});
     let write = ctx
         .retry
-        .run(|_| ctx.genesys.patch::<Workitem>(&path, &body))
+        .run(|_| ctx.genesys.patch::<Workitem>(path, &body))
         .await;
-    attempts = attempts.max(write.attempts);
+    let attempts = attempts.max(write.attempts);
     match write.result {
         Ok(reply) => {
             let landed = graph.find(&reply.body.status.id).cloned().unwrap_or(to);
@@ -114,7 +207,10 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
                 retryable: false,
             }
         }
-        Err(err) => with_previous(fail(&err, attempts), previous_state),
+        Err(err) => with_previous(
+            Applied::from_error(job.job_id, &job.entity(), &err, attempts),
+            previous_state,
+        ),
     }
 }
 

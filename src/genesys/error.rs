@@ -141,6 +141,11 @@ impl GenesysError {
         }
     }
 
+    /// Architect refusing an action while another operation on the flow runs.
+    pub fn is_operation_in_progress(&self) -> bool {
+        matches!(self, GenesysError::Api { status: 409, code, .. } if code.contains("operation.in.progress"))
+    }
+
     /// True when the request may have been applied although no success was seen: a write that
     /// failed this way must be settled by reading Genesys before it is sent again.
     pub fn may_have_applied(&self) -> bool {
