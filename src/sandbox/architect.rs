@@ -1,15 +1,30 @@
-//! Architect flows: versions, per-OAuth-client locks, and asynchronous checkin and publish.
+//! Architect flows: versions, locks, and asynchronous checkin and publish.
 //!
-//! - `GET /api/v2/flows/{flowId}` (`Flow`, with `lockedClient`, `savedVersion`,
+//! - `GET /api/v2/flows/{flowId}` (`Flow`, with `lockedClient` or `lockedUser`, `savedVersion`,
 //!   `checkedInVersion`, `publishedVersion`, `currentOperation`)
 //! - `POST /api/v2/flows/{flowId}/versions` (raw configuration → `FlowVersion`), `GET` lists them,
 //!   `GET .../versions/{versionId}/configuration`
 //! - `POST /api/v2/flows/actions/{checkout,checkin,publish,revert,unlock}?flow=` (no body)
 //!
 //! Checkout locks a flow to the calling OAuth client; another client's changes are refused
-//! with 409 until checkin, revert or unlock releases it. Checkin and publish return an
-//! `Operation` and complete later, visible through the flow's `currentOperation`. As observed
-//! of the real API, publishing a version that does not exist succeeds and changes nothing.
+//! with 409 until checkin, revert or unlock releases it. The control API can also lock a flow as
+//! a person (`lockedUser`), which refuses every OAuth client until unlock or until the person
+//! lets go by themselves. As observed of the real API, publishing a version that does not exist
+//! succeeds and changes nothing.
+//!
+//! Checkin and publish return an `Operation`; how it is reported follows the
+//! [`FlowOperations`] profile:
+//!
+//! | profile | the action answers | the flow's `currentOperation` |
+//! |---|---|---|
+//! | `async_visible` | the incomplete operation; it completes after `flow_operation_ms` | the operation, until the next one |
+//! | `complete_in_response` | the complete operation (the action took effect within the request) | never present |
+//! | `async_hidden` | the incomplete operation | never present: only the versions move, once it completes |
+//! | `stale_operation` | the incomplete operation | the previous operation (or none) for `stale_operation_ms`, then this one |
+//!
+//! With `consistency_lag_ms`, a flow created less than the lag ago is not found by `GET` (its
+//! actions work), and a publish less than the lag after the last checkin completed answers 409
+//! `architect.flow.version.mismatch`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +40,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::api::{authorize, json_body, parse_id, ApiError};
+use super::behaviour::{Behaviour, FlowOperations};
 use super::state::genesys_time;
 use super::Sandbox;
 
@@ -47,6 +63,13 @@ struct Version {
     published: Option<OffsetDateTime>,
 }
 
+/// Why a publish failed: `errorCode` and `errorMessage` of its `Operation`.
+#[derive(Debug, Clone)]
+struct Failure {
+    code: String,
+    message: String,
+}
+
 #[derive(Debug, Clone)]
 struct Operation {
     id: Uuid,
@@ -55,7 +78,51 @@ struct Operation {
     completes_at: Instant,
     /// The version being published.
     target: Option<String>,
-    outcome: Option<Result<(), (String, String)>>,
+    outcome: Option<Result<(), Failure>>,
+    /// Started under `async_hidden`: the flow never shows it.
+    hidden: bool,
+    /// Under `stale_operation` the flow shows the operation before this one until then.
+    shown_from: Instant,
+}
+
+impl Operation {
+    /// The `Operation` body; `failure_details` become its `errorDetails` if it failed.
+    fn to_json(&self, failure_details: Vec<Value>) -> Value {
+        let (status, complete) = match &self.outcome {
+            None => ("PENDING_GENERATION", false),
+            Some(Ok(())) => ("SUCCESS", true),
+            Some(Err(_)) => ("FAILURE", true),
+        };
+        let mut value = json!({
+            "id": self.id,
+            "complete": complete,
+            "client": {"id": self.client, "selfUri": format!("/api/v2/oauth/clients/{}", self.client)},
+            "actionName": self.action,
+            "actionStatus": status,
+        });
+        if let Some(Err(failure)) = &self.outcome {
+            value["errorCode"] = json!(failure.code);
+            value["errorMessage"] = json!(failure.message);
+            value["errorDetails"] = json!(failure_details);
+        }
+        value
+    }
+}
+
+/// Who holds a flow's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LockHolder {
+    /// An OAuth client: a checkout, or the control API playing another integration.
+    Client(String),
+    /// A person with the flow open in Architect (the control API plays them).
+    User { id: Uuid, name: String },
+}
+
+#[derive(Debug, Clone)]
+struct Lock {
+    holder: LockHolder,
+    /// The holder lets go by itself then, as a person closing Architect does.
+    releases_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,13 +130,21 @@ struct Flow {
     id: Uuid,
     name: String,
     flow_type: &'static str,
-    locked_client: Option<String>,
+    lock: Option<Lock>,
     versions: Vec<Version>,
     saved: Option<String>,
     checked_in: Option<String>,
     published: Option<String>,
+    /// The latest checkin or publish, complete or not: what refuses a second one.
     operation: Option<Operation>,
+    /// The complete operation before `operation`, which `stale_operation` keeps showing.
+    previous_operation: Option<Operation>,
     fail_next_publish: bool,
+    /// When `POST /api/v2/flows` created it (seeded flows have always existed), for the
+    /// consistency lag of reads.
+    created_at: Option<Instant>,
+    /// When the last checkin completed: a publish within the consistency lag of it is refused.
+    checked_in_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -92,6 +167,26 @@ fn seed_configuration(name: &str) -> Value {
     })
 }
 
+impl Flow {
+    fn new(id: Uuid, name: String, flow_type: &'static str) -> Self {
+        Self {
+            id,
+            name,
+            flow_type,
+            lock: None,
+            versions: Vec::new(),
+            saved: None,
+            checked_in: None,
+            published: None,
+            operation: None,
+            previous_operation: None,
+            fail_next_publish: false,
+            created_at: None,
+            checked_in_at: None,
+        }
+    }
+}
+
 impl FlowState {
     pub fn seeded(flows: usize) -> Self {
         let names = ["Main IVR", "Billing IVR", "After Hours"];
@@ -110,16 +205,11 @@ impl FlowState {
                     published: Some(OffsetDateTime::now_utc()),
                 };
                 let flow = Flow {
-                    id: flow_id(n),
-                    name,
-                    flow_type: "INBOUNDCALL",
-                    locked_client: None,
                     versions: vec![version],
                     saved: Some("1.0".into()),
                     checked_in: Some("1.0".into()),
                     published: Some("1.0".into()),
-                    operation: None,
-                    fail_next_publish: false,
+                    ..Flow::new(flow_id(n), name, "INBOUNDCALL")
                 };
                 (flow.id, flow)
             })
@@ -130,26 +220,24 @@ impl FlowState {
     fn create(&mut self, name: &str, flow_type: &'static str) -> &Flow {
         let id = Uuid::new_v4();
         let flow = Flow {
-            id,
-            name: name.to_string(),
-            flow_type,
-            locked_client: None,
-            versions: Vec::new(),
-            saved: None,
-            checked_in: None,
-            published: None,
-            operation: None,
-            fail_next_publish: false,
+            created_at: Some(Instant::now()),
+            ..Flow::new(id, name.to_string(), flow_type)
         };
         self.flows.insert(id, flow);
         &self.flows[&id]
     }
 
-    /// Locks `flow` as `client` (control API: "someone else holds the lock").
-    pub fn lock_as(&mut self, flow: Uuid, client: &str) -> bool {
+    /// Locks `flow` as `holder` (control API: "someone else holds the lock"), released by the
+    /// holder itself after `release_after` if given.
+    pub fn lock_as(&mut self, flow: Uuid, holder: LockHolder, release_after: Option<Duration>) -> bool {
         self.flows
             .get_mut(&flow)
-            .map(|f| f.locked_client = Some(client.to_string()))
+            .map(|f| {
+                f.lock = Some(Lock {
+                    holder,
+                    releases_at: release_after.map(|after| Instant::now() + after),
+                })
+            })
             .is_some()
     }
 
@@ -162,9 +250,23 @@ impl FlowState {
     }
 }
 
+/// Whether something written at `at` is still behind what reads see.
+fn within_lag(at: Option<Instant>, lag: Duration) -> bool {
+    !lag.is_zero() && at.is_some_and(|at| at.elapsed() < lag)
+}
+
 impl Flow {
-    /// Completes the current operation if its time has come.
+    /// Brings the flow up to now: a lock whose holder lets go by itself is released, and the
+    /// current operation completes if its time has come.
     fn settle(&mut self) {
+        if self
+            .lock
+            .as_ref()
+            .and_then(|lock| lock.releases_at)
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            self.lock = None;
+        }
         let Some(op) = self.operation.as_mut() else { return };
         if op.outcome.is_some() || Instant::now() < op.completes_at {
             return;
@@ -179,14 +281,15 @@ impl Flow {
                 {
                     version.kind = "CHECKIN";
                 }
+                self.checked_in_at = Some(op.completes_at);
                 op.outcome = Some(Ok(()));
             }
             _ if self.fail_next_publish => {
                 self.fail_next_publish = false;
-                op.outcome = Some(Err((
-                    "architect.publish.failed".into(),
-                    "The flow failed to publish: validation errors were found.".into(),
-                )));
+                op.outcome = Some(Err(Failure {
+                    code: "architect.publish.failed".into(),
+                    message: "The flow failed to publish: validation errors were found.".into(),
+                }));
             }
             _ => {
                 // An unknown version "publishes" successfully and changes nothing.
@@ -202,13 +305,86 @@ impl Flow {
                 op.outcome = Some(Ok(()));
             }
         }
-        if self.locked_client.as_ref() == Some(&op.client) {
-            self.locked_client = None;
+        let held_by_operator = matches!(
+            self.lock.as_ref().map(|lock| &lock.holder),
+            Some(LockHolder::Client(holder)) if *holder == op.client
+        );
+        if held_by_operator {
+            self.lock = None;
         }
     }
 
     fn in_progress(&self) -> bool {
         self.operation.as_ref().is_some_and(|op| op.outcome.is_none())
+    }
+
+    /// Starts `action` as `client` under the `behaviour` played and answers its `Operation`.
+    fn start_operation(
+        &mut self,
+        action: &'static str,
+        client: &str,
+        target: Option<String>,
+        behaviour: &Behaviour,
+        takes: Duration,
+    ) -> Value {
+        let now = Instant::now();
+        let mode = behaviour.flow_operations;
+        let immediate = mode == FlowOperations::CompleteInResponse;
+        let stale_for = match mode {
+            FlowOperations::StaleOperation => Duration::from_millis(behaviour.stale_operation_ms),
+            _ => Duration::ZERO,
+        };
+        // A hidden operation was never shown, so a stale read cannot show it either.
+        self.previous_operation = self.operation.take().filter(|op| !op.hidden);
+        self.operation = Some(Operation {
+            id: Uuid::new_v4(),
+            action,
+            client: client.to_string(),
+            completes_at: if immediate { now } else { now + takes },
+            target,
+            outcome: None,
+            hidden: mode == FlowOperations::AsyncHidden,
+            shown_from: now + stale_for,
+        });
+        if immediate {
+            self.settle();
+        }
+        let details = if immediate {
+            self.failure_details()
+        } else {
+            Vec::new()
+        };
+        self.operation
+            .as_ref()
+            .map(|op| op.to_json(details))
+            .unwrap_or(Value::Null)
+    }
+
+    /// `errorDetails` of a failed operation reported in the response (the SDK's `Detail`).
+    fn failure_details(&self) -> Vec<Value> {
+        match self.operation.as_ref().and_then(|op| op.outcome.as_ref()) {
+            Some(Err(failure)) => vec![json!({
+                "errorCode": failure.code,
+                "entityId": self.id,
+                "entityName": self.name,
+            })],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The operation a read of the flow shows under `mode`.
+    fn shown_operation(&self, mode: FlowOperations) -> Option<&Operation> {
+        match mode {
+            FlowOperations::CompleteInResponse | FlowOperations::AsyncHidden => None,
+            FlowOperations::AsyncVisible | FlowOperations::StaleOperation => {
+                let op = self.operation.as_ref().filter(|op| !op.hidden)?;
+                if Instant::now() < op.shown_from {
+                    self.previous_operation.as_ref()
+                } else {
+                    Some(op)
+                }
+            }
+        }
     }
 
     fn version_json(&self, id: &str) -> Value {
@@ -238,31 +414,8 @@ impl Flow {
         value
     }
 
-    fn operation_json(&self) -> Value {
-        let Some(op) = &self.operation else {
-            return Value::Null;
-        };
-        let (status, complete) = match &op.outcome {
-            None => ("PENDING_GENERATION", false),
-            Some(Ok(())) => ("SUCCESS", true),
-            Some(Err(_)) => ("FAILURE", true),
-        };
-        let mut value = json!({
-            "id": op.id,
-            "complete": complete,
-            "client": {"id": op.client, "selfUri": format!("/api/v2/oauth/clients/{}", op.client)},
-            "actionName": op.action,
-            "actionStatus": status,
-        });
-        if let Some(Err((code, message))) = &op.outcome {
-            value["errorCode"] = json!(code);
-            value["errorMessage"] = json!(message);
-            value["errorDetails"] = json!([]);
-        }
-        value
-    }
-
-    fn to_json(&self) -> Value {
+    /// The `Flow` body as a read under the operations profile `mode` shows it.
+    fn to_json(&self, mode: FlowOperations) -> Value {
         let mut value = json!({
             "id": self.id,
             "name": self.name,
@@ -274,9 +427,16 @@ impl Flow {
             "deleted": false,
             "selfUri": format!("/api/v2/flows/{}", self.id),
         });
-        if let Some(client) = &self.locked_client {
-            value["lockedClient"] =
-                json!({"id": client, "selfUri": format!("/api/v2/oauth/clients/{client}")});
+        match self.lock.as_ref().map(|lock| &lock.holder) {
+            Some(LockHolder::Client(client)) => {
+                value["lockedClient"] =
+                    json!({"id": client, "selfUri": format!("/api/v2/oauth/clients/{client}")});
+            }
+            Some(LockHolder::User { id, name }) => {
+                value["lockedUser"] =
+                    json!({"id": id, "name": name, "selfUri": format!("/api/v2/users/{id}")});
+            }
+            None => {}
         }
         for (field, version) in [
             ("savedVersion", &self.saved),
@@ -287,18 +447,22 @@ impl Flow {
                 value[field] = self.version_json(id);
             }
         }
-        if self.operation.is_some() {
-            value["currentOperation"] = self.operation_json();
+        if let Some(op) = self.shown_operation(mode) {
+            value["currentOperation"] = op.to_json(Vec::new());
         }
         value
     }
 
-    /// Refuses a change when another client holds the lock.
+    /// Refuses a change when anyone but `client` holds the lock.
     fn check_not_locked_by_other(&self, client: &str) -> Result<(), ApiError> {
-        match &self.locked_client {
-            Some(holder) if holder != client => Err(ApiError::conflict(
+        match self.lock.as_ref().map(|lock| &lock.holder) {
+            Some(LockHolder::Client(holder)) if holder != client => Err(ApiError::conflict(
                 "architect.flow.locked",
                 format!("The flow {} is locked by another client ({holder}).", self.id),
+            )),
+            Some(LockHolder::User { id, name }) => Err(ApiError::conflict(
+                "architect.flow.locked",
+                format!("The flow {} is locked by user {name} ({id}).", self.id),
             )),
             _ => Ok(()),
         }
@@ -306,7 +470,7 @@ impl Flow {
 
     fn check_locked_by(&self, client: &str) -> Result<(), ApiError> {
         self.check_not_locked_by_other(client)?;
-        if self.locked_client.is_none() {
+        if self.lock.is_none() {
             return Err(ApiError::conflict(
                 "architect.flow.not.checked.out",
                 format!("The flow {} must be checked out first.", self.id),
@@ -320,6 +484,21 @@ impl Flow {
             return Err(ApiError::conflict(
                 "architect.flow.operation.in.progress",
                 format!("The flow {} has an operation in progress.", self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a publish of `target` that reads could not see checked in yet: within the
+    /// consistency lag of the last checkin, Architect answers a version mismatch.
+    fn check_checkin_visible(&self, target: &str, lag: Duration) -> Result<(), ApiError> {
+        if within_lag(self.checked_in_at, lag) {
+            return Err(ApiError::conflict(
+                "architect.flow.version.mismatch",
+                format!(
+                    "The version {target} of flow {} does not match the current version of the flow.",
+                    self.id
+                ),
             ));
         }
         Ok(())
@@ -369,17 +548,21 @@ pub(crate) struct ListParams {
 }
 
 /// `GET /api/v2/flows?name=&type=`: `FlowEntityListing`; names match exactly, ignoring case.
+/// A flow created within the consistency lag is not listed yet.
 pub(crate) async fn list_flows(
     State(sandbox): State<Arc<Sandbox>>,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&sandbox, &headers)?;
+    let behaviour = sandbox.behaviour();
+    let lag = Duration::from_millis(behaviour.consistency_lag_ms);
     let mut world = sandbox.world();
     let entities: Vec<Value> = world
         .flows
         .flows
         .values_mut()
+        .filter(|f| !within_lag(f.created_at, lag))
         .filter(|f| {
             params
                 .name
@@ -394,7 +577,7 @@ pub(crate) async fn list_flows(
         })
         .map(|f| {
             f.settle();
-            f.to_json()
+            f.to_json(behaviour.flow_operations)
         })
         .collect();
     Ok(Json(json!({
@@ -429,6 +612,7 @@ pub(crate) async fn create_flow(
             "type {requested:?} is not a flow type."
         )));
     };
+    let operations = sandbox.behaviour().flow_operations;
     let mut world = sandbox.world();
     if world
         .flows
@@ -441,7 +625,7 @@ pub(crate) async fn create_flow(
             format!("A {kind} flow named {name:?} already exists."),
         ));
     }
-    let created = world.flows.create(name, kind).to_json();
+    let created = world.flows.create(name, kind).to_json(operations);
     let id = created["id"].as_str().unwrap_or_default().to_string();
     world.record(client, "POST", "/api/v2/flows".into(), format!("flow:{id}"), raw);
     Ok(Json(created))
@@ -480,13 +664,21 @@ fn record_action(sandbox: &Sandbox, client: String, action: &str, flow: Uuid, bo
         .record(client, "POST", path, format!("flow:{flow}"), body);
 }
 
+/// `GET /api/v2/flows/{flowId}`; a flow created within the consistency lag is not found yet.
 pub(crate) async fn get_flow(
     State(sandbox): State<Arc<Sandbox>>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&sandbox, &headers)?;
-    with_flow(&sandbox, Some(&raw_id), |flow| Ok(Json(flow.to_json())))
+    let behaviour = sandbox.behaviour();
+    let lag = Duration::from_millis(behaviour.consistency_lag_ms);
+    with_flow(&sandbox, Some(&raw_id), |flow| {
+        if within_lag(flow.created_at, lag) {
+            return Err(flow_not_found(flow.id));
+        }
+        Ok(Json(flow.to_json(behaviour.flow_operations)))
+    })
 }
 
 pub(crate) async fn checkout(
@@ -495,11 +687,15 @@ pub(crate) async fn checkout(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let client = authorize(&sandbox, &headers)?;
+    let operations = sandbox.behaviour().flow_operations;
     let (id, flow) = with_flow(&sandbox, params.flow.as_deref(), |flow| {
         flow.check_not_locked_by_other(&client)?;
         flow.check_idle()?;
-        flow.locked_client = Some(client.clone());
-        Ok((flow.id, flow.to_json()))
+        flow.lock = Some(Lock {
+            holder: LockHolder::Client(client.clone()),
+            releases_at: None,
+        });
+        Ok((flow.id, flow.to_json(operations)))
     })?;
     record_action(&sandbox, client, "checkout", id, Value::Null);
     Ok(Json(flow))
@@ -542,31 +738,16 @@ pub(crate) async fn save_version(
     Ok(Json(version))
 }
 
-fn start_operation(
-    flow: &mut Flow,
-    action: &'static str,
-    client: &str,
-    delay: Duration,
-    target: Option<String>,
-) -> Value {
-    flow.operation = Some(Operation {
-        id: Uuid::new_v4(),
-        action,
-        client: client.to_string(),
-        completes_at: Instant::now() + delay,
-        target,
-        outcome: None,
-    });
-    flow.operation_json()
-}
-
+/// `POST /api/v2/flows/actions/checkin`: an `Operation` that makes the saved version the
+/// checked-in one and releases the caller's lock.
 pub(crate) async fn checkin(
     State(sandbox): State<Arc<Sandbox>>,
     Query(params): Query<ActionParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let client = authorize(&sandbox, &headers)?;
-    let delay = Duration::from_millis(sandbox.config().flow_operation_ms);
+    let takes = Duration::from_millis(sandbox.config().flow_operation_ms);
+    let behaviour = sandbox.behaviour();
     let (id, operation) = with_flow(&sandbox, params.flow.as_deref(), |flow| {
         flow.check_locked_by(&client)?;
         flow.check_idle()?;
@@ -575,19 +756,24 @@ pub(crate) async fn checkin(
                 "The flow has no configuration to check in.",
             ));
         }
-        Ok((flow.id, start_operation(flow, "CHECKIN", &client, delay, None)))
+        let operation = flow.start_operation("CHECKIN", &client, None, &behaviour, takes);
+        Ok((flow.id, operation))
     })?;
     record_action(&sandbox, client, "checkin", id, Value::Null);
     Ok(Json(operation))
 }
 
+/// `POST /api/v2/flows/actions/publish?version=`: an `Operation` that publishes the version
+/// (the checked-in one by default).
 pub(crate) async fn publish(
     State(sandbox): State<Arc<Sandbox>>,
     Query(params): Query<ActionParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let client = authorize(&sandbox, &headers)?;
-    let delay = Duration::from_millis(sandbox.config().flow_operation_ms);
+    let takes = Duration::from_millis(sandbox.config().flow_operation_ms);
+    let behaviour = sandbox.behaviour();
+    let lag = Duration::from_millis(behaviour.consistency_lag_ms);
     let (id, operation) = with_flow(&sandbox, params.flow.as_deref(), |flow| {
         flow.check_not_locked_by_other(&client)?;
         flow.check_idle()?;
@@ -597,10 +783,9 @@ pub(crate) async fn publish(
                 "The flow has no checked-in version to publish.",
             ));
         };
-        Ok((
-            flow.id,
-            start_operation(flow, "PUBLISH", &client, delay, Some(target)),
-        ))
+        flow.check_checkin_visible(&target, lag)?;
+        let operation = flow.start_operation("PUBLISH", &client, Some(target), &behaviour, takes);
+        Ok((flow.id, operation))
     })?;
     record_action(
         &sandbox,
@@ -618,13 +803,14 @@ pub(crate) async fn revert(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let client = authorize(&sandbox, &headers)?;
+    let operations = sandbox.behaviour().flow_operations;
     let (id, flow) = with_flow(&sandbox, params.flow.as_deref(), |flow| {
         flow.check_not_locked_by_other(&client)?;
         flow.check_idle()?;
         // Discards what was saved since the last checkin and releases the lock.
         flow.saved = flow.checked_in.clone();
-        flow.locked_client = None;
-        Ok((flow.id, flow.to_json()))
+        flow.lock = None;
+        Ok((flow.id, flow.to_json(operations)))
     })?;
     record_action(&sandbox, client, "revert", id, Value::Null);
     Ok(Json(flow))
@@ -636,10 +822,12 @@ pub(crate) async fn unlock(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let client = authorize(&sandbox, &headers)?;
-    // Force unlock: whoever holds the lock (Architect Admin permission in Genesys).
+    let operations = sandbox.behaviour().flow_operations;
+    // Force unlock: whoever holds the lock, a client or a person (Architect Admin permission
+    // in Genesys).
     let (id, flow) = with_flow(&sandbox, params.flow.as_deref(), |flow| {
-        flow.locked_client = None;
-        Ok((flow.id, flow.to_json()))
+        flow.lock = None;
+        Ok((flow.id, flow.to_json(operations)))
     })?;
     record_action(&sandbox, client, "unlock", id, Value::Null);
     Ok(Json(flow))
@@ -694,4 +882,157 @@ pub(crate) async fn version_configuration(
                 ))
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: &str = "sandbox-client";
+
+    /// Seeded flow 0, checked out by [`CLIENT`] with version 2.0 saved.
+    fn saved_flow() -> Flow {
+        let mut flow = FlowState::seeded(1).flows.remove(&flow_id(0)).expect("seeded");
+        flow.lock = Some(Lock {
+            holder: LockHolder::Client(CLIENT.into()),
+            releases_at: None,
+        });
+        flow.versions.push(Version {
+            id: "2.0".into(),
+            configuration: json!({}),
+            kind: "SAVE",
+            created_ms: now_ms(),
+            created_by_client: CLIENT.into(),
+            published: None,
+        });
+        flow.saved = Some("2.0".into());
+        flow
+    }
+
+    fn playing(flow_operations: FlowOperations) -> Behaviour {
+        Behaviour {
+            flow_operations,
+            stale_operation_ms: 40,
+            ..Behaviour::default()
+        }
+    }
+
+    fn wait(ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    #[test]
+    fn complete_in_response_answers_the_outcome_and_the_flow_shows_no_operation() {
+        let behaviour = playing(FlowOperations::CompleteInResponse);
+        let mut flow = saved_flow();
+        let checkin = flow.start_operation("CHECKIN", CLIENT, None, &behaviour, Duration::from_secs(60));
+        assert_eq!(
+            (checkin["complete"].clone(), checkin["actionStatus"].clone()),
+            (json!(true), json!("SUCCESS"))
+        );
+        assert_eq!(flow.checked_in.as_deref(), Some("2.0"));
+        assert!(flow.lock.is_none(), "checkin released the lock");
+
+        flow.fail_next_publish = true;
+        let publish = flow.start_operation(
+            "PUBLISH",
+            CLIENT,
+            Some("2.0".into()),
+            &behaviour,
+            Duration::from_secs(60),
+        );
+        assert_eq!(publish["actionStatus"], "FAILURE");
+        assert_eq!(publish["errorCode"], "architect.publish.failed");
+        assert_eq!(publish["errorDetails"][0]["entityId"], json!(flow.id));
+        assert_eq!(flow.published.as_deref(), Some("1.0"));
+        assert!(flow
+            .to_json(behaviour.flow_operations)
+            .get("currentOperation")
+            .is_none());
+    }
+
+    #[test]
+    fn a_hidden_operation_is_never_shown_but_moves_the_versions() {
+        let behaviour = playing(FlowOperations::AsyncHidden);
+        let mut flow = saved_flow();
+        let answer = flow.start_operation("CHECKIN", CLIENT, None, &behaviour, Duration::from_millis(20));
+        assert_eq!(answer["complete"], false);
+        assert!(flow.check_idle().is_err(), "a second action waits for it");
+        assert_eq!(flow.checked_in.as_deref(), Some("1.0"));
+        wait(30);
+        flow.settle();
+        assert_eq!(flow.checked_in.as_deref(), Some("2.0"));
+        for mode in [FlowOperations::AsyncHidden, FlowOperations::AsyncVisible] {
+            assert!(flow.to_json(mode).get("currentOperation").is_none(), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_read_shows_the_previous_operation_for_a_while() {
+        let behaviour = playing(FlowOperations::StaleOperation);
+        let mut flow = saved_flow();
+        let first = flow.start_operation("CHECKIN", CLIENT, None, &behaviour, Duration::ZERO);
+        assert!(
+            flow.to_json(behaviour.flow_operations)
+                .get("currentOperation")
+                .is_none(),
+            "none before"
+        );
+        wait(50);
+        flow.settle();
+        let shown = flow.to_json(behaviour.flow_operations);
+        assert_eq!(shown["currentOperation"]["id"], first["id"]);
+
+        let second = flow.start_operation("PUBLISH", CLIENT, Some("2.0".into()), &behaviour, Duration::ZERO);
+        flow.settle();
+        let stale = flow.to_json(behaviour.flow_operations);
+        assert_eq!(stale["currentOperation"]["id"], first["id"]);
+        assert_eq!(
+            stale["publishedVersion"]["id"], "2.0",
+            "only the operation is stale"
+        );
+        wait(50);
+        let fresh = flow.to_json(behaviour.flow_operations);
+        assert_eq!(fresh["currentOperation"]["id"], second["id"]);
+        assert_eq!(fresh["currentOperation"]["complete"], true);
+    }
+
+    #[test]
+    fn a_persons_lock_refuses_every_client_until_they_let_go() {
+        let mut state = FlowState::seeded(1);
+        let person = LockHolder::User {
+            id: Uuid::new_v4(),
+            name: "Agent 001".into(),
+        };
+        assert!(state.lock_as(flow_id(0), person, Some(Duration::from_millis(20))));
+        let flow = state.flows.get_mut(&flow_id(0)).expect("seeded");
+        let refused = flow.check_not_locked_by_other(CLIENT).unwrap_err();
+        assert!(format!("{refused:?}").contains("Agent 001"), "{refused:?}");
+        let shown = flow.to_json(FlowOperations::AsyncVisible);
+        assert_eq!(shown["lockedUser"]["name"], "Agent 001");
+        assert!(shown.get("lockedClient").is_none());
+        wait(30);
+        flow.settle();
+        assert!(flow.check_not_locked_by_other(CLIENT).is_ok());
+        assert!(flow
+            .to_json(FlowOperations::AsyncVisible)
+            .get("lockedUser")
+            .is_none());
+    }
+
+    #[test]
+    fn a_publish_right_after_a_checkin_is_a_version_mismatch_within_the_lag() {
+        let behaviour = playing(FlowOperations::CompleteInResponse);
+        let mut flow = saved_flow();
+        flow.start_operation("CHECKIN", CLIENT, None, &behaviour, Duration::ZERO);
+        let lag = Duration::from_millis(30);
+        let refused = flow.check_checkin_visible("2.0", lag).unwrap_err();
+        assert!(format!("{refused:?}").contains("does not match the current version"));
+        assert!(
+            flow.check_checkin_visible("2.0", Duration::ZERO).is_ok(),
+            "no lag, no mismatch"
+        );
+        wait(40);
+        assert!(flow.check_checkin_visible("2.0", lag).is_ok());
+    }
 }

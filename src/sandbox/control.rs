@@ -10,12 +10,13 @@
 //! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`) |
 //! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
 //! | `GET`/`PUT`/`DELETE /sandbox/behaviour` | the [`Behaviour`] played (PUT replaces it; fields not given take their defaults) |
-//! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) |
+//! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) or as a person (`{user_id}`, shown as `lockedUser`); `release_after_ms` makes the holder let go by itself |
 //! | `POST /sandbox/flows/{flowId}/fail-next-publish` | the flow's next publish fails |
 //! | `GET /sandbox/users` | seeded users with current presence and routing status |
 //! | `POST /sandbox/tokens/revoke` | invalidate every token (the next API call gets a 401) |
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::architect::LockHolder;
 use super::behaviour::Behaviour;
 use super::faults::Fault;
 use super::state::World;
@@ -191,9 +193,14 @@ async fn clear_faults(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     Json(json!({"faults": []}))
 }
 
+/// Who the lock is taken as: an OAuth client (`client_id`, by default `other-client`) or a
+/// person (`user_id`); `release_after_ms` lets the holder release it by itself.
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct LockAs {
     client_id: Option<String>,
+    user_id: Option<Uuid>,
+    release_after_ms: Option<u64>,
 }
 
 async fn lock_flow(
@@ -201,14 +208,36 @@ async fn lock_flow(
     Path(flow): Path<Uuid>,
     body: Option<Json<LockAs>>,
 ) -> Reply {
-    let client = body
-        .and_then(|Json(b)| b.client_id)
-        .unwrap_or_else(|| OTHER_CLIENT_ID.to_string());
-    if sandbox.world().flows.lock_as(flow, &client) {
-        (
-            StatusCode::OK,
-            Json(json!({"flow": flow, "locked_client": client})),
-        )
+    let lock = body.map(|Json(b)| b).unwrap_or_default();
+    let release_after = lock.release_after_ms.map(Duration::from_millis);
+    let mut world = sandbox.world();
+    let (holder, reply) = match (lock.client_id, lock.user_id) {
+        (Some(_), Some(_)) => {
+            return refused(StatusCode::BAD_REQUEST, "give client_id or user_id, not both");
+        }
+        (None, Some(user)) => {
+            // A seeded user locks under their own name; any other id stands for a person the
+            // sandbox does not list.
+            let name = world
+                .users
+                .get(&user)
+                .map(|u| u.name.clone())
+                .unwrap_or_else(|| format!("Architect user {}", &user.simple().to_string()[..8]));
+            let reply = json!({"flow": flow, "locked_user": {"id": user, "name": name}});
+            (LockHolder::User { id: user, name }, reply)
+        }
+        (client, None) => {
+            let client = client.unwrap_or_else(|| OTHER_CLIENT_ID.to_string());
+            let reply = json!({"flow": flow, "locked_client": client});
+            (LockHolder::Client(client), reply)
+        }
+    };
+    if world.flows.lock_as(flow, holder, release_after) {
+        let mut reply = reply;
+        if let Some(after) = lock.release_after_ms {
+            reply["release_after_ms"] = json!(after);
+        }
+        (StatusCode::OK, Json(reply))
     } else {
         refused(StatusCode::NOT_FOUND, format!("no flow {flow}"))
     }

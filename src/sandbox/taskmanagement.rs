@@ -9,9 +9,14 @@
 //! Schema errors are 400 `invalid.value`/`bad.request`; validation failures are 409 with a
 //! `pre.check.*` code, as Task Management reports them (a disallowed status transition among
 //! them).
+//!
+//! With `consistency_lag_ms`, reads (`GET` and the query) see the workitems as they were that
+//! long ago: one created since is not found (404 / not matched), one patched since shows the
+//! state before the patch. Writes always apply to the true state, so nothing written is lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -99,6 +104,8 @@ struct Workitem {
     modified_by: Option<String>,
     /// The writable fields as last set, in their API names.
     fields: Map<String, Value>,
+    /// When `POST` created it (seeded workitems have always existed), for the consistency lag.
+    created_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -107,6 +114,9 @@ pub(crate) struct TaskState {
     workitems: BTreeMap<Uuid, Workitem>,
     /// Creation order, which queries follow.
     order: Vec<Uuid>,
+    /// States replaced by a PATCH within the consistency lag, oldest first, with when they were
+    /// replaced: what lagging reads still show.
+    replaced: BTreeMap<Uuid, Vec<(Instant, Workitem)>>,
 }
 
 fn seeded_worktype() -> Worktype {
@@ -138,6 +148,7 @@ impl TaskState {
             worktypes: vec![worktype.clone()],
             workitems: BTreeMap::new(),
             order: Vec::new(),
+            replaced: BTreeMap::new(),
         };
         for n in 0..workitems {
             let mut fields = Map::new();
@@ -153,6 +164,7 @@ impl TaskState {
                 closed: None,
                 modified_by: None,
                 fields,
+                created_at: None,
             };
             state.order.push(item.id);
             state.workitems.insert(item.id, item);
@@ -162,6 +174,36 @@ impl TaskState {
 
     fn worktype(&self, id: Uuid) -> Option<&Worktype> {
         self.worktypes.iter().find(|w| w.id == id)
+    }
+
+    /// The workitem as reads `lag` behind the writes see it: `None` if it was created since,
+    /// the state before the first PATCH made since, else the current state.
+    fn as_seen(&self, id: Uuid, lag: std::time::Duration) -> Option<&Workitem> {
+        let item = self.workitems.get(&id)?;
+        if lag.is_zero() {
+            return Some(item);
+        }
+        if item.created_at.is_some_and(|at| at.elapsed() < lag) {
+            return None;
+        }
+        let replaced_since = self
+            .replaced
+            .get(&id)
+            .and_then(|states| states.iter().find(|(at, _)| at.elapsed() < lag));
+        Some(replaced_since.map_or(item, |(_, before)| before))
+    }
+
+    /// Replaces a workitem's state, keeping the old one while lagging reads may still show it.
+    fn replace(&mut self, updated: Workitem, lag: std::time::Duration) {
+        let id = updated.id;
+        let before = self.workitems.insert(id, updated);
+        if lag.is_zero() {
+            self.replaced.remove(&id);
+            return;
+        }
+        let states = self.replaced.entry(id).or_default();
+        states.retain(|(at, _)| at.elapsed() < lag);
+        states.extend(before.map(|before| (Instant::now(), before)));
     }
 
     fn render(&self, item: &Workitem) -> Value {
@@ -385,6 +427,7 @@ pub(crate) async fn create(
         closed,
         modified_by: Some(client_id.clone()),
         fields,
+        created_at: Some(Instant::now()),
     };
     let rendered = world.tasks.render(&item);
     world.tasks.order.push(item.id);
@@ -392,6 +435,10 @@ pub(crate) async fn create(
     world.tasks.workitems.insert(item.id, item.clone());
     world.record(client_id, "POST", path, format!("workitem:{}", item.id), raw);
     Ok(Json(rendered))
+}
+
+fn consistency_lag(sandbox: &Sandbox) -> std::time::Duration {
+    std::time::Duration::from_millis(sandbox.behaviour().consistency_lag_ms)
 }
 
 fn workitem_not_found(id: impl std::fmt::Display) -> ApiError {
@@ -405,11 +452,11 @@ pub(crate) async fn get(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&sandbox, &headers)?;
     let id = parse_id(&raw_id, "workitem")?;
+    let lag = consistency_lag(&sandbox);
     let world = sandbox.world();
     let item = world
         .tasks
-        .workitems
-        .get(&id)
+        .as_seen(id, lag)
         .ok_or_else(|| workitem_not_found(id))?;
     Ok(Json(world.tasks.render(item)))
 }
@@ -424,7 +471,9 @@ pub(crate) async fn update(
     let id = parse_id(&raw_id, "workitem")?;
     let raw = json_body(&body)?;
     let body = object(raw.clone())?;
+    let lag = consistency_lag(&sandbox);
     let mut world = sandbox.world();
+    // The true state, whatever lagging reads show.
     let item = world
         .tasks
         .workitems
@@ -470,7 +519,7 @@ pub(crate) async fn update(
     updated.modified = now;
     updated.modified_by = Some(client_id.clone());
     let rendered = world.tasks.render(&updated);
-    world.tasks.workitems.insert(id, updated);
+    world.tasks.replace(updated, lag);
     world.record(
         client_id,
         "PATCH",
@@ -539,6 +588,7 @@ pub(crate) async fn query(
         .and_then(Value::as_str)
         .and_then(|a| a.parse::<usize>().ok())
         .unwrap_or(0);
+    let lag = consistency_lag(&sandbox);
     let world = sandbox.world();
     let attribute = |item: &Workitem, name: &str| -> Option<String> {
         match name {
@@ -552,7 +602,7 @@ pub(crate) async fn query(
         .tasks
         .order
         .iter()
-        .filter_map(|id| world.tasks.workitems.get(id))
+        .filter_map(|id| world.tasks.as_seen(*id, lag))
         .filter(|item| {
             parsed.iter().all(|(name, op, values)| {
                 let actual = attribute(item, name);
@@ -621,4 +671,50 @@ pub(crate) async fn statuses(
         "entities": entities,
         "selfUri": format!("/api/v2/taskmanagement/worktypes/{id}/statuses"),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lagging_reads_see_the_state_of_lag_ago() {
+        let lag = std::time::Duration::from_millis(40);
+        let mut state = TaskState::seeded(1);
+        let seeded = workitem_id(0);
+        assert!(
+            state.as_seen(seeded, lag).is_some(),
+            "the seed has always existed"
+        );
+
+        let mut created = state.workitems[&seeded].clone();
+        created.id = Uuid::new_v4();
+        created.created_at = Some(Instant::now());
+        state.workitems.insert(created.id, created.clone());
+        assert!(state.as_seen(created.id, lag).is_none());
+        assert!(state.as_seen(created.id, std::time::Duration::ZERO).is_some());
+
+        let rename = |item: &Workitem, name: &str| {
+            let mut renamed = item.clone();
+            renamed.fields.insert("name".into(), json!(name));
+            renamed
+        };
+        let name_seen = |state: &TaskState| state.as_seen(seeded, lag).map(|i| i.fields["name"].clone());
+        let first = rename(&state.workitems[&seeded], "First");
+        state.replace(first, lag);
+        let second = rename(&state.workitems[&seeded], "Second");
+        state.replace(second, lag);
+        assert_eq!(
+            name_seen(&state),
+            Some(json!("Case 0001")),
+            "the state before both patches"
+        );
+        assert_eq!(
+            state.workitems[&seeded].fields["name"], "Second",
+            "writes apply to the truth"
+        );
+        std::thread::sleep(lag);
+        assert_eq!(name_seen(&state), Some(json!("Second")));
+        assert!(state.as_seen(created.id, lag).is_some());
+    }
 }
