@@ -34,6 +34,10 @@ use crate::telemetry::names;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
 /// Consecutive 429s one call waits out before giving up as rate-limited.
 const MAX_THROTTLED_WAITS: u32 = 20;
+/// How long one call waits out a limit shared beyond this client (an org-wide limit another
+/// integration may spend for as long as it likes) before its job is parked in a retry queue:
+/// a stalled family must not keep the worker's job slots from other work.
+const MAX_SHARED_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// A successful reply.
 #[derive(Debug, Clone)]
@@ -161,6 +165,7 @@ impl GenesysClient {
         let family = route_family(path);
         let mut regranted = false;
         let mut throttled_waits = 0;
+        let mut first_throttled = None;
         loop {
             let token = self.auth.token().await?;
             self.budget
@@ -251,7 +256,12 @@ impl GenesysClient {
                         self.budget.pause(wait).await;
                     } else {
                         // A limit others spend too (an org-wide one on a route family): only the
-                        // calls that count against it wait.
+                        // calls that count against it wait, and not for ever.
+                        let since = *first_throttled.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() + wait > MAX_SHARED_LIMIT_WAIT {
+                            self.budget.pause_family(family, wait).await;
+                            return Err(error);
+                        }
                         tracing::warn!(path, limit = key, family, retry_after_secs = wait.as_secs(), "Genesys returned 429 on a limit shared beyond this client; pausing this route family only.");
                         self.budget.pause_family(family, wait).await;
                     }

@@ -126,7 +126,8 @@ impl Behaviour {
             if limit.family.is_empty() || limit.family.contains('/') {
                 return Some("org_limit.family: one path segment after /api/v2/, e.g. \"users\"".into());
             }
-            if !(limit.requests_per_second > 0.0) || limit.other_integration_rps < 0.0 || limit.burst == 0 {
+            let positive_rate = limit.requests_per_second.is_finite() && limit.requests_per_second > 0.0;
+            if !positive_rate || limit.other_integration_rps < 0.0 || limit.burst == 0 {
                 return Some(
                     "org_limit: requests_per_second and burst must be positive, other_integration_rps not negative"
                         .into(),
@@ -135,7 +136,9 @@ impl Behaviour {
         }
         if let Some(gateway) = &self.gateway {
             if let Some(status) = gateway.errors.keys().find(|s| ![502, 503, 504].contains(*s)) {
-                return Some(format!("gateway.errors: status {status} is not one of 502, 503, 504"));
+                return Some(format!(
+                    "gateway.errors: status {status} is not one of 502, 503, 504"
+                ));
             }
             let probabilities = gateway.errors.values().chain(std::iter::once(&gateway.reset));
             if probabilities.clone().any(|p| !(0.0..=1.0).contains(p)) {
@@ -175,7 +178,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_values_are_explained() {
-        assert!(Behaviour::parse(r#"{"flow_ops": "x"}"#).unwrap_err().contains("flow_ops"));
+        assert!(Behaviour::parse(r#"{"flow_ops": "x"}"#)
+            .unwrap_err()
+            .contains("flow_ops"));
         assert!(Behaviour::parse(r#"{"flow_operations": "eventually"}"#).is_err());
         let bad_status = r#"{"gateway": {"errors": {"500": 0.5}}}"#;
         assert!(Behaviour::parse(bad_status).unwrap_err().contains("500"));

@@ -155,11 +155,13 @@ impl Sandbox {
             .clone()
     }
 
+    /// Plays `behaviour` from now on; an org limit set again starts with a fresh bucket.
     pub(crate) fn set_behaviour(&self, behaviour: Behaviour) {
         self.config
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .behaviour = behaviour;
+        self.world().forget_org_bucket();
     }
 }
 

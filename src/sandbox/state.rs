@@ -339,6 +339,11 @@ impl World {
         Ok(())
     }
 
+    /// Drops the org limit's bucket: the next request of its family starts a new one.
+    pub fn forget_org_bucket(&mut self) {
+        self.org_bucket = None;
+    }
+
     fn follow_org_limit(&mut self, org_limit: Option<&OrgLimit>, now: Instant) {
         let current = self.org_bucket.as_ref().map(|org| &org.limit);
         if current == org_limit {

@@ -406,6 +406,17 @@ impl TestApp {
         );
     }
 
+    /// Makes the sandbox play `behaviour` (README, "The sandbox": behaviour profiles).
+    pub async fn set_behaviour(&self, behaviour: Value) {
+        let url = format!("{}/sandbox/behaviour", self.sandbox.base_url());
+        let response = self.http.put(url).json(&behaviour).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "behaviour refused: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
     /// Publishes one `agent.status` job setting `presence` for each of the first `users` seeded
     /// users; returns their job ids.
     pub async fn publish_agent_jobs(&self, users: usize, presence: &str) -> std::collections::HashSet<Uuid> {

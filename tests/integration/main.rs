@@ -6,6 +6,7 @@
 
 mod agent_status;
 mod batch;
+mod budget;
 mod bulk;
 mod conformance;
 mod dead_letters;
