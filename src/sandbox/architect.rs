@@ -349,6 +349,8 @@ impl Flow {
         if immediate {
             self.settle();
         }
+        // Only an answer that carries the outcome details a failure; the flow's
+        // `currentOperation` keeps the empty `errorDetails` the sandbox has always shown.
         let details = if immediate {
             self.failure_details()
         } else {
