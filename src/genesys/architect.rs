@@ -5,6 +5,17 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EntityRef {
     pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} ({})", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
 }
 
 /// `Flow`, the fields the worker reads.
@@ -45,8 +56,9 @@ impl Flow {
     /// Who holds the lock, if anyone other than `client_id` does.
     pub fn locked_by_other(&self, client_id: &str) -> Option<String> {
         match (&self.locked_client, &self.locked_user) {
-            (Some(client), _) if client.id != client_id => Some(format!("client {}", client.id)),
-            (None, Some(user)) => Some(format!("user {}", user.id)),
+            (Some(client), _) if client.id != client_id => Some(format!("client {client}")),
+            // A person, typically editing the flow in Architect.
+            (None, Some(user)) => Some(format!("user {user}")),
             _ => None,
         }
     }

@@ -371,3 +371,180 @@ async fn an_invalid_flow_is_rejected_before_any_genesys_call() {
     assert!(app.mutations().await.is_empty());
     app.stop().await;
 }
+
+// The same lifecycle under each way Genesys reports its asynchronous operations (README,
+// "Genesys behaviours"), and under its consistency lag and people's locks.
+
+/// An app whose sandbox plays `behaviour`, polling every 20 ms. The operation timeout is far
+/// above a deploy's few polls and above the tests' wait for events: a deploy that finishes only
+/// by timing out fails the test.
+async fn app_playing(behaviour: Value, env: &[(&str, &str)]) -> TestApp {
+    let sandbox = SandboxConfig {
+        users: 2,
+        workitems: 1,
+        flows: 3,
+        flow_operation_ms: 100,
+        ..SandboxConfig::default()
+    };
+    let mut overrides = vec![("FLOW_POLL_MS", "20"), ("FLOW_OPERATION_TIMEOUT_SECS", "60")];
+    overrides.extend_from_slice(env);
+    let app = spawn_app_with(sandbox, &overrides).await;
+    app.set_behaviour(behaviour).await;
+    app
+}
+
+/// A deploy of flow `n` is applied promptly, publishes version 2.0 and leaves the flow unlocked,
+/// with one checkout, one saved version, one checkin and at least one publish.
+async fn deploys_promptly(app: &mut TestApp, n: usize) {
+    let id = flow_id(n).to_string();
+    app.publish(&deploy(flow_id(n), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(event.event.new_state.as_ref().unwrap()["published_version"], "2.0");
+    assert!(
+        event.event.latency_ms < 5_000,
+        "decided in {} ms: within a few polls, not by the timeout",
+        event.event.latency_ms
+    );
+    let now = flow(app, &id).await;
+    assert_eq!(now["publishedVersion"]["id"], "2.0");
+    assert!(now.get("lockedClient").is_none(), "left locked: {now}");
+    assert_eq!(versions(app, &id).await, ["1.0", "2.0"]);
+    for action in [
+        "POST /api/v2/flows/actions/checkout",
+        "POST /api/v2/flows/{flowId}/versions",
+        "POST /api/v2/flows/actions/checkin",
+        "POST /api/v2/flows/actions/publish",
+    ] {
+        assert_eq!(app.requests(action, 200).await, 1, "{action}");
+    }
+}
+
+/// A deploy of flow `n` whose publish fails is rolled back to 1.0's configuration as 3.0.
+async fn rolls_back(app: &mut TestApp, n: usize, code: &str) {
+    let id = flow_id(n).to_string();
+    let original = configuration(app, &id, "1.0").await;
+    control(app, &format!("/sandbox/flows/{id}/fail-next-publish"), json!(null)).await;
+    app.publish(&deploy(flow_id(n), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::RolledBack, "{:?}", event.event.error);
+    let error = event.event.error.clone().unwrap();
+    assert_eq!(error.code, code, "{}", error.message);
+    assert!(
+        error.message.contains("as version 3.0"),
+        "{}",
+        error.message
+    );
+    let now = flow(app, &id).await;
+    assert_eq!(now["publishedVersion"]["id"], "3.0");
+    assert!(now.get("lockedClient").is_none());
+    assert_eq!(configuration(app, &id, "3.0").await, original);
+}
+
+#[tokio::test]
+async fn an_operation_complete_in_the_actions_answer_is_the_result() {
+    let mut app = app_playing(json!({"flow_operations": "complete_in_response"}), &[]).await;
+    deploys_promptly(&mut app, 0).await;
+    rolls_back(&mut app, 1, "architect.publish.failed").await;
+    // The failure came straight from the publish's answer, with what Genesys said about it.
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn operations_the_flow_never_shows_are_decided_by_its_versions() {
+    let mut app = app_playing(json!({"flow_operations": "async_hidden"}), &[]).await;
+    deploys_promptly(&mut app, 0).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_publish_the_flow_never_shows_times_out_and_is_rolled_back() {
+    // Nothing shows the failure: only the timeout ends the wait (short here), then the rollback.
+    let mut app = app_playing(
+        json!({"flow_operations": "async_hidden"}),
+        &[("FLOW_OPERATION_TIMEOUT_SECS", "2")],
+    )
+    .await;
+    rolls_back(&mut app, 1, "operation_timeout").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_complete_operation_still_shown_is_not_taken_for_the_new_one() {
+    let mut app = app_playing(
+        json!({"flow_operations": "stale_operation", "stale_operation_ms": 3000}),
+        &[],
+    )
+    .await;
+    deploys_promptly(&mut app, 0).await;
+    rolls_back(&mut app, 1, "architect.publish.failed").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_refused_while_the_checkin_settles_is_tried_again() {
+    let mut app = app_playing(json!({"consistency_lag_ms": 600}), &[]).await;
+    deploys_promptly(&mut app, 0).await;
+    assert!(
+        app.requests("POST /api/v2/flows/actions/publish", 409).await >= 1,
+        "the sandbox refused the first publish"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_flow_this_job_created_is_read_once_genesys_shows_it() {
+    let mut app = app_playing(json!({"consistency_lag_ms": 800}), &[]).await;
+    let name = format!("Lagging IVR {}", Uuid::new_v4());
+    app.publish(&job(
+        "flow.deploy",
+        json!({"create": {"name": name, "type": "inboundcall"}, "flow": ivr("prompt-sales")}),
+    ))
+    .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(event.event.new_state.as_ref().unwrap()["published_version"], "1.0");
+    assert_eq!(app.requests("POST /api/v2/flows", 200).await, 1);
+    assert!(app.requests("GET /api/v2/flows/{flowId}", 404).await >= 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_flow_a_person_has_locked_is_a_conflict_that_names_them() {
+    let mut app = app_playing(json!({}), &[]).await;
+    let id = flow_id(2).to_string();
+    let person = genesys_worker::sandbox::user_id(0);
+    control(&app, &format!("/sandbox/flows/{id}/lock"), json!({"user_id": person})).await;
+    app.publish(&deploy(flow_id(2), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Conflict);
+    let error = event.event.error.clone().unwrap();
+    assert_eq!(error.code, "flow_locked");
+    assert!(
+        error.message.contains(&format!("user Agent 001 ({person})")),
+        "{}",
+        error.message
+    );
+    assert_eq!(flow(&app, &id).await["lockedUser"]["id"], person.to_string());
+    assert_eq!(versions(&app, &id).await, ["1.0"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lock_its_holder_releases_within_flow_lock_wait_lets_the_deploy_through() {
+    let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "10")]).await;
+    let id = flow_id(0).to_string();
+    let person = genesys_worker::sandbox::user_id(1);
+    control(
+        &app,
+        &format!("/sandbox/flows/{id}/lock"),
+        json!({"user_id": person, "release_after_ms": 1500}),
+    )
+    .await;
+    app.publish(&deploy(flow_id(0), json!({}))).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert!(event.event.latency_ms >= 1_000, "it waited for the person");
+    assert_eq!(flow(&app, &id).await["publishedVersion"]["id"], "2.0");
+    app.stop().await;
+}
