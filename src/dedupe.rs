@@ -47,17 +47,22 @@ pub struct Lease {
 }
 
 /// KEYS: record, lease, entity lock, entity head. On a claim, also tries the entity lock and
-/// returns {verdict, locked, sequence, version, checksum}.
+/// returns {verdict, locked, sequence, version, checksum, ms since the last change}.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local function age_of(changed_at)
+  if not changed_at then return '' end
+  local t = redis.call('TIME')
+  return tostring(math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - tonumber(changed_at)))
+end
 local function with_entity(verdict)
   local locked = redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3], 'NX')
   if not locked and redis.call('GET', KEYS[3]) ~= ARGV[2] then
     return {verdict, '0'}
   end
-  local head = redis.call('HMGET', KEYS[4], 'sequence', 'version', 'checksum')
-  return {verdict, '1', head[1] or '', head[2] or '', head[3] or ''}
+  local head = redis.call('HMGET', KEYS[4], 'sequence', 'version', 'checksum', 'changed_at')
+  return {verdict, '1', head[1] or '', head[2] or '', head[3] or '', age_of(head[4])}
 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then

@@ -24,18 +24,24 @@ use crate::store::{Store, StoreError};
 pub struct EntityState {
     pub last_sequence: Option<u64>,
     pub head: EntityHead,
+    /// How long ago (Redis's clock) a change of the entity was last recorded: within Genesys'
+    /// consistency lag, its reads may not show that change yet.
+    pub changed_ms_ago: Option<u64>,
 }
 
 impl EntityState {
-    /// Parses `[sequence, version, checksum]` as the Lua scripts return them ('' for absent).
+    /// Parses `[sequence, version, checksum, age]` as the Lua scripts return them ('' for
+    /// absent).
     pub(crate) fn parse(key: &str, fields: &[String]) -> Result<Self, StoreError> {
         let corrupt = |problem: &str| StoreError::Corrupt {
             key: key.to_string(),
             problem: problem.to_string(),
         };
-        let [sequence, version, checksum] = fields else {
+        let [sequence, version, checksum, age] = fields else {
             return Err(corrupt("short entity state reply"));
         };
+        // A clock step back can make it negative: a change just now.
+        let changed_ms_ago = (!age.is_empty()).then(|| age.parse::<i64>().map_or(0, |ms| ms.max(0) as u64));
         let last_sequence = match sequence.as_str() {
             "" => None,
             raw => Some(raw.parse().map_err(|_| corrupt("sequence is not a number"))?),
@@ -48,20 +54,29 @@ impl EntityState {
                 checksum: checksum.to_string(),
             },
         };
-        Ok(Self { last_sequence, head })
+        Ok(Self {
+            last_sequence,
+            head,
+            changed_ms_ago,
+        })
     }
 }
 
 /// Takes the lock (KEYS[1]) for ARGV[1]; when held, returns {'1', sequence, version,
-/// checksum} of the entity (KEYS[2]), else {'0'}.
+/// checksum, ms since the last change} of the entity (KEYS[2]), else {'0'}.
 static LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {'0'}
 end
-local head = redis.call('HMGET', KEYS[2], 'sequence', 'version', 'checksum')
-return {'1', head[1] or '', head[2] or '', head[3] or ''}
+local head = redis.call('HMGET', KEYS[2], 'sequence', 'version', 'checksum', 'changed_at')
+local age = ''
+if head[4] then
+  local t = redis.call('TIME')
+  age = tostring(math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - tonumber(head[4])))
+end
+return {'1', head[1] or '', head[2] or '', head[3] or '', age}
 "#,
     )
 });

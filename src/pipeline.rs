@@ -387,7 +387,14 @@ impl Pipeline {
                     flows: &self.flows,
                     bulk: self.bulk.as_ref(),
                 };
-                apply::apply(ctx, job, lease.takeover).await
+                let changed_recently = state
+                    .changed_ms_ago
+                    .is_some_and(|ms| u128::from(ms) < self.retry.consistency_window.as_millis());
+                let known = apply::Known {
+                    takeover: lease.takeover,
+                    changed_recently,
+                };
+                apply::apply(ctx, job, known).await
             }
         };
         drop(keeper);

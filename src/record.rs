@@ -73,7 +73,9 @@ if version ~= tonumber(ARGV[1]) then
   return 0
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2])
+  local t = redis.call('TIME')
+  local now = math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', now)
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', ARGV[4], 'confirmed', '0')

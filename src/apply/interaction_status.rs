@@ -7,9 +7,10 @@
 //! `statusId`. A workitem already in the target status is `applied` without a write.
 //!
 //! Genesys' reads may lag its writes: a workitem created a moment ago may answer 404, one changed
-//! a moment ago may show its previous status. So a 404, and a read that refuses the job (a
-//! transition the read status does not allow, an `expected_current` that does not hold), are
-//! read again until the consistency window has passed before they count.
+//! a moment ago may show its previous status. So a 404, a read that refuses the job (a
+//! transition the read status does not allow, an `expected_current` that does not hold), and a
+//! read showing the target status already when the worker changed the workitem within the
+//! window, are read again until the consistency window has passed before they count.
 
 use serde_json::{json, Value};
 
@@ -19,7 +20,14 @@ use crate::genesys::taskmanagement::{StatusGraph, Workitem, WorkitemStatus};
 use crate::genesys::GenesysError;
 use crate::job::{InteractionStatus, Job};
 
-pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> Applied {
+/// `changed_recently`: the worker changed this workitem within the consistency window, so a read
+/// showing it already in the target status may predate that change.
+pub async fn apply(
+    ctx: Context<'_>,
+    job: &Job,
+    payload: &InteractionStatus,
+    changed_recently: bool,
+) -> Applied {
     let entity = job.entity();
     let path = format!("/api/v2/taskmanagement/workitems/{}", payload.workitem_id);
     let fail = |err, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
@@ -39,7 +47,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionStatus) -> 
     let lag_deadline = tokio::time::Instant::now() + ctx.retry.consistency_window;
     let mut lag_round = 0;
     loop {
-        let plan = match plan(ctx, job, payload, &current).await {
+        let plan = match plan(ctx, job, payload, &current, changed_recently).await {
             Ok(plan) => plan,
             Err(err) => return fail(&err, attempts),
         };
@@ -88,6 +96,7 @@ async fn plan(
     job: &Job,
     payload: &InteractionStatus,
     current: &Workitem,
+    changed_recently: bool,
 ) -> Result<Plan, GenesysError> {
     let entity = job.entity();
     let refuse = |outcome, code: &str, message: String| {
@@ -153,7 +162,7 @@ async fn plan(
         };
         return Ok(Plan::Refuse {
             refusal: unchanged,
-            read_may_lag: false,
+            read_may_lag: changed_recently,
         });
     }
     if !from.allows(&to) {

@@ -91,17 +91,37 @@ pub struct Context<'a> {
     pub bulk: Option<&'a bulk::BulkPresence>,
 }
 
-/// Applies `job`. `takeover` is set when a previous worker's lease expired mid-job: the change
-/// may already be in Genesys, so appliers read before they write.
+/// What the pipeline knows of the job and its entity when it applies it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// A previous worker's lease expired mid-job: the change may already be in Genesys, so
+    /// appliers read before they write.
+    pub takeover: bool,
+    /// The entity was changed within Genesys' consistency window: a read that shows it already
+    /// in the requested state may be showing a state from before that change.
+    pub changed_recently: bool,
+}
+
+/// Applies `job`.
 ///
 /// Each kind's future is boxed: inline, the largest (a flow deploy) made every job's future
 /// twice as large (~16 KB), and it is copied whenever a job is spawned or wrapped.
-pub async fn apply(ctx: Context<'_>, job: &Job, takeover: bool) -> Applied {
+pub async fn apply(ctx: Context<'_>, job: &Job, known: Known) -> Applied {
     match &job.payload {
-        Payload::AgentStatus(payload) => Box::pin(agent_status::apply(ctx, job, payload, takeover)).await,
-        Payload::InteractionStatus(payload) => Box::pin(interaction_status::apply(ctx, job, payload)).await,
+        Payload::AgentStatus(payload) => {
+            Box::pin(agent_status::apply(ctx, job, payload, known.takeover)).await
+        }
+        Payload::InteractionStatus(payload) => {
+            Box::pin(interaction_status::apply(
+                ctx,
+                job,
+                payload,
+                known.changed_recently,
+            ))
+            .await
+        }
         Payload::InteractionCreate(payload) => {
-            Box::pin(interaction_create::apply(ctx, job, payload, takeover)).await
+            Box::pin(interaction_create::apply(ctx, job, payload, known.takeover)).await
         }
         Payload::FlowDeploy(payload) => Box::pin(flow_deploy::apply(ctx, job, payload)).await,
         // The pipeline fans a batch out (crate::batch) instead of applying it.

@@ -400,7 +400,10 @@ async fn deploys_promptly(app: &mut TestApp, n: usize) {
     app.publish(&deploy(flow_id(n), json!({}))).await;
     let event = app.audit_events(1).await.remove(0);
     assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
-    assert_eq!(event.event.new_state.as_ref().unwrap()["published_version"], "2.0");
+    assert_eq!(
+        event.event.new_state.as_ref().unwrap()["published_version"],
+        "2.0"
+    );
     assert!(
         event.event.latency_ms < 5_000,
         "decided in {} ms: within a few polls, not by the timeout",
@@ -424,17 +427,23 @@ async fn deploys_promptly(app: &mut TestApp, n: usize) {
 async fn rolls_back(app: &mut TestApp, n: usize, code: &str) {
     let id = flow_id(n).to_string();
     let original = configuration(app, &id, "1.0").await;
-    control(app, &format!("/sandbox/flows/{id}/fail-next-publish"), json!(null)).await;
+    control(
+        app,
+        &format!("/sandbox/flows/{id}/fail-next-publish"),
+        json!(null),
+    )
+    .await;
     app.publish(&deploy(flow_id(n), json!({}))).await;
     let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::RolledBack, "{:?}", event.event.error);
+    assert_eq!(
+        event.event.outcome,
+        Outcome::RolledBack,
+        "{:?}",
+        event.event.error
+    );
     let error = event.event.error.clone().unwrap();
     assert_eq!(error.code, code, "{}", error.message);
-    assert!(
-        error.message.contains("as version 3.0"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("as version 3.0"), "{}", error.message);
     let now = flow(app, &id).await;
     assert_eq!(now["publishedVersion"]["id"], "3.0");
     assert!(now.get("lockedClient").is_none());
@@ -503,7 +512,10 @@ async fn a_flow_this_job_created_is_read_once_genesys_shows_it() {
     .await;
     let event = app.audit_events(1).await.remove(0);
     assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
-    assert_eq!(event.event.new_state.as_ref().unwrap()["published_version"], "1.0");
+    assert_eq!(
+        event.event.new_state.as_ref().unwrap()["published_version"],
+        "1.0"
+    );
     assert_eq!(app.requests("POST /api/v2/flows", 200).await, 1);
     assert!(app.requests("GET /api/v2/flows/{flowId}", 404).await >= 1);
     app.stop().await;
@@ -514,7 +526,12 @@ async fn a_flow_a_person_has_locked_is_a_conflict_that_names_them() {
     let mut app = app_playing(json!({}), &[]).await;
     let id = flow_id(2).to_string();
     let person = genesys_worker::sandbox::user_id(0);
-    control(&app, &format!("/sandbox/flows/{id}/lock"), json!({"user_id": person})).await;
+    control(
+        &app,
+        &format!("/sandbox/flows/{id}/lock"),
+        json!({"user_id": person}),
+    )
+    .await;
     app.publish(&deploy(flow_id(2), json!({}))).await;
     let event = app.audit_events(1).await.remove(0);
     assert_eq!(event.event.outcome, Outcome::Conflict);

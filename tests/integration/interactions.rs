@@ -364,3 +364,171 @@ async fn audit_verify_accepts_the_captured_stream_and_finds_each_kind_of_tamperi
         .unwrap();
     assert!(child.wait_with_output().unwrap().status.success());
 }
+
+// Under Genesys' consistency lag (reads behind writes) and errors from the gateway in front of
+// the API (README, "Genesys behaviours").
+
+async fn app_playing(behaviour: Value) -> TestApp {
+    let app = spawn_app().await;
+    app.set_behaviour(behaviour).await;
+    app
+}
+
+/// The workitems the sandbox created (its mutation log: unaffected by the consistency lag).
+async fn created_workitems(app: &TestApp) -> Vec<Value> {
+    app.mutations()
+        .await
+        .into_iter()
+        .filter(|m| {
+            m["method"] == "POST" && m["entity"].as_str().unwrap_or_default().starts_with("workitem:")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_status_change_right_after_the_create_waits_until_genesys_shows_the_workitem() {
+    let mut app = app_playing(json!({"consistency_lag_ms": 1000})).await;
+    app.publish(&create_job("Created, then moved at once")).await;
+    let created = app.audit_events(1).await.remove(0);
+    assert_eq!(
+        created.event.outcome,
+        Outcome::Applied,
+        "{:?}",
+        created.event.error
+    );
+    let id: Uuid = created.event.new_state.as_ref().unwrap()["workitem_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.publish(&status_job(id, json!({"status": "In Progress"})))
+        .await;
+    let moved = app.audit_events(1).await.remove(0);
+    assert_eq!(moved.event.outcome, Outcome::Applied, "{:?}", moved.event.error);
+    assert_eq!(moved.event.new_state.as_ref().unwrap()["status"], "In Progress");
+    assert!(
+        app.requests("GET /api/v2/taskmanagement/workitems/{workitemId}", 404)
+            .await
+            >= 1,
+        "Genesys answered 404 at first"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_during_the_consistency_lag_still_makes_one_workitem() {
+    // The query right after the lost answer cannot see the new workitem yet.
+    let mut app = app_playing(json!({"consistency_lag_ms": 1500})).await;
+    app.set_fault(json!({"route": CREATE, "drop_response": 1.0, "times": 1}))
+        .await;
+    app.publish(&create_job("Lost answer, lagging query")).await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    assert_eq!(created_workitems(&app).await.len(), 1, "exactly one workitem");
+    assert!(
+        app.requests(QUERY, 200).await >= 2,
+        "looked again until it showed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn status_changes_in_quick_succession_are_applied_though_reads_lag() {
+    let mut app = app_playing(json!({"consistency_lag_ms": 800})).await;
+    let workitem = workitem_id(1);
+    for (n, status) in ["In Progress", "Waiting", "In Progress", "Closed"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut change = status_job(workitem, json!({"status": status}));
+        change["idempotency_key"] = json!(format!("change-{n}-{}", Uuid::new_v4()));
+        app.publish(&change).await;
+        let event = app.audit_events(1).await.remove(0);
+        assert_eq!(
+            event.event.outcome,
+            Outcome::Applied,
+            "{status}: {:?}",
+            event.event.error
+        );
+        assert_eq!(event.event.new_state.as_ref().unwrap()["status"], status);
+    }
+    let patches: Vec<Value> = app
+        .mutations()
+        .await
+        .into_iter()
+        .filter(|m| m["method"] == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 4, "one write each, none lost: {patches:#?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_errors_with_html_or_no_body_and_reset_connections_lose_nothing() {
+    let mut app =
+        app_playing(json!({"gateway": {"errors": {"502": 0.15, "504": 0.1}, "body": "html", "reset": 0.1}}))
+            .await;
+    let mut tags = Vec::new();
+    for n in 0..6 {
+        let create = create_job(&format!("Through the gateway {n}"));
+        tags.push(create["idempotency_key"].as_str().unwrap().to_string());
+        app.publish(&create).await;
+    }
+    app.publish(&status_job(workitem_id(2), json!({"status": "In Progress"})))
+        .await;
+    let events = app.audit_events(7).await;
+    for event in &events {
+        assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    }
+    app.set_behaviour(json!({})).await;
+    for tag in tags {
+        assert_eq!(workitems_tagged(&app, &tag).await.len(), 1, "{tag}");
+    }
+    let stats = app.sandbox_stats().await;
+    let gateway_errors: u64 = [502, 504]
+        .into_iter()
+        .map(|status| {
+            stats["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["status"] == status)
+                .map(|r| r["count"].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(
+        gateway_errors + stats["reset_connections"].as_u64().unwrap() >= 1,
+        "the gateway interfered: {stats}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_page_instead_of_an_error_body_is_described_by_what_came_back() {
+    let mut app = spawn_app_with(
+        SandboxConfig {
+            users: 2,
+            workitems: 4,
+            ..SandboxConfig::default()
+        },
+        &[("RETRY_DELAYS_MS", "none")],
+    )
+    .await;
+    app.set_fault(json!({
+        "route": "PATCH /api/v2/taskmanagement/workitems/{workitemId}",
+        "errors": {"502": 1.0}, "body": "html"
+    }))
+    .await;
+    app.publish(&status_job(workitem_id(3), json!({"status": "In Progress"})))
+        .await;
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, Outcome::Failed);
+    let error = event.event.error.unwrap();
+    assert_eq!(error.code, "genesys.http.502");
+    assert!(
+        error.message.contains("502 with a non-JSON body of"),
+        "{}",
+        error.message
+    );
+    app.stop().await;
+}
