@@ -8,7 +8,7 @@
 //! ```
 //! Scenarios: `plumbing`, `bulk-off`, `bulk-on` (drains of the same 20,000 `agent.status` jobs,
 //! repeated `--runs` times, medians reported), `fidelity` (20 calls/s against a sandbox limit
-//! of 20/s, 1 and 3 replicas), `handover` (10,000 agents as one batch at 5 calls/s), `backlog`
+//! of 20/s, and 12/s configured against 4/s allowed, 1 and 3 replicas), `handover` (10,000 agents as one batch at 5 calls/s), `backlog`
 //! (worker memory with 1,000,000 jobs queued).
 
 use std::collections::HashMap;
@@ -603,30 +603,37 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Fidelity {
     replicas: usize,
+    configured_per_sec: u32,
     allowed_per_sec: u32,
     achieved_per_sec: f64,
     achieved_share: f64,
     throttled_share: f64,
 }
 
-/// Replicas sharing a 20/s budget against a sandbox that allows 20/s: how much of it they use,
-/// and how often they are throttled.
-async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize) -> Fidelity {
-    const RATE: u32 = 20;
-    let jobs = (RATE as usize) * (settings.fidelity_secs as usize + 10);
+/// Replicas sharing a budget of `configured` calls/s against a sandbox that allows `allowed`:
+/// how much of the allowance they use, and how often they are throttled. With `allowed` below
+/// `configured`, the workers learn the allowance from the organization limits API.
+async fn fidelity(
+    connection: &Connection,
+    settings: &Settings,
+    replicas: usize,
+    configured: u32,
+    allowed: u32,
+) -> Fidelity {
+    let jobs = (configured.max(allowed) as usize) * (settings.fidelity_secs as usize + 10);
     let stage = Stage::open(
         connection,
-        &format!("fidelity{replicas}"),
+        &format!("fidelity{replicas}-{allowed}of{configured}"),
         jobs,
-        Some((RATE, RATE)),
+        Some((allowed, allowed)),
     )
     .await;
     let http = reqwest::Client::new();
     stage.publish_agent_jobs(0..jobs, jobs, "Busy").await;
     let env = stage.worker_env(&[
         ("BULK_PRESENCE", "off".into()),
-        ("GENESYS_RATE_LIMIT_RPS", RATE.to_string()),
-        ("GENESYS_RATE_LIMIT_BURST", RATE.to_string()),
+        ("GENESYS_RATE_LIMIT_RPS", configured.to_string()),
+        ("GENESYS_RATE_LIMIT_BURST", configured.to_string()),
         ("GENESYS_RATE_LIMIT_SCOPE", "fleet".into()),
         ("WORKER_CONCURRENCY", "16".into()),
     ]);
@@ -657,9 +664,10 @@ async fn fidelity(connection: &Connection, settings: &Settings, replicas: usize)
     stage.close().await;
     Fidelity {
         replicas,
-        allowed_per_sec: RATE,
+        configured_per_sec: configured,
+        allowed_per_sec: allowed,
         achieved_per_sec: answered as f64 / seconds,
-        achieved_share: answered as f64 / seconds / f64::from(RATE),
+        achieved_share: answered as f64 / seconds / f64::from(allowed),
         throttled_share: throttled as f64 / (answered + throttled).max(1) as f64,
     }
 }
@@ -849,17 +857,21 @@ async fn main() {
     }
     if settings.wants("fidelity") {
         let mut results = Vec::new();
-        for replicas in [1, 3] {
-            let result = fidelity(&connection, &settings, replicas).await;
-            println!(
-                "budget fidelity, {} replica(s): {:.2}/s of {}/s allowed ({:.1}%), 429s {:.2}%",
-                result.replicas,
-                result.achieved_per_sec,
-                result.allowed_per_sec,
-                result.achieved_share * 100.0,
-                result.throttled_share * 100.0
-            );
-            results.push(result);
+        // As configured, then Genesys allowing a third of the configuration.
+        for (configured, allowed) in [(20, 20), (12, 4)] {
+            for replicas in [1, 3] {
+                let result = fidelity(&connection, &settings, replicas, configured, allowed).await;
+                println!(
+                    "budget fidelity, {} replica(s), {}/s configured: {:.2}/s of {}/s allowed ({:.1}%), 429s {:.2}%",
+                    result.replicas,
+                    result.configured_per_sec,
+                    result.achieved_per_sec,
+                    result.allowed_per_sec,
+                    result.achieved_share * 100.0,
+                    result.throttled_share * 100.0
+                );
+                results.push(result);
+            }
         }
         report.insert("fidelity".into(), serde_json::to_value(results).unwrap());
     }

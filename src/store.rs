@@ -6,9 +6,11 @@
 //!   `confirmed`; expires after the idempotency TTL once done.
 //! - `lease:<idempotency key>`: the owner token of the worker running the job, with a TTL.
 //! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain;
-//!   `sequence`: the highest job sequence applied to it.
+//!   `sequence`: the highest job sequence applied to it; `changed_at`: when (Redis's clock, ms)
+//!   the last link was recorded.
 //! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
-//! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget.
+//! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget;
+//!   `budget:<client id>:pause:<route family>`: a route family paused by a limit others share.
 //! - `batch:<job id>`: a batch's progress (hash: `total`, `published`, `n:<outcome>` counts,
 //!   `summary`, `sent`, ...); `batch:<job id>:final`: the indexes of its final children (set);
 //!   `batch:<job id>:errors`: its first errors (list).

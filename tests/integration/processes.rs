@@ -258,6 +258,25 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
     let mut seen = HashMap::new();
     wait_for_events(&mut app, 10, &mut seen).await;
 
+    // A probe gets a prompt answer throughout the outage, not a hung connection.
+    let readyz = format!("http://{}/readyz", worker.admin_addr);
+    let probing = {
+        let readyz = readyz.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let mut unanswered = Vec::new();
+            for probe in 0..25 {
+                if let Err(err) = http.get(&readyz).send().await {
+                    unanswered.push(format!("probe {probe}: {err}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            unanswered
+        })
+    };
     redis.kill();
     // Calls already on the wire may still land; after that, nothing while Redis is down.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -271,7 +290,6 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let readyz = format!("http://{}/readyz", worker.admin_addr);
     let status = app
         .http
         .get(&readyz)
@@ -287,6 +305,8 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
         "a change was applied while Redis was down"
     );
 
+    let unanswered = probing.await.unwrap();
+    assert!(unanswered.is_empty(), "/readyz did not answer: {unanswered:?}");
     redis.restart().await;
     outcomes_for(&mut app, &jobs, &mut seen, Duration::from_secs(90)).await;
     for job in &jobs {
@@ -300,6 +320,11 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
     );
     assert_eq!(app.http.get(&readyz).send().await.unwrap().status(), 200);
     worker.terminate();
+    // The log went to a file: plain text, no terminal colour codes.
+    assert!(
+        !worker.log_text().contains('\u{1b}'),
+        "colour codes in a log file"
+    );
     app.stop().await;
 }
 
