@@ -61,6 +61,9 @@ impl fmt::Debug for ServiceUrl {
     }
 }
 
+/// A bearer token shorter than this could be guessed.
+const MIN_INGEST_TOKEN_BYTES: usize = 16;
+
 /// An invalid or missing setting: `Display` is the one line printed before the program stops.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid configuration: {var}: {problem}")]
@@ -195,6 +198,9 @@ pub struct Config {
     pub limits: crate::job::Limits,
     /// How long a finished job's idempotency record is kept.
     pub idempotency_ttl_secs: u64,
+    /// How long an entity's record (chain head, last sequence, last change) is kept after its
+    /// last change: entities such as created workitems and batches grow with the jobs.
+    pub entity_ttl_secs: u64,
     /// An in-progress record's lease; renewed while the job runs, taken over once expired.
     pub lease_ms: u64,
     pub shutdown_timeout_secs: u64,
@@ -303,6 +309,17 @@ impl Config {
             None => None,
         };
         let ingest_token = env.get("INGEST_TOKEN").map(Secret::new);
+        if ingest_token
+            .as_ref()
+            .is_some_and(|token| token.expose().len() < MIN_INGEST_TOKEN_BYTES)
+        {
+            return Err(ConfigError {
+                var: "INGEST_TOKEN",
+                problem: format!(
+                    "shorter than {MIN_INGEST_TOKEN_BYTES} bytes: use a random token, e.g. `openssl rand -hex 32`"
+                ),
+            });
+        }
         if ingest_addr.is_some() && ingest_token.is_none() {
             return Err(ConfigError {
                 var: "INGEST_TOKEN",
@@ -323,6 +340,7 @@ impl Config {
             worker_prefetch: env.positive("WORKER_PREFETCH", 64)?,
             limits: job_limits(&env)?,
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
+            entity_ttl_secs: env.positive("ENTITY_TTL_SECS", 90 * 24 * 3600)?,
             lease_ms: env.positive("LEASE_MS", 30_000)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
             batch_concurrency: env.positive("BATCH_CONCURRENCY", 128)?,
@@ -522,6 +540,18 @@ mod tests {
         assert_eq!((cfg.worker_concurrency, cfg.worker_prefetch), (32, 64));
         assert_eq!(cfg.admin_addr.to_string(), "127.0.0.1:9090");
         assert_eq!(cfg.topology, Topology::default());
+    }
+
+    #[test]
+    fn a_short_ingest_token_is_refused() {
+        let err = config(&[("INGEST_ADDR", "127.0.0.1:9091"), ("INGEST_TOKEN", "hunter2")]).unwrap_err();
+        assert_eq!(err.var, "INGEST_TOKEN");
+        assert!(err.problem.contains("shorter than 16 bytes"), "{err}");
+        let ok = config(&[
+            ("INGEST_ADDR", "127.0.0.1:9091"),
+            ("INGEST_TOKEN", "0123456789abcdef0123"),
+        ]);
+        assert!(ok.is_ok());
     }
 
     #[test]
