@@ -310,6 +310,7 @@ if stored then
 end
 redis.call('HSET', KEYS[1], 'summary', ARGV[1])
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'checksum', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return ARGV[1]
 "#,
     )
@@ -446,6 +447,7 @@ impl Store {
             .arg(serde_json::to_string(messages).expect("outbound events serialize"))
             .arg(head.version)
             .arg(&head.checksum)
+            .arg(self.entity_ttl_secs)
             .invoke_async(&mut conn)
             .await?;
         serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt {

@@ -76,6 +76,7 @@ if ARGV[2] ~= '' then
   local t = redis.call('TIME')
   local now = math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', now)
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', ARGV[4], 'confirmed', '0')
@@ -84,8 +85,10 @@ else
   redis.call('DEL', KEYS[1])
 end
 if ARGV[2] ~= '' and ARGV[8] ~= '' then
-  local last = tonumber(redis.call('HGET', KEYS[3], 'sequence') or '-1')
-  if tonumber(ARGV[8]) > last then
+  -- Sequences are u64 decimal strings without leading zeros: compared by length, then
+  -- lexically, exactly (Lua numbers are doubles, which cannot tell 2^53 + 1 from 2^53).
+  local last = redis.call('HGET', KEYS[3], 'sequence')
+  if not last or #ARGV[8] > #last or (#ARGV[8] == #last and ARGV[8] > last) then
     redis.call('HSET', KEYS[3], 'sequence', ARGV[8])
   end
 end
@@ -160,6 +163,7 @@ impl Store {
                 .arg(self.idempotency_ttl_secs)
                 .arg(&lease.owner)
                 .arg(sequence.map(|s| s.to_string()).unwrap_or_default())
+                .arg(self.entity_ttl_secs)
                 .invoke_async(&mut conn)
                 .await?;
             if committed == 1 {

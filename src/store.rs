@@ -7,7 +7,7 @@
 //! - `lease:<idempotency key>`: the owner token of the worker running the job, with a TTL.
 //! - `entity:<entity>`: hash `version`, `checksum`: the head of the entity's audit hash chain;
 //!   `sequence`: the highest job sequence applied to it; `changed_at`: when (Redis's clock, ms)
-//!   the last link was recorded.
+//!   the last link was recorded. Expires `ENTITY_TTL_SECS` after its last change.
 //! - `lock:<entity>`: the owner token of the job changing the entity, with a TTL.
 //! - `budget:<client id>:tat`, `budget:<client id>:pause`: the fleet-wide rate-limit budget;
 //!   `budget:<client id>:pause:<route family>`: a route family paused by a limit others share.
@@ -29,6 +29,9 @@ pub enum StoreError {
     Corrupt { key: String, problem: String },
 }
 
+/// 90 days: `ENTITY_TTL_SECS`'s default.
+const DEFAULT_ENTITY_TTL_SECS: u64 = 90 * 24 * 3600;
+
 /// Redis connection plus key naming.
 #[derive(Clone)]
 pub struct Store {
@@ -38,6 +41,8 @@ pub struct Store {
     pub(crate) idempotency_ttl_secs: u64,
     /// Lease of an in-progress record, in milliseconds.
     pub(crate) lease_ms: u64,
+    /// How long an entity's record is kept after its last change, in seconds.
+    pub(crate) entity_ttl_secs: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -70,7 +75,14 @@ impl Store {
             prefix: prefix.to_string(),
             idempotency_ttl_secs,
             lease_ms,
+            entity_ttl_secs: DEFAULT_ENTITY_TTL_SECS,
         })
+    }
+
+    /// Keeps entity records `secs` after their last change (`ENTITY_TTL_SECS`).
+    pub fn with_entity_ttl(mut self, secs: u64) -> Self {
+        self.entity_ttl_secs = secs;
+        self
     }
 
     /// `suffix` under the prefix.

@@ -161,18 +161,19 @@ impl Drop for JobInFlight {
     }
 }
 
-/// A request path as a low-cardinality label: ids (UUIDs, numbers) become `{id}`, the query is
-/// dropped. `/api/v2/users/8f1c…/presences/purecloud` → `/api/v2/users/{id}/presences/purecloud`.
+/// A request path as a low-cardinality label: every segment that is not a plain word of the
+/// API's vocabulary (lowercase letters: `users`, `presences`, `versions`) becomes `{id}`, so
+/// UUIDs, numbers, flow versions (`3.0`) and namespace names never make a new series; the query
+/// is dropped. `/api/v2/users/8f1c…/presences/purecloud` → `/api/v2/users/{id}/presences/purecloud`.
 pub fn route_template(path: &str) -> String {
     let path = path.split('?').next().unwrap_or_default();
     path.split('/')
         .map(|segment| {
-            let is_id = uuid::Uuid::parse_str(segment).is_ok()
-                || (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()));
-            if is_id {
-                "{id}"
-            } else {
+            let word = segment == "v2" || segment.bytes().all(|b| b.is_ascii_lowercase());
+            if word {
                 segment
+            } else {
+                "{id}"
             }
         })
         .collect::<Vec<_>>()
@@ -196,6 +197,27 @@ mod tests {
         assert_eq!(
             route_template("/api/v2/users/presences/bulk"),
             "/api/v2/users/presences/bulk"
+        );
+    }
+
+    #[test]
+    fn flow_versions_namespaces_and_any_other_id_become_id() {
+        let flow = "8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f";
+        assert_eq!(
+            route_template(&format!("/api/v2/flows/{flow}/versions/3.0/configuration")),
+            "/api/v2/flows/{id}/versions/{id}/configuration"
+        );
+        assert_eq!(
+            route_template("/api/v2/organizations/limits/namespaces/platform.api"),
+            "/api/v2/organizations/limits/namespaces/{id}"
+        );
+        assert_eq!(
+            route_template("/api/v2/flows/actions/checkin?flow=x"),
+            "/api/v2/flows/actions/checkin"
+        );
+        assert_eq!(
+            route_template("/api/v2/users/SOME_Id-7/presences"),
+            "/api/v2/users/{id}/presences"
         );
     }
 }

@@ -52,7 +52,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.idempotency_ttl_secs,
         config.lease_ms,
     )
-    .await?;
+    .await?
+    .with_entity_ttl(config.entity_ttl_secs);
     let admin_listener = admin::bind(config.admin_addr)
         .await
         .map_err(|source| WorkerError::Admin {

@@ -18,6 +18,7 @@ mod helpers;
 mod idempotency;
 mod ingest;
 mod interactions;
+mod keys;
 mod operations;
 mod ordering;
 mod processes;

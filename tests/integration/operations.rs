@@ -114,6 +114,84 @@ async fn metrics_count_jobs_calls_and_dead_letters_with_low_cardinality_labels()
 }
 
 #[tokio::test]
+async fn every_route_the_worker_calls_is_labelled_by_its_template() {
+    use genesys_worker::sandbox::{flow_id, workitem_id, worktype_id};
+    let sandbox = SandboxConfig {
+        users: 4,
+        workitems: 2,
+        flows: 1,
+        flow_operation_ms: 50,
+        ..SandboxConfig::default()
+    };
+    let mut app =
+        spawn_app_without_worker(sandbox, &[("FLOW_POLL_MS", "20"), ("BULK_PRESENCE", "off")]).await;
+    let mut create = job(
+        "interaction.create",
+        json!({"type_id": worktype_id(), "name": "Labelled"}),
+    );
+    create["idempotency_key"] = json!(format!("crm-{}", uuid::Uuid::new_v4()));
+    let ivr = json!({"name": "Main IVR", "type": "inboundcall", "start": "start",
+        "nodes": {"start": {"type": "start", "transitions": []}}});
+    // Every kind, a create of a flow, and a rollback (which reads a version's configuration).
+    app.http
+        .post(format!(
+            "{}/sandbox/flows/{}/fail-next-publish",
+            app.sandbox.base_url(),
+            flow_id(0)
+        ))
+        .send()
+        .await
+        .unwrap();
+    for job in [
+        agent_job(
+            user_id(0),
+            json!({"presence": "Available", "routing_status": "IDLE"}),
+        ),
+        create,
+        job(
+            "interaction.status",
+            json!({"workitem_id": workitem_id(0), "status": "In Progress"}),
+        ),
+        job("flow.deploy", json!({"flow_id": flow_id(0), "flow": ivr})),
+        job(
+            "flow.deploy",
+            json!({"create": {"name": format!("New {}", uuid::Uuid::new_v4()), "type": "inboundcall"}, "flow": ivr}),
+        ),
+    ] {
+        app.publish(&job).await;
+    }
+    let mut worker = app.start_worker_process();
+    app.audit_events(5).await;
+    let url = format!("http://{}/metrics", worker.admin_addr);
+    let page = app.http.get(&url).send().await.unwrap().text().await.unwrap();
+    let routes: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter(|line| line.starts_with("genesys_worker_genesys_requests_total{"))
+        .filter_map(|line| line.split("route=\"").nth(1)?.split('"').next())
+        .collect();
+    for expected in [
+        "GET /api/v2/flows/{id}/versions/{id}/configuration",
+        "POST /api/v2/flows",
+        "PUT /api/v2/users/{id}/routingstatus",
+        "GET /api/v2/organizations/limits/namespaces/{id}",
+    ] {
+        assert!(routes.contains(expected), "{expected} not in {routes:#?}");
+    }
+    for route in &routes {
+        let (_, path) = route.split_once(' ').unwrap();
+        for segment in path.split('/').skip(1) {
+            assert!(
+                segment == "v2" || segment == "{id}" || segment.bytes().all(|b| b.is_ascii_lowercase()),
+                "{route}: {segment} is not a template segment"
+            );
+        }
+    }
+    worker.terminate();
+    worker.wait(std::time::Duration::from_secs(10)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_jobs_traceparent_is_carried_into_its_events() {
     let mut app = spawn_app_without_worker(SandboxConfig::default(), &[]).await;
     let traced = agent_job(user_id(1), json!({"presence": "Break"}));

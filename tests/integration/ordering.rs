@@ -30,6 +30,35 @@ async fn a_late_lower_sequence_is_superseded_and_the_newer_state_stays() {
 }
 
 #[tokio::test]
+async fn sequences_beyond_2_pow_53_compare_exactly() {
+    // Nanosecond timestamps: doubles cannot tell these apart.
+    let mut app = spawn_app().await;
+    let user = user_id(12);
+    let mut applied_presences = Vec::new();
+    for (sequence, presence) in [
+        (1_760_000_000_000_000_000u64, "Available"),
+        (1_760_000_000_000_000_100, "Break"),
+        (1_760_000_000_000_000_050, "Meal"),
+        (1_760_000_000_000_000_101, "Busy"),
+        (u64::MAX, "Away"),
+        (u64::MAX - 1, "Training"),
+    ] {
+        let mut job = agent_job(user, json!({"presence": presence}));
+        job["sequence"] = json!(sequence);
+        app.publish(&job).await;
+        let event = app.audit_events(1).await.remove(0);
+        if event.event.outcome == Outcome::Applied {
+            applied_presences.push(presence);
+        } else {
+            assert_eq!(event.event.outcome, Outcome::Superseded, "{presence}");
+        }
+    }
+    assert_eq!(applied_presences, ["Available", "Break", "Busy", "Away"]);
+    assert_eq!(app.user(user).await["presence"], "Away");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_burst_on_one_agent_applies_in_increasing_sequence_and_ends_on_the_newest() {
     let sandbox = SandboxConfig {
         users: 20,
