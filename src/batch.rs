@@ -114,13 +114,58 @@ fn child_properties(batch: &Job, index: usize, child: &Value) -> BasicProperties
     properties
 }
 
-/// Publishes the children of `batch` not published yet to `queue`; returns how many there are.
+/// A child whose message would be larger than a job may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversizedChild {
+    pub index: usize,
+    pub job_id: Option<Uuid>,
+    pub bytes: usize,
+}
+
+impl OversizedChild {
+    /// What its rejection says: which child of which batch, and by how much.
+    pub fn problem(&self, batch: &Job, max: usize) -> String {
+        let child = self.job_id.map_or_else(
+            || format!("child {}", self.index),
+            |id| format!("job {id} (child {})", self.index),
+        );
+        format!(
+            "{child} of batch {}: message is {} bytes, the limit is {max}",
+            batch.job_id, self.bytes
+        )
+    }
+}
+
+/// The children of `batch` whose message would exceed `max` bytes: rejected at fan-out, never
+/// published.
+pub fn oversized_children(job: &Job, batch: &Batch, max: usize) -> Vec<OversizedChild> {
+    batch
+        .jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(index, child)| {
+            let bytes = child_body(job, index, child).len();
+            (bytes > max).then(|| OversizedChild {
+                index,
+                job_id: child
+                    .get("job_id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.parse().ok()),
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Publishes the children of `batch` not published yet to `queue`, but those over `max_bytes`
+/// (see [`oversized_children`]); returns how many children there are.
 pub async fn fan_out(
     store: &Store,
     publisher: &Publisher,
     queue: &str,
     job: &Job,
     batch: &Batch,
+    max_bytes: usize,
 ) -> Result<usize, FanOutError> {
     let total = batch.jobs.len();
     let mut cursor = store.batch_start(job, total).await?;
@@ -130,9 +175,10 @@ pub async fn fan_out(
     while cursor < total {
         let end = (cursor + CHUNK).min(total);
         let messages: Vec<(Vec<u8>, BasicProperties)> = (cursor..end)
-            .map(|i| {
+            .filter_map(|i| {
                 let child = &batch.jobs[i];
-                (child_body(job, i, child), child_properties(job, i, child))
+                let body = child_body(job, i, child);
+                (body.len() <= max_bytes).then(|| (body, child_properties(job, i, child)))
             })
             .collect();
         publisher.publish_all("", queue, messages).await?;

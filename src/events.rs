@@ -60,6 +60,17 @@ pub struct EventError {
     pub message: String,
 }
 
+impl EventError {
+    /// An error whose code and message are bounded ([`crate::bounded`]): both may quote what a
+    /// producer sent.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: crate::bounded::truncate(&code.into(), crate::bounded::VALUE_MAX).into_owned(),
+            message: crate::bounded::message(message.into()),
+        }
+    }
+}
+
 /// Now, to the millisecond: events carry no false precision.
 pub fn now_millis() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();

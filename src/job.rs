@@ -236,6 +236,16 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
+    /// This error with every text cut to its bound.
+    fn bounded(mut self) -> Self {
+        use crate::bounded::{message, truncate, VALUE_MAX};
+        self.message = message(self.message);
+        let cut = |text: Option<String>| text.map(|t| truncate(&t, VALUE_MAX).into_owned());
+        self.entity = cut(self.entity);
+        self.kind = cut(self.kind);
+        self
+    }
+
     fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -282,8 +292,13 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
     decode_with(body, &Limits::uniform(max_bytes))
 }
 
-/// Decodes and validates one message body.
+/// Decodes and validates one message body. Every error's texts are bounded
+/// ([`crate::bounded`]): they quote what the producer sent.
 pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
+    decode_unbounded(body, limits).map_err(DecodeError::bounded)
+}
+
+fn decode_unbounded(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
     let too_large = |max: usize| {
         DecodeError::new(
             "payload_too_large",
@@ -294,7 +309,12 @@ pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
     if body.len() > ceiling {
         return Err(too_large(ceiling));
     }
-    let value: Value = serde_json::from_slice(body)
+    if body.len() > limits.max_message_bytes && !names_batch_kind(body) {
+        // Only a batch may be this large: refused before it is parsed into a tree (a value
+        // tree takes several times the message's size).
+        return Err(too_large(limits.max_message_bytes));
+    }
+    let value = strict_json(body)
         .map_err(|e| DecodeError::new("malformed_json", format!("message is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {
         return Err(DecodeError::new("invalid_job", "message must be a JSON object"));
@@ -367,6 +387,86 @@ pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
     })
 }
 
+/// Parses JSON, refusing an object with the same key twice at any depth: with "last one wins",
+/// a second `kind` or `user_id` could slip past whatever read the first.
+fn strict_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+    struct Strict(Value);
+
+    impl<'de> serde::Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+
+    struct StrictVisitor;
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(Strict(item)) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    let shown = crate::bounded::truncate(&key, crate::bounded::VALUE_MAX);
+                    return Err(A::Error::custom(format!("duplicate key {shown:?}")));
+                }
+                let Strict(value) = map.next_value()?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+
+    serde_json::from_slice::<Strict>(body).map(|Strict(value)| value)
+}
+
+/// Whether `body` is a JSON object whose `kind` is `batch`, read without building the message:
+/// every other field is skipped unallocated.
+fn names_batch_kind(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct KindOnly {
+        #[serde(default)]
+        kind: Option<String>,
+    }
+    serde_json::from_slice::<KindOnly>(body)
+        .ok()
+        .and_then(|peek| peek.kind)
+        .is_some_and(|kind| kind == Kind::Batch.as_str())
+}
+
 /// The envelope fields, read before the kind decides how to read the payload.
 struct Header {
     job_id: Uuid,
@@ -393,7 +493,7 @@ impl Header {
             Some(_) => {
                 let mut err = DecodeError::new(
                     "invalid_job",
-                    format!("job {job_id}: kind must be a non-empty string of at most 64 characters"),
+                    format!("job {job_id}: kind must be a non-empty string of at most 64 bytes"),
                 );
                 err.job_id = Some(job_id);
                 return Err(err);
@@ -415,7 +515,7 @@ impl Header {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(Some(s.clone())),
                 Some(_) => Err(fail(format!(
-                    "{field} must be a non-empty string of at most {max} characters"
+                    "{field} must be a non-empty string of at most {max} bytes (UTF-8)"
                 ))),
             }
         };
@@ -483,7 +583,7 @@ fn decode_agent_status(value: Value) -> Result<Payload, DecodeError> {
     }
     if payload.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT_LEN) {
         return Err(invalid(format!(
-            "payload.message is longer than {MAX_TEXT_LEN} characters"
+            "payload.message is longer than {MAX_TEXT_LEN} bytes (UTF-8)"
         )));
     }
     if payload
@@ -507,7 +607,7 @@ fn decode_interaction_status(value: Value) -> Result<Payload, DecodeError> {
         (None, None) => return Err(invalid("payload.status_id or payload.status is required")),
         (None, Some(name)) if name.trim().is_empty() || name.len() > 256 => {
             return Err(invalid(
-                "payload.status must be a status name of at most 256 characters",
+                "payload.status must be a status name of at most 256 bytes (UTF-8)",
             ))
         }
         _ => {}
@@ -587,6 +687,19 @@ fn decode_flow_deploy(value: Value) -> Result<Payload, DecodeError> {
         }
     }
     let rules = payload.rules.clone().unwrap_or_default();
+    // A job may tighten the operator's limits on flows, not raise them.
+    let ceiling = crate::flow::Rules::default();
+    for (name, asked, max) in [
+        ("max_nodes", rules.max_nodes, ceiling.max_nodes),
+        ("max_depth", rules.max_depth, ceiling.max_depth),
+    ] {
+        if asked > max {
+            return Err(invalid(
+                "invalid_payload",
+                format!("payload.rules.{name} {asked} is above the worker's limit of {max}"),
+            ));
+        }
+    }
     if let Err(problems) = crate::flow::validate(&payload.flow, &rules) {
         let mut listed: Vec<String> = problems
             .iter()
@@ -647,6 +760,74 @@ mod tests {
 
     fn agent_job(payload: Value) -> Value {
         json!({"job_id": JOB, "kind": "agent.status", "payload": payload})
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        let twice = br#"{"job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b", "kind": "agent.status", "kind": "batch", "payload": {}}"#;
+        let err = decode(twice, 1 << 20).unwrap_err();
+        assert_eq!(err.code, "malformed_json");
+        assert!(err.message.contains("duplicate key \"kind\""), "{}", err.message);
+        let nested = format!(
+            r#"{{"job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b", "kind": "agent.status", "payload": {{"user_id": "{USER}", "user_id": "{USER}", "presence": "Break"}}}}"#
+        );
+        assert_eq!(
+            decode(nested.as_bytes(), 1 << 20).unwrap_err().code,
+            "malformed_json"
+        );
+    }
+
+    #[test]
+    fn a_jobs_rules_may_tighten_the_flow_limits_but_not_raise_them() {
+        let deploy = |rules: Value| {
+            json!({"job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b", "kind": "flow.deploy", "payload": {
+                "flow_id": USER, "rules": rules,
+                "flow": {"name": "x", "type": "inboundcall", "start": "s", "nodes": {"s": {"type": "start", "transitions": []}}}}})
+        };
+        let raised = decode(
+            &serde_json::to_vec(&deploy(json!({"max_nodes": 1_000_000}))).unwrap(),
+            1 << 20,
+        );
+        let err = raised.unwrap_err();
+        assert_eq!(err.code, "invalid_payload");
+        assert!(
+            err.message.contains("above the worker's limit of 10000"),
+            "{}",
+            err.message
+        );
+        let raised = decode(
+            &serde_json::to_vec(&deploy(json!({"max_depth": 5_000}))).unwrap(),
+            1 << 20,
+        );
+        assert!(raised.is_err());
+        let tightened = decode(
+            &serde_json::to_vec(&deploy(json!({"max_nodes": 10}))).unwrap(),
+            1 << 20,
+        );
+        assert!(tightened.is_ok(), "{tightened:?}");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_of_its_kind_is_refused_without_being_parsed() {
+        let limits = Limits {
+            max_message_bytes: 100,
+            max_batch_bytes: 10_000,
+            batch_max: 10,
+        };
+        let padding = "p".repeat(500);
+        let big = format!(
+            r#"{{"job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b", "kind": "agent.status", "payload": {{"x": "{padding}"}}}}"#
+        );
+        assert_eq!(
+            decode_with(big.as_bytes(), &limits).unwrap_err().code,
+            "payload_too_large"
+        );
+        // Not even JSON: refused by size all the same (it was never parsed as a tree).
+        let garbage = vec![b'['; 500];
+        assert_eq!(
+            decode_with(&garbage, &limits).unwrap_err().code,
+            "payload_too_large"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! Around it: [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (logs and the
 //! metric names), [`ingest`] (`POST /v1/jobs`), [`audit`] (`audit verify`), [`config`],
 //! [`events`] (the consumers' contract), [`store`] (Redis keys), [`canonical`] (canonical JSON),
+//! [`bounded`] (bounds on texts from producers),
 //! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`), [`relay`] (events to webhooks)
 //! and [`sandbox`], the Genesys Cloud simulator used by the tests and the demo.
 
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod apply;
 pub mod audit;
 pub mod batch;
+pub mod bounded;
 pub mod broker;
 pub mod canonical;
 pub mod cli;

@@ -223,10 +223,7 @@ impl Pipeline {
                 self.publish_unrecorded(draft).await?;
                 tracing::warn!(idempotency_key = %job.idempotency_key, "Idempotency key reused with another payload; rejected.");
                 Ok(Settled {
-                    error: Some(EventError {
-                        code: "idempotency_key_reused".into(),
-                        message: message.clone(),
-                    }),
+                    error: Some(EventError::new("idempotency_key_reused", message.clone())),
                     ..Settled::new(
                         Disposition::DeadLetter {
                             code: "idempotency_key_reused".into(),
@@ -252,12 +249,34 @@ impl Pipeline {
             unreachable!("only batch jobs are fanned out")
         };
         let keeper = self.store.keep_alive(lease, entity);
+        // A child too large to run is rejected here, in the batch's count, and never published.
+        for child in batch::oversized_children(job, batch, self.limits.max_message_bytes) {
+            let error = EventError::new(
+                "payload_too_large",
+                child.problem(job, self.limits.max_message_bytes),
+            );
+            let reported = self
+                .report_child(
+                    job.job_id,
+                    child.index as u64,
+                    child.job_id,
+                    Outcome::Rejected,
+                    Some(&error),
+                )
+                .await;
+            if let Err(err) = reported {
+                drop(keeper);
+                self.store.release_claim(lease, entity).await?;
+                return Err(err);
+            }
+        }
         let fanned = batch::fan_out(
             &self.store,
             &self.publisher,
             &self.topology.batch_queue,
             job,
             batch,
+            self.limits.max_message_bytes,
         )
         .await;
         drop(keeper);
@@ -296,15 +315,29 @@ impl Pipeline {
             return Ok(());
         };
         let index = u64::from(header_count(properties, BATCH_INDEX_HEADER));
+        self.report_child(
+            batch_id,
+            index,
+            settled.job_id,
+            settled.outcome,
+            settled.error.as_ref(),
+        )
+        .await
+    }
+
+    /// Counts child `index`'s final outcome in its batch; the report that completes the batch
+    /// publishes the batch's summary event.
+    async fn report_child(
+        &self,
+        batch_id: Uuid,
+        index: u64,
+        child_job: Option<Uuid>,
+        outcome: Outcome,
+        error: Option<&EventError>,
+    ) -> Result<(), PipelineError> {
         let Some(progress) = self
             .store
-            .batch_report(
-                batch_id,
-                index,
-                settled.job_id,
-                settled.outcome,
-                settled.error.as_ref(),
-            )
+            .batch_report(batch_id, index, child_job, outcome, error)
             .await?
         else {
             return Ok(());
@@ -471,10 +504,7 @@ impl Pipeline {
                 attempts: 0,
                 latency_ms: started.elapsed().as_millis() as u64,
                 genesys_status: None,
-                error: Some(EventError {
-                    code: err.code.into(),
-                    message: err.message.clone(),
-                }),
+                error: Some(EventError::new(err.code, err.message.clone())),
                 entity_version: 0,
                 checksum: None,
                 prev_checksum: String::new(),
@@ -485,10 +515,7 @@ impl Pipeline {
             self.publish_unrecorded(draft).await?;
         }
         Ok(Settled {
-            error: Some(EventError {
-                code: err.code.into(),
-                message: err.message.clone(),
-            }),
+            error: Some(EventError::new(err.code, err.message.clone())),
             job_id: err.job_id,
             kind: err
                 .kind
@@ -565,10 +592,10 @@ fn disposition(event: &AuditEvent, rounds: Rounds) -> Disposition {
     if !event.outcome.dead_letters() {
         return Disposition::Ack;
     }
-    let error = event.error.clone().unwrap_or(EventError {
-        code: event.outcome.as_str().into(),
-        message: String::new(),
-    });
+    let error = event
+        .error
+        .clone()
+        .unwrap_or(EventError::new(event.outcome.as_str(), String::new()));
     Disposition::DeadLetter {
         code: error.code,
         message: error.message,

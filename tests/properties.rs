@@ -112,6 +112,35 @@ proptest! {
     }
 
     #[test]
+    fn an_oversized_value_in_any_field_gives_a_bounded_error(
+        payload in json_value(),
+        kind in kind(),
+        path in prop::collection::vec("[a-z_]{1,8}", 1..3),
+        size in 2_000usize..200_000,
+        in_key in any::<bool>(),
+    ) {
+        // A huge string as a field's value, or as a field's name, somewhere in the message.
+        let mut message = json!({"job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b", "kind": kind, "payload": payload});
+        let huge = "x".repeat(size);
+        let mut at = &mut message;
+        for (depth, segment) in path.iter().enumerate() {
+            if !at.is_object() {
+                *at = json!({});
+            }
+            let last = depth + 1 == path.len();
+            let key = if last && in_key { huge.clone() } else { segment.clone() };
+            at = at.as_object_mut().unwrap().entry(key).or_insert(json!({}));
+            if last {
+                *at = if in_key { json!(1) } else { json!(huge.clone()) };
+            }
+        }
+        if let Err(err) = job::decode(&serde_json::to_vec(&message).unwrap(), 1 << 20) {
+            prop_assert!(err.message.len() <= 1024, "{} bytes", err.message.len());
+            prop_assert!(err.entity.as_ref().is_none_or(|e| e.len() <= 256));
+        }
+    }
+
+    #[test]
     fn arbitrary_graphs_never_panic_the_validator(flow in graph(), allow_cycles in any::<bool>(), max_depth in 1usize..50) {
         let rules = Rules { allow_cycles, max_depth, media_registry: Some(vec!["m0".into(), "m1".into()]), ..Rules::default() };
         match validate(&flow, &rules) {

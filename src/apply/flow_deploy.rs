@@ -555,9 +555,11 @@ impl Deploy<'_> {
             previous_state: Some(previous_state),
             new_state: Some(new_state),
             genesys_status: Some(200),
-            error: error.map(|(code, message)| EventError {
-                code,
-                message: format!("job {}: {}: {message}", self.job.job_id, self.entity),
+            error: error.map(|(code, message)| {
+                EventError::new(
+                    code,
+                    format!("job {}: {}: {message}", self.job.job_id, self.entity),
+                )
             }),
             attempts: self.attempts,
             entity: Some(self.entity.clone()),

@@ -43,10 +43,7 @@ impl Applied {
             previous_state: None,
             new_state: None,
             genesys_status: None,
-            error: Some(EventError {
-                code: code.to_string(),
-                message,
-            }),
+            error: Some(EventError::new(code, message)),
             attempts: 1,
             entity: None,
             retryable: false,
@@ -69,10 +66,10 @@ impl Applied {
             previous_state: None,
             new_state: None,
             genesys_status: err.status(),
-            error: Some(EventError {
-                code: err.code(),
-                message: format!("job {job_id}: {entity}: {err}"),
-            }),
+            error: Some(EventError::new(
+                err.code(),
+                format!("job {job_id}: {entity}: {err}"),
+            )),
             attempts,
             entity: None,
             retryable: matches!(err.class(), ErrorClass::Transient | ErrorClass::RateLimited)

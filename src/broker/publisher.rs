@@ -8,6 +8,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use time::OffsetDateTime;
 
 use super::BrokerError;
+use crate::bounded;
 use crate::events::{rfc3339, OutboundEvent};
 
 /// The original message a dead letter carries, with where it came from.
@@ -118,7 +119,7 @@ impl Publisher {
         retries: u32,
         attempts: u32,
     ) -> Result<(), BrokerError> {
-        let mut headers = properties.headers().clone().unwrap_or_default();
+        let mut headers = carried_headers(properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(ShortString::from("x-retries"), AMQPValue::LongInt(retries as i32));
         headers.insert(
@@ -145,10 +146,12 @@ impl Publisher {
         destination: (&str, &str),
         letter: DeadLetter<'_>,
     ) -> Result<(), BrokerError> {
-        let mut headers = letter.properties.headers().clone().unwrap_or_default();
+        let mut headers = carried_headers(letter.properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-        headers.insert(ShortString::from("x-error-code"), text(letter.error_code));
-        headers.insert(ShortString::from("x-error-message"), text(letter.error_message));
+        let code = bounded::truncate(letter.error_code, bounded::VALUE_MAX);
+        let message = bounded::truncate(letter.error_message, bounded::MESSAGE_MAX);
+        headers.insert(ShortString::from("x-error-code"), text(&code));
+        headers.insert(ShortString::from("x-error-message"), text(&message));
         headers.insert(
             ShortString::from("x-attempts"),
             AMQPValue::LongInt(letter.attempts as i32),
@@ -170,6 +173,23 @@ impl Publisher {
         self.publish(destination.0, destination.1, letter.body, properties)
             .await
     }
+}
+
+/// The message's own headers that fit in a frame beside the worker's (see [`bounded`]), and
+/// `x-dropped-headers` naming those that did not.
+fn carried_headers(properties: &BasicProperties) -> FieldTable {
+    let Some(original) = properties.headers().as_ref() else {
+        return FieldTable::default();
+    };
+    let (mut headers, dropped) = bounded::carried_headers(original);
+    if !dropped.is_empty() {
+        let names = bounded::truncate(&dropped.join(","), bounded::MESSAGE_MAX).into_owned();
+        headers.insert(
+            ShortString::from("x-dropped-headers"),
+            AMQPValue::LongString(LongString::from(names)),
+        );
+    }
+    headers
 }
 
 /// Persistent JSON with the event id as message id.

@@ -355,6 +355,32 @@ impl TestApp {
         }
     }
 
+    /// The publisher the app publishes jobs with.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Whatever the dead-letter queue holds right now (taken).
+    pub async fn dead_letters_now(&self) -> Vec<DeadLetter> {
+        let mut letters = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.config.topology.dead_letter.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            letters.push(DeadLetter {
+                body: message.delivery.data,
+                routing_key: message.delivery.routing_key.to_string(),
+                headers: HashMap::new(),
+            });
+        }
+        letters
+    }
+
     /// The next `n` messages of the dead-letter queue.
     pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetter> {
         let deadline = tokio::time::Instant::now() + WAIT;

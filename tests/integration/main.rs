@@ -15,6 +15,7 @@ mod enqueue;
 mod flows;
 mod genesys_client;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod ingest;
 mod interactions;
