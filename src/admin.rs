@@ -6,6 +6,9 @@
 //!   otherwise; also how many 429s Genesys answered (`genesys_throttled`), counted apart from
 //!   errors (readiness: without Redis the worker cannot deduplicate, so it must not be sent
 //!   work).
+//!
+//! [`serve_bounded`] serves this and the HTTP ingest alike, within [`Bounds`]: a slow, idle or
+//! stalled client cannot hold a connection, or the memory behind it, for long.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +19,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::limit::{Budget, Lane};
 use crate::store::Store;
@@ -107,9 +115,111 @@ pub async fn serve(
             }),
         )
         .with_state(health);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_bounded(listener, app, ADMIN_BOUNDS, shutdown).await
+}
+
+/// The admin server's bounds: probes and scrapes are small GETs from a few clients.
+const ADMIN_BOUNDS: Bounds = Bounds {
+    header_read: Duration::from_secs(5),
+    body_idle: Duration::from_secs(5),
+    request: Duration::from_secs(10),
+    max_connections: 64,
+};
+
+/// How long a client may take, and how many may be connected at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// From a connection's start, or from the end of its last response, until a request's
+    /// headers are in. hyper has no separate keep-alive timeout: this one also closes idle
+    /// connections.
+    pub header_read: Duration,
+    /// Longest pause while a request body is read (the handler then sees a `TimeoutError`).
+    pub body_idle: Duration,
+    /// A whole request, until its response starts (408 beyond).
+    pub request: Duration,
+    /// Connections served at once; more wait in the listen backlog, so the memory behind
+    /// connections is bounded by this times [`MAX_BUF_SIZE`].
+    pub max_connections: usize,
+}
+
+/// A connection's read buffer at most, headers included (hyper's default is 400 KiB).
+const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// How long in-flight requests may finish once shutdown is asked; then their connections are
+/// dropped.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` within `bounds` until `shutdown` is cancelled.
+///
+/// hyper's connection builder directly rather than `axum::serve`, which has no header-read
+/// timeout.
+pub(crate) async fn serve_bounded(
+    listener: TcpListener,
+    router: Router,
+    bounds: Bounds,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = router
+        .layer(RequestBodyTimeoutLayer::new(bounds.body_idle))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            bounds.request,
+        ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read)
+        .max_buf_size(MAX_BUF_SIZE);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(bounds.max_connections));
+    // Connections still open after the drain end with this function, however it ends.
+    let abandon = CancellationToken::new();
+    let _abandon = abandon.clone().drop_guard();
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    // Out of file descriptors, say: pause rather than spin.
+                    tracing::warn!(error.message = %err, "Could not accept a connection.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let abandon = abandon.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(err) = result {
+                    // Header timeouts and clients gone mid-request: theirs, not ours.
+                    tracing::debug!(error.message = %err, "HTTP connection ended with an error.");
+                },
+                () = abandon.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::debug!("HTTP connections still open after the drain are dropped.");
+    }
+    Ok(())
+}
+
+/// Errors about one connection, not the listener.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    )
 }
 
 async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
