@@ -4,11 +4,16 @@
 //! Each event is POSTed as the JSON the worker published, with headers the receiver checks:
 //! `X-Genesys-Worker-Event-Id` (dedupe on it: at-least-once means a receiver may see an event
 //! twice), `X-Genesys-Worker-Timestamp` (Unix seconds) and `X-Genesys-Worker-Signature`
-//! (`sha256=` + hex HMAC-SHA256 over `<timestamp>.<body>` with `RELAY_SECRET`). A 2xx delivers
-//! it; 5xx, 408, 429 (waiting at least its `Retry-After`) and network errors are retried with
-//! exponential backoff and full jitter; any other 4xx, or retries exhausted, dead-letters it into
-//! the relay's own dead-letter queue with the reason in `x-error-*` headers. The event is acked
-//! from the relay's queue only after it was delivered or its dead letter confirmed.
+//! (`sha256=` + hex HMAC-SHA256 over `<event id>.<timestamp>.<body>` with `RELAY_SECRET`).
+//! The id is signed so a captured delivery cannot be replayed under a new id past the
+//! receiver's dedupe, and the timestamp so it cannot be replayed with a fresh one: receivers
+//! reject a timestamp more than [`TIMESTAMP_TOLERANCE`] from their clock, and every attempt is
+//! signed afresh so retries stay inside it. A 2xx delivers it; 5xx, 408, 429 (waiting at least
+//! its `Retry-After`) and network errors are retried with exponential backoff and full jitter;
+//! a 3xx (redirects are never followed: the signed event goes to `--url` only), any other 4xx,
+//! or retries exhausted, dead-letters it into the relay's own dead-letter queue with the reason
+//! in `x-error-*` headers. The event is acked from the relay's queue only after it was
+//! delivered or its dead letter confirmed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,9 +40,21 @@ pub const EVENT_ID_HEADER: &str = "x-genesys-worker-event-id";
 pub const TIMESTAMP_HEADER: &str = "x-genesys-worker-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-genesys-worker-signature";
 
-/// `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`: what a receiver recomputes.
-pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+/// How far a delivery's timestamp may be from a receiver's clock before the receiver rejects
+/// it (either way, for clock skew). Part of the contract receivers implement; the relay signs
+/// each attempt with the time it is sent, so only a replay or a skewed clock falls outside.
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// The `x-error-code` of an event whose receiver answered a redirect.
+pub const REDIRECT_CODE: &str = "http.redirect";
+
+/// `sha256=<hex HMAC-SHA256(secret, "<event id>.<timestamp>.<body>")>`: what a receiver
+/// recomputes. The timestamp is decimal digits and the body a JSON object, so the fields cannot
+/// be shifted into each other even if an id held a dot.
+pub fn signature(secret: &str, event_id: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(event_id.as_bytes());
+    mac.update(b".");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -129,6 +146,8 @@ pub async fn run(options: RelayOptions, shutdown: CancellationToken) -> Result<(
     let http = reqwest::Client::builder()
         .timeout(options.request_timeout)
         .user_agent(concat!("genesys-worker-relay/", env!("CARGO_PKG_VERSION")))
+        // Following one would send the signed event to whatever origin the receiver names.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("the HTTP client configuration is static and valid");
     let mut consumer = channel
@@ -139,7 +158,7 @@ pub async fn run(options: RelayOptions, shutdown: CancellationToken) -> Result<(
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(exchange = %options.exchange, queue = %options.queue, url = %options.url, "Relaying events.");
+    tracing::info!(exchange = %options.exchange, queue = %options.queue, url = %shown(&options.url), "Relaying events.");
     let options = Arc::new(options);
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let tasks = tokio_util::task::TaskTracker::new();
@@ -232,6 +251,8 @@ async fn deliver(
 ) -> Result<u32, Undeliverable> {
     let mut attempt = 1;
     loop {
+        // Signed per attempt, so a retry after a long backoff or Retry-After is still inside
+        // the receiver's window.
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
         let sent = http
             .post(options.url.clone())
@@ -240,50 +261,94 @@ async fn deliver(
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(
                 SIGNATURE_HEADER,
-                signature(options.secret.expose(), &timestamp, body),
+                signature(options.secret.expose(), event_id, &timestamp, body),
             )
             .body(body.to_vec())
             .send()
             .await;
-        let (retryable, retry_after, code, message) = match sent {
+        let failure = match sent {
             Ok(response) if response.status().is_success() => return Ok(attempt),
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = crate::retry::retry_after(response.headers());
-                let retryable = status >= 500 || status == 408 || status == 429;
-                (
-                    retryable,
-                    retry_after,
-                    format!("http.{status}"),
-                    format!("{} answered {status}", options.url),
-                )
-            }
-            Err(err) => (
-                true,
-                None,
-                if err.is_timeout() {
+            Ok(response) => refusal(&options.url, response.status(), response.headers()),
+            // The URL may carry a token in its query: the message names only origin and path.
+            Err(err) if err.is_builder() => Failure {
+                // The event itself cannot be sent (an id that is no header value): retrying
+                // cannot help.
+                retryable: false,
+                retry_after: None,
+                code: "request.invalid".into(),
+                message: format!("{}: {}", shown(&options.url), err.without_url()),
+            },
+            Err(err) => Failure {
+                retryable: true,
+                retry_after: None,
+                code: if err.is_timeout() {
                     "timeout".into()
                 } else {
                     "network".into()
                 },
-                format!("{}: {err}", options.url),
-            ),
+                message: format!("{}: {}", shown(&options.url), err.without_url()),
+            },
         };
-        if !retryable || attempt >= options.retry.max_attempts {
+        if !failure.retryable || attempt >= options.retry.max_attempts {
             return Err(Undeliverable {
-                code,
-                message,
+                code: failure.code,
+                message: failure.message,
                 attempts: attempt,
             });
         }
         let wait = options
             .retry
             .backoff(attempt)
-            .max(retry_after.unwrap_or_default());
-        tracing::debug!(event_id, attempt, wait_ms = wait.as_millis() as u64, %code, "Delivery failed; retrying.");
+            .max(failure.retry_after.unwrap_or_default());
+        tracing::debug!(event_id, attempt, wait_ms = wait.as_millis() as u64, code = %failure.code, "Delivery failed; retrying.");
         tokio::time::sleep(wait).await;
         attempt += 1;
     }
+}
+
+/// One failed attempt.
+#[derive(Debug)]
+struct Failure {
+    retryable: bool,
+    retry_after: Option<Duration>,
+    code: String,
+    message: String,
+}
+
+/// What a non-2xx answer means for the event.
+fn refusal(url: &url::Url, status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Failure {
+    if status.is_redirection() {
+        // Permanent: a redirect says where the receiver lives now (or that it wants HTTPS or a
+        // login), which asking again does not change; retries would hold a slot for minutes
+        // per event. Set --url to the final address, then replay the dead letters. Only the
+        // target's origin is named: its path or query may carry a token.
+        let to = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|location| url.join(location).ok())
+            .map_or_else(|| "no Location".into(), |to| to.origin().ascii_serialization());
+        return Failure {
+            retryable: false,
+            retry_after: None,
+            code: REDIRECT_CODE.into(),
+            message: format!(
+                "{} answered {status} to {to}: redirects are not followed; set --url to the final address",
+                shown(url)
+            ),
+        };
+    }
+    let code = status.as_u16();
+    Failure {
+        retryable: code >= 500 || code == 408 || code == 429,
+        retry_after: crate::retry::retry_after(headers),
+        code: format!("http.{code}"),
+        message: format!("{} answered {code}", shown(url)),
+    }
+}
+
+/// `url` for logs and dead letters: origin and path, without credentials or query.
+fn shown(url: &url::Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
 #[cfg(test)]
@@ -292,10 +357,74 @@ mod tests {
 
     #[test]
     fn the_signature_is_the_documented_hmac() {
-        // Computed independently: Python's hmac.new(b"Jefe", b'1700000000.{"event_id":"e1"}', sha256).
+        // Computed independently: Python's
+        // hmac.new(b"Jefe", b'e1.1700000000.{"event_id":"e1"}', sha256).
         assert_eq!(
-            signature("Jefe", "1700000000", br#"{"event_id":"e1"}"#),
+            signature("Jefe", "e1", "1700000000", br#"{"event_id":"e1"}"#),
+            "sha256=224b18a0594d6f3de70fd4c758cb5a43cbf755ef82db212612c63ff3326ebaa4"
+        );
+    }
+
+    #[test]
+    fn the_signature_covers_the_event_id_and_the_timestamp() {
+        let body = br#"{"event_id":"e1"}"#;
+        let signed = signature("Jefe", "e1", "1700000000", body);
+        assert_ne!(signed, signature("Jefe", "e2", "1700000000", body));
+        assert_ne!(signed, signature("Jefe", "e1", "1700000001", body));
+        // The previous scheme, `<timestamp>.<body>`, no longer verifies.
+        assert_ne!(
+            signed,
             "sha256=4fac3ddc72a0ee85c4163c1b1fc8541f2d7a23880c3970622da5987e22021842"
         );
+    }
+
+    #[test]
+    fn a_redirect_is_permanent_and_names_only_the_target_origin() {
+        let url = url::Url::parse("https://crm.example.com/hooks/genesys?token=s3cret").unwrap();
+        for status in [301, 302, 303, 307, 308] {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::LOCATION,
+                "https://elsewhere.example.net:8443/in?key=abc".parse().unwrap(),
+            );
+            let failure = refusal(&url, reqwest::StatusCode::from_u16(status).unwrap(), &headers);
+            assert!(!failure.retryable, "{status}");
+            assert_eq!(failure.code, REDIRECT_CODE);
+            assert!(
+                failure.message.contains("https://elsewhere.example.net:8443"),
+                "{}",
+                failure.message
+            );
+            assert!(!failure.message.contains("key=abc") && !failure.message.contains("s3cret"));
+        }
+        let relative = {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::LOCATION, "/login".parse().unwrap());
+            refusal(&url, reqwest::StatusCode::FOUND, &headers)
+        };
+        assert!(
+            relative.message.contains("to https://crm.example.com: redirects"),
+            "{}",
+            relative.message
+        );
+    }
+
+    #[test]
+    fn other_answers_keep_their_classification() {
+        let url = url::Url::parse("https://crm.example.com/hooks").unwrap();
+        let headers = reqwest::header::HeaderMap::new();
+        for (status, retryable) in [
+            (500, true),
+            (503, true),
+            (408, true),
+            (429, true),
+            (400, false),
+            (401, false),
+            (404, false),
+        ] {
+            let failure = refusal(&url, reqwest::StatusCode::from_u16(status).unwrap(), &headers);
+            assert_eq!(failure.retryable, retryable, "{status}");
+            assert_eq!(failure.code, format!("http.{status}"));
+        }
     }
 }
