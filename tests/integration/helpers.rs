@@ -571,6 +571,80 @@ impl TestApp {
     }
 }
 
+/// A sandbox of the test's own and a client holding a token for it: for tests of the sandbox
+/// itself. Test files wrap it (`struct Api(SandboxApi)`, with `Deref`) to add their own calls.
+#[derive(Debug)]
+pub struct SandboxApi {
+    pub sandbox: SandboxHandle,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl SandboxApi {
+    pub async fn start(config: SandboxConfig) -> Self {
+        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let token = sandbox_token(&http, &sandbox.base_url()).await;
+        Self { sandbox, http, token }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sandbox.base_url())
+    }
+
+    /// The raw response, or the error of a request that got none.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await
+    }
+
+    /// The status and JSON body (`null` when there is none) of a request with `token`.
+    pub async fn try_call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Result<(reqwest::StatusCode, Value)> {
+        let response = self.send_as(token, method, path, body).await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// A control API call (`/sandbox/...`) that must succeed; its JSON answer.
+    pub async fn control(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .request(method, self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "control {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn stats(&self) -> Value {
+        get_json(&self.http, &self.url("/sandbox/stats"), None).await
+    }
+}
+
 /// A bearer token from the sandbox's login endpoint, as any OAuth client would get one.
 pub async fn sandbox_token(http: &reqwest::Client, base: &str) -> String {
     sandbox_token_as(

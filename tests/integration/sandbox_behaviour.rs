@@ -4,34 +4,28 @@
 use std::time::{Duration, Instant};
 
 use genesys_worker::sandbox::{
-    self, flow_id, presence_definition_id, status_id, user_id, workitem_id, worktype_id, RateLimit,
-    SandboxConfig, SandboxHandle, OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
+    flow_id, presence_definition_id, status_id, user_id, workitem_id, worktype_id, RateLimit, SandboxConfig,
+    OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
 };
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{get_json, requests_in, sandbox_token, sandbox_token_as};
+use crate::helpers::{get_json, requests_in, sandbox_token_as, SandboxApi};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
-struct Api {
-    sandbox: SandboxHandle,
-    http: Client,
-    token: String,
+struct Api(SandboxApi);
+
+impl std::ops::Deref for Api {
+    type Target = SandboxApi;
+    fn deref(&self) -> &SandboxApi {
+        &self.0
+    }
 }
 
 impl Api {
     async fn start(config: SandboxConfig) -> Self {
-        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .unwrap();
-        let http = Client::new();
-        let token = sandbox_token(&http, &sandbox.base_url()).await;
-        Self { sandbox, http, token }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sandbox.base_url())
+        Self(SandboxApi::start(config).await)
     }
 
     async fn call(
@@ -40,7 +34,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), reqwest::Error> {
-        self.call_as(&self.token, method, path, body).await
+        self.try_call_as(&self.token, method, path, body).await
     }
 
     async fn call_as(
@@ -50,34 +44,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-    }
-
-    async fn control(&self, method: Method, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .request(method, self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "control {path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    async fn stats(&self) -> Value {
-        get_json(&self.http, &self.url("/sandbox/stats"), None).await
+        self.try_call_as(token, method, path, body).await
     }
 }
 

@@ -3,22 +3,25 @@
 //! from the gateway in front of the API.
 
 use genesys_worker::sandbox::{
-    self, flow_id, presence_definition_id, user_id, workitem_id, SandboxConfig, SandboxHandle,
-    OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
+    flow_id, presence_definition_id, user_id, workitem_id, SandboxConfig, OTHER_CLIENT_ID,
+    OTHER_CLIENT_SECRET,
 };
-use reqwest::{header, Client, Method, Response, StatusCode};
+use reqwest::{header, Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{get_json, requests_in, sandbox_token, sandbox_token_as};
+use crate::helpers::{get_json, requests_in, sandbox_token, sandbox_token_as, SandboxApi};
 
 const CLIENT_RATE_KEY: &str = "client.credentials.token.rate.per.minute";
 const ORG_KEY: &str = "org.requests.per.minute";
 const LIMITS: &str = "/api/v2/organizations/limits/namespaces";
 
-struct Api {
-    sandbox: SandboxHandle,
-    http: Client,
-    token: String,
+struct Api(SandboxApi);
+
+impl std::ops::Deref for Api {
+    type Target = SandboxApi;
+    fn deref(&self) -> &SandboxApi {
+        &self.0
+    }
 }
 
 impl Api {
@@ -29,31 +32,7 @@ impl Api {
             flows: 2,
             ..SandboxConfig::default()
         };
-        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .unwrap();
-        let http = Client::new();
-        let token = sandbox_token(&http, &sandbox.base_url()).await;
-        Self { sandbox, http, token }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sandbox.base_url())
-    }
-
-    /// The raw response, or the error of a request that got none.
-    async fn send_as(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> reqwest::Result<Response> {
-        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await
+        Self(SandboxApi::start(config).await)
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Result<Response> {
@@ -64,26 +43,6 @@ impl Api {
         let response = self.send(Method::GET, path, None).await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn control(&self, method: Method, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .request(method, self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "control {path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    async fn stats(&self) -> Value {
-        get_json(&self.http, &self.url("/sandbox/stats"), None).await
     }
 
     async fn mutations_of_user(&self, n: usize) -> Vec<Value> {

@@ -4,21 +4,23 @@
 use std::time::Duration;
 
 use genesys_worker::sandbox::{
-    self, flow_id, user_id, workitem_id, worktype_id, SandboxConfig, SandboxHandle, OTHER_CLIENT_ID,
-    OTHER_CLIENT_SECRET,
+    flow_id, user_id, workitem_id, worktype_id, SandboxConfig, OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
 };
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{sandbox_token, sandbox_token_as};
+use crate::helpers::{sandbox_token_as, SandboxApi};
 
 /// How long checkin and publish take in these tests.
 const OPERATION_MS: u64 = 150;
 
-struct Api {
-    sandbox: SandboxHandle,
-    http: Client,
-    token: String,
+struct Api(SandboxApi);
+
+impl std::ops::Deref for Api {
+    type Target = SandboxApi;
+    fn deref(&self) -> &SandboxApi {
+        &self.0
+    }
 }
 
 impl Api {
@@ -31,12 +33,7 @@ impl Api {
             flow_operation_ms: OPERATION_MS,
             ..SandboxConfig::default()
         };
-        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .unwrap();
-        let http = Client::new();
-        let token = sandbox_token(&http, &sandbox.base_url()).await;
-        let api = Self { sandbox, http, token };
+        let api = Self(SandboxApi::start(config).await);
         let set = api
             .control(Method::PUT, "/sandbox/behaviour", behaviour.clone())
             .await;
@@ -44,10 +41,6 @@ impl Api {
             assert_eq!(&set["behaviour"][field], value, "{field}");
         }
         api
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sandbox.base_url())
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -61,30 +54,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let bytes = response.bytes().await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    async fn control(&self, method: Method, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .request(method, self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "control {path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
+        self.try_call_as(token, method, path, body).await.unwrap()
     }
 
     /// `POST /api/v2/flows/actions/{action}?flow=`.
