@@ -115,7 +115,16 @@ proptest! {
     fn an_oversized_value_in_any_field_gives_a_bounded_error(
         payload in json_value(),
         kind in kind(),
-        path in prop::collection::vec("[a-z_]{1,8}", 1..3),
+        path in (
+            prop::sample::select(vec!["job_id", "kind", "idempotency_key", "actor", "sequence", "payload", "payload"]),
+            prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(vec!["user_id", "presence", "routing_status", "status", "flow", "start", "name", "nodes", "jobs"]).prop_map(str::to_string),
+                    "[a-z_]{1,8}",
+                ],
+                0..3,
+            ),
+        ).prop_map(|(first, rest)| std::iter::once(first.to_string()).chain(rest).collect::<Vec<_>>()),
         size in 2_000usize..200_000,
         in_key in any::<bool>(),
     ) {
