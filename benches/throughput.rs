@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use genesys_sandbox::{self as sandbox, user_id};
 use genesys_worker::broker::{self, topology, Publisher};
 use genesys_worker::config::{ServiceUrl, Topology};
-use genesys_worker::sandbox::{self, user_id};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -32,6 +32,17 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_genesys-worker");
+
+/// The simulator's binary, beside the worker's (`scripts/bench.sh` builds it first).
+fn sandbox_bin() -> std::path::PathBuf {
+    let bin = std::path::Path::new(BIN).with_file_name("genesys-sandbox");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p genesys-sandbox` (scripts/bench.sh does)",
+        bin.display()
+    );
+    bin
+}
 /// Jobs in flight, the same for the plumbing and the worker.
 const CONCURRENCY: usize = 64;
 const PREFETCH: u16 = 128;
@@ -101,8 +112,8 @@ impl Sandbox {
     async fn start(users: usize, rate_limit: Option<(u32, u32)>) -> Self {
         let port = free_port();
         let (rps, burst) = rate_limit.unwrap_or((0, 1));
-        let child = Command::new(BIN)
-            .args(["sandbox", "--bind", &format!("127.0.0.1:{port}")])
+        let child = Command::new(sandbox_bin())
+            .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--users", &users.to_string()])
             .args(["--rate-limit-rps", &rps.to_string()])
             .args(["--rate-limit-burst", &burst.to_string()])

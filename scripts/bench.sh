@@ -13,4 +13,6 @@ export SERVICES_STATE
 
 scripts/services.sh up
 trap 'scripts/services.sh down; rm -f "$SERVICES_STATE"' EXIT
+# The bench starts the simulator as a process of its own, from the binary beside the worker's.
+cargo build --locked --release -p genesys-sandbox
 cargo bench --locked --bench throughput -- "$@"

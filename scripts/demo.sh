@@ -29,13 +29,15 @@ trap cleanup EXIT
 
 echo "== building"
 cargo build --locked --quiet --bin genesys-worker
+cargo build --locked --quiet -p genesys-sandbox
 bin=target/debug/genesys-worker
+sandbox=target/debug/genesys-sandbox
 
 echo "== starting RabbitMQ and Redis"
 scripts/services.sh up
 
 echo "== starting the Genesys sandbox on 127.0.0.1:$SANDBOX_PORT"
-"$bin" sandbox --bind "127.0.0.1:$SANDBOX_PORT" --users 200 >"$LOGS/sandbox.log" 2>&1 &
+"$sandbox" --bind "127.0.0.1:$SANDBOX_PORT" --users 200 >"$LOGS/sandbox.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$SANDBOX_PORT") 2>/dev/null && break; sleep 0.1; done
 

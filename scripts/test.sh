@@ -13,4 +13,4 @@ export SERVICES_STATE
 
 scripts/services.sh up
 trap 'scripts/services.sh down; rm -f "$SERVICES_STATE"' EXIT
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"

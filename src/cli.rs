@@ -1,8 +1,6 @@
-//! Command-line interface: `run` (the worker), `sandbox` (the Genesys simulator) and
-//! `enqueue` (publish jobs). The worker's settings come from the environment (DESIGN.md
+//! Command-line interface: `run` (the worker), `enqueue` (publish jobs) and the tools. The worker's settings come from the environment (DESIGN.md
 //! section 6); flags here are for the tools around it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -26,8 +24,6 @@ pub enum Command {
     /// Run the worker: consume jobs, apply them to Genesys, publish events. Configured by the
     /// environment (AMQP_URL, REDIS_URL, GENESYS_*; see README).
     Run,
-    /// Run the Genesys Cloud simulator (login and API host on one port).
-    Sandbox(SandboxArgs),
     /// Publish an NDJSON file of jobs (one job message per line) to the jobs exchange.
     Enqueue(EnqueueArgs),
     /// Work with captured audit events.
@@ -186,58 +182,6 @@ pub enum AuditCommand {
         #[arg(long)]
         sort: bool,
     },
-}
-
-#[derive(Debug, clap::Args)]
-pub struct SandboxArgs {
-    /// Address to listen on. Loopback by default: the sandbox has no real security.
-    #[arg(long, env = "SANDBOX_BIND", default_value = "127.0.0.1:8088")]
-    pub bind: SocketAddr,
-    /// Number of seeded users.
-    #[arg(long, env = "SANDBOX_USERS", default_value_t = 200)]
-    pub users: usize,
-    /// Number of seeded workitems (of the seeded worktype).
-    #[arg(long, env = "SANDBOX_WORKITEMS", default_value_t = 20)]
-    pub workitems: usize,
-    /// Number of seeded flows, each with a published version.
-    #[arg(long, env = "SANDBOX_FLOWS", default_value_t = 3)]
-    pub flows: usize,
-    /// An accepted OAuth client as ID:SECRET (repeatable).
-    #[arg(
-        long = "client",
-        env = "SANDBOX_CLIENTS",
-        value_delimiter = ',',
-        default_value = "sandbox-client:sandbox-secret,other-client:other-secret"
-    )]
-    pub clients: Vec<String>,
-    /// Lifetime of issued access tokens.
-    #[arg(long, env = "SANDBOX_TOKEN_TTL_SECS", default_value_t = 86_400)]
-    pub token_ttl_secs: u64,
-    /// Requests per second each OAuth client may make (Genesys: 300/min per token); 0 disables
-    /// the limit.
-    #[arg(long, env = "SANDBOX_RATE_LIMIT_RPS", default_value_t = 5)]
-    pub rate_limit_rps: u32,
-    /// Burst of the per-client token bucket.
-    #[arg(long, env = "SANDBOX_RATE_LIMIT_BURST", default_value_t = 10)]
-    pub rate_limit_burst: u32,
-    /// Largest list the bulk presence endpoint accepts.
-    #[arg(long, env = "SANDBOX_BULK_PRESENCE_MAX", default_value_t = 50)]
-    pub bulk_presence_max: usize,
-    /// How long asynchronous flow operations (checkin, publish) take.
-    #[arg(long, env = "SANDBOX_FLOW_OPERATION_MS", default_value_t = 500)]
-    pub flow_operation_ms: u64,
-    /// Seed of the fault injector: the same requests in the same order meet the same faults.
-    #[arg(long, env = "SANDBOX_SEED", default_value_t = 42)]
-    pub seed: u64,
-    /// Which of the real service's behaviours to play, as JSON, e.g.
-    /// '{"flow_operations": "complete_in_response", "consistency_lag_ms": 500}' (README, "The
-    /// sandbox"); fields not given keep their defaults.
-    #[arg(long, env = "SANDBOX_BEHAVIOUR", value_parser = parse_behaviour)]
-    pub behaviour: Option<crate::sandbox::Behaviour>,
-}
-
-fn parse_behaviour(text: &str) -> Result<crate::sandbox::Behaviour, String> {
-    crate::sandbox::Behaviour::parse(text)
 }
 
 #[derive(Debug, clap::Args)]

@@ -24,8 +24,9 @@
 //! metric names), [`ingest`] (`POST /v1/jobs`), [`audit`] (`audit verify`), [`config`],
 //! [`events`] (the consumers' contract), [`store`] (Redis keys), [`canonical`] (canonical JSON),
 //! [`bounded`] (bounds on texts from producers),
-//! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`), [`relay`] (events to webhooks)
-//! and [`sandbox`], the Genesys Cloud simulator used by the tests and the demo.
+//! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`) and [`relay`] (events to webhooks).
+//! The Genesys Cloud simulator the tests and the demo use is a crate of its own,
+//! `crates/genesys-sandbox`.
 
 pub mod admin;
 pub mod apply;
@@ -51,7 +52,6 @@ pub mod pipeline;
 pub mod record;
 pub mod relay;
 pub mod retry;
-pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

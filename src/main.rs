@@ -7,13 +7,12 @@ use std::time::Duration;
 use clap::Parser;
 use genesys_worker::audit::{self, VerifyError};
 use genesys_worker::cli::{
-    AuditCommand, BatchCommand, Cli, Command, DlqCommand, EnqueueArgs, RelayArgs, RelaySource, SandboxArgs,
+    AuditCommand, BatchCommand, Cli, Command, DlqCommand, EnqueueArgs, RelayArgs, RelaySource,
     ValidateFlowArgs,
 };
 use genesys_worker::config::{Config, LogFormat, ServiceUrl};
 use genesys_worker::enqueue::{self, EnqueueOptions};
 use genesys_worker::flow::{self, FlowDefinition, Rules};
-use genesys_worker::sandbox::{self, RateLimit, SandboxConfig};
 use genesys_worker::{telemetry, worker};
 
 #[tokio::main]
@@ -21,7 +20,6 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run => run().await,
-        Command::Sandbox(args) => run_sandbox(args).await,
         Command::Enqueue(args) => run_enqueue(args).await,
         Command::Audit(AuditCommand::Verify { file, sort }) => verify_audit(&file, sort),
         Command::ValidateFlow(args) => validate_flow(&args),
@@ -363,52 +361,6 @@ async fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error.message = %err, "Worker stopped on an error.");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run_sandbox(args: SandboxArgs) -> ExitCode {
-    telemetry::init(log_format_from_env());
-    let mut clients = Vec::new();
-    for client in &args.clients {
-        let Some((id, secret)) = client.split_once(':') else {
-            eprintln!("invalid --client {client:?}: expected ID:SECRET");
-            return ExitCode::from(2);
-        };
-        clients.push((id.to_string(), secret.to_string()));
-    }
-    let rate_limit = (args.rate_limit_rps > 0).then_some(RateLimit {
-        requests_per_second: args.rate_limit_rps,
-        burst: args.rate_limit_burst.max(1),
-    });
-    let config = SandboxConfig {
-        users: args.users,
-        workitems: args.workitems,
-        flows: args.flows,
-        clients,
-        token_ttl_secs: args.token_ttl_secs,
-        rate_limit,
-        bulk_presence_max: args.bulk_presence_max,
-        flow_operation_ms: args.flow_operation_ms,
-        seed: args.seed,
-        behaviour: args.behaviour.unwrap_or_default(),
-    };
-    let listener = match tokio::net::TcpListener::bind(args.bind).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("sandbox: cannot listen on {}: {err}", args.bind);
-            return ExitCode::FAILURE;
-        }
-    };
-    if !args.bind.ip().is_loopback() {
-        tracing::warn!(bind = %args.bind, "The sandbox listens beyond loopback; it has no real security.");
-    }
-    tracing::info!(addr = %args.bind, users = config.users, "Genesys sandbox listening.");
-    match sandbox::serve(listener, config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("sandbox: {err}");
             ExitCode::FAILURE
         }
     }

@@ -3,9 +3,9 @@
 //! These follow the per-agent path (`BULK_PRESENCE=off`: one PATCH per job); `bulk.rs` covers
 //! the coalesced one.
 
+use genesys_sandbox::{presence_definition_id, user_id};
 use genesys_worker::canonical;
 use genesys_worker::events::{audit_event_id, crm_event_id, Outcome, GENESIS_CHECKSUM};
-use genesys_worker::sandbox::{presence_definition_id, user_id};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -15,7 +15,7 @@ const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
 async fn spawn_app() -> TestApp {
     spawn_app_with(
-        genesys_worker::sandbox::SandboxConfig {
+        genesys_sandbox::SandboxConfig {
             users: 20,
             ..Default::default()
         },

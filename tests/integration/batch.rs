@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
+use genesys_sandbox::{presence_definition_id, user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{presence_definition_id, user_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use genesys_sandbox::{flow_id, workitem_id, RateLimit, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{flow_id, workitem_id, RateLimit, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Bulk presence coalescing (`BULK_PRESENCE=on`): many jobs, few calls, one outcome each.
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::json;
 use uuid::Uuid;
 

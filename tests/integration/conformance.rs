@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use genesys_worker::sandbox::{self, flow_id, status_id, user_id, worktype_id, SandboxConfig};
+use genesys_sandbox::{self as sandbox, flow_id, status_id, user_id, worktype_id, SandboxConfig};
 
 /// The venv `scripts/test.sh` creates, or `CONFORMANCE_PYTHON`.
 fn python() -> PathBuf {

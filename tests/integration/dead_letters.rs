@@ -1,7 +1,7 @@
 //! `genesys-worker dlq list|replay` against the dead-letter queue the worker fills.
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::{json, Value};
 
 use crate::helpers::{agent_job, spawn_app_with, TestApp};

@@ -1,6 +1,6 @@
 //! `genesys-worker enqueue`: validated NDJSON in, confirmed publishes, outcomes followed.
 
-use genesys_worker::sandbox::user_id;
+use genesys_sandbox::user_id;
 use serde_json::json;
 
 use crate::helpers::{agent_job, spawn_app, TestApp};

@@ -1,7 +1,7 @@
 //! `flow.deploy` against the sandbox's Architect: versions, locks, publish, rollback.
 
+use genesys_sandbox::{flow_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{flow_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -525,7 +525,7 @@ async fn a_flow_this_job_created_is_read_once_genesys_shows_it() {
 async fn a_flow_a_person_has_locked_is_a_conflict_that_names_them() {
     let mut app = app_playing(json!({}), &[]).await;
     let id = flow_id(2).to_string();
-    let person = genesys_worker::sandbox::user_id(0);
+    let person = genesys_sandbox::user_id(0);
     control(
         &app,
         &format!("/sandbox/flows/{id}/lock"),
@@ -551,7 +551,7 @@ async fn a_flow_a_person_has_locked_is_a_conflict_that_names_them() {
 async fn a_lock_its_holder_releases_within_flow_lock_wait_lets_the_deploy_through() {
     let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "10")]).await;
     let id = flow_id(0).to_string();
-    let person = genesys_worker::sandbox::user_id(1);
+    let person = genesys_sandbox::user_id(1);
     control(
         &app,
         &format!("/sandbox/flows/{id}/lock"),

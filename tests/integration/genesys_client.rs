@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use genesys_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
 use genesys_worker::config::{GenesysConfig, LaneWeights, Secret};
 use genesys_worker::genesys::{ErrorClass, GenesysClient, GenesysError};
 use genesys_worker::limit::Budget;
-use genesys_worker::sandbox::{self, SandboxConfig, SandboxHandle};
 use serde_json::Value;
 
 use crate::helpers::requests_in;

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use genesys_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
 use genesys_worker::broker::{self, topology, Publisher};
 use genesys_worker::config::{Config, ServiceUrl};
 use genesys_worker::events::{AuditEvent, CrmEvent};
-use genesys_worker::sandbox::{self, SandboxConfig, SandboxHandle};
 use genesys_worker::worker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -449,7 +449,7 @@ impl TestApp {
         let mut jobs = std::collections::HashSet::new();
         for n in 0..users {
             let job = agent_job(
-                genesys_worker::sandbox::user_id(n),
+                genesys_sandbox::user_id(n),
                 serde_json::json!({"presence": presence}),
             );
             jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());

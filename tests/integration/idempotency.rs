@@ -1,9 +1,9 @@
 //! Effectively-once across worker crashes: lease takeover and re-publication of stored events.
 //! A crashed worker is simulated by writing the Redis record it would have left behind.
 
+use genesys_sandbox::{presence_definition_id, user_id};
 use genesys_worker::events::{audit_event_id, AuditEvent, OutboundEvent, Outcome, GENESIS_CHECKSUM};
 use genesys_worker::job;
-use genesys_worker::sandbox::{presence_definition_id, user_id};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -171,7 +171,7 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
 
 #[tokio::test]
 async fn a_message_that_fails_every_time_ends_in_the_dead_letter_queue_by_delivery_limit() {
-    let sandbox = genesys_worker::sandbox::SandboxConfig {
+    let sandbox = genesys_sandbox::SandboxConfig {
         users: 20,
         ..Default::default()
     };

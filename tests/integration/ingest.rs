@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

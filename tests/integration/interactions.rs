@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
+use genesys_sandbox::{status_id, workitem_id, worktype_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{status_id, workitem_id, worktype_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Redis stays bounded: every key the worker writes expires, entity records included (created
 //! workitems and batches grow with the jobs).
 
-use genesys_worker::sandbox::{flow_id, user_id, workitem_id, worktype_id, SandboxConfig};
+use genesys_sandbox::{flow_id, user_id, workitem_id, worktype_id, SandboxConfig};
 use serde_json::json;
 use uuid::Uuid;
 

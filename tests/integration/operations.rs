@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::json;
 
 use crate::helpers::{agent_job, job, spawn_app_without_worker};
@@ -115,7 +115,7 @@ async fn metrics_count_jobs_calls_and_dead_letters_with_low_cardinality_labels()
 
 #[tokio::test]
 async fn every_route_the_worker_calls_is_labelled_by_its_template() {
-    use genesys_worker::sandbox::{flow_id, workitem_id, worktype_id};
+    use genesys_sandbox::{flow_id, workitem_id, worktype_id};
     let sandbox = SandboxConfig {
         users: 4,
         workitems: 2,

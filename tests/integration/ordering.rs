@@ -1,8 +1,8 @@
 //! Per-entity ordering: one change in flight per entity, and the sequence rule.
 
+use genesys_sandbox::{presence_definition_id, user_id, SandboxConfig};
 use genesys_worker::audit;
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{presence_definition_id, user_id, SandboxConfig};
 use serde_json::json;
 
 use crate::helpers::{agent_job, spawn_app, spawn_app_with};

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -158,7 +158,7 @@ fn parse_instant(raw: &str) -> time::OffsetDateTime {
 
 #[tokio::test]
 async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_limit() {
-    use genesys_worker::sandbox::RateLimit;
+    use genesys_sandbox::RateLimit;
     const RATE: u32 = 20;
     const JOBS: usize = 200;
     let sandbox = SandboxConfig {
@@ -331,9 +331,9 @@ async fn while_redis_is_down_nothing_is_applied_and_the_worker_resumes_by_itself
 #[tokio::test]
 async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_twice() {
     use crate::helpers::{check_redis, random_name, start_worker_process, test_env, PrivateRabbit};
+    use genesys_sandbox as sandbox;
     use genesys_worker::broker::{self, topology, Publisher};
     use genesys_worker::config::{Config, ServiceUrl};
-    use genesys_worker::sandbox;
     check_redis().await;
     let rabbit = PrivateRabbit::start().await;
     let sandbox = sandbox::spawn(

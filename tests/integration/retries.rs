@@ -1,8 +1,8 @@
 //! The worker against a throttling, failing Genesys: what the sandbox saw and what the jobs
 //! became.
 
+use genesys_sandbox::{user_id, RateLimit, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, RateLimit, SandboxConfig};
 use serde_json::json;
 
 use crate::helpers::{agent_job, spawn_app_with, PER_AGENT_CALLS};
@@ -135,7 +135,7 @@ async fn a_response_lost_after_the_change_is_retried_without_a_second_effect() {
 
 #[tokio::test]
 async fn with_30_percent_503s_on_mutating_routes_every_job_lands_exactly_once() {
-    use genesys_worker::sandbox::worktype_id;
+    use genesys_sandbox::worktype_id;
     let sandbox = SandboxConfig {
         users: 30,
         seed: 7,

@@ -1,6 +1,6 @@
 //! The sandbox speaks like Genesys: paths, field names, error bodies, control API.
 
-use genesys_worker::sandbox::{self, presence_definition_id, user_id, SandboxConfig};
+use genesys_sandbox::{self as sandbox, presence_definition_id, user_id, SandboxConfig};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -135,7 +135,7 @@ fn the_demo_handover_names_only_seeded_users() {
 
 #[test]
 fn the_demo_interactions_name_only_seeded_workitems_and_the_seeded_worktype() {
-    use genesys_worker::sandbox::{workitem_id, worktype_id};
+    use genesys_sandbox::{workitem_id, worktype_id};
     let seeded: Vec<String> = (0..20).map(|n| workitem_id(n).to_string()).collect();
     let demo =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/interactions.ndjson")).unwrap();

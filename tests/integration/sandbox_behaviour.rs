@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use genesys_worker::sandbox::{
+use genesys_sandbox::{
     flow_id, presence_definition_id, status_id, user_id, workitem_id, worktype_id, RateLimit, SandboxConfig,
     OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
 };

@@ -2,7 +2,7 @@
 //! every 429, an org-wide limit on one route family spent by another integration, and errors
 //! from the gateway in front of the API.
 
-use genesys_worker::sandbox::{
+use genesys_sandbox::{
     flow_id, presence_definition_id, user_id, workitem_id, SandboxConfig, OTHER_CLIENT_ID,
     OTHER_CLIENT_SECRET,
 };

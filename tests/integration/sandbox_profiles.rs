@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use genesys_worker::sandbox::{
+use genesys_sandbox::{
     flow_id, user_id, workitem_id, worktype_id, SandboxConfig, OTHER_CLIENT_ID, OTHER_CLIENT_SECRET,
 };
 use reqwest::{Method, StatusCode};

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::events::Outcome;
-use genesys_worker::sandbox::{user_id, SandboxConfig};
 use serde_json::json;
 
 use crate::helpers::{agent_job, free_port, random_name, spawn_app_without_worker, start_worker_process};
@@ -200,7 +200,7 @@ async fn the_worker_consumes_and_publishes_over_amqps() {
         )
     })
     .await;
-    let sandbox = genesys_worker::sandbox::spawn(
+    let sandbox = genesys_sandbox::spawn(
         "127.0.0.1:0".parse().unwrap(),
         SandboxConfig {
             users: 5,

@@ -108,7 +108,7 @@ async fn when_the_broker_ends_its_consumer_the_worker_reconnects_and_declares_it
         );
     }
     app.publish(&crate::helpers::agent_job(
-        genesys_worker::sandbox::user_id(0),
+        genesys_sandbox::user_id(0),
         serde_json::json!({"presence": "Break"}),
     ))
     .await;
@@ -222,7 +222,7 @@ async fn a_job_costs_three_redis_round_trips() {
     let mut app = spawn_app().await;
     let prefix = app.config.redis_key_prefix.clone();
     let monitor = RedisMonitor::start(&prefix).await;
-    let users = genesys_worker::sandbox::user_id;
+    let users = genesys_sandbox::user_id;
     // The first job loads the scripts into Redis (and the presence directory into memory).
     app.publish(&crate::helpers::agent_job(
         users(0),
