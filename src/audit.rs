@@ -1,5 +1,5 @@
 //! `genesys-worker audit verify`: checks a captured stream of audit events (NDJSON) against
-//! the per-entity hash chain (DESIGN.md section 4, "Hash chain").
+//! the per-entity hash chain (docs/architecture.md, section 2.3).
 //!
 //! Per entity, the links (`applied`, `rolled_back`) must carry versions 1, 2, 3 … in the order
 //! they appear, each `prev_checksum` must equal the previous link's `checksum` (64 zeros for the

@@ -1,4 +1,4 @@
-//! The `batch` kind (DESIGN.md sections 3 and 4): fan-out into the batch lane, progress in
+//! The `batch` kind (docs/architecture.md, sections 2.1 and 4.15): fan-out into the batch lane, progress in
 //! Redis, and one summary audit event once every child is final.
 //!
 //! A batch publishes its children straight to the batch queue, in chunks of confirmed publishes,

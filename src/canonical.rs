@@ -1,7 +1,7 @@
 //! Canonical JSON: object keys sorted, no insignificant whitespace.
 //!
 //! Used wherever bytes must be reproducible by someone else: payload fingerprints and the audit
-//! hash chain (DESIGN.md section 4). Sorting is done here rather than relying on serde_json's map
+//! hash chain (docs/architecture.md, section 2). Sorting is done here rather than relying on serde_json's map
 //! type, whose ordering changes if any crate in the tree enables `preserve_order`.
 
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Command-line interface: `run` (the worker), `enqueue` (publish jobs) and the tools. The worker's settings come from the environment (DESIGN.md
-//! section 6); flags here are for the tools around it.
+//! Command-line interface: `run` (the worker), `enqueue` (publish jobs) and the tools. The
+//! worker's settings come from the environment (the README's Configuration table); flags here
+//! are for the tools around it.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! Worker configuration, read once from the environment (DESIGN.md section 6) and validated at start.
+//! Worker configuration, read once from the environment (the README's Configuration table) and validated at start.
 //!
 //! Every problem is reported as one line naming the variable, so an operator can fix a
 //! deployment without reading code. Secrets live in [`Secret`], whose `Debug` never shows them.

@@ -1,4 +1,4 @@
-//! Stage 2: deduplication through Redis idempotency records (DESIGN.md section 5).
+//! Stage 2: deduplication through Redis idempotency records (docs/architecture.md, section 4.1).
 //!
 //! A job first *claims* its idempotency key. The claim is atomic (one Lua script), so of many
 //! copies of a job delivered at once exactly one runs; the others wait for its outcome and become

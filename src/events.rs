@@ -1,4 +1,4 @@
-//! What consumers receive (DESIGN.md section 4): outcomes, audit events and CRM events.
+//! What consumers receive (docs/architecture.md, section 2): outcomes, audit events and CRM events.
 //!
 //! Event ids are UUID v5 over the idempotency key, job id and outcome, so an event re-published
 //! after a crash carries the same id and consumers can deduplicate on it.

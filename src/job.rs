@@ -1,4 +1,4 @@
-//! The job message (DESIGN.md section 3) and the decode stage: bytes in, a validated [`Job`] out.
+//! The job message (docs/architecture.md, section 2.1) and the decode stage: bytes in, a validated [`Job`] out.
 //!
 //! Anything wrong with a message is a [`DecodeError`] carrying a stable `code` (it becomes the
 //! dead letter's `x-error-code`) and, when the message got far enough, the job id and kind so the

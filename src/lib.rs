@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Modules follow the pipeline (DESIGN.md section 1), in the order a job passes through them:
+//! Modules follow the pipeline (docs/architecture.md, section 1), in the order a job passes through them:
 //!
 //! - [`intake`]: consumes the two lanes' queues (single jobs, batch children) with manual acks;
 //!   acks, parks in a retry queue or dead-letters each job last, and stops consuming while Redis

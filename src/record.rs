@@ -1,6 +1,6 @@
 //! Stage 6: recording a job's outcome, with the entity's version and audit hash chain.
 //!
-//! The chain (DESIGN.md section 4, "Hash chain"): an event that changed its entity is a link,
+//! The chain (docs/architecture.md, section 2.3): an event that changed its entity is a link,
 //! numbered by `entity_version` and sealed with `checksum = sha256(prev_checksum + "\n" +
 //! canonical event without checksum)`. Advancing the entity head and finishing the idempotency
 //! record happen in one Lua script, guarded by the head version the event was built on, so two

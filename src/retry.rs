@@ -1,4 +1,4 @@
-//! The retry policy for Genesys calls (DESIGN.md section 5, "Retries").
+//! The retry policy for Genesys calls (docs/architecture.md, section 4.7).
 //!
 //! Transient errors (408, 5xx but 501, network) are retried in-process with exponential backoff
 //! and full jitter, up to `max_attempts`. Throttling is not failure: the client waits out 429s

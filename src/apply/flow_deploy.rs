@@ -1,6 +1,6 @@
 //! `flow.deploy`: deploy an IVR flow under Architect's lock, publish it, roll back on failure.
 //!
-//! Lifecycle (genesys-api.md section 5): read the flow (`expected_version` must match its saved
+//! Lifecycle (docs/architecture.md, section 4.10): read the flow (`expected_version` must match its saved
 //! version; a lock held by someone else is a `conflict` and is left alone); record the published
 //! version and its configuration; checkout; save the (optimised) configuration as a new
 //! version; checkin and wait for the operation; publish and wait, then confirm

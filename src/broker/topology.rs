@@ -1,4 +1,4 @@
-//! The exchanges and queues the worker uses (DESIGN.md section 4, "Topology"), declared at start,
+//! The exchanges and queues the worker uses (docs/architecture.md, section 2.5; the README's topology paragraph), declared at start,
 //! idempotently.
 //!
 //! - `genesys.jobs`, `genesys.audit`, `genesys.crm`: durable topic exchanges, no arguments, so a

@@ -1,4 +1,4 @@
-//! IVR flow graphs as `flow.deploy` jobs carry them (DESIGN.md section 3): the model, its
+//! IVR flow graphs as `flow.deploy` jobs carry them (docs/architecture.md, section 2.1): the model, its
 //! validation ([`validate`]) and its optimisation ([`optimize`]).
 //!
 //! ```json

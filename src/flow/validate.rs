@@ -1,7 +1,7 @@
 //! Flow graph validation: linear in nodes plus edges, iterative (no recursion, so a chain of a
 //! million nodes cannot overflow the stack), and every problem reported at once.
 //!
-//! Rules (DESIGN.md section 3): the start node exists; every transition and condition target
+//! Rules (docs/architecture.md, section 2.1): the start node exists; every transition and condition target
 //! exists; at most `max_nodes` nodes; no cycle unless `allow_cycles` (each cycle reported with
 //! its path, `a → b → c → a`); the longest path from the start at most `max_depth` nodes; no node
 //! unreachable from the start; every `media_id` in the registry, when one is given.

@@ -1,4 +1,4 @@
-//! Genesys errors and their classification (DESIGN.md section 5, "Error classes").
+//! Genesys errors and their classification (docs/architecture.md, section 4.7).
 //!
 //! The class drives what happens next: transient errors are retried with backoff, rate-limited
 //! ones wait without spending an attempt, conflicts are reported, permanent ones reject the job.

@@ -1,8 +1,8 @@
-//! The sandbox: a Genesys Cloud simulator for tests, the demo and local development
-//! (DESIGN.md section 7).
+//! The sandbox: a Genesys Cloud simulator for tests, the demo and local development (the
+//! repository's docs/architecture.md, section 5.2).
 //!
 //! It serves the real paths, methods, field names and error bodies of the endpoints the worker
-//! uses (`../shared/genesys-api.md`), checked against the official Python SDK's models by the
+//! uses (Genesys Cloud Platform API v2), checked against the official Python SDK's models by the
 //! conformance test, on loopback by default, with state in memory seeded from a
 //! [`SandboxConfig`]. One listener serves both the login host (`/oauth/token`) and the API host.
 //!

@@ -28,7 +28,7 @@ pub(crate) const PLATFORM_API: &str = "platform.api";
 /// Requests per minute of a client-credentials token: the key public code matches in a 429.
 pub(crate) const CLIENT_CREDENTIALS_TOKEN_RATE: &str = "client.credentials.token.rate.per.minute";
 pub(crate) const TOKEN_RATE: &str = "token.rate.per.minute";
-/// Genesys' default for both token keys (`../shared/genesys-api.md` section 2).
+/// Genesys' default for both token keys: 300 requests a minute per token.
 const DEFAULT_TOKEN_RATE_PER_MINUTE: i64 = 300;
 /// Genesys pages listings by 25 unless asked otherwise.
 const DEFAULT_PAGE_SIZE: usize = 25;
