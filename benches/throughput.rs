@@ -20,13 +20,11 @@ use futures_util::StreamExt;
 use genesys_sandbox::{self as sandbox, user_id};
 use genesys_worker::broker::{self, topology, Publisher};
 use genesys_worker::config::{ServiceUrl, Topology};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
+use testkit::{amqp_url, capture_unacked, free_port, redis_url, sandbox_token};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -85,23 +83,7 @@ impl Settings {
     }
 }
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `genesys-worker sandbox` process.
+/// A `genesys-sandbox` process.
 struct Sandbox {
     /// Held so the process is killed when the scenario drops the sandbox.
     _process: Child,
@@ -138,17 +120,7 @@ impl Sandbox {
     }
 
     async fn token(&self, http: &reqwest::Client) -> String {
-        let reply: Value = http
-            .post(format!("{}/oauth/token", self.base))
-            .basic_auth(sandbox::DEFAULT_CLIENT_ID, Some(sandbox::DEFAULT_CLIENT_SECRET))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        reply["access_token"].as_str().unwrap().to_string()
+        sandbox_token(http, &self.base).await
     }
 
     /// Answered API requests (not token grants), by status.
@@ -305,45 +277,6 @@ async fn publish_jobs(publisher: &Publisher, exchange: &str, bodies: Vec<Vec<u8>
     }
 }
 
-/// A queue bound to the audit exchange: the bench's view of outcomes.
-async fn capture_audit(channel: &Channel, topology: &Topology) -> lapin::Consumer {
-    let queue = format!("{}.capture", topology.audit_exchange);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology.audit_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_consume(
-            queue.as_str().into(),
-            "bench-audit".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-}
-
 /// Waits for `n` audit events matching `wanted` (or `limit`); returns their bodies with their
 /// arrival instants.
 async fn await_events(
@@ -446,7 +379,7 @@ impl Stage {
     }
 
     async fn capture_audit(&self) -> lapin::Consumer {
-        capture_audit(&self.setup, &self.topology).await
+        capture_unacked(&self.setup, &self.topology.audit_exchange).await
     }
 
     /// Deletes the scenario's queues (the sandbox stops when dropped).
