@@ -155,7 +155,7 @@ impl Topology {
     }
 
     /// The queue of `lane`.
-    pub fn lane_queue(&self, lane: crate::limit::Lane) -> &str {
+    pub fn lane_queue(&self, lane: crate::lane::Lane) -> &str {
         self.lane_queues()[lane.index()]
     }
 }
@@ -175,12 +175,7 @@ impl Default for Topology {
     }
 }
 
-/// Weights of the two lanes sharing the Genesys budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaneWeights {
-    pub single: u32,
-    pub batch: u32,
-}
+pub use crate::lane::LaneWeights;
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -46,6 +46,7 @@ pub mod genesys;
 pub mod ingest;
 pub mod intake;
 pub mod job;
+pub mod lane;
 pub mod limit;
 pub mod order;
 pub mod pipeline;

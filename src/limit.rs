@@ -33,34 +33,10 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::LaneWeights;
+use crate::lane::LaneWeights;
 use crate::store::{Store, StoreError};
 
-/// Which lane a Genesys call waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    /// Jobs published on their own.
-    Single,
-    /// Children of a `batch`.
-    Batch,
-}
-
-impl Lane {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Single => "single",
-            Lane::Batch => "batch",
-        }
-    }
-
-    /// 0 for single, 1 for batch: for per-lane arrays.
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Lane::Single => 0,
-            Lane::Batch => 1,
-        }
-    }
-}
+pub use crate::lane::Lane;
 
 tokio::task_local! {
     static LANE: Lane;
