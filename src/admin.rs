@@ -28,7 +28,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::limit::{Budget, Lane};
+use crate::lane::Lane;
+use crate::limit::Budget;
 use crate::store::Store;
 
 /// What readiness is made of.

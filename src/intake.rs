@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Health;
 use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::BrokerError;
-use crate::limit::Lane;
+use crate::lane::Lane;
 use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
 
 /// Pause before returning a job whose processing hit an infrastructure error, so a Redis or

@@ -16,13 +16,11 @@
 //! Fair share: callers wait for their turn in one of two [`Lane`]s (single jobs, batch
 //! children), and while both lanes wait the turns go by weight (stride scheduling), so a single
 //! change submitted during a 10,000-agent handover waits for a few calls, not for the handover.
-//! A job's calls run in its lane through [`in_lane`].
+//! Every call names its lane ([`Budget::acquire`]).
 
 use std::sync::LazyLock;
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,23 +34,7 @@ use tokio::time::Instant;
 use crate::lane::LaneWeights;
 use crate::store::{Store, StoreError};
 
-pub use crate::lane::Lane;
-
-tokio::task_local! {
-    static LANE: Lane;
-    /// Set when the caller already took this call's budget (see [`Budget::prepaid`]).
-    static PREPAID: Cell<bool>;
-}
-
-/// Runs `work` with its Genesys calls waiting in `lane`.
-pub async fn in_lane<F: Future>(lane: Lane, work: F) -> F::Output {
-    LANE.scope(lane, work).await
-}
-
-/// The lane of the running job (single when none was set).
-pub fn current_lane() -> Lane {
-    LANE.try_with(|lane| *lane).unwrap_or(Lane::Single)
-}
+use crate::lane::Lane;
 
 /// Whose turn it is to wait for the next token: one caller at a time, picked by weight among
 /// the lanes that have callers waiting.
@@ -329,18 +311,13 @@ impl Budget {
         true
     }
 
-    /// Waits until a call on `family` (see [`route_family`]) may be made: the family's pause,
-    /// then the caller's turn in its lane, the client's pause and bucket, then the fleet's.
+    /// Waits until a call of `lane` on `family` (see [`route_family`]) may be made: the
+    /// family's pause, then the caller's turn in its lane, the client's pause and bucket, then
+    /// the fleet's.
     ///
     /// # Errors
     /// When the fleet's budget cannot be consulted (Redis unreachable): no call is made.
-    pub async fn acquire(&self, family: &str) -> Result<(), StoreError> {
-        if PREPAID.try_with(|paid| paid.replace(false)).unwrap_or(false) {
-            // The caller took the token; a family paused since still holds the call back.
-            self.wait_family(family).await;
-            return Ok(());
-        }
-        let lane = current_lane();
+    pub async fn acquire(&self, lane: Lane, family: &str) -> Result<(), StoreError> {
         let waiting = std::time::Instant::now();
         let taken = self.take(lane, family).await;
         metrics::histogram!(crate::telemetry::names::RATE_LIMIT_WAIT, "lane" => lane.as_str())
@@ -348,8 +325,9 @@ impl Budget {
         taken
     }
 
-    /// Sleeps while `family` is paused here.
-    async fn wait_family(&self, family: &str) {
+    /// Sleeps while `family` is paused here: all a call whose token was already taken (a
+    /// gathered bulk call) still waits for.
+    pub async fn wait_family(&self, family: &str) {
         loop {
             let until = self
                 .families_paused
@@ -412,12 +390,6 @@ impl Budget {
                 }
             }
         }
-    }
-
-    /// Runs `call` with its first budget check already paid: for a caller that took the token
-    /// itself with [`Budget::acquire`] (the bulk gatherer fills a call while it waits).
-    pub async fn prepaid<F: Future>(call: F) -> F::Output {
-        PREPAID.scope(Cell::new(true), call).await
     }
 
     /// Pauses every caller for `wait` (a 429's `Retry-After` on the client's own limit), every
@@ -495,7 +467,7 @@ mod tests {
         let budget = Budget::new(20, 3, WEIGHTS);
         let start = std::time::Instant::now();
         for _ in 0..3 {
-            budget.acquire("users").await.unwrap();
+            budget.acquire(Lane::Single, "users").await.unwrap();
         }
         // Within one pacing interval (50 ms at 20/s): the burst did not wait.
         assert!(
@@ -504,7 +476,7 @@ mod tests {
             start.elapsed()
         );
         for _ in 0..4 {
-            budget.acquire("users").await.unwrap();
+            budget.acquire(Lane::Single, "users").await.unwrap();
         }
         // Four more at 20/s need at least ~150 ms after the burst.
         assert!(
@@ -520,10 +492,10 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let call = |lane: Lane, n: usize| {
             let (budget, order) = (budget.clone(), order.clone());
-            tokio::spawn(in_lane(lane, async move {
-                budget.acquire("users").await.unwrap();
+            tokio::spawn(async move {
+                budget.acquire(lane, "users").await.unwrap();
                 order.lock().unwrap().push((lane, n));
-            }))
+            })
         };
         let mut calls: Vec<_> = (0..20).map(|n| call(Lane::Batch, n)).collect();
         // The batch lane is queued (a call every 20 ms) when the single calls arrive.
@@ -550,21 +522,14 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_does_not_keep_the_turn() {
         let budget = Arc::new(Budget::new(20, 1, WEIGHTS));
-        budget.acquire("users").await.unwrap();
+        budget.acquire(Lane::Single, "users").await.unwrap();
         // Waits for the next token (50 ms), then is dropped mid-wait.
-        let cancelled = tokio::time::timeout(Duration::from_millis(5), budget.acquire("users")).await;
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(5), budget.acquire(Lane::Single, "users")).await;
         assert!(cancelled.is_err());
-        let next = tokio::time::timeout(Duration::from_millis(500), budget.acquire("users")).await;
+        let next =
+            tokio::time::timeout(Duration::from_millis(500), budget.acquire(Lane::Single, "users")).await;
         assert!(next.is_ok(), "the turn was lost with the cancelled caller");
-    }
-
-    #[tokio::test]
-    async fn a_prepaid_call_does_not_wait_for_a_token() {
-        let budget = Budget::new(1, 1, WEIGHTS);
-        budget.acquire("users").await.unwrap();
-        let start = std::time::Instant::now();
-        Budget::prepaid(async { budget.acquire("users").await.unwrap() }).await;
-        assert!(start.elapsed() < Duration::from_millis(100));
     }
 
     #[tokio::test]
@@ -572,7 +537,7 @@ mod tests {
         let budget = Budget::new(1000, 10, WEIGHTS);
         budget.pause(Duration::from_millis(120)).await;
         let start = std::time::Instant::now();
-        budget.acquire("users").await.unwrap();
+        budget.acquire(Lane::Single, "users").await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(110));
         assert_eq!(budget.throttled(), 1);
     }
@@ -585,13 +550,13 @@ mod tests {
             let budget = budget.clone();
             tokio::spawn(async move {
                 let start = std::time::Instant::now();
-                budget.acquire("users").await.unwrap();
+                budget.acquire(Lane::Single, "users").await.unwrap();
                 start.elapsed()
             })
         };
         let start = std::time::Instant::now();
         for _ in 0..5 {
-            budget.acquire("taskmanagement").await.unwrap();
+            budget.acquire(Lane::Single, "taskmanagement").await.unwrap();
         }
         assert!(
             start.elapsed() < Duration::from_millis(100),
@@ -623,7 +588,7 @@ mod tests {
         budget.set_allowed_per_minute(Some(1200)); // 20/s
         let start = std::time::Instant::now();
         for _ in 0..5 {
-            budget.acquire("users").await.unwrap();
+            budget.acquire(Lane::Single, "users").await.unwrap();
         }
         // Five calls at 20/s with a burst of 1: at least 4 intervals of 50 ms.
         assert!(

@@ -27,7 +27,7 @@ use crate::events::{
 };
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
-use crate::limit::{current_lane, in_lane, Lane};
+use crate::lane::Lane;
 use crate::order::EntityState;
 use crate::record::{self, EntityHead};
 use crate::retry::RetryPolicy;
@@ -86,12 +86,14 @@ impl Settled {
 }
 
 /// What earlier rounds of a job spent, from the headers a retry queue hands back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rounds {
     /// Delayed redeliveries so far (`x-retries`).
     retries: u32,
     /// Genesys attempts so far (`x-attempts`).
     attempts: u32,
+    /// The lane the delivery came from, where its Genesys calls wait and its retries return.
+    lane: Lane,
 }
 
 /// The worker's own infrastructure failed; the job must be delivered again.
@@ -127,7 +129,7 @@ impl Pipeline {
     ))]
     pub async fn process(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Disposition, PipelineError> {
         let started = Instant::now();
-        let settled = in_lane(lane, self.settle(incoming)).await?;
+        let settled = self.settle(incoming, lane).await?;
         if matches!(settled.disposition, Disposition::Retry { .. }) {
             metrics::counter!(names::RETRIES, "stage" => "retry_queue").increment(1);
         } else {
@@ -143,7 +145,7 @@ impl Pipeline {
         Ok(settled.disposition)
     }
 
-    async fn settle(&self, incoming: Incoming<'_>) -> Result<Settled, PipelineError> {
+    async fn settle(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Settled, PipelineError> {
         let started = Instant::now();
         let traceparent = traceparent(incoming.properties);
         let mut job = match job::decode_with(incoming.body, &self.limits) {
@@ -160,6 +162,7 @@ impl Pipeline {
             span.record("traceparent", traceparent.as_str());
         }
         let rounds = Rounds {
+            lane,
             retries: header_count(incoming.properties, "x-retries"),
             attempts: header_count(incoming.properties, "x-attempts"),
         };
@@ -415,7 +418,7 @@ impl Pipeline {
             ),
             _ => {
                 let ctx = apply::Context {
-                    genesys: &self.genesys,
+                    genesys: self.genesys.in_lane(rounds.lane),
                     retry: &self.retry,
                     flows: &self.flows,
                     bulk: self.bulk.as_ref(),
@@ -433,7 +436,7 @@ impl Pipeline {
         drop(keeper);
         if applied.outcome == Outcome::Failed && applied.retryable {
             // Back to the lane it came from.
-            let lane_queue = self.topology.lane_queue(current_lane());
+            let lane_queue = self.topology.lane_queue(rounds.lane);
             if let Some(queue) = self.topology.retry_queue(lane_queue, rounds.retries as usize) {
                 // Not final: no outcome is recorded or announced; the next round claims afresh.
                 self.store.release_claim(lease, entity).await?;

@@ -16,7 +16,8 @@ use crate::config::Config;
 use crate::genesys::GenesysClient;
 use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
-use crate::limit::{Budget, Lane};
+use crate::lane::Lane;
+use crate::limit::Budget;
 use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};
 

@@ -44,7 +44,13 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     let entity = job.entity();
     let user = payload.user_id;
     let fail = |err: &GenesysError, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
-    let target = match ctx.genesys.presence.resolve(ctx.genesys, &payload.presence).await {
+    let target = match ctx
+        .genesys
+        .client()
+        .presence
+        .resolve(ctx.genesys, &payload.presence)
+        .await
+    {
         Ok(definition) => definition,
         Err(ResolveError::Genesys(err)) => return fail(&err, 1),
         Err(err @ ResolveError::Unknown { .. }) => {
@@ -79,6 +85,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         let current_definition = match &current.presence_definition {
             Some(reference) => ctx
                 .genesys
+                .client()
                 .presence
                 .by_id(ctx.genesys, &reference.id)
                 .await
@@ -151,7 +158,9 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
             status,
             message,
             attempts,
-        } = bulk.set(user, &target.id, payload.message.as_deref()).await
+        } = bulk
+            .set(ctx.genesys.lane(), user, &target.id, payload.message.as_deref())
+            .await
         {
             return Applied {
                 outcome: Outcome::Applied,

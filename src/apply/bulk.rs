@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::genesys::GenesysClient;
-use crate::limit::{current_lane, in_lane, route_family, Budget, Lane};
+use crate::genesys::{GenesysClient, LaneClient};
+use crate::lane::Lane;
+use crate::limit::route_family;
 use crate::retry::RetryPolicy;
 
 const BULK_PATH: &str = "/api/v2/users/presences/bulk";
@@ -72,10 +73,7 @@ impl BulkPresence {
     pub fn start(genesys: Arc<GenesysClient>, retry: RetryPolicy, window: Duration, max: usize) -> Self {
         let lane = |lane| {
             let (requests, incoming) = mpsc::channel::<Request>(max.max(1) * 4);
-            tokio::spawn(in_lane(
-                lane,
-                gather(genesys.clone(), retry, window, max, incoming),
-            ));
+            tokio::spawn(gather(genesys.clone(), lane, retry, window, max, incoming));
             requests
         };
         Self {
@@ -83,8 +81,14 @@ impl BulkPresence {
         }
     }
 
-    /// Sets `user`'s presence as part of the next bulk call.
-    pub async fn set(&self, user: Uuid, definition_id: &str, message: Option<&str>) -> BulkOutcome {
+    /// Sets `user`'s presence as part of the next bulk call of `lane`.
+    pub async fn set(
+        &self,
+        lane: Lane,
+        user: Uuid,
+        definition_id: &str,
+        message: Option<&str>,
+    ) -> BulkOutcome {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             user,
@@ -92,7 +96,7 @@ impl BulkPresence {
             message: message.map(str::to_string),
             reply,
         };
-        if self.lanes[current_lane().index()].send(request).await.is_err() {
+        if self.lanes[lane.index()].send(request).await.is_err() {
             return BulkOutcome::Left;
         }
         answer.await.unwrap_or(BulkOutcome::Left)
@@ -101,12 +105,12 @@ impl BulkPresence {
 
 async fn gather(
     genesys: Arc<GenesysClient>,
+    lane: Lane,
     retry: RetryPolicy,
     window: Duration,
     max: usize,
     mut incoming: mpsc::Receiver<Request>,
 ) {
-    let lane = current_lane();
     while let Some(first) = incoming.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
@@ -117,7 +121,7 @@ async fn gather(
             }
         }
         // The call's token; changes arriving meanwhile still join the call.
-        let token = genesys.budget().acquire(route_family(BULK_PATH));
+        let token = genesys.budget().acquire(lane, route_family(BULK_PATH));
         tokio::pin!(token);
         let paid = loop {
             if batch.len() >= max {
@@ -137,14 +141,12 @@ async fn gather(
         }
         let genesys = genesys.clone();
         // Calls overlap: the next one gathers while this one is on the wire.
-        tokio::spawn(in_lane(
-            lane,
-            Budget::prepaid(async move { send(&genesys, &retry, batch).await }),
-        ));
+        tokio::spawn(async move { send(genesys.in_lane(lane), &retry, batch).await });
     }
 }
 
-async fn send(genesys: &GenesysClient, retry: &RetryPolicy, batch: Vec<Request>) {
+/// Sends a gathered call whose first attempt's budget token `gather` already took.
+async fn send(genesys: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>) {
     metrics::histogram!(crate::telemetry::names::BULK_BATCH_SIZE).record(batch.len() as f64);
     let body: Vec<Value> = batch
         .iter()
@@ -157,9 +159,15 @@ async fn send(genesys: &GenesysClient, retry: &RetryPolicy, batch: Vec<Request>)
             item
         })
         .collect();
-    let body = Value::Array(body);
+    let body = &Value::Array(body);
     let sent = retry
-        .run(|_| genesys.put::<Vec<SetPresence>>(BULK_PATH, &body))
+        .run(|attempt| async move {
+            if attempt == 1 {
+                genesys.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await
+            } else {
+                genesys.put::<Vec<SetPresence>>(BULK_PATH, body).await
+            }
+        })
         .await;
     tracing::debug!(
         users = batch.len(),

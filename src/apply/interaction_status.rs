@@ -109,6 +109,7 @@ async fn plan(
     }
     let graph = ctx
         .genesys
+        .client()
         .statuses
         .graph(ctx.genesys, &current.worktype.id, &wanted)
         .await?;

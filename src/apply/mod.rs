@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::events::{EventError, Outcome};
-use crate::genesys::{ErrorClass, GenesysClient, GenesysError};
+use crate::genesys::{ErrorClass, GenesysError, LaneClient};
 use crate::job::{Job, Payload};
 use crate::retry::RetryPolicy;
 
@@ -81,7 +81,8 @@ impl Applied {
 /// Everything an applier needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
-    pub genesys: &'a GenesysClient,
+    /// The Genesys client in the job's lane: every call waits for the budget there.
+    pub genesys: LaneClient<'a>,
     pub retry: &'a RetryPolicy,
     pub flows: &'a flow_deploy::FlowSettings,
     /// Present when `agent.status` changes are coalesced into bulk calls.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{GenesysClient, GenesysError};
+use super::{GenesysClient, GenesysError, LaneClient};
+use crate::lane::Lane;
 use crate::limit::Budget;
 
 /// The limits that are this OAuth client's token's own. Genesys' 429s for them name one of
@@ -50,7 +51,7 @@ struct LimitsListing {
 ///
 /// # Errors
 /// When the limits API cannot be read (permissions, network).
-pub async fn allowed_per_minute(genesys: &GenesysClient) -> Result<Option<u32>, GenesysError> {
+pub async fn allowed_per_minute(genesys: LaneClient<'_>) -> Result<Option<u32>, GenesysError> {
     let path = format!("/api/v2/organizations/limits/namespaces/{PLATFORM_NAMESPACE}");
     let listing = genesys.get::<LimitsListing>(&path).await?.body;
     Ok(listing
@@ -74,7 +75,8 @@ pub async fn follow_allowed_rate(
 ) {
     let mut unreadable_logged = false;
     loop {
-        match allowed_per_minute(&genesys).await {
+        // A read now and then, in the single jobs' lane.
+        match allowed_per_minute(genesys.in_lane(Lane::Single)).await {
             Ok(allowed) => {
                 unreadable_logged = false;
                 if budget.set_allowed_per_minute(allowed) {

@@ -27,6 +27,7 @@ pub use auth::TokenSource;
 pub use error::{ErrorClass, GenesysError};
 
 use crate::config::GenesysConfig;
+use crate::lane::Lane;
 use crate::limit::{route_family, Budget};
 use crate::telemetry::names;
 
@@ -127,33 +128,17 @@ impl GenesysClient {
         &self.auth
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
-        self.call(Method::GET, path, None).await
+    /// The client as the calls of one lane see it: every call waits for the budget in `lane`.
+    pub fn in_lane(&self, lane: Lane) -> LaneClient<'_> {
+        LaneClient { client: self, lane }
     }
 
-    pub async fn patch<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<Reply<T>, GenesysError> {
-        self.call(Method::PATCH, path, Some(body)).await
-    }
-
-    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<Reply<T>, GenesysError> {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    pub async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<Reply<T>, GenesysError> {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    /// One logical call: waits for the budget, authenticates, and absorbs 401 (once) and 429s.
+    /// One logical call: waits for the budget in `lane` (unless `paid`: the caller took this
+    /// call's token itself), authenticates, and absorbs 401 (once) and 429s.
     pub async fn call<T: DeserializeOwned>(
         &self,
+        lane: Lane,
+        mut paid: bool,
         method: Method,
         path: &str,
         body: Option<&Value>,
@@ -168,10 +153,15 @@ impl GenesysClient {
         let mut first_throttled = None;
         loop {
             let token = self.auth.token().await?;
-            self.budget
-                .acquire(family)
-                .await
-                .map_err(|err| GenesysError::Budget(err.to_string()))?;
+            if std::mem::take(&mut paid) {
+                // Its token was taken; a family paused since still holds it back.
+                self.budget.wait_family(family).await;
+            } else {
+                self.budget
+                    .acquire(lane, family)
+                    .await
+                    .map_err(|err| GenesysError::Budget(err.to_string()))?;
+            }
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -269,6 +259,71 @@ impl GenesysClient {
                 _ => return Err(error),
             }
         }
+    }
+}
+
+/// The Genesys client as one lane's calls see it (a job's calls run in its lane): cheap to copy.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneClient<'a> {
+    client: &'a GenesysClient,
+    lane: Lane,
+}
+
+impl<'a> LaneClient<'a> {
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
+    /// The client underneath: its caches and the OAuth client id.
+    pub fn client(&self) -> &'a GenesysClient {
+        self.client
+    }
+
+    /// The OAuth client this worker calls as: the holder of the locks it takes.
+    pub fn client_id(&self) -> &'a str {
+        self.client.client_id()
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
+        self.client.call(self.lane, false, Method::GET, path, None).await
+    }
+
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Reply<T>, GenesysError> {
+        self.client
+            .call(self.lane, false, Method::PATCH, path, Some(body))
+            .await
+    }
+
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<Reply<T>, GenesysError> {
+        self.client
+            .call(self.lane, false, Method::PUT, path, Some(body))
+            .await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Reply<T>, GenesysError> {
+        self.client
+            .call(self.lane, false, Method::POST, path, Some(body))
+            .await
+    }
+
+    /// A `PUT` whose budget token the caller already took ([`Budget::acquire`]): a gathered
+    /// bulk call takes it first and keeps gathering while it waits.
+    pub async fn put_prepaid<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Reply<T>, GenesysError> {
+        self.client
+            .call(self.lane, true, Method::PUT, path, Some(body))
+            .await
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{GenesysClient, GenesysError};
+use super::{GenesysError, LaneClient};
 
 /// A presence definition as the API lists it (`OrganizationPresenceDefinition`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -102,7 +102,7 @@ impl PresenceDirectory {
     /// The definition `wanted` names: a definition id, a system presence or a label.
     pub async fn resolve(
         &self,
-        client: &GenesysClient,
+        client: LaneClient<'_>,
         wanted: &str,
     ) -> Result<PresenceDefinition, ResolveError> {
         let (definitions, age) = self.definitions(client, false).await?;
@@ -130,7 +130,7 @@ impl PresenceDirectory {
     /// The definition with `id`, if listed.
     pub async fn by_id(
         &self,
-        client: &GenesysClient,
+        client: LaneClient<'_>,
         id: &str,
     ) -> Result<Option<PresenceDefinition>, GenesysError> {
         let (definitions, _) = self.definitions(client, false).await?;
@@ -142,7 +142,7 @@ impl PresenceDirectory {
 
     async fn definitions(
         &self,
-        client: &GenesysClient,
+        client: LaneClient<'_>,
         force: bool,
     ) -> Result<(Arc<Vec<PresenceDefinition>>, Duration), GenesysError> {
         let mut cache = self.cache.lock().await;

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{GenesysClient, GenesysError};
+use super::{GenesysError, LaneClient};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Reference {
@@ -135,7 +135,7 @@ impl StatusDirectory {
     /// The status graph of `worktype`, refreshed first when `must_know` is not in the cached one.
     pub async fn graph(
         &self,
-        client: &GenesysClient,
+        client: LaneClient<'_>,
         worktype: &str,
         must_know: &[&str],
     ) -> Result<StatusGraph, GenesysError> {
@@ -161,7 +161,7 @@ impl StatusDirectory {
 /// The workitem of `type_id` carrying `external_tag`, if one exists: how a create whose answer
 /// was lost is settled.
 pub async fn find_by_external_tag(
-    client: &GenesysClient,
+    client: LaneClient<'_>,
     type_id: Uuid,
     external_tag: &str,
 ) -> Result<Option<Workitem>, GenesysError> {

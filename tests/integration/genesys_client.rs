@@ -6,6 +6,7 @@ use std::time::Duration;
 use genesys_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
 use genesys_worker::config::{GenesysConfig, LaneWeights, Secret};
 use genesys_worker::genesys::{ErrorClass, GenesysClient, GenesysError};
+use genesys_worker::lane::Lane;
 use genesys_worker::limit::Budget;
 use serde_json::Value;
 
@@ -64,6 +65,7 @@ async fn a_hundred_concurrent_callers_cause_one_token_request() {
             let client = client.clone();
             tokio::spawn(async move {
                 client
+                    .in_lane(Lane::Single)
                     .get::<Value>("/api/v2/presence/definitions")
                     .await
                     .map(|r| r.status)
@@ -83,14 +85,22 @@ async fn a_hundred_concurrent_callers_cause_one_token_request() {
 async fn a_401_runs_the_grant_again_once_and_the_call_succeeds() {
     let sandbox = sandbox_with(86_400).await;
     let client = client_for(&sandbox, sandbox::DEFAULT_CLIENT_SECRET);
-    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
+    client
+        .in_lane(Lane::Single)
+        .get::<Value>("/api/v2/presence/definitions")
+        .await
+        .unwrap();
     reqwest::Client::new()
         .post(format!("{}/sandbox/tokens/revoke", sandbox.base_url()))
         .send()
         .await
         .unwrap();
 
-    let reply = client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
+    let reply = client
+        .in_lane(Lane::Single)
+        .get::<Value>("/api/v2/presence/definitions")
+        .await
+        .unwrap();
     assert_eq!(reply.status, 200);
     let stats = stats(&sandbox).await;
     assert_eq!(requests_in(&stats, TOKEN, 200), 2);
@@ -103,9 +113,17 @@ async fn tokens_are_refreshed_before_they_expire() {
     // A 2 s token is replaced after 1 s, so no call ever meets a 401.
     let sandbox = sandbox_with(2).await;
     let client = client_for(&sandbox, sandbox::DEFAULT_CLIENT_SECRET);
-    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
+    client
+        .in_lane(Lane::Single)
+        .get::<Value>("/api/v2/presence/definitions")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    client.get::<Value>("/api/v2/presence/definitions").await.unwrap();
+    client
+        .in_lane(Lane::Single)
+        .get::<Value>("/api/v2/presence/definitions")
+        .await
+        .unwrap();
     let stats = stats(&sandbox).await;
     assert_eq!(requests_in(&stats, TOKEN, 200), 2);
     assert_eq!(requests_in(&stats, DEFINITIONS, 401), 0);
@@ -116,6 +134,7 @@ async fn bad_credentials_are_a_permanent_auth_error_that_names_the_cause() {
     let sandbox = sandbox_with(86_400).await;
     let client = client_for(&sandbox, "wrong-secret");
     let err = client
+        .in_lane(Lane::Single)
         .get::<Value>("/api/v2/presence/definitions")
         .await
         .unwrap_err();
@@ -133,21 +152,34 @@ async fn bad_credentials_are_a_permanent_auth_error_that_names_the_cause() {
 async fn presence_names_resolve_through_one_cached_listing() {
     let sandbox = sandbox_with(86_400).await;
     let client = client_for(&sandbox, sandbox::DEFAULT_CLIENT_SECRET);
-    let on_queue = client.presence.resolve(&client, "OnQueue").await.unwrap();
+    let on_queue = client
+        .presence
+        .resolve(client.in_lane(Lane::Single), "OnQueue")
+        .await
+        .unwrap();
     assert_eq!(
         on_queue.id,
         sandbox::presence_definition_id("On Queue").to_string()
     );
     assert_eq!(
-        client.presence.resolve(&client, "on queue").await.unwrap().id,
+        client
+            .presence
+            .resolve(client.in_lane(Lane::Single), "on queue")
+            .await
+            .unwrap()
+            .id,
         on_queue.id
     );
-    let by_id = client.presence.resolve(&client, &on_queue.id).await.unwrap();
+    let by_id = client
+        .presence
+        .resolve(client.in_lane(Lane::Single), &on_queue.id)
+        .await
+        .unwrap();
     assert_eq!(by_id.system_presence, "OnQueue");
     assert_eq!(
         client
             .presence
-            .resolve(&client, "Lunch")
+            .resolve(client.in_lane(Lane::Single), "Lunch")
             .await
             .unwrap()
             .system_presence,
@@ -155,7 +187,7 @@ async fn presence_names_resolve_through_one_cached_listing() {
     );
     assert!(client
         .presence
-        .resolve(&client, "Coaching (retired)")
+        .resolve(client.in_lane(Lane::Single), "Coaching (retired)")
         .await
         .is_err());
     assert_eq!(requests_in(&stats(&sandbox).await, DEFINITIONS, 200), 1);
