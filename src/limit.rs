@@ -18,8 +18,6 @@
 //! change submitted during a 10,000-agent handover waits for a few calls, not for the handover.
 //! Every call names its lane ([`Budget::acquire`]).
 
-use std::sync::LazyLock;
-
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -140,53 +137,6 @@ impl Drop for Waiting<'_> {
         }
     }
 }
-
-/// The fleet's GCRA: returns 0 when a call may go now, else the milliseconds to wait; negative
-/// when the call's route family is paused (no token taken: the caller waits outside its turn).
-/// The theoretical arrival time lives in KEYS[1], the client's 429 pause (an instant, ms) in
-/// KEYS[2], the route family's in KEYS[3].
-static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local family_paused = tonumber(redis.call('GET', KEYS[3]) or '0')
-if family_paused > now then
-  return -math.ceil(family_paused - now)
-end
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then
-  return math.ceil(paused - now)
-end
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then
-  tat = now
-end
-if tat - tolerance > now then
-  return math.ceil(tat - tolerance - now)
-end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tolerance + interval) + 1000)
-return 0
-"#,
-    )
-});
-
-/// Pauses the fleet's budget for ARGV[1] ms unless a longer pause is in force.
-static PAUSE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local until_ms = now + tonumber(ARGV[1])
-if until_ms > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], tostring(until_ms), 'PX', ARGV[1])
-end
-return 1
-"#,
-    )
-});
 
 /// The budget shared by every replica calling as one OAuth client.
 #[derive(Debug, Clone)]
@@ -370,14 +320,13 @@ impl Budget {
             let Some(fleet) = &self.fleet else { return Ok(()) };
             let family_key = fleet.family_pause_key(family);
             loop {
-                let mut conn = fleet.store.conn.clone();
-                let wait_ms: i64 = TAKE
-                    .key(&fleet.tat_key)
-                    .key(&fleet.pause_key)
-                    .key(&family_key)
-                    .arg(pace.interval_ms)
-                    .arg(pace.tolerance_ms)
-                    .invoke_async(&mut conn)
+                let wait_ms = fleet
+                    .store
+                    .budget_take(
+                        [&fleet.tat_key, &fleet.pause_key, &family_key],
+                        pace.interval_ms,
+                        pace.tolerance_ms,
+                    )
                     .await?;
                 match wait_ms {
                     0 => return Ok(()),
@@ -436,13 +385,7 @@ impl Budget {
 }
 
 async fn fleet_pause(fleet: &Fleet, key: &str, wait: Duration) {
-    let mut conn = fleet.store.conn.clone();
-    let paused: Result<i64, _> = PAUSE
-        .key(key)
-        .arg(wait.as_millis().max(1) as u64)
-        .invoke_async(&mut conn)
-        .await;
-    if let Err(err) = paused {
+    if let Err(err) = fleet.store.budget_pause(key, wait).await {
         tracing::warn!(error.message = %err, "Could not pause the fleet's budget; pausing this replica only.");
     }
 }

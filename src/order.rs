@@ -3,129 +3,42 @@
 //! job whose `sequence` is lower than the last one applied to its entity is `superseded`, so a
 //! late "Break" never overwrites a newer "Available".
 //!
-//! The lock is tried in the same round trip as the idempotency claim ([`Store::claim`]), which
-//! also reads the entity's [`EntityState`]; only when another change of the entity is in flight
-//! does the job wait here ([`Store::lock_entity`]). The outcome's record advances the last
-//! sequence ([`Store::commit`]); the lock is released once the job's events are confirmed
-//! ([`Store::finish`]), so an entity's events reach the exchanges in version order.
+//! The lock is tried in the same round trip as the idempotency claim ([`crate::store::Store::claim`]), which
+//! also reads the entity's [`crate::store::EntityState`]; only when another change of the entity is in flight
+//! does the job wait here ([`crate::store::Store::lock_entity`]). The outcome's record advances the last
+//! sequence ([`crate::store::Store::commit`]); the lock is released once the job's events are confirmed
+//! ([`crate::store::Store::finish`]), so an entity's events reach the exchanges in version order.
+//!
+//! The rule lives here ([`refusal`]); the lock and the entity's record are Redis's
+//! ([`crate::store`]).
 
-use std::sync::LazyLock;
+use time::OffsetDateTime;
 
-use std::time::Duration;
+use crate::apply::Applied;
+use crate::events::{rfc3339, Outcome};
+use crate::job::Job;
 
-use redis::Script;
-
-use crate::record::EntityHead;
-use crate::store::{Store, StoreError};
-
-/// What the job holding an entity's lock knows of it: the highest sequence applied and the head
-/// of its audit chain (stable while the lock is held).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EntityState {
-    pub last_sequence: Option<u64>,
-    pub head: EntityHead,
-    /// How long ago (Redis's clock) a change of the entity was last recorded: within Genesys'
-    /// consistency lag, its reads may not show that change yet.
-    pub changed_ms_ago: Option<u64>,
-}
-
-impl EntityState {
-    /// Parses `[sequence, version, checksum, age]` as the Lua scripts return them ('' for
-    /// absent).
-    pub(crate) fn parse(key: &str, fields: &[String]) -> Result<Self, StoreError> {
-        let corrupt = |problem: &str| StoreError::Corrupt {
-            key: key.to_string(),
-            problem: problem.to_string(),
-        };
-        let [sequence, version, checksum, age] = fields else {
-            return Err(corrupt("short entity state reply"));
-        };
-        // A clock step back can make it negative: a change just now.
-        let changed_ms_ago = (!age.is_empty()).then(|| age.parse::<i64>().map_or(0, |ms| ms.max(0) as u64));
-        let last_sequence = match sequence.as_str() {
-            "" => None,
-            raw => Some(raw.parse().map_err(|_| corrupt("sequence is not a number"))?),
-        };
-        let head = match (version.as_str(), checksum.as_str()) {
-            ("", "") => EntityHead::default(),
-            ("", _) | (_, "") => return Err(corrupt("half-written entity head")),
-            (version, checksum) => EntityHead {
-                version: version.parse().map_err(|_| corrupt("version is not a number"))?,
-                checksum: checksum.to_string(),
-            },
-        };
-        Ok(Self {
-            last_sequence,
-            head,
-            changed_ms_ago,
-        })
-    }
-}
-
-/// Takes the lock (KEYS[1]) for ARGV[1]; when held, returns {'1', sequence, version,
-/// checksum, ms since the last change} of the entity (KEYS[2]), else {'0'}.
-static LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return {'0'}
-end
-local head = redis.call('HMGET', KEYS[2], 'sequence', 'version', 'checksum', 'changed_at')
-local age = ''
-if head[4] then
-  local t = redis.call('TIME')
-  age = tostring(math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - tonumber(head[4])))
-end
-return {'1', head[1] or '', head[2] or '', head[3] or '', age}
-"#,
-    )
-});
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#,
-    )
-});
-
-/// How often a job waiting for its entity looks again.
-const LOCK_POLL: Duration = Duration::from_millis(20);
-
-impl Store {
-    /// Waits until `owner` holds the lock of `entity`, and returns the entity's state. A
-    /// holder that died releases the lock when its lease runs out.
-    pub async fn lock_entity(&self, entity: &str, owner: &str) -> Result<EntityState, StoreError> {
-        let script = &*LOCK;
-        let key = self.lock_key(entity);
-        let entity_key = self.entity_key(entity);
-        loop {
-            let mut conn = self.conn.clone();
-            let reply: Vec<String> = script
-                .key(&key)
-                .key(&entity_key)
-                .arg(owner)
-                .arg(self.lease_ms)
-                .invoke_async(&mut conn)
-                .await?;
-            if reply.first().map(String::as_str) == Some("1") {
-                return EntityState::parse(&entity_key, &reply[1..]);
-            }
-            tokio::time::sleep(LOCK_POLL).await;
-        }
-    }
-
-    /// Releases `owner`'s lock of `entity` (when the job ends without recording an outcome).
-    pub async fn release_entity(&self, entity: &str, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = RELEASE
-            .key(self.lock_key(entity))
-            .arg(owner)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+/// Why `job` must not be applied to `entity` at `now`: it arrived after its `not_after`
+/// (`expired`), or a newer sequence than its own was already applied (`superseded`).
+pub fn refusal(job: &Job, entity: &str, last_sequence: Option<u64>, now: OffsetDateTime) -> Option<Applied> {
+    match (job.not_after, job.sequence, last_sequence) {
+        (Some(deadline), _, _) if now > deadline => Some(Applied::refused(
+            Outcome::Expired,
+            "expired",
+            format!(
+                "job {}: {entity}: not_after {} has passed",
+                job.job_id,
+                rfc3339(deadline)
+            ),
+        )),
+        (_, Some(sequence), Some(last)) if sequence < last => Some(Applied::refused(
+            Outcome::Superseded,
+            "superseded",
+            format!(
+                "job {}: {entity}: sequence {sequence} is older than {last}, already applied",
+                job.job_id
+            ),
+        )),
+        _ => None,
     }
 }

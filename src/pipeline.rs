@@ -21,16 +21,14 @@ use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
-use crate::dedupe::{Claim, Lease};
-use crate::events::{
-    audit_event_id, now_millis, rfc3339, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome,
-};
+use crate::events::{audit_event_id, now_millis, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::lane::Lane;
-use crate::order::EntityState;
+use crate::order;
 use crate::record::{self, EntityHead};
 use crate::retry::RetryPolicy;
+use crate::store::{Claim, EntityState, Lease};
 use crate::store::{Store, StoreError};
 use crate::telemetry::names;
 
@@ -398,25 +396,10 @@ impl Pipeline {
             Some(state) => state,
             None => self.store.lock_entity(entity, &lease.owner).await?,
         };
-        let applied = match (job.not_after, job.sequence, state.last_sequence) {
-            (Some(deadline), _, _) if OffsetDateTime::now_utc() > deadline => Applied::refused(
-                Outcome::Expired,
-                "expired",
-                format!(
-                    "job {}: {entity}: not_after {} has passed",
-                    job.job_id,
-                    rfc3339(deadline)
-                ),
-            ),
-            (_, Some(sequence), Some(last)) if sequence < last => Applied::refused(
-                Outcome::Superseded,
-                "superseded",
-                format!(
-                    "job {}: {entity}: sequence {sequence} is older than {last}, already applied",
-                    job.job_id
-                ),
-            ),
-            _ => {
+        let refused = order::refusal(job, entity, state.last_sequence, OffsetDateTime::now_utc());
+        let applied = match refused {
+            Some(refused) => refused,
+            None => {
                 let ctx = apply::Context {
                     genesys: self.genesys.in_lane(rounds.lane),
                     retry: &self.retry,
@@ -464,8 +447,11 @@ impl Pipeline {
         let known_head = (draft.entity == entity).then_some(state.head);
         let (event, messages) = self
             .store
-            .commit(lease, &draft, remember, job.sequence, known_head, |e| {
-                self.outbound(e)
+            .commit(lease, &draft.entity, remember, job.sequence, known_head, |head| {
+                let mut event = draft.clone();
+                record::link(&mut event, head);
+                let messages = self.outbound(&event);
+                (event, messages)
             })
             .await?;
         self.publisher.publish_events(&messages).await?;

@@ -16,9 +16,8 @@ use std::time::Duration;
 use redis::Script;
 use uuid::Uuid;
 
+use super::{EntityState, Store, StoreError};
 use crate::events::{OutboundEvent, Outcome};
-use crate::order::EntityState;
-use crate::store::{Store, StoreError};
 
 /// What the claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]

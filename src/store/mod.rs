@@ -1,5 +1,9 @@
-//! The worker's Redis: one auto-reconnecting connection and the key layout shared by the
-//! dedupe and record stages.
+//! The worker's Redis, in one room: one auto-reconnecting connection, the key layout, and a file
+//! per script family: [`claim`] (idempotency records, leases, takeover: stage 2), [`entity`]
+//! (the per-entity lock and head: stage 3), [`commit`] (the outcome and the entity's version in
+//! one step: stage 6), [`batch`] (a batch's progress) and [`budget`] (the fleet's rate limit).
+//! The stages keep their rules: `order` decides superseded and expired, `record` builds the
+//! chain link, `batch` fans out and summarises.
 //!
 //! Keys (all under the configured prefix):
 //! - `idem:<idempotency key>`: hash `state` (`in_progress`/`done`), `fp`, `outcome`, `events`,
@@ -14,6 +18,16 @@
 //! - `batch:<job id>`: a batch's progress (hash: `total`, `published`, `n:<outcome>` counts,
 //!   `summary`, `sent`, ...); `batch:<job id>:final`: the indexes of its final children (set);
 //!   `batch:<job id>:errors`: its first errors (list).
+
+mod batch;
+mod budget;
+mod claim;
+mod commit;
+mod entity;
+
+pub use batch::{Progress, FIRST_ERRORS};
+pub use claim::{Claim, Lease, LeaseKeeper};
+pub use entity::{EntityHead, EntityState};
 
 use std::time::Duration;
 
