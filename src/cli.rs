@@ -1,12 +1,13 @@
 //! Command-line interface: `run` (the worker), `enqueue` (publish jobs) and the tools. The
 //! worker's settings come from the environment (the README's Configuration table); flags here
-//! are for the tools around it.
+//! are for the tools around it, and their defaults are [`crate::config`]'s. Each subcommand is
+//! carried out by its module in [`crate::tools`].
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ServiceUrl;
+use crate::config::{self, ServiceUrl};
 use crate::dlq::{DlqOptions, Filter};
 
 #[derive(Debug, Parser)]
@@ -115,21 +116,21 @@ pub struct RelayArgs {
     #[arg(long, env = "RELAY_QUEUE")]
     pub queue: Option<String>,
     /// Delivery attempts per event before it is dead-lettered.
-    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 8)]
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = config::DEFAULT_RELAY_MAX_ATTEMPTS)]
     pub max_attempts: u32,
     /// Events POSTed at once.
-    #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = config::DEFAULT_RELAY_CONCURRENCY)]
     pub concurrency: usize,
     /// First retry delay in milliseconds (doubling, with full jitter, up to 60 s).
-    #[arg(long, env = "RELAY_BACKOFF_MS", default_value_t = 500)]
+    #[arg(long, env = "RELAY_BACKOFF_MS", default_value_t = config::DEFAULT_RELAY_BACKOFF_MS)]
     pub backoff_ms: u64,
-    #[arg(long, env = "RELAY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "RELAY_TIMEOUT_MS", default_value_t = config::DEFAULT_RELAY_TIMEOUT_MS)]
     pub timeout_ms: u64,
     #[command(flatten)]
     pub broker: BrokerArgs,
-    #[arg(long, env = "CRM_EXCHANGE", default_value = "genesys.crm")]
+    #[arg(long, env = "CRM_EXCHANGE", default_value = config::DEFAULT_CRM_EXCHANGE)]
     pub crm_exchange: String,
-    #[arg(long, env = "AUDIT_EXCHANGE", default_value = "genesys.audit")]
+    #[arg(long, env = "AUDIT_EXCHANGE", default_value = config::DEFAULT_AUDIT_EXCHANGE)]
     pub audit_exchange: String,
 }
 
@@ -140,7 +141,7 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = config::DEFAULT_AMQP_URL,
         hide_env_values = true,
         value_parser = ServiceUrl::parse
     )]
@@ -161,12 +162,12 @@ pub enum BatchCommand {
         #[arg(
             long,
             env = "REDIS_URL",
-            default_value = "redis://127.0.0.1:6379/",
+            default_value = config::DEFAULT_REDIS_URL,
             hide_env_values = true,
             value_parser = ServiceUrl::parse
         )]
         redis_url: ServiceUrl,
-        #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "gw:")]
+        #[arg(long, env = "REDIS_KEY_PREFIX", default_value = config::DEFAULT_REDIS_KEY_PREFIX)]
         redis_key_prefix: String,
     },
 }
@@ -206,8 +207,71 @@ pub struct EnqueueArgs {
     pub events_out: Option<PathBuf>,
     #[command(flatten)]
     pub broker: BrokerArgs,
-    #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
+    #[arg(long, env = "JOBS_EXCHANGE", default_value = config::DEFAULT_JOBS_EXCHANGE)]
     pub jobs_exchange: String,
-    #[arg(long, env = "AUDIT_EXCHANGE", default_value = "genesys.audit")]
+    #[arg(long, env = "AUDIT_EXCHANGE", default_value = config::DEFAULT_AUDIT_EXCHANGE)]
     pub audit_exchange: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+    use crate::config::{self, Topology};
+
+    /// The default of `arg` in the subcommand at `path`, as `--help` shows it.
+    fn default(path: &[&str], arg: &str) -> String {
+        let mut command = Cli::command();
+        for name in path {
+            command = command
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"))
+                .clone();
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == arg)
+            .unwrap_or_else(|| panic!("{path:?}: no argument {arg}"));
+        let values: Vec<_> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        values.join(",")
+    }
+
+    #[test]
+    fn the_tools_default_to_the_workers_settings() {
+        let topology = Topology::default();
+        for path in [&["enqueue"][..], &["relay"], &["dlq", "list"], &["dlq", "replay"]] {
+            assert_eq!(default(path, "amqp_url"), config::DEFAULT_AMQP_URL, "{path:?}");
+        }
+        for path in [&["enqueue"][..], &["dlq", "list"], &["dlq", "replay"]] {
+            assert_eq!(default(path, "jobs_exchange"), topology.jobs_exchange, "{path:?}");
+        }
+        for path in [&["dlq", "list"][..], &["dlq", "replay"]] {
+            assert_eq!(
+                default(path, "dead_letter_queue"),
+                topology.dead_letter,
+                "{path:?}"
+            );
+        }
+        for path in [&["enqueue"][..], &["relay"]] {
+            assert_eq!(
+                default(path, "audit_exchange"),
+                topology.audit_exchange,
+                "{path:?}"
+            );
+        }
+        assert_eq!(default(&["relay"], "crm_exchange"), topology.crm_exchange);
+        assert_eq!(
+            default(&["batch", "status"], "redis_url"),
+            config::DEFAULT_REDIS_URL
+        );
+        assert_eq!(
+            default(&["batch", "status"], "redis_key_prefix"),
+            config::DEFAULT_REDIS_KEY_PREFIX
+        );
+    }
 }

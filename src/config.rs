@@ -61,6 +61,46 @@ impl fmt::Debug for ServiceUrl {
     }
 }
 
+// The defaults of the settings, in one place: `Config::from_lookup` falls back on them and the
+// tools' flags (`crate::cli`) show and use them as their `default_value`, so a tool run without
+// flags talks to the broker, exchanges, queues and Redis keys of a worker run without settings.
+// (`crate::dlq::DlqOptions` still spells out its two; a test in `crate::cli` holds them equal.)
+
+/// `AMQP_URL`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// `REDIS_URL`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+/// `REDIS_KEY_PREFIX`.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gw:";
+/// `JOBS_EXCHANGE`.
+pub const DEFAULT_JOBS_EXCHANGE: &str = "genesys.jobs";
+/// `WORK_QUEUE`.
+pub const DEFAULT_WORK_QUEUE: &str = "genesys.jobs.work";
+/// `BATCH_QUEUE`.
+pub const DEFAULT_BATCH_QUEUE: &str = "genesys.jobs.batch";
+/// `DEAD_LETTER_QUEUE` (the dead-letter exchange and its queue).
+pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "genesys.jobs.dead";
+/// `AUDIT_EXCHANGE`.
+pub const DEFAULT_AUDIT_EXCHANGE: &str = "genesys.audit";
+/// `CRM_EXCHANGE`.
+pub const DEFAULT_CRM_EXCHANGE: &str = "genesys.crm";
+/// `MAX_MESSAGE_BYTES`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// `MAX_BATCH_MESSAGE_BYTES`.
+pub const DEFAULT_MAX_BATCH_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// `BATCH_MAX`.
+pub const DEFAULT_BATCH_MAX: usize = crate::job::DEFAULT_BATCH_MAX;
+/// `LOG_FORMAT`.
+pub const DEFAULT_LOG_FORMAT: &str = "text";
+/// `RELAY_MAX_ATTEMPTS` (`relay` only).
+pub const DEFAULT_RELAY_MAX_ATTEMPTS: u32 = 8;
+/// `RELAY_CONCURRENCY` (`relay` only).
+pub const DEFAULT_RELAY_CONCURRENCY: usize = 8;
+/// `RELAY_BACKOFF_MS` (`relay` only).
+pub const DEFAULT_RELAY_BACKOFF_MS: u64 = 500;
+/// `RELAY_TIMEOUT_MS` (`relay` only).
+pub const DEFAULT_RELAY_TIMEOUT_MS: u64 = 10_000;
+
 /// A bearer token shorter than this could be guessed.
 const MIN_INGEST_TOKEN_BYTES: usize = 16;
 
@@ -163,12 +203,12 @@ impl Topology {
 impl Default for Topology {
     fn default() -> Self {
         Self {
-            jobs_exchange: "genesys.jobs".into(),
-            work_queue: "genesys.jobs.work".into(),
-            batch_queue: "genesys.jobs.batch".into(),
-            dead_letter: "genesys.jobs.dead".into(),
-            audit_exchange: "genesys.audit".into(),
-            crm_exchange: "genesys.crm".into(),
+            jobs_exchange: DEFAULT_JOBS_EXCHANGE.into(),
+            work_queue: DEFAULT_WORK_QUEUE.into(),
+            batch_queue: DEFAULT_BATCH_QUEUE.into(),
+            dead_letter: DEFAULT_DEAD_LETTER_QUEUE.into(),
+            audit_exchange: DEFAULT_AUDIT_EXCHANGE.into(),
+            crm_exchange: DEFAULT_CRM_EXCHANGE.into(),
             delivery_limit: 5,
             retry_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
         }
@@ -289,16 +329,7 @@ impl Config {
             delivery_limit: env.positive("DELIVERY_LIMIT", defaults.delivery_limit)?,
             retry_delays_ms: env.delays("RETRY_DELAYS_MS", &defaults.retry_delays_ms)?,
         };
-        let log_format = match env.string("LOG_FORMAT", "text")?.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError {
-                    var: "LOG_FORMAT",
-                    problem: format!("expected text or json, got {other:?}"),
-                })
-            }
-        };
+        let log_format = log_format(&env)?;
         let ingest_addr = match env.get("INGEST_ADDR") {
             Some(_) => Some(env.socket_addr("INGEST_ADDR", "")?),
             None => None,
@@ -322,13 +353,9 @@ impl Config {
             });
         }
         Ok(Self {
-            amqp_url: env.service_url(
-                "AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &["amqp", "amqps"],
-            )?,
-            redis_url: env.service_url("REDIS_URL", "redis://127.0.0.1:6379/", &["redis", "rediss"])?,
-            redis_key_prefix: env.string("REDIS_KEY_PREFIX", "gw:")?,
+            amqp_url: env.service_url("AMQP_URL", DEFAULT_AMQP_URL, &["amqp", "amqps"])?,
+            redis_url: env.service_url("REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
+            redis_key_prefix: env.string("REDIS_KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX)?,
             genesys,
             topology,
             worker_concurrency: env.positive("WORKER_CONCURRENCY", 32)?,
@@ -375,12 +402,56 @@ pub fn job_limits_from_lookup(
     job_limits(&Env(&lookup))
 }
 
+/// The message limits, read from the process environment.
+pub fn job_limits_from_env() -> Result<crate::job::Limits, ConfigError> {
+    job_limits_from_lookup(|name| std::env::var(name).ok())
+}
+
 fn job_limits(env: &Env) -> Result<crate::job::Limits, ConfigError> {
     Ok(crate::job::Limits {
-        max_message_bytes: env.positive("MAX_MESSAGE_BYTES", 1024 * 1024)?,
-        max_batch_bytes: env.positive("MAX_BATCH_MESSAGE_BYTES", 16 * 1024 * 1024)?,
-        batch_max: env.positive("BATCH_MAX", crate::job::DEFAULT_BATCH_MAX)?,
+        max_message_bytes: env.positive("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)?,
+        max_batch_bytes: env.positive("MAX_BATCH_MESSAGE_BYTES", DEFAULT_MAX_BATCH_MESSAGE_BYTES)?,
+        batch_max: env.positive("BATCH_MAX", DEFAULT_BATCH_MAX)?,
     })
+}
+
+/// `LOG_FORMAT`, read through `lookup`: shared by the worker and the tools that log
+/// (`enqueue`, `relay`), which report an invalid value the same one-line way.
+pub fn log_format_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<LogFormat, ConfigError> {
+    log_format(&Env(&lookup))
+}
+
+/// `LOG_FORMAT`, read from the process environment.
+pub fn log_format_from_env() -> Result<LogFormat, ConfigError> {
+    log_format_from_lookup(|name| std::env::var(name).ok())
+}
+
+fn log_format(env: &Env) -> Result<LogFormat, ConfigError> {
+    match env.string("LOG_FORMAT", DEFAULT_LOG_FORMAT)?.as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(ConfigError {
+            var: "LOG_FORMAT",
+            problem: format!("expected text or json, got {other:?}"),
+        }),
+    }
+}
+
+/// `RELAY_SECRET`, read through `lookup`: the HMAC key `relay` signs with, required by it (and
+/// read by nothing else).
+pub fn relay_secret_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Secret, ConfigError> {
+    lookup("RELAY_SECRET")
+        .filter(|secret| !secret.is_empty())
+        .map(Secret::new)
+        .ok_or(ConfigError {
+            var: "RELAY_SECRET",
+            problem: "required (the HMAC key receivers verify signatures with)".into(),
+        })
+}
+
+/// `RELAY_SECRET`, read from the process environment.
+pub fn relay_secret_from_env() -> Result<Secret, ConfigError> {
+    relay_secret_from_lookup(|name| std::env::var(name).ok())
 }
 
 fn parse_region_url(raw: &str) -> Result<Url, ConfigError> {
@@ -590,6 +661,57 @@ mod tests {
     fn missing_credentials_are_reported() {
         let err = Config::from_lookup(|_| None).unwrap_err();
         assert_eq!(err.var, "GENESYS_CLIENT_ID");
+    }
+
+    #[test]
+    fn the_tools_read_log_format_and_relay_secret_like_the_worker() {
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(log_format_from_lookup(lookup(&[])), Ok(LogFormat::Text));
+        assert_eq!(
+            log_format_from_lookup(lookup(&[("LOG_FORMAT", "json")])),
+            Ok(LogFormat::Json)
+        );
+        let err = log_format_from_lookup(lookup(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(err, config(&[("LOG_FORMAT", "xml")]).unwrap_err());
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: LOG_FORMAT: expected text or json, got \"xml\""
+        );
+
+        for unset in [&[][..], &[("RELAY_SECRET", "")][..]] {
+            let err = relay_secret_from_lookup(lookup(unset)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "invalid configuration: RELAY_SECRET: required (the HMAC key receivers verify signatures with)"
+            );
+        }
+        let secret = relay_secret_from_lookup(lookup(&[("RELAY_SECRET", "hmac-key-value")])).unwrap();
+        assert_eq!(secret.expose(), "hmac-key-value");
+        assert!(!format!("{secret:?}").contains("hmac-key-value"));
+    }
+
+    #[test]
+    fn the_defaults_are_the_constants() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!(cfg.amqp_url.expose(), DEFAULT_AMQP_URL);
+        assert_eq!(cfg.redis_url.expose(), DEFAULT_REDIS_URL);
+        assert_eq!(cfg.redis_key_prefix, DEFAULT_REDIS_KEY_PREFIX);
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        assert_eq!(
+            (
+                cfg.limits.max_message_bytes,
+                cfg.limits.max_batch_bytes,
+                cfg.limits.batch_max
+            ),
+            (
+                DEFAULT_MAX_MESSAGE_BYTES,
+                DEFAULT_MAX_BATCH_MESSAGE_BYTES,
+                DEFAULT_BATCH_MAX
+            )
+        );
+        assert_eq!(job_limits_from_lookup(|_| None), Ok(cfg.limits));
     }
 
     #[test]
