@@ -28,6 +28,7 @@
 //! [`events`] (the consumers' contract), [`store`] (Redis in one room: a file per script family, claim, entity, commit, batch, budget), [`canonical`] (canonical JSON),
 //! [`bounded`] (bounds on texts from producers),
 //! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`) and [`relay`] (events to webhooks).
+//! [`tools`]: the binary's subcommands, one front end each (arguments, output, exit code).
 //! The Genesys Cloud simulator the tests and the demo use is a crate of its own,
 //! `crates/genesys-sandbox`.
 
@@ -57,4 +58,5 @@ pub mod relay;
 pub mod retry;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod worker;
