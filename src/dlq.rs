@@ -130,10 +130,10 @@ fn first_death(properties: &BasicProperties) -> Option<Death> {
 pub struct DlqOptions {
     #[command(flatten)]
     pub broker: crate::cli::BrokerArgs,
-    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "genesys.jobs.dead")]
+    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = crate::config::DEFAULT_DEAD_LETTER_QUEUE)]
     pub dead_letter_queue: String,
     /// Where a dead letter without origin headers is replayed to.
-    #[arg(long, env = "JOBS_EXCHANGE", default_value = "genesys.jobs")]
+    #[arg(long, env = "JOBS_EXCHANGE", default_value = crate::config::DEFAULT_JOBS_EXCHANGE)]
     pub jobs_exchange: String,
 }
 

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Health;
 use crate::broker::publisher::{origin, DeadLetter};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Publisher};
 use crate::lane::Lane;
 use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
 
@@ -37,6 +37,10 @@ pub struct IntakeSettings {
     pub concurrency: usize,
     pub prefetch: u16,
     pub grace: Duration,
+    /// Where jobs that end badly go (stage 8: the intake settles every delivery itself).
+    pub dead_letter: String,
+    /// The intake's own publisher, for retry queues and dead letters.
+    pub publisher: Publisher,
 }
 
 /// Why a consuming spell ended.
@@ -146,9 +150,9 @@ async fn consume_until_paused(
                     .expect("the semaphore is never closed");
                 let pipeline = pipeline.clone();
                 let redis_down = redis_down.clone();
-                let lane = settings.lane;
+                let settings = settings.clone();
                 in_flight.spawn(async move {
-                    settle(&pipeline, delivery, lane, &redis_down).await;
+                    settle(&pipeline, &settings, delivery, &redis_down).await;
                     drop(slot);
                 });
             }
@@ -191,7 +195,7 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(wait) => {}
         }
-        if pipeline.store.ping().await.is_ok() {
+        if pipeline.redis_answers().await {
             return true;
         }
         wait = (wait * 2).min(Duration::from_secs(5));
@@ -200,7 +204,8 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
 
 /// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
 /// stop consuming at once (`redis_down`), before this job's own backoff.
-async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down: &Notify) {
+async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delivery, redis_down: &Notify) {
+    let lane = settings.lane;
     let _in_flight = crate::telemetry::job_started(lane.as_str());
     let incoming = Incoming {
         body: &delivery.data,
@@ -217,7 +222,7 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down:
         }) => {
             let (exchange, routing_key) =
                 origin(incoming.properties, incoming.exchange, incoming.routing_key);
-            let parked = pipeline
+            let parked = settings
                 .publisher
                 .retry(
                     &queue,
@@ -252,9 +257,9 @@ async fn settle(pipeline: &Pipeline, delivery: Delivery, lane: Lane, redis_down:
                 error_message: &message,
                 attempts,
             };
-            match pipeline
+            match settings
                 .publisher
-                .dead_letter((&pipeline.topology.dead_letter, &routing_key), letter)
+                .dead_letter((&settings.dead_letter, &routing_key), letter)
                 .await
             {
                 Ok(()) => {

@@ -103,10 +103,12 @@ pub enum PipelineError {
     Broker(#[from] BrokerError),
 }
 
+/// What a pipeline is made of; [`Pipeline::new`] takes it over.
 #[derive(Debug)]
-pub struct Pipeline {
+pub struct Stages {
     pub store: Store,
     pub genesys: Arc<GenesysClient>,
+    /// Publishes the events (stage 7); the intake settles deliveries with its own.
     pub publisher: Publisher,
     pub topology: Topology,
     pub retry: RetryPolicy,
@@ -115,7 +117,48 @@ pub struct Pipeline {
     pub limits: job::Limits,
 }
 
+/// Stages 1 to 7 for one delivery; [`Pipeline::process`] returns what to do with it.
+#[derive(Debug)]
+pub struct Pipeline {
+    store: Store,
+    genesys: Arc<GenesysClient>,
+    publisher: Publisher,
+    topology: Topology,
+    retry: RetryPolicy,
+    flows: FlowSettings,
+    bulk: Option<BulkPresence>,
+    limits: job::Limits,
+}
+
 impl Pipeline {
+    pub fn new(stages: Stages) -> Self {
+        let Stages {
+            store,
+            genesys,
+            publisher,
+            topology,
+            retry,
+            flows,
+            bulk,
+            limits,
+        } = stages;
+        Self {
+            store,
+            genesys,
+            publisher,
+            topology,
+            retry,
+            flows,
+            bulk,
+            limits,
+        }
+    }
+
+    /// Whether Redis answers: without it no job may run (fail closed).
+    pub async fn redis_answers(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
     /// Runs one delivery of `lane`; a batch child's final outcome is counted in its batch.
     #[tracing::instrument(skip_all, fields(
         lane = lane.as_str(),

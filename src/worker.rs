@@ -18,7 +18,7 @@ use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
 use crate::lane::Lane;
 use crate::limit::Budget;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Stages};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -193,10 +193,11 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
     let result = async {
         let setup = connection.create_channel().await?;
         topology::declare(&setup, &config.topology).await?;
-        let pipeline = Arc::new(Pipeline {
+        let publisher = Publisher::open(&connection).await?;
+        let pipeline = Arc::new(Pipeline::new(Stages {
             store: store.clone(),
             genesys: genesys.clone(),
-            publisher: Publisher::open(&connection).await?,
+            publisher: publisher.clone(),
             topology: config.topology.clone(),
             retry: config.genesys.retry_policy(),
             flows: FlowSettings {
@@ -206,7 +207,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             },
             bulk: bulk.cloned(),
             limits: config.limits,
-        });
+        }));
         let lanes = [
             IntakeSettings {
                 queue: config.topology.work_queue.clone(),
@@ -214,6 +215,8 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 concurrency: config.worker_concurrency,
                 prefetch: config.worker_prefetch,
                 grace: config.shutdown_timeout(),
+                dead_letter: config.topology.dead_letter.clone(),
+                publisher: publisher.clone(),
             },
             IntakeSettings {
                 queue: config.topology.batch_queue.clone(),
@@ -221,6 +224,8 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 concurrency: config.batch_concurrency,
                 prefetch: config.batch_prefetch,
                 grace: config.shutdown_timeout(),
+                dead_letter: config.topology.dead_letter.clone(),
+                publisher: publisher.clone(),
             },
         ];
         // Each lane consumes on its own channel, with its own prefetch and concurrency; when

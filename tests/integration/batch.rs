@@ -51,7 +51,9 @@ async fn batch_status(app: &TestApp, id: Uuid) -> (i32, Value) {
 
 #[tokio::test]
 async fn a_handover_of_1000_agents_costs_at_most_25_presence_calls_and_ends_in_one_summary() {
-    let mut app = spawn(1000, "20").await;
+    // The budget must be what holds the calls back (so they leave full), also when the whole
+    // suite shares the machine's two cores: 10 calls/s, about 2 s for the handover.
+    let mut app = spawn(1000, "10").await;
     let batch = handover(0..1000, "On Queue");
     let batch_id = id_of(&batch);
     app.publish(&batch).await;
