@@ -188,25 +188,18 @@ mod tests {
                 let head = heads.entry(entity).or_default();
                 let mut event = AuditEvent {
                     event_id: Uuid::from_u128(n as u128 + 1),
-                    job_id: Uuid::from_u128(100 + n as u128),
-                    kind: "interaction.status".into(),
-                    idempotency_key: Some(format!("k{n}")),
-                    entity: entity.to_string(),
-                    outcome: *outcome,
-                    actor: None,
-                    correlation_id: None,
-                    previous_state: None,
                     new_state: Some(serde_json::json!({"status": format!("S{n}")})),
                     attempts: 1,
                     latency_ms: 5,
                     genesys_status: Some(200),
-                    error: None,
-                    entity_version: 0,
-                    checksum: None,
-                    prev_checksum: String::new(),
                     occurred_at: datetime!(2026-11-22 08:00:00 UTC),
-                    summary: None,
-                    traceparent: None,
+                    ..AuditEvent::new(
+                        Uuid::from_u128(100 + n as u128),
+                        "interaction.status",
+                        &format!("k{n}"),
+                        entity.to_string(),
+                        *outcome,
+                    )
                 };
                 link(&mut event, head);
                 if let Some(checksum) = &event.checksum {

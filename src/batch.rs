@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::broker::{BrokerError, Publisher};
 use crate::canonical;
-use crate::events::{audit_event_id, now_millis, unix_millis, Outcome};
+use crate::events::{unix_millis, Outcome};
 use crate::job::{self, Batch, Job};
 pub use crate::store::Progress;
 use crate::store::{Store, StoreError};
@@ -204,28 +204,19 @@ impl Progress {
     /// The batch's own audit event (not yet linked into its chain): outcome `applied`, entity
     /// `batch:<id>`, with the summary.
     pub fn audit_event(&self) -> crate::events::AuditEvent {
-        let now = now_millis();
+        let event = crate::events::AuditEvent::new(
+            self.batch_id,
+            job::Kind::Batch.as_str(),
+            &self.idempotency_key,
+            format!("batch:{}", self.batch_id),
+            Outcome::Applied,
+        );
         crate::events::AuditEvent {
-            event_id: audit_event_id(&self.idempotency_key, self.batch_id, Outcome::Applied),
-            job_id: self.batch_id,
-            kind: job::Kind::Batch.as_str().into(),
-            idempotency_key: Some(self.idempotency_key.clone()),
-            entity: format!("batch:{}", self.batch_id),
-            outcome: Outcome::Applied,
             actor: self.actor.clone(),
             correlation_id: self.correlation_id.clone(),
-            previous_state: None,
-            new_state: None,
-            attempts: 0,
-            latency_ms: unix_millis(now).saturating_sub(self.started_ms),
-            genesys_status: None,
-            error: None,
-            entity_version: 0,
-            checksum: None,
-            prev_checksum: String::new(),
-            occurred_at: now,
+            latency_ms: unix_millis(event.occurred_at).saturating_sub(self.started_ms),
             summary: Some(self.summary()),
-            traceparent: None,
+            ..event
         }
     }
 }

@@ -119,6 +119,40 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// The event of job `job_id` (`idempotency_key`, of `kind`) ending in `outcome` on `entity`:
+    /// its id derived from them, now as its time, not yet linked into the entity's chain, every
+    /// other field empty. Callers fill in what they know (`..AuditEvent::new(…)`).
+    pub fn new(
+        job_id: Uuid,
+        kind: impl Into<String>,
+        idempotency_key: &str,
+        entity: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            event_id: audit_event_id(idempotency_key, job_id, outcome),
+            job_id,
+            kind: kind.into(),
+            idempotency_key: Some(idempotency_key.to_string()),
+            entity: entity.into(),
+            outcome,
+            actor: None,
+            correlation_id: None,
+            previous_state: None,
+            new_state: None,
+            attempts: 0,
+            latency_ms: 0,
+            genesys_status: None,
+            error: None,
+            entity_version: 0,
+            checksum: None,
+            prev_checksum: String::new(),
+            occurred_at: now_millis(),
+            summary: None,
+            traceparent: None,
+        }
+    }
+
     pub fn routing_key(&self) -> String {
         format!("audit.{}.{}", self.kind, self.outcome)
     }

@@ -263,8 +263,7 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
                 .await
             {
                 Ok(()) => {
-                    metrics::counter!(crate::telemetry::names::DEAD_LETTERS, "code" => code.clone())
-                        .increment(1);
+                    crate::telemetry::dead_lettered(&code);
                     delivery.ack(BasicAckOptions::default()).await.map(|_| ())
                 }
                 Err(err) => {

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::lane::LaneWeights;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 use crate::lane::Lane;
 
@@ -216,8 +217,8 @@ impl Budget {
             families_paused: Mutex::new(HashMap::new()),
             throttled: AtomicU64::new(0),
         };
-        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_CONFIGURED).set(f64::from(rps));
-        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_EFFECTIVE).set(f64::from(rps));
+        telemetry::budget_configured(f64::from(rps));
+        telemetry::budget_effective(f64::from(rps));
         budget
     }
 
@@ -257,7 +258,7 @@ impl Budget {
             return false;
         }
         *pace = Arc::new(Pace::new(per_second, burst));
-        metrics::gauge!(crate::telemetry::names::RATE_LIMIT_EFFECTIVE).set(per_second);
+        telemetry::budget_effective(per_second);
         true
     }
 
@@ -270,8 +271,7 @@ impl Budget {
     pub async fn acquire(&self, lane: Lane, family: &str) -> Result<(), StoreError> {
         let waiting = std::time::Instant::now();
         let taken = self.take(lane, family).await;
-        metrics::histogram!(crate::telemetry::names::RATE_LIMIT_WAIT, "lane" => lane.as_str())
-            .record(waiting.elapsed().as_secs_f64());
+        telemetry::budget_waited(lane.as_str(), waiting.elapsed().as_secs_f64());
         taken
     }
 

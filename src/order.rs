@@ -14,15 +14,15 @@
 
 use time::OffsetDateTime;
 
-use crate::apply::Applied;
+use crate::apply::Verdict;
 use crate::events::{rfc3339, Outcome};
 use crate::job::Job;
 
 /// Why `job` must not be applied to `entity` at `now`: it arrived after its `not_after`
 /// (`expired`), or a newer sequence than its own was already applied (`superseded`).
-pub fn refusal(job: &Job, entity: &str, last_sequence: Option<u64>, now: OffsetDateTime) -> Option<Applied> {
+pub fn refusal(job: &Job, entity: &str, last_sequence: Option<u64>, now: OffsetDateTime) -> Option<Verdict> {
     match (job.not_after, job.sequence, last_sequence) {
-        (Some(deadline), _, _) if now > deadline => Some(Applied::refused(
+        (Some(deadline), _, _) if now > deadline => Some(Verdict::refused(
             Outcome::Expired,
             "expired",
             format!(
@@ -31,7 +31,7 @@ pub fn refusal(job: &Job, entity: &str, last_sequence: Option<u64>, now: OffsetD
                 rfc3339(deadline)
             ),
         )),
-        (_, Some(sequence), Some(last)) if sequence < last => Some(Applied::refused(
+        (_, Some(sequence), Some(last)) if sequence < last => Some(Verdict::refused(
             Outcome::Superseded,
             "superseded",
             format!(

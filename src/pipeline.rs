@@ -16,12 +16,12 @@ use uuid::Uuid;
 
 use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
-use crate::apply::{self, Applied};
+use crate::apply::{self, Verdict};
 use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
-use crate::events::{audit_event_id, now_millis, AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::events::{AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::lane::Lane;
@@ -30,7 +30,7 @@ use crate::record::{self, EntityHead};
 use crate::retry::RetryPolicy;
 use crate::store::{Claim, EntityState, Lease};
 use crate::store::{Store, StoreError};
-use crate::telemetry::names;
+use crate::telemetry::{self, RetryStage};
 
 /// A delivery as the pipeline sees it.
 #[derive(Debug, Clone, Copy)]
@@ -170,14 +170,15 @@ impl Pipeline {
     ))]
     pub async fn process(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Disposition, PipelineError> {
         let started = Instant::now();
-        let settled = self.settle(incoming, lane).await?;
+        let settled = self.run_stages(incoming, lane).await?;
         if matches!(settled.disposition, Disposition::Retry { .. }) {
-            metrics::counter!(names::RETRIES, "stage" => "retry_queue").increment(1);
+            telemetry::retried(RetryStage::RetryQueue);
         } else {
-            metrics::counter!(names::JOBS, "kind" => settled.kind, "outcome" => settled.outcome.as_str())
-                .increment(1);
-            metrics::histogram!(names::JOB_DURATION, "kind" => settled.kind)
-                .record(started.elapsed().as_secs_f64());
+            telemetry::job_finished(
+                settled.kind,
+                settled.outcome.as_str(),
+                started.elapsed().as_secs_f64(),
+            );
             if let Some(batch_id) = header_text(incoming.properties, BATCH_ID_HEADER) {
                 self.count_in_batch(&batch_id, incoming.properties, &settled)
                     .await?;
@@ -186,7 +187,7 @@ impl Pipeline {
         Ok(settled.disposition)
     }
 
-    async fn settle(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Settled, PipelineError> {
+    async fn run_stages(&self, incoming: Incoming<'_>, lane: Lane) -> Result<Settled, PipelineError> {
         let started = Instant::now();
         let traceparent = traceparent(incoming.properties);
         let mut job = match job::decode_with(incoming.body, &self.limits) {
@@ -241,7 +242,7 @@ impl Pipeline {
                 let original = events
                     .iter()
                     .find_map(|e| serde_json::from_str::<AuditEvent>(&e.body).ok());
-                let mut duplicate = Applied::refused(Outcome::Duplicate, "", String::new());
+                let mut duplicate = Verdict::refused(Outcome::Duplicate, "", String::new());
                 duplicate.entity = original.as_ref().map(|o| o.entity.clone());
                 duplicate.new_state = original.and_then(|o| o.new_state);
                 let draft = AuditEvent {
@@ -261,7 +262,7 @@ impl Pipeline {
                     job.entity(),
                     job.idempotency_key
                 );
-                let applied = Applied::refused(Outcome::Rejected, "idempotency_key_reused", message.clone());
+                let applied = Verdict::refused(Outcome::Rejected, "idempotency_key_reused", message.clone());
                 let mut draft = self.draft(&job, &applied, started);
                 draft.attempts = 0;
                 self.publish_unrecorded(draft).await?;
@@ -522,27 +523,14 @@ impl Pipeline {
         tracing::warn!(code = err.code, error.message = %err.message, "Rejected an invalid job message.");
         if let (Some(job_id), Some(kind)) = (err.job_id, err.kind.clone()) {
             let idempotency_key = err.idempotency_key.clone().unwrap_or_else(|| job_id.to_string());
+            let entity = err.entity.clone().unwrap_or_else(|| format!("job:{job_id}"));
             let draft = AuditEvent {
-                event_id: audit_event_id(&idempotency_key, job_id, Outcome::Rejected),
-                job_id,
-                kind,
-                idempotency_key: Some(idempotency_key),
-                entity: err.entity.clone().unwrap_or_else(|| format!("job:{job_id}")),
-                outcome: Outcome::Rejected,
                 actor: err.actor.clone(),
                 correlation_id: err.correlation_id.clone(),
-                previous_state: None,
-                new_state: None,
-                attempts: 0,
                 latency_ms: started.elapsed().as_millis() as u64,
-                genesys_status: None,
                 error: Some(EventError::new(err.code, err.message.clone())),
-                entity_version: 0,
-                checksum: None,
-                prev_checksum: String::new(),
-                occurred_at: now_millis(),
-                summary: None,
                 traceparent,
+                ..AuditEvent::new(job_id, kind, &idempotency_key, entity, Outcome::Rejected)
             };
             self.publish_unrecorded(draft).await?;
         }
@@ -573,14 +561,9 @@ impl Pipeline {
         Ok(())
     }
 
-    fn draft(&self, job: &Job, applied: &Applied, started: Instant) -> AuditEvent {
+    fn draft(&self, job: &Job, applied: &Verdict, started: Instant) -> AuditEvent {
+        let entity = applied.entity.clone().unwrap_or_else(|| job.entity());
         AuditEvent {
-            event_id: audit_event_id(&job.idempotency_key, job.job_id, applied.outcome),
-            job_id: job.job_id,
-            kind: job.kind.as_str().into(),
-            idempotency_key: Some(job.idempotency_key.clone()),
-            entity: applied.entity.clone().unwrap_or_else(|| job.entity()),
-            outcome: applied.outcome,
             actor: job.actor.clone(),
             correlation_id: job.correlation_id.clone(),
             previous_state: applied.previous_state.clone(),
@@ -589,12 +572,14 @@ impl Pipeline {
             latency_ms: started.elapsed().as_millis() as u64,
             genesys_status: applied.genesys_status,
             error: applied.error.clone(),
-            entity_version: 0,
-            checksum: None,
-            prev_checksum: String::new(),
-            occurred_at: now_millis(),
-            summary: None,
             traceparent: job.traceparent.clone(),
+            ..AuditEvent::new(
+                job.job_id,
+                job.kind.as_str(),
+                &job.idempotency_key,
+                entity,
+                applied.outcome,
+            )
         }
     }
 

@@ -55,25 +55,12 @@ mod tests {
     fn event(outcome: Outcome) -> AuditEvent {
         AuditEvent {
             event_id: Uuid::nil(),
-            job_id: Uuid::nil(),
-            kind: "agent.status".into(),
-            idempotency_key: Some("k".into()),
-            entity: "user:1".into(),
-            outcome,
-            actor: None,
-            correlation_id: None,
-            previous_state: None,
             new_state: Some(serde_json::json!({"presence": "Available"})),
             attempts: 1,
             latency_ms: 12,
             genesys_status: Some(200),
-            error: None,
-            entity_version: 0,
-            checksum: None,
-            prev_checksum: String::new(),
             occurred_at: datetime!(2026-11-22 08:00:00 UTC),
-            summary: None,
-            traceparent: None,
+            ..AuditEvent::new(Uuid::nil(), "agent.status", "k", "user:1", outcome)
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::genesys::{ErrorClass, GenesysError};
+use crate::telemetry::{self, RetryStage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -92,7 +93,7 @@ impl RetryPolicy {
                 Err(err) if Self::retries(err.class()) && attempt < self.max_attempts => {
                     let wait = self.backoff(attempt);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error.message = %err, "Transient Genesys error; retrying.");
-                    metrics::counter!(crate::telemetry::names::RETRIES, "stage" => "in_process").increment(1);
+                    telemetry::retried(RetryStage::InProcess);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -135,7 +136,7 @@ impl RetryPolicy {
             round += 1;
             let wait = self.backoff_ceiling(round).min(left);
             tracing::info!(wait_ms = wait.as_millis() as u64, error.message = %err, "Genesys may not show a recent change yet; reading again.");
-            metrics::counter!(crate::telemetry::names::RETRIES, "stage" => "consistency").increment(1);
+            telemetry::retried(RetryStage::Consistency);
             tokio::time::sleep(wait).await;
         }
     }

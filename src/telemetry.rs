@@ -161,6 +161,75 @@ impl Drop for JobInFlight {
     }
 }
 
+// What the worker records, one named function per event: the only place `metrics::` is called.
+
+/// A job reached its final outcome after `seconds`.
+pub fn job_finished(kind: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::counter!(names::JOBS, "kind" => kind, "outcome" => outcome).increment(1);
+    metrics::histogram!(names::JOB_DURATION, "kind" => kind).record(seconds);
+}
+
+/// A job was dead-lettered with `code`.
+pub fn dead_lettered(code: &str) {
+    metrics::counter!(names::DEAD_LETTERS, "code" => code.to_string()).increment(1);
+}
+
+/// Where a retry happened: in process, through a retry queue, or reading through Genesys'
+/// consistency lag.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryStage {
+    InProcess,
+    RetryQueue,
+    Consistency,
+}
+
+pub fn retried(stage: RetryStage) {
+    let stage = match stage {
+        RetryStage::InProcess => "in_process",
+        RetryStage::RetryQueue => "retry_queue",
+        RetryStage::Consistency => "consistency",
+    };
+    metrics::counter!(names::RETRIES, "stage" => stage).increment(1);
+}
+
+/// A Genesys call on `route` (a [`route_template`]) answered `status` after `seconds`.
+pub fn genesys_answered(route: &str, status: u16, seconds: f64) {
+    metrics::histogram!(names::GENESYS_REQUEST_DURATION, "route" => route.to_string()).record(seconds);
+    metrics::counter!(names::GENESYS_REQUESTS, "route" => route.to_string(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// A Genesys call on `route` got no answer (network).
+pub fn genesys_unanswered(route: &str) {
+    metrics::counter!(names::GENESYS_REQUESTS, "route" => route.to_string(), "status" => "error")
+        .increment(1);
+}
+
+/// Genesys answered 429 naming `limit` (or none) on a call of route `family`.
+pub fn genesys_throttled(limit: &str, family: &str) {
+    metrics::counter!(names::THROTTLED, "limit" => limit.to_string(), "family" => family.to_string())
+        .increment(1);
+}
+
+/// The pace of Genesys calls: as configured, and as paced now.
+pub fn budget_configured(per_second: f64) {
+    metrics::gauge!(names::RATE_LIMIT_CONFIGURED).set(per_second);
+}
+
+pub fn budget_effective(per_second: f64) {
+    metrics::gauge!(names::RATE_LIMIT_EFFECTIVE).set(per_second);
+}
+
+/// A call of `lane` waited `seconds` for the budget.
+pub fn budget_waited(lane: &'static str, seconds: f64) {
+    metrics::histogram!(names::RATE_LIMIT_WAIT, "lane" => lane).record(seconds);
+}
+
+/// A bulk presence call went out for `users` users.
+pub fn bulk_call(users: usize) {
+    metrics::histogram!(names::BULK_BATCH_SIZE).record(users as f64);
+}
+
 /// A request path as a low-cardinality label: every segment that is not a plain word of the
 /// API's vocabulary (lowercase letters: `users`, `presences`, `versions`) becomes `{id}`, so
 /// UUIDs, numbers, flow versions (`3.0`) and namespace names never make a new series; the query

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bulk::BulkOutcome;
-use super::{Applied, Context};
+use super::{Context, Verdict};
 use crate::events::Outcome;
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
 use crate::genesys::GenesysError;
@@ -40,10 +40,10 @@ struct RoutingStatusBody {
     status: String,
 }
 
-pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover: bool) -> Applied {
+pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover: bool) -> Verdict {
     let entity = job.entity();
     let user = payload.user_id;
-    let fail = |err: &GenesysError, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
+    let fail = |err: &GenesysError, attempts| Verdict::from_error(job.job_id, &entity, err, attempts);
     let target = match ctx
         .genesys
         .client()
@@ -54,14 +54,14 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         Ok(definition) => definition,
         Err(ResolveError::Genesys(err)) => return fail(&err, 1),
         Err(err @ ResolveError::Unknown { .. }) => {
-            return Applied::refused(
+            return Verdict::refused(
                 Outcome::Rejected,
                 "unknown_presence",
                 format!("job {}: {entity}: {err}", job.job_id),
             )
         }
         Err(err @ ResolveError::Deactivated { .. }) => {
-            return Applied::refused(
+            return Verdict::refused(
                 Outcome::Rejected,
                 "presence_deactivated",
                 format!("job {}: {entity}: {err}", job.job_id),
@@ -107,7 +107,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
                 (None, None) => false,
             };
             if !holds {
-                let mut refused = Applied::refused(
+                let mut refused = Verdict::refused(
                     Outcome::Conflict,
                     "expected_current_mismatch",
                     format!(
@@ -133,7 +133,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
             && payload.routing_status.is_none()
         {
             // A previous owner already made this change before its lease ran out.
-            return Applied {
+            return Verdict {
                 outcome: Outcome::Applied,
                 new_state: Some(new_state(&target, current.message.as_deref(), None)),
                 previous_state,
@@ -162,7 +162,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
             .set(ctx.genesys.lane(), user, &target.id, payload.message.as_deref())
             .await
         {
-            return Applied {
+            return Verdict {
                 outcome: Outcome::Applied,
                 previous_state: None,
                 new_state: Some(new_state(&target, message.as_deref(), None)),
@@ -207,7 +207,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
             Err(err) => return fail(&err, attempts),
         }
     }
-    Applied {
+    Verdict {
         outcome: Outcome::Applied,
         previous_state,
         new_state: Some(new_state(

@@ -147,7 +147,7 @@ async fn gather(
 
 /// Sends a gathered call whose first attempt's budget token `gather` already took.
 async fn send(genesys: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>) {
-    metrics::histogram!(crate::telemetry::names::BULK_BATCH_SIZE).record(batch.len() as f64);
+    crate::telemetry::bulk_call(batch.len());
     let body: Vec<Value> = batch
         .iter()
         .map(|r| {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{Applied, Context};
+use super::{Context, Verdict};
 use crate::events::{EventError, Outcome};
 use crate::flow::{optimize, Optimization};
 use crate::genesys::architect::{Flow, FlowListing, FlowVersion, Operation};
@@ -113,7 +113,7 @@ impl Evidence<'_> {
     }
 }
 
-pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Applied {
+pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Verdict {
     let mut deploy = Deploy {
         ctx,
         job,
@@ -131,7 +131,7 @@ impl Deploy<'_> {
         self.ctx.genesys.client_id()
     }
 
-    async fn run(&mut self) -> Applied {
+    async fn run(&mut self) -> Verdict {
         let before = match self.resolve().await {
             Ok(flow) => flow,
             Err(stop) => return self.finish(stop, None, None),
@@ -269,7 +269,7 @@ impl Deploy<'_> {
         version: &str,
         configuration: &Value,
         cause: Stop,
-    ) -> Applied {
+    ) -> Verdict {
         let (code, message) = cause.describe();
         tracing::warn!(flow_id = %self.flow_id, cause = %message, "Deploy failed after a partial change; rolling back.");
         let (restored, checked_in) = match self.check_in_new_version(configuration).await {
@@ -292,7 +292,7 @@ impl Deploy<'_> {
         }
     }
 
-    async fn rollback_failed(&mut self, cause: &str, stop: Stop, previous_state: Value) -> Applied {
+    async fn rollback_failed(&mut self, cause: &str, stop: Stop, previous_state: Value) -> Verdict {
         self.release().await;
         let (code, message) = stop.describe();
         let stop = Stop::Operation {
@@ -545,12 +545,12 @@ impl Deploy<'_> {
         after: &Flow,
         optimization: Optimization,
         error: Option<(String, String)>,
-    ) -> Applied {
+    ) -> Verdict {
         let mut new_state = state_of(after);
         new_state["previous_published_version"] = previous_state["published_version"].clone();
         new_state["version_matrix"] = self.payload.version_matrix.clone().unwrap_or(Value::Null);
         new_state["optimization"] = json!(optimization);
-        Applied {
+        Verdict {
             outcome,
             previous_state: Some(previous_state),
             new_state: Some(new_state),
@@ -567,19 +567,19 @@ impl Deploy<'_> {
         }
     }
 
-    fn finish(&self, stop: Stop, previous_state: Option<Value>, new_state: Option<Value>) -> Applied {
+    fn finish(&self, stop: Stop, previous_state: Option<Value>, new_state: Option<Value>) -> Verdict {
         let mut applied = match stop {
-            Stop::Genesys(err) => Applied::from_error(self.job.job_id, &self.entity, &err, self.attempts),
+            Stop::Genesys(err) => Verdict::from_error(self.job.job_id, &self.entity, &err, self.attempts),
             Stop::Refused {
                 outcome,
                 code,
                 message,
-            } => Applied::refused(
+            } => Verdict::refused(
                 outcome,
                 code,
                 format!("job {}: {}: {message}", self.job.job_id, self.entity),
             ),
-            Stop::Operation { code, message } => Applied::refused(
+            Stop::Operation { code, message } => Verdict::refused(
                 Outcome::Failed,
                 &code,
                 format!("job {}: {}: {message}", self.job.job_id, self.entity),

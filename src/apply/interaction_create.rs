@@ -10,13 +10,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Applied, Context};
+use super::{Context, Verdict};
 use crate::events::Outcome;
 use crate::genesys::taskmanagement::{find_by_external_tag, Workitem};
 use crate::genesys::GenesysError;
 use crate::job::{InteractionCreate, Job};
 
-pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, takeover: bool) -> Applied {
+pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, takeover: bool) -> Verdict {
     let tag = job.idempotency_key.as_str();
     let find = || find_by_external_tag(ctx.genesys, payload.type_id, tag);
     if takeover {
@@ -25,7 +25,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, tak
         match lookup.result {
             Ok(Some(existing)) => return created(existing, 200, lookup.attempts),
             Ok(None) => {}
-            Err(err) => return Applied::from_error(job.job_id, &job.entity(), &err, lookup.attempts),
+            Err(err) => return Verdict::from_error(job.job_id, &job.entity(), &err, lookup.attempts),
         }
     }
     let body = request_body(payload, tag);
@@ -51,7 +51,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &InteractionCreate, tak
         .await;
     match outcome.result {
         Ok((workitem, status)) => created(workitem, status, outcome.attempts),
-        Err(err) => Applied::from_error(job.job_id, &job.entity(), &err, outcome.attempts),
+        Err(err) => Verdict::from_error(job.job_id, &job.entity(), &err, outcome.attempts),
     }
 }
 
@@ -118,7 +118,7 @@ fn request_body(payload: &InteractionCreate, tag: &str) -> Value {
     Value::Object(body)
 }
 
-fn created(workitem: Workitem, status: u16, attempts: u32) -> Applied {
+fn created(workitem: Workitem, status: u16, attempts: u32) -> Verdict {
     let new_state = json!({
         "workitem_id": workitem.id,
         "name": workitem.name,
@@ -130,7 +130,7 @@ fn created(workitem: Workitem, status: u16, attempts: u32) -> Applied {
         "priority": workitem.priority,
         "external_tag": workitem.external_tag,
     });
-    Applied {
+    Verdict {
         outcome: Outcome::Applied,
         previous_state: None,
         new_state: Some(new_state),

@@ -14,7 +14,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Applied, Context};
+use super::{Context, Verdict};
 use crate::events::Outcome;
 use crate::genesys::taskmanagement::{StatusGraph, Workitem, WorkitemStatus};
 use crate::genesys::GenesysError;
@@ -27,10 +27,10 @@ pub async fn apply(
     job: &Job,
     payload: &InteractionStatus,
     changed_recently: bool,
-) -> Applied {
+) -> Verdict {
     let entity = job.entity();
     let path = format!("/api/v2/taskmanagement/workitems/{}", payload.workitem_id);
-    let fail = |err, attempts| Applied::from_error(job.job_id, &entity, err, attempts);
+    let fail = |err, attempts| Verdict::from_error(job.job_id, &entity, err, attempts);
 
     let read = ctx
         .retry
@@ -88,7 +88,7 @@ enum Plan {
     },
     /// Decided without a write; `read_may_lag` when the read's status alone refused it, so a
     /// fresher read may decide otherwise.
-    Refuse { refusal: Applied, read_may_lag: bool },
+    Refuse { refusal: Verdict, read_may_lag: bool },
 }
 
 async fn plan(
@@ -100,7 +100,7 @@ async fn plan(
 ) -> Result<Plan, GenesysError> {
     let entity = job.entity();
     let refuse = |outcome, code: &str, message: String| {
-        Applied::refused(outcome, code, format!("job {}: {entity}: {message}", job.job_id))
+        Verdict::refused(outcome, code, format!("job {}: {entity}: {message}", job.job_id))
     };
     let target = payload.target();
     let mut wanted = vec![current.status.id.as_str(), target.as_str()];
@@ -151,7 +151,7 @@ async fn plan(
         }
     }
     if from.id == to.id {
-        let unchanged = Applied {
+        let unchanged = Verdict {
             outcome: Outcome::Applied,
             new_state: Some(previous_state.clone()),
             previous_state: Some(previous_state),
@@ -196,7 +196,7 @@ async fn write(
     to: WorkitemStatus,
     previous_state: Value,
     attempts: u32,
-) -> Applied {
+) -> Verdict {
     let body = json!({"statusId": to.id});
     let write = ctx
         .retry
@@ -206,7 +206,7 @@ async fn write(
     match write.result {
         Ok(reply) => {
             let landed = graph.find(&reply.body.status.id).cloned().unwrap_or(to);
-            Applied {
+            Verdict {
                 outcome: Outcome::Applied,
                 previous_state: Some(previous_state),
                 new_state: Some(state_of(&reply.body.id, &landed)),
@@ -218,13 +218,13 @@ async fn write(
             }
         }
         Err(err) => with_previous(
-            Applied::from_error(job.job_id, &job.entity(), &err, attempts),
+            Verdict::from_error(job.job_id, &job.entity(), &err, attempts),
             previous_state,
         ),
     }
 }
 
-fn with_previous(mut applied: Applied, previous_state: Value) -> Applied {
+fn with_previous(mut applied: Verdict, previous_state: Value) -> Verdict {
     applied.previous_state = Some(previous_state);
     applied
 }

@@ -1,7 +1,7 @@
 //! Stage 5: applying a job to Genesys Cloud, one module per job kind.
 //!
 //! An applier reads and writes through the [`GenesysClient`] under the [`RetryPolicy`] and
-//! reports an [`Applied`]: the outcome and what the audit event needs to say about it.
+//! reports a [`Verdict`]: the outcome and what the audit event needs to say about it.
 
 pub mod agent_status;
 pub mod bulk;
@@ -17,9 +17,10 @@ use crate::genesys::{ErrorClass, GenesysError, LaneClient};
 use crate::job::{Job, Payload};
 use crate::retry::RetryPolicy;
 
-/// What applying a job did.
+/// The verdict on a job: its outcome (applied, or refused, duplicate, failed, …) and what its
+/// audit event says about it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
+pub struct Verdict {
     pub outcome: Outcome,
     pub previous_state: Option<Value>,
     pub new_state: Option<Value>,
@@ -35,7 +36,7 @@ pub struct Applied {
     pub retryable: bool,
 }
 
-impl Applied {
+impl Verdict {
     /// An outcome decided without a change (conflict, validation against Genesys state).
     pub fn refused(outcome: Outcome, code: &str, message: String) -> Self {
         Self {
@@ -104,7 +105,7 @@ pub struct Known {
 ///
 /// Each kind's future is boxed: inline, the largest (a flow deploy) made every job's future
 /// twice as large (~16 KB), and it is copied whenever a job is spawned or wrapped.
-pub async fn apply(ctx: Context<'_>, job: &Job, known: Known) -> Applied {
+pub async fn apply(ctx: Context<'_>, job: &Job, known: Known) -> Verdict {
     match &job.payload {
         Payload::AgentStatus(payload) => {
             Box::pin(agent_status::apply(ctx, job, payload, known.takeover)).await
@@ -123,7 +124,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, known: Known) -> Applied {
         }
         Payload::FlowDeploy(payload) => Box::pin(flow_deploy::apply(ctx, job, payload)).await,
         // The pipeline fans a batch out (crate::batch) instead of applying it.
-        Payload::Batch(_) => Applied::refused(
+        Payload::Batch(_) => Verdict::refused(
             Outcome::Rejected,
             "batch_not_applicable",
             format!("job {}: a batch is fanned out, not applied", job.job_id),
@@ -150,7 +151,7 @@ mod tests {
     #[test]
     fn genesys_errors_map_to_the_contract_outcomes() {
         let outcome =
-            |status, code| Applied::from_error(Uuid::nil(), "user:u", &api_error(status, code), 1).outcome;
+            |status, code| Verdict::from_error(Uuid::nil(), "user:u", &api_error(status, code), 1).outcome;
         assert_eq!(outcome(404, "not.found"), Outcome::Rejected);
         assert_eq!(outcome(409, "pre.check.value.greater.than"), Outcome::Rejected);
         assert_eq!(outcome(409, "conflict"), Outcome::Conflict);
@@ -162,7 +163,7 @@ mod tests {
 
     #[test]
     fn error_messages_name_the_job_the_entity_and_the_cause() {
-        let applied = Applied::from_error(Uuid::nil(), "user:u", &api_error(404, "not.found"), 2);
+        let applied = Verdict::from_error(Uuid::nil(), "user:u", &api_error(404, "not.found"), 2);
         let error = applied.error.unwrap();
         assert_eq!(error.code, "genesys.not.found");
         assert!(error.message.contains(&Uuid::nil().to_string()));

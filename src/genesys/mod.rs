@@ -29,7 +29,7 @@ pub use error::{ErrorClass, GenesysError};
 use crate::config::GenesysConfig;
 use crate::lane::Lane;
 use crate::limit::{route_family, Budget};
-use crate::telemetry::names;
+use crate::telemetry;
 
 /// A 429 asking for a longer wait than this is not waited out in-process (as the Go SDK does).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
@@ -172,8 +172,7 @@ impl GenesysClient {
             let route = format!("{method} {}", crate::telemetry::route_template(path));
             let sent = std::time::Instant::now();
             let response = request.send().await.map_err(|source| {
-                metrics::counter!(names::GENESYS_REQUESTS, "route" => route.clone(), "status" => "error")
-                    .increment(1);
+                telemetry::genesys_unanswered(&route);
                 GenesysError::Network {
                     method: method.to_string(),
                     path: path.to_string(),
@@ -182,10 +181,7 @@ impl GenesysClient {
                 }
             })?;
             let status = response.status().as_u16();
-            metrics::histogram!(names::GENESYS_REQUEST_DURATION, "route" => route.clone())
-                .record(sent.elapsed().as_secs_f64());
-            metrics::counter!(names::GENESYS_REQUESTS, "route" => route, "status" => status.to_string())
-                .increment(1);
+            telemetry::genesys_answered(&route, status, sent.elapsed().as_secs_f64());
             let retry_after = crate::retry::retry_after(response.headers());
             let bytes = response.bytes().await.map_err(|source| GenesysError::Network {
                 method: method.to_string(),
@@ -234,8 +230,7 @@ impl GenesysClient {
                         return Err(error);
                     }
                     let key = limit.as_ref().map_or("unnamed", |l| l.key.as_str());
-                    metrics::counter!(names::THROTTLED, "limit" => key.to_string(), "family" => family.to_string())
-                        .increment(1);
+                    telemetry::genesys_throttled(key, family);
                     if limit.as_ref().is_none_or(limits::Limit::is_the_clients_own) {
                         tracing::warn!(
                             path,

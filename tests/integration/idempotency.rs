@@ -2,7 +2,7 @@
 //! A crashed worker is simulated by writing the Redis record it would have left behind.
 
 use genesys_sandbox::{presence_definition_id, user_id};
-use genesys_worker::events::{audit_event_id, AuditEvent, OutboundEvent, Outcome, GENESIS_CHECKSUM};
+use genesys_worker::events::{AuditEvent, OutboundEvent, Outcome, GENESIS_CHECKSUM};
 use genesys_worker::job;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -112,26 +112,22 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
     let job_id: Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
     // The crashed worker recorded the outcome but died before its events were confirmed.
     let stored = AuditEvent {
-        event_id: audit_event_id(&idempotency_key, job_id, Outcome::Applied),
-        job_id,
-        kind: "agent.status".into(),
-        idempotency_key: Some(idempotency_key.clone()),
-        entity: format!("user:{user}"),
-        outcome: Outcome::Applied,
         actor: Some("integration-test".into()),
-        correlation_id: None,
-        previous_state: None,
         new_state: Some(json!({"presence": "Meal"})),
         attempts: 1,
         latency_ms: 7,
         genesys_status: Some(200),
-        error: None,
         entity_version: 1,
         checksum: Some("ab".repeat(32)),
         prev_checksum: GENESIS_CHECKSUM.into(),
         occurred_at: time::OffsetDateTime::UNIX_EPOCH,
-        summary: None,
-        traceparent: None,
+        ..AuditEvent::new(
+            job_id,
+            "agent.status",
+            &idempotency_key,
+            format!("user:{user}"),
+            Outcome::Applied,
+        )
     };
     let body = serde_json::to_string(&stored).unwrap();
     let events = vec![OutboundEvent {
