@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ServiceUrl};
-use crate::dlq::{DlqOptions, Filter};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -274,4 +273,27 @@ mod tests {
             config::DEFAULT_REDIS_KEY_PREFIX
         );
     }
+}
+
+/// Which dead letters a command applies to.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Only jobs of this kind (e.g. agent.status).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only dead letters with this error code (`x-error-code`, e.g. genesys.bad.gateway).
+    #[arg(long)]
+    pub code: Option<String>,
+}
+
+/// Where the tools connect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqOptions {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = crate::config::DEFAULT_DEAD_LETTER_QUEUE)]
+    pub dead_letter_queue: String,
+    /// Where a dead letter without origin headers is replayed to.
+    #[arg(long, env = "JOBS_EXCHANGE", default_value = crate::config::DEFAULT_JOBS_EXCHANGE)]
+    pub jobs_exchange: String,
 }

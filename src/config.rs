@@ -149,15 +149,6 @@ impl GenesysConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
-
-    /// The retry policy of every Genesys call.
-    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
-        crate::retry::RetryPolicy {
-            max_attempts: self.max_attempts,
-            consistency_window: Duration::from_millis(self.consistency_window_ms),
-            ..crate::retry::RetryPolicy::default()
-        }
-    }
 }
 
 /// Names of everything the worker declares on the broker and in Redis; tests randomise them.

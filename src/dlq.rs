@@ -18,17 +18,7 @@ use serde_json::Value;
 
 use crate::broker::publisher::{field_text, header_count, header_text};
 use crate::broker::{self, BrokerError, Publisher};
-
-/// Which dead letters a command applies to.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Filter {
-    /// Only jobs of this kind (e.g. agent.status).
-    #[arg(long)]
-    pub kind: Option<String>,
-    /// Only dead letters with this error code (`x-error-code`, e.g. genesys.bad.gateway).
-    #[arg(long)]
-    pub code: Option<String>,
-}
+pub use crate::cli::{DlqOptions, Filter};
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone, Serialize)]
@@ -123,18 +113,6 @@ fn first_death(properties: &BasicProperties) -> Option<Death> {
         routing_key: routing_key.unwrap_or_default(),
         reason: text("reason").map_or_else(|| "dead_lettered".into(), |r| format!("rabbitmq.{r}")),
     })
-}
-
-/// Where the tools connect.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DlqOptions {
-    #[command(flatten)]
-    pub broker: crate::cli::BrokerArgs,
-    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = crate::config::DEFAULT_DEAD_LETTER_QUEUE)]
-    pub dead_letter_queue: String,
-    /// Where a dead letter without origin headers is replayed to.
-    #[arg(long, env = "JOBS_EXCHANGE", default_value = crate::config::DEFAULT_JOBS_EXCHANGE)]
-    pub jobs_exchange: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@
 //! Around it: [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (logs and the
 //! metric names), [`ingest`] (`POST /v1/jobs`), [`audit`] (`audit verify`), [`config`],
 //! [`events`] (the consumers' contract), [`store`] (Redis in one room: a file per script family, claim, entity, commit, batch, budget), [`canonical`] (canonical JSON),
-//! [`bounded`] (bounds on texts from producers),
+//! [`bounded`] (bounds on texts from producers), [`http`] (`Retry-After`),
 //! [`enqueue`] (the producer CLI), [`dlq`] (`dlq list|replay`) and [`relay`] (events to webhooks).
 //! [`tools`]: the binary's subcommands, one front end each (arguments, output, exit code).
 //! The Genesys Cloud simulator the tests and the demo use is a crate of its own,
@@ -46,6 +46,7 @@ pub mod enqueue;
 pub mod events;
 pub mod flow;
 pub mod genesys;
+pub mod http;
 pub mod ingest;
 pub mod intake;
 pub mod job;

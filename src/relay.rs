@@ -340,7 +340,7 @@ fn refusal(url: &url::Url, status: reqwest::StatusCode, headers: &reqwest::heade
     let code = status.as_u16();
     Failure {
         retryable: code >= 500 || code == 408 || code == 429,
-        retry_after: crate::retry::retry_after(headers),
+        retry_after: crate::http::retry_after(headers),
         code: format!("http.{code}"),
         message: format!("{} answered {code}", shown(url)),
     }

@@ -35,15 +35,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A response's `Retry-After`, when given in seconds (the form Genesys and most webhooks use).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 /// A result and how many attempts it took.
 #[derive(Debug)]
 pub struct Attempted<T> {
@@ -109,6 +100,15 @@ impl RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy of every Genesys call, as configured.
+    pub fn for_genesys(config: &crate::config::GenesysConfig) -> Self {
+        Self {
+            max_attempts: config.max_attempts,
+            consistency_window: Duration::from_millis(config.consistency_window_ms),
+            ..Self::default()
+        }
+    }
+
     /// [`RetryPolicy::run`], and while `lagging(error)` holds, again with backoff until
     /// `consistency_window` has passed since the first attempt: for answers that are Genesys'
     /// eventual consistency rather than the truth (CX-as-Code retries the same: a 404 right after

@@ -19,6 +19,7 @@ use crate::intake::{self, IntakeSettings};
 use crate::lane::Lane;
 use crate::limit::Budget;
 use crate::pipeline::{Pipeline, Stages};
+use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let budget = Arc::new(budget);
     let genesys = Arc::new(GenesysClient::new(&config.genesys, budget.clone()));
     let health = Arc::new(Health::new(store.clone()).with_budget(budget.clone()));
-    let retry = config.genesys.retry_policy();
+    let retry = RetryPolicy::for_genesys(&config.genesys);
     let bulk = config.bulk_presence.then(|| {
         BulkPresence::start(
             genesys.clone(),
@@ -199,7 +200,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             genesys: genesys.clone(),
             publisher: publisher.clone(),
             topology: config.topology.clone(),
-            retry: config.genesys.retry_policy(),
+            retry: RetryPolicy::for_genesys(&config.genesys),
             flows: FlowSettings {
                 poll: Duration::from_millis(config.flow_poll_ms),
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),

@@ -182,7 +182,7 @@ impl GenesysClient {
             })?;
             let status = response.status().as_u16();
             telemetry::genesys_answered(&route, status, sent.elapsed().as_secs_f64());
-            let retry_after = crate::retry::retry_after(response.headers());
+            let retry_after = crate::http::retry_after(response.headers());
             let bytes = response.bytes().await.map_err(|source| GenesysError::Network {
                 method: method.to_string(),
                 path: path.to_string(),
