@@ -24,7 +24,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
-use testkit::{amqp_url, capture_unacked, free_port, redis_url, sandbox_token};
+use testkit::{amqp_url, capture_unacked, free_port, get_json, redis_url, sandbox_token};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -125,14 +125,7 @@ impl Sandbox {
 
     /// Answered API requests (not token grants), by status.
     async fn answered(&self, http: &reqwest::Client) -> HashMap<u64, u64> {
-        let stats: Value = http
-            .get(format!("{}/sandbox/stats", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(http, &format!("{}/sandbox/stats", self.base), None).await;
         let mut by_status = HashMap::new();
         for request in stats["requests"].as_array().unwrap() {
             if request["route"].as_str().unwrap_or_default().contains("/api/v2/") {
