@@ -64,7 +64,7 @@ impl fmt::Debug for ServiceUrl {
 // The defaults of the settings, in one place: `Config::from_lookup` falls back on them and the
 // tools' flags (`crate::cli`) show and use them as their `default_value`, so a tool run without
 // flags talks to the broker, exchanges, queues and Redis keys of a worker run without settings.
-// (`crate::dlq::DlqOptions` reads its two from here too; a test in `crate::cli` holds them equal.)
+// (`crate::cli::DlqOptions` reads its two from here too; a test in `crate::cli` holds them equal.)
 
 /// `AMQP_URL`.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
