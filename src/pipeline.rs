@@ -294,27 +294,6 @@ impl Pipeline {
             unreachable!("only batch jobs are fanned out")
         };
         let keeper = self.store.keep_alive(lease, entity);
-        // A child too large to run is rejected here, in the batch's count, and never published.
-        for child in batch::oversized_children(job, batch, self.limits.max_message_bytes) {
-            let error = EventError::new(
-                "payload_too_large",
-                child.problem(job, self.limits.max_message_bytes),
-            );
-            let reported = self
-                .report_child(
-                    job.job_id,
-                    child.index as u64,
-                    child.job_id,
-                    Outcome::Rejected,
-                    Some(&error),
-                )
-                .await;
-            if let Err(err) = reported {
-                drop(keeper);
-                self.store.release_claim(lease, entity).await?;
-                return Err(err);
-            }
-        }
         let fanned = batch::fan_out(
             &self.store,
             &self.publisher,
@@ -324,24 +303,45 @@ impl Pipeline {
             self.limits.max_message_bytes,
         )
         .await;
+        let fanned = match fanned {
+            Ok(total) => self.reject_oversized(job, batch).await.map(|()| total),
+            Err(FanOutError::Store(err)) => Err(err.into()),
+            Err(FanOutError::Broker(err)) => Err(err.into()),
+        };
         drop(keeper);
         let total = match fanned {
             Ok(total) => total,
             Err(err) => {
-                // The next delivery goes on from the published cursor, without waiting for
-                // this claim's lease to run out.
+                // The next delivery goes on from the published cursor (and reports the oversized
+                // children again: counted once), without waiting for this claim's lease.
                 if let Err(release) = self.store.release_claim(lease, entity).await {
                     tracing::warn!(error.message = %release, "Could not release the batch's claim; it expires with its lease.");
                 }
-                return Err(match err {
-                    FanOutError::Store(err) => err.into(),
-                    FanOutError::Broker(err) => err.into(),
-                });
+                return Err(err);
             }
         };
         self.store.batch_fanned_out(lease, entity).await?;
         tracing::info!(children = total, "Batch fanned out into the batch lane.");
         Ok(Settled::new(Disposition::Ack, Outcome::Applied))
+    }
+
+    /// Counts the children too large to run as `rejected` (they were not published): after the
+    /// fan-out, which set the batch's total, and before the batch is marked fanned out, so a
+    /// redelivered batch reports them again (counted once) rather than never.
+    async fn reject_oversized(&self, job: &Job, batch: &job::Batch) -> Result<(), PipelineError> {
+        let max = self.limits.max_message_bytes;
+        for child in batch::oversized_children(job, batch, max) {
+            let error = EventError::new("payload_too_large", child.problem(job, max));
+            self.report_child(
+                job.job_id,
+                child.index as u64,
+                child.job_id,
+                Outcome::Rejected,
+                Some(&error),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Counts a batch child's final outcome; the report that completes the batch publishes

@@ -136,12 +136,13 @@ impl Deploy<'_> {
             Ok(flow) => flow,
             Err(stop) => return self.finish(stop, None, None),
         };
+        // Known from here on, also when the flow was found or created by name.
+        self.flow_id = before.id.clone();
+        self.entity = format!("flow:{}", before.id);
         let before = match self.wait_for_unlock(before).await {
             Ok(flow) => flow,
             Err(stop) => return self.finish(stop, None, None),
         };
-        self.flow_id = before.id.clone();
-        self.entity = format!("flow:{}", before.id);
         let previous_state = state_of(&before);
         if let Some(expected) = &self.payload.expected_version {
             if before.saved() != Some(expected.as_str()) {
@@ -224,7 +225,9 @@ impl Deploy<'_> {
                 || is_new_operation(flow, "CHECKIN", &current)
         };
         let operation = self.action("checkin", took_effect, no_lag).await?;
-        let done = self.wait("CHECKIN", operation.as_ref(), checked_in).await?;
+        let done = self
+            .wait("CHECKIN", operation.as_ref(), checked_in, &current)
+            .await?;
         if done.checked_in() != Some(saved.as_str()) {
             return Err(Stop::Operation {
                 code: "checkin_not_effective".into(),
@@ -248,7 +251,9 @@ impl Deploy<'_> {
                 err.is_version_mismatch() || err.is_operation_in_progress()
             })
             .await?;
-        let done = self.wait("PUBLISH", operation.as_ref(), published).await?;
+        let done = self
+            .wait("PUBLISH", operation.as_ref(), published, before)
+            .await?;
         if done.published() != Some(version) {
             return Err(Stop::Operation {
                 code: "publish_not_effective".into(),
@@ -482,6 +487,11 @@ impl Deploy<'_> {
                 lag_round += 1;
                 tracing::info!(action = name, flow_id = %self.flow_id, error.message = %err, "Genesys has not settled the previous action yet; trying again.");
                 tokio::time::sleep(self.ctx.retry.backoff_ceiling(lag_round)).await;
+                // An earlier attempt whose answer was lost may have been what was in progress:
+                // once it shows, it is not sent again.
+                if done(&self.read().await?) {
+                    return Ok(None);
+                }
                 continue;
             }
             if attempt == max || !RetryPolicy::retries(err.class()) {
@@ -501,6 +511,7 @@ impl Deploy<'_> {
         action: &str,
         started: Option<&Operation>,
         evidence: Evidence<'_>,
+        before: &Flow,
     ) -> Result<Flow, Stop> {
         let deadline = tokio::time::Instant::now() + self.ctx.flows.timeout;
         // After a reported success the versions may take a moment to show it; they are checked
@@ -515,10 +526,15 @@ impl Deploy<'_> {
             if evidence.shown_by(&flow) {
                 return Ok(flow);
             }
-            let shown = flow
-                .current_operation
-                .as_ref()
-                .filter(|op| started.is_some_and(|started| op.id == started.id) && op.complete);
+            // The operation by its id; when the action's answer was lost, one the flow did not
+            // show before the action.
+            let shown = flow.current_operation.as_ref().filter(|op| {
+                op.complete
+                    && match started {
+                        Some(started) => op.id == started.id,
+                        None => is_new_operation(&flow, action, before),
+                    }
+            });
             if let Some(op) = shown {
                 operation_result(action, op)?;
                 settle_deadline

@@ -226,12 +226,11 @@ impl GenesysClient {
                 429 => {
                     let wait = retry_after.unwrap_or_else(|| backoff_without_retry_after(throttled_waits));
                     throttled_waits += 1;
-                    if wait > MAX_RETRY_AFTER || throttled_waits > MAX_THROTTLED_WAITS {
-                        return Err(error);
-                    }
                     let key = limit.as_ref().map_or("unnamed", |l| l.key.as_str());
                     telemetry::genesys_throttled(key, family);
-                    if limit.as_ref().is_none_or(limits::Limit::is_the_clients_own) {
+                    // The pause holds every other call back even when this one gives up.
+                    let own = limit.as_ref().is_none_or(limits::Limit::is_the_clients_own);
+                    if own {
                         tracing::warn!(
                             path,
                             limit = key,
@@ -241,14 +240,17 @@ impl GenesysClient {
                         self.budget.pause(wait).await;
                     } else {
                         // A limit others spend too (an org-wide one on a route family): only the
-                        // calls that count against it wait, and not for ever.
-                        let since = *first_throttled.get_or_insert_with(std::time::Instant::now);
-                        if since.elapsed() + wait > MAX_SHARED_LIMIT_WAIT {
-                            self.budget.pause_family(family, wait).await;
-                            return Err(error);
-                        }
+                        // calls that count against it wait.
                         tracing::warn!(path, limit = key, family, retry_after_secs = wait.as_secs(), "Genesys returned 429 on a limit shared beyond this client; pausing this route family only.");
                         self.budget.pause_family(family, wait).await;
+                    }
+                    if wait > MAX_RETRY_AFTER || throttled_waits > MAX_THROTTLED_WAITS {
+                        return Err(error);
+                    }
+                    // ... and not for ever: the job is parked in a retry queue instead.
+                    let since = *first_throttled.get_or_insert_with(std::time::Instant::now);
+                    if !own && since.elapsed() + wait > MAX_SHARED_LIMIT_WAIT {
+                        return Err(error);
                     }
                 }
                 _ => return Err(error),

@@ -565,3 +565,33 @@ async fn a_lock_its_holder_releases_within_flow_lock_wait_lets_the_deploy_throug
     assert_eq!(flow(&app, &id).await["publishedVersion"]["id"], "2.0");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_flow_found_by_name_waits_for_its_holder_too() {
+    let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "10")]).await;
+    let name = format!("Held IVR {}", Uuid::new_v4());
+    let create = |flow: Value| {
+        job(
+            "flow.deploy",
+            json!({"create": {"name": name, "type": "inboundcall"}, "flow": flow}),
+        )
+    };
+    app.publish(&create(ivr("prompt-a"))).await;
+    let first = app.audit_events(1).await.remove(0);
+    assert_eq!(first.event.outcome, Outcome::Applied, "{:?}", first.event.error);
+    let id = first.event.new_state.as_ref().unwrap()["flow_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    control(
+        &app,
+        &format!("/sandbox/flows/{id}/lock"),
+        json!({"user_id": genesys_sandbox::user_id(0), "release_after_ms": 800}),
+    )
+    .await;
+    app.publish(&create(ivr("prompt-b"))).await;
+    let second = app.audit_events(1).await.remove(0);
+    assert_eq!(second.event.outcome, Outcome::Applied, "{:?}", second.event.error);
+    assert_eq!(second.event.entity, format!("flow:{id}"));
+    app.stop().await;
+}

@@ -227,3 +227,25 @@ async fn a_message_too_large_for_its_kind_is_refused_before_it_is_parsed() {
     worker.wait(Duration::from_secs(10)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_whose_only_child_is_too_large_still_ends_in_its_summary() {
+    let sandbox = SandboxConfig {
+        users: 2,
+        ..SandboxConfig::default()
+    };
+    let mut app = spawn_app_without_worker(sandbox, &[("MAX_MESSAGE_BYTES", "2048")]).await;
+    let mut child = agent_job(user_id(1), json!({"presence": "Break"}));
+    child["payload"]["padding"] = json!("q".repeat(4_000));
+    let mut batch = job("batch", json!({"jobs": [child]}));
+    batch["idempotency_key"] = json!(format!("handover-{}", Uuid::new_v4()));
+    app.publish(&batch).await;
+    let mut worker = app.start_worker_process();
+    let summary = app.audit_events(1).await.remove(0);
+    assert_eq!(summary.event.kind, "batch");
+    let summary = serde_json::to_value(&summary.event).unwrap()["summary"].clone();
+    assert_eq!(summary["counts"], json!({"rejected": 1}), "{summary}");
+    worker.terminate();
+    worker.wait(Duration::from_secs(10)).await;
+    app.stop().await;
+}
