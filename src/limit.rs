@@ -268,7 +268,7 @@ impl Budget {
     ///
     /// # Errors
     /// When the fleet's budget cannot be consulted (Redis unreachable): no call is made.
-    pub async fn acquire(&self, lane: Lane, family: &str) -> Result<(), StoreError> {
+    pub async fn acquire(&self, lane: Lane, family: &str) -> Result<(), BudgetError> {
         let waiting = std::time::Instant::now();
         let taken = self.take(lane, family).await;
         telemetry::budget_waited(lane.as_str(), waiting.elapsed().as_secs_f64());
@@ -276,8 +276,13 @@ impl Budget {
     }
 
     /// Sleeps while `family` is paused here: all a call whose token was already taken (a
-    /// gathered bulk call) still waits for.
-    pub async fn wait_family(&self, family: &str) {
+    /// gathered bulk call) still waits for. A pause longer than [`MAX_FAMILY_WAIT`] is not
+    /// waited out: the job is parked for a retry instead, so a family stalled by others does not
+    /// keep the worker's job slots from other work.
+    ///
+    /// # Errors
+    /// [`BudgetError::FamilyPaused`] for such a pause.
+    pub async fn wait_family(&self, family: &str) -> Result<(), BudgetError> {
         loop {
             let until = self
                 .families_paused
@@ -286,8 +291,14 @@ impl Budget {
                 .get(family)
                 .copied();
             match until {
+                Some(until) if until > Instant::now() + MAX_FAMILY_WAIT => {
+                    return Err(BudgetError::FamilyPaused {
+                        family: family.to_string(),
+                        wait: until - Instant::now(),
+                    })
+                }
                 Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => return,
+                _ => return Ok(()),
             }
         }
     }
@@ -300,10 +311,10 @@ impl Budget {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    async fn take(&self, lane: Lane, family: &str) -> Result<(), StoreError> {
+    async fn take(&self, lane: Lane, family: &str) -> Result<(), BudgetError> {
         loop {
             // Outside the turn: a paused family must not hold up the others.
-            self.wait_family(family).await;
+            self.wait_family(family).await?;
             let _turn = self.turns.take(lane).await;
             if self.family_paused(family) {
                 continue;
@@ -388,6 +399,22 @@ async fn fleet_pause(fleet: &Fleet, key: &str, wait: Duration) {
     if let Err(err) = fleet.store.budget_pause(key, wait).await {
         tracing::warn!(error.message = %err, "Could not pause the fleet's budget; pausing this replica only.");
     }
+}
+
+/// The longest a call waits for its route family's pause (a limit other integrations share)
+/// before its job is parked in a retry queue.
+pub const MAX_FAMILY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why no Genesys call may go now.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    /// The fleet's budget cannot be consulted (Redis unreachable): nothing was sent.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The call's route family is paused by a limit shared beyond this client for longer than
+    /// a call waits.
+    #[error("route family {family} is paused for {wait:?} by a limit other integrations share")]
+    FamilyPaused { family: String, wait: Duration },
 }
 
 /// The route family of an API path: its first segment after `/api/v2/` (`users` for
@@ -548,5 +575,19 @@ mod tests {
         assert_eq!(route_family("/api/v2/flows/actions/publish?flow=f"), "flows");
         assert_eq!(route_family("api/v2/taskmanagement/workitems"), "taskmanagement");
         assert_eq!(route_family("/api/v2/flows?name=x"), "flows");
+    }
+
+    #[tokio::test]
+    async fn a_family_paused_longer_than_a_call_waits_is_refused_at_once() {
+        let budget = Budget::new(1000, 10, WEIGHTS);
+        budget.pause_family("users", Duration::from_secs(60)).await;
+        let start = std::time::Instant::now();
+        let refused = budget.acquire(Lane::Single, "users").await;
+        assert!(
+            matches!(refused, Err(BudgetError::FamilyPaused { .. })),
+            "{refused:?}"
+        );
+        assert!(start.elapsed() < Duration::from_millis(100));
+        budget.acquire(Lane::Single, "flows").await.unwrap();
     }
 }

@@ -54,6 +54,10 @@ pub enum GenesysError {
     /// The fleet-wide budget could not be consulted (Redis unreachable): nothing was sent.
     #[error("the shared rate-limit budget is unavailable: {0}")]
     Budget(String),
+    /// The call's route family is paused by a limit other integrations share, for longer than a
+    /// call waits: nothing was sent, the job waits in a retry queue.
+    #[error("{family} calls are paused for {wait:?} by an org-wide limit other integrations share")]
+    FamilyPaused { family: String, wait: Duration },
     /// A success status with a body we cannot read.
     #[error("{method} {path} returned an unreadable body: {source}")]
     Decode {
@@ -87,6 +91,7 @@ impl GenesysError {
             GenesysError::Network { .. } | GenesysError::AuthNetwork(_) | GenesysError::Budget(_) => {
                 ErrorClass::Transient
             }
+            GenesysError::FamilyPaused { .. } => ErrorClass::RateLimited,
             GenesysError::Auth { status, .. } => match status {
                 429 => ErrorClass::RateLimited,
                 500..=599 => ErrorClass::Transient,
@@ -103,6 +108,7 @@ impl GenesysError {
             GenesysError::Network { .. }
             | GenesysError::AuthNetwork(_)
             | GenesysError::Budget(_)
+            | GenesysError::FamilyPaused { .. }
             | GenesysError::Decode { .. } => None,
         }
     }
@@ -115,6 +121,7 @@ impl GenesysError {
             GenesysError::Auth { error, .. } => format!("genesys.auth.{error}"),
             GenesysError::AuthNetwork(_) => "genesys.auth.network".into(),
             GenesysError::Budget(_) => "budget.unavailable".into(),
+            GenesysError::FamilyPaused { .. } => "budget.family_paused".into(),
             GenesysError::Decode { .. } => "genesys.bad_response".into(),
         }
     }
@@ -155,6 +162,7 @@ impl GenesysError {
             GenesysError::Auth { .. }
             | GenesysError::AuthNetwork(_)
             | GenesysError::Budget(_)
+            | GenesysError::FamilyPaused { .. }
             | GenesysError::Decode { .. } => false,
         }
     }

@@ -28,17 +28,13 @@ pub use error::{ErrorClass, GenesysError};
 
 use crate::config::GenesysConfig;
 use crate::lane::Lane;
-use crate::limit::{route_family, Budget};
+use crate::limit::{route_family, Budget, BudgetError, MAX_FAMILY_WAIT};
 use crate::telemetry;
 
 /// A 429 asking for a longer wait than this is not waited out in-process (as the Go SDK does).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
 /// Consecutive 429s one call waits out before giving up as rate-limited.
 const MAX_THROTTLED_WAITS: u32 = 20;
-/// How long one call waits out a limit shared beyond this client (an org-wide limit another
-/// integration may spend for as long as it likes) before its job is parked in a retry queue:
-/// a stalled family must not keep the worker's job slots from other work.
-const MAX_SHARED_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// A successful reply.
 #[derive(Debug, Clone)]
@@ -155,12 +151,9 @@ impl GenesysClient {
             let token = self.auth.token().await?;
             if std::mem::take(&mut paid) {
                 // Its token was taken; a family paused since still holds it back.
-                self.budget.wait_family(family).await;
+                self.budget.wait_family(family).await.map_err(budget_error)?;
             } else {
-                self.budget
-                    .acquire(lane, family)
-                    .await
-                    .map_err(|err| GenesysError::Budget(err.to_string()))?;
+                self.budget.acquire(lane, family).await.map_err(budget_error)?;
             }
             let mut request = self
                 .http
@@ -249,7 +242,7 @@ impl GenesysClient {
                     }
                     // ... and not for ever: the job is parked in a retry queue instead.
                     let since = *first_throttled.get_or_insert_with(std::time::Instant::now);
-                    if !own && since.elapsed() + wait > MAX_SHARED_LIMIT_WAIT {
+                    if !own && since.elapsed() + wait > MAX_FAMILY_WAIT {
                         return Err(error);
                     }
                 }
@@ -321,6 +314,13 @@ impl<'a> LaneClient<'a> {
         self.client
             .call(self.lane, true, Method::PUT, path, Some(body))
             .await
+    }
+}
+
+fn budget_error(err: BudgetError) -> GenesysError {
+    match err {
+        BudgetError::Store(err) => GenesysError::Budget(err.to_string()),
+        BudgetError::FamilyPaused { family, wait } => GenesysError::FamilyPaused { family, wait },
     }
 }
 
