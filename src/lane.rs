@@ -12,8 +12,6 @@ pub enum Lane {
 }
 
 impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Single, Lane::Batch];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Lane::Single => "single",

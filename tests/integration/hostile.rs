@@ -170,7 +170,7 @@ async fn oversized_values_anywhere_give_one_bounded_dead_letter_and_the_connecti
 }
 
 #[tokio::test]
-async fn a_message_too_large_for_its_kind_is_refused_before_it_is_parsed() {
+async fn a_message_too_large_for_its_kind_and_an_oversized_batch_child_are_refused() {
     let sandbox = SandboxConfig {
         users: 4,
         flows: 1,
