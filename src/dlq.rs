@@ -1,11 +1,12 @@
 //! Dead-letter tooling: `genesys-worker dlq list` and `dlq replay`.
 //!
 //! Both take every message of the dead-letter queue without acking it, so nothing is lost if
-//! the tool dies: what it does not ack goes back to the queue when its channel closes. `replay`
-//! re-publishes a matching message to where it was first published (`x-original-exchange` /
-//! `x-original-routing-key`, or RabbitMQ's `x-death` for a message RabbitMQ dead-lettered
-//! itself), waits for the broker's confirm, and only then acks it from the dead-letter queue.
-//! Idempotency makes a replay harmless: a change already applied is not applied again.
+//! the tool dies: what it does not ack goes back to the queue when its channel closes (and the
+//! tool waits until it is back before it ends). `replay` re-publishes a matching message to
+//! where it was first published (`x-original-exchange` / `x-original-routing-key`, or
+//! RabbitMQ's `x-death` for a message RabbitMQ dead-lettered itself), waits for the broker's
+//! confirm, and only then acks it from the dead-letter queue. Idempotency makes a replay
+//! harmless: a change already applied is not applied again.
 
 use std::time::Duration;
 
@@ -229,19 +230,12 @@ where
         queue: options.dead_letter_queue.clone(),
         source,
     };
-    let queue = channel
-        .queue_declare(
-            options.dead_letter_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let waiting = ready_count(&channel, &options.dead_letter_queue)
         .await
         .map_err(queue_error)?;
+    let mut returned = 0;
     // Only what is there now: a replayed message dead-lettered again is not seen twice.
-    for _ in 0..queue.message_count() {
+    for _ in 0..waiting {
         let Some(message) = channel
             .basic_get(
                 options.dead_letter_queue.as_str().into(),
@@ -259,10 +253,45 @@ where
                 .basic_ack(tag, BasicAckOptions::default())
                 .await
                 .map_err(queue_error)?;
+        } else {
+            returned += 1;
         }
     }
-    // Unacked messages go back to the queue.
+    // Unacked messages go back to the queue when the channel closes. A quorum queue takes them
+    // back through its log, some time after the close is answered: wait until they are there,
+    // so that a listing or replay right after this one finds them.
     channel.close(200, "dlq scan done".into()).await.ok();
+    if returned > 0 {
+        let channel = connection.create_channel().await.map_err(BrokerError::from)?;
+        let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+        while ready_count(&channel, &options.dead_letter_queue)
+            .await
+            .map_err(queue_error)?
+            < returned
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     connection.close(200, "dlq scan done".into()).await.ok();
     Ok(())
+}
+
+/// How long a scan waits for the letters it did not take to be back in the queue (other
+/// consumers of the dead-letter queue could take them meanwhile; the wait is only a courtesy).
+const RETURN_WAIT: Duration = Duration::from_secs(10);
+
+/// Messages ready in `queue` now (unacked ones are not counted).
+async fn ready_count(channel: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue.message_count())
 }

@@ -1,10 +1,13 @@
 //! `genesys-worker dlq list|replay` against the dead-letter queue the worker fills.
 
 use genesys_sandbox::{user_id, SandboxConfig};
+use genesys_worker::cli::{BrokerArgs, DlqOptions, Filter};
+use genesys_worker::config::ServiceUrl;
+use genesys_worker::dlq;
 use genesys_worker::events::Outcome;
 use serde_json::{json, Value};
 
-use crate::helpers::{agent_job, spawn_app_with, TestApp};
+use crate::helpers::{agent_job, amqp_url, spawn_app_with, TestApp};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
 
@@ -101,5 +104,39 @@ async fn dead_letters_are_listed_without_being_taken_and_replayed_once_the_cause
     let left = listed(&app, &[]).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["code"], "unknown_presence");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listings_back_to_back_each_find_every_dead_letter() {
+    let app = spawn_app_with(SandboxConfig::default(), &[]).await;
+    const LETTERS: usize = 20;
+    for i in 0..LETTERS {
+        app.publish(&agent_job(user_id(i), json!({"presence": "Napping"})))
+            .await;
+    }
+    let options = DlqOptions {
+        broker: BrokerArgs {
+            amqp_url: ServiceUrl::parse(&amqp_url()).unwrap(),
+        },
+        dead_letter_queue: app.config.topology.dead_letter.clone(),
+        jobs_exchange: app.config.topology.jobs_exchange.clone(),
+    };
+    let everything = Filter::default();
+    let list = || dlq::list(&options, &everything, usize::MAX);
+    let mut found = 0;
+    for _ in 0..100 {
+        found = list().await.unwrap().len();
+        if found == LETTERS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(found, LETTERS);
+    // A listing takes every letter for a moment; the next one, started at once, still finds
+    // them all back in the queue.
+    for round in 0..30 {
+        assert_eq!(list().await.unwrap().len(), LETTERS, "listing {round}");
+    }
     app.stop().await;
 }
