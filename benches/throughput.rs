@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use genesys_sandbox::{self as sandbox, user_id};
 use genesys_worker::broker::{self, topology, Publisher};
-use genesys_worker::config::{ServiceUrl, Topology};
+use genesys_worker::config::{ServiceUrls, Topology};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -720,7 +720,7 @@ async fn backlog(connection: &Connection, settings: &Settings) -> Backlog {
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_args();
-    let url = ServiceUrl::parse(&amqp_url()).expect("AMQP_URL is a URL");
+    let url = ServiceUrls::parse(&amqp_url()).expect("AMQP_URL is a URL");
     let connection = broker::connect(&url)
         .await
         .expect("RabbitMQ answers (start it with scripts/services.sh up)");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ServiceUrl};
+use crate::config::{self, RedisSettings, RedisTopology, ServiceUrls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -136,15 +136,46 @@ pub struct RelayArgs {
 /// The broker the tools connect to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ (`amqps://` for TLS).
+    /// RabbitMQ (`amqps://` for TLS); a cluster's nodes separated by commas.
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = config::DEFAULT_AMQP_URL,
         hide_env_values = true,
-        value_parser = ServiceUrl::parse
+        value_parser = ServiceUrls::parse
     )]
-    pub amqp_url: ServiceUrl,
+    pub amqp_url: ServiceUrls,
+}
+
+/// The Redis the tools read.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis: one server, the Sentinels, or nodes of a Redis Cluster, separated by commas.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = config::DEFAULT_REDIS_URL,
+        hide_env_values = true,
+        value_parser = ServiceUrls::parse
+    )]
+    pub redis_url: ServiceUrls,
+    #[arg(long, env = "REDIS_TOPOLOGY", value_enum, default_value_t = RedisTopology::Standalone)]
+    pub redis_topology: RedisTopology,
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = config::DEFAULT_REDIS_SENTINEL_MASTER)]
+    pub redis_sentinel_master: String,
+}
+
+impl RedisArgs {
+    /// A reader's settings: nothing is written, so no replication wait.
+    pub fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            urls: self.redis_url.clone(),
+            topology: self.redis_topology,
+            sentinel_master: self.redis_sentinel_master.clone(),
+            wait_replicas: 0,
+            wait_timeout_ms: config::DEFAULT_REDIS_WAIT_TIMEOUT_MS,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,14 +189,8 @@ pub enum BatchCommand {
         /// Print the progress as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(
-            long,
-            env = "REDIS_URL",
-            default_value = config::DEFAULT_REDIS_URL,
-            hide_env_values = true,
-            value_parser = ServiceUrl::parse
-        )]
-        redis_url: ServiceUrl,
+        #[command(flatten)]
+        redis: RedisArgs,
         #[arg(long, env = "REDIS_KEY_PREFIX", default_value = config::DEFAULT_REDIS_KEY_PREFIX)]
         redis_key_prefix: String,
     },

@@ -61,6 +61,113 @@ impl fmt::Debug for ServiceUrl {
     }
 }
 
+/// The nodes of one service, as `AMQP_URL` and `REDIS_URL` take them: one URL, or several
+/// separated by commas (a RabbitMQ cluster's nodes, a Sentinel set, a Redis Cluster's seed
+/// nodes). Passwords are redacted in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrls(Vec<ServiceUrl>);
+
+impl ServiceUrls {
+    pub fn parse(raw: &str) -> Result<Self, url::ParseError> {
+        let nodes = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(ServiceUrl::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(url::ParseError::EmptyHost);
+        }
+        Ok(Self(nodes))
+    }
+
+    /// At least one.
+    pub fn nodes(&self) -> &[ServiceUrl] {
+        &self.0
+    }
+
+    /// The URLs as given, passwords included.
+    pub fn expose(&self) -> String {
+        let nodes: Vec<&str> = self.0.iter().map(ServiceUrl::expose).collect();
+        nodes.join(",")
+    }
+}
+
+impl From<ServiceUrl> for ServiceUrls {
+    fn from(url: ServiceUrl) -> Self {
+        Self(vec![url])
+    }
+}
+
+impl fmt::Display for ServiceUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, node) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{node}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ServiceUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceUrls({self})")
+    }
+}
+
+/// How the worker finds its Redis (`REDIS_TOPOLOGY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RedisTopology {
+    /// One server (`REDIS_URL` names it).
+    #[default]
+    Standalone,
+    /// A primary found through Sentinel (`REDIS_URL` names the Sentinels,
+    /// `REDIS_SENTINEL_MASTER` the primary's name); failovers are followed.
+    Sentinel,
+    /// A Redis Cluster (`REDIS_URL` names one or more of its nodes).
+    Cluster,
+}
+
+impl RedisTopology {
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "standalone" => Some(Self::Standalone),
+            "sentinel" => Some(Self::Sentinel),
+            "cluster" => Some(Self::Cluster),
+            _ => None,
+        }
+    }
+}
+
+/// Where Redis is and how much a write must be replicated before it counts.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub urls: ServiceUrls,
+    pub topology: RedisTopology,
+    /// `REDIS_SENTINEL_MASTER`: the primary's name in the Sentinels.
+    pub sentinel_master: String,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must hold a claim or a commit (Redis `WAIT`) before
+    /// the worker calls Genesys or acks the job; 0 trusts the primary alone.
+    pub wait_replicas: u64,
+    /// `REDIS_WAIT_TIMEOUT_MS`: how long `WAIT` may take before the job is retried.
+    pub wait_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    /// One standalone server at `url`, no replication wait.
+    pub fn standalone(url: ServiceUrl) -> Self {
+        Self {
+            urls: url.into(),
+            topology: RedisTopology::Standalone,
+            sentinel_master: DEFAULT_REDIS_SENTINEL_MASTER.into(),
+            wait_replicas: 0,
+            wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
+        }
+    }
+}
+
 // The defaults of the settings, in one place: `Config::from_lookup` falls back on them and the
 // tools' flags (`crate::cli`) show and use them as their `default_value`, so a tool run without
 // flags talks to the broker, exchanges, queues and Redis keys of a worker run without settings.
@@ -70,6 +177,10 @@ impl fmt::Debug for ServiceUrl {
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// `REDIS_URL`.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+/// `REDIS_SENTINEL_MASTER`.
+pub const DEFAULT_REDIS_SENTINEL_MASTER: &str = "mymaster";
+/// `REDIS_WAIT_TIMEOUT_MS`.
+pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 1_000;
 /// `REDIS_KEY_PREFIX`.
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gw:";
 /// `JOBS_EXCHANGE`.
@@ -210,8 +321,8 @@ pub use crate::lane::LaneWeights;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub amqp_url: ServiceUrl,
-    pub redis_url: ServiceUrl,
+    pub amqp_url: ServiceUrls,
+    pub redis: RedisSettings,
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     pub redis_key_prefix: String,
     pub genesys: GenesysConfig,
@@ -337,6 +448,14 @@ impl Config {
                 ),
             });
         }
+        let redis_key_prefix = env.string("REDIS_KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX)?;
+        // In a Redis Cluster the keys carry a hash tag in braces; one in the prefix would move it.
+        if redis_key_prefix.contains(['{', '}']) {
+            return Err(ConfigError {
+                var: "REDIS_KEY_PREFIX",
+                problem: "must not contain { or } (Redis Cluster hash tags)".into(),
+            });
+        }
         if ingest_addr.is_some() && ingest_token.is_none() {
             return Err(ConfigError {
                 var: "INGEST_TOKEN",
@@ -344,9 +463,15 @@ impl Config {
             });
         }
         Ok(Self {
-            amqp_url: env.service_url("AMQP_URL", DEFAULT_AMQP_URL, &["amqp", "amqps"])?,
-            redis_url: env.service_url("REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
-            redis_key_prefix: env.string("REDIS_KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX)?,
+            amqp_url: env.service_urls("AMQP_URL", DEFAULT_AMQP_URL, &["amqp", "amqps"])?,
+            redis: RedisSettings {
+                urls: env.service_urls("REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
+                topology: env.redis_topology()?,
+                sentinel_master: env.string("REDIS_SENTINEL_MASTER", DEFAULT_REDIS_SENTINEL_MASTER)?,
+                wait_replicas: env.whole("REDIS_WAIT_REPLICAS", 0)?,
+                wait_timeout_ms: env.positive("REDIS_WAIT_TIMEOUT_MS", DEFAULT_REDIS_WAIT_TIMEOUT_MS)?,
+            },
+            redis_key_prefix,
             genesys,
             topology,
             worker_concurrency: env.positive("WORKER_CONCURRENCY", 32)?,
@@ -557,18 +682,42 @@ impl Env<'_> {
         Ok(url)
     }
 
-    fn service_url(
+    fn service_urls(
         &self,
         var: &'static str,
         default: &str,
         schemes: &[&str],
-    ) -> Result<ServiceUrl, ConfigError> {
-        if self.get(var).is_none() {
-            return Ok(ServiceUrl(
-                Url::parse(default).expect("built-in default URLs are valid"),
-            ));
+    ) -> Result<ServiceUrls, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(ServiceUrls::parse(default).expect("built-in default URLs are valid"));
+        };
+        let urls = ServiceUrls::parse(&raw).map_err(|e| ConfigError {
+            var,
+            problem: format!("not a URL or a comma-separated list of URLs: {e}"),
+        })?;
+        if let Some(node) = urls
+            .nodes()
+            .iter()
+            .find(|node| !schemes.contains(&node.0.scheme()))
+        {
+            return Err(ConfigError {
+                var,
+                problem: format!(
+                    "scheme must be one of {}, got {}",
+                    schemes.join("/"),
+                    node.0.scheme()
+                ),
+            });
         }
-        self.url(var, schemes).map(ServiceUrl)
+        Ok(urls)
+    }
+
+    fn redis_topology(&self) -> Result<RedisTopology, ConfigError> {
+        let raw = self.string("REDIS_TOPOLOGY", "standalone")?;
+        RedisTopology::parse(&raw).ok_or_else(|| ConfigError {
+            var: "REDIS_TOPOLOGY",
+            problem: format!("must be standalone, sentinel or cluster, got {raw}"),
+        })
     }
 }
 
@@ -687,7 +836,9 @@ mod tests {
     fn the_defaults_are_the_constants() {
         let cfg = config(&[]).unwrap();
         assert_eq!(cfg.amqp_url.expose(), DEFAULT_AMQP_URL);
-        assert_eq!(cfg.redis_url.expose(), DEFAULT_REDIS_URL);
+        assert_eq!(cfg.redis.urls.expose(), DEFAULT_REDIS_URL);
+        assert_eq!(cfg.redis.topology, RedisTopology::Standalone);
+        assert_eq!(cfg.redis.wait_replicas, 0);
         assert_eq!(cfg.redis_key_prefix, DEFAULT_REDIS_KEY_PREFIX);
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(
@@ -714,5 +865,47 @@ mod tests {
         assert!(debug.contains("redacted"));
         // The real value is still there for the connection.
         assert!(cfg.amqp_url.expose().contains("hunter2"));
+    }
+
+    #[test]
+    fn several_nodes_are_taken_comma_separated_and_each_is_redacted() {
+        let cfg = config(&[
+            (
+                "AMQP_URL",
+                "amqp://u:hunter2@rabbit-0:5672/%2f, amqp://u:hunter2@rabbit-1:5672/%2f,amqp://u:hunter2@rabbit-2:5672/%2f",
+            ),
+            ("REDIS_URL", "redis://s-0:26379,redis://s-1:26379"),
+            ("REDIS_TOPOLOGY", "sentinel"),
+            ("REDIS_SENTINEL_MASTER", "genesys"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+        ])
+        .unwrap();
+        let hosts: Vec<_> = cfg
+            .amqp_url
+            .nodes()
+            .iter()
+            .map(|n| n.0.host_str().unwrap().to_string())
+            .collect();
+        assert_eq!(hosts, ["rabbit-0", "rabbit-1", "rabbit-2"]);
+        assert!(!cfg.amqp_url.to_string().contains("hunter2"));
+        assert_eq!(cfg.amqp_url.to_string().matches("redacted").count(), 3);
+        assert_eq!(cfg.redis.urls.nodes().len(), 2);
+        assert_eq!(cfg.redis.topology, RedisTopology::Sentinel);
+        assert_eq!(cfg.redis.sentinel_master, "genesys");
+        assert_eq!(cfg.redis.wait_replicas, 1);
+    }
+
+    #[test]
+    fn a_bad_node_list_or_topology_is_refused_by_name() {
+        let err = config(&[("AMQP_URL", "amqp://a:5672/%2f,http://b:5672/")]).unwrap_err();
+        assert_eq!(err.var, "AMQP_URL");
+        assert!(err.problem.contains("got http"), "{err}");
+        assert_eq!(config(&[("AMQP_URL", " , ")]).unwrap_err().var, "AMQP_URL");
+        let err = config(&[("REDIS_TOPOLOGY", "replicated")]).unwrap_err();
+        assert_eq!(err.var, "REDIS_TOPOLOGY");
+        assert_eq!(
+            config(&[("REDIS_KEY_PREFIX", "gw{a}:")]).unwrap_err().var,
+            "REDIS_KEY_PREFIX"
+        );
     }
 }

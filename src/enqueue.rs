@@ -19,7 +19,7 @@ use lapin::{BasicProperties, ExchangeKind};
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError};
-use crate::config::ServiceUrl;
+use crate::config::ServiceUrls;
 use crate::events::AuditEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ impl From<lapin::Error> for EnqueueError {
 
 #[derive(Debug, Clone)]
 pub struct EnqueueOptions {
-    pub amqp_url: ServiceUrl,
+    pub amqp_url: ServiceUrls,
     pub jobs_exchange: String,
     pub audit_exchange: String,
     /// Wait for an audit event for every published job, up to `timeout`.

@@ -31,14 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{serve_bounded, Bounds};
 use crate::broker::{self, Publisher};
-use crate::config::{Secret, ServiceUrl};
+use crate::config::{Secret, ServiceUrls};
 use crate::job::{self, Limits};
 
 /// What the ingest endpoint needs.
 #[derive(Debug)]
 pub struct Ingest {
     pub token: Secret,
-    pub amqp_url: ServiceUrl,
+    pub amqp_url: ServiceUrls,
     pub jobs_exchange: String,
     pub limits: Limits,
     /// A confirm-mode channel, opened on first use and again after a broker failure.
@@ -102,7 +102,7 @@ fn kib(bytes: usize) -> u64 {
 }
 
 impl Ingest {
-    pub fn new(token: Secret, amqp_url: ServiceUrl, jobs_exchange: String, limits: Limits) -> Self {
+    pub fn new(token: Secret, amqp_url: ServiceUrls, jobs_exchange: String, limits: Limits) -> Self {
         Self {
             token,
             amqp_url,

@@ -215,9 +215,14 @@ impl Job {
                 (None, Some(create)) => format!("flow:new:{}", create.name),
                 (None, None) => "flow:unknown".into(),
             },
-            Payload::Batch(_) => format!("batch:{}", self.job_id),
+            Payload::Batch(_) => batch_entity(self.job_id),
         }
     }
+}
+
+/// The entity of batch `job_id`: its summary's place in the audit chains.
+pub fn batch_entity(job_id: Uuid) -> String {
+    format!("batch:{job_id}")
 }
 
 /// Why a message cannot be processed. `code` is stable and machine-readable.

@@ -229,7 +229,7 @@ impl Pipeline {
                 // stored ones again (same ids, same bytes).
                 tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
                 self.publisher.publish_events(&events).await?;
-                self.store.mark_confirmed(&job.idempotency_key).await?;
+                self.store.mark_confirmed(&entity, &job.idempotency_key).await?;
                 Ok(Settled::new(Disposition::Ack, outcome))
             }
             Claim::Done {

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::DeadLetter;
 use crate::broker::{self, BrokerError, Publisher};
-use crate::config::{Secret, ServiceUrl};
+use crate::config::{Secret, ServiceUrls};
 use crate::retry::RetryPolicy;
 
 pub const EVENT_ID_HEADER: &str = "x-genesys-worker-event-id";
@@ -65,7 +65,7 @@ pub fn signature(secret: &str, event_id: &str, timestamp: &str, body: &[u8]) -> 
 
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
-    pub amqp_url: ServiceUrl,
+    pub amqp_url: ServiceUrls,
     /// The exchange relayed (`genesys.crm` or `genesys.audit`).
     pub exchange: String,
     /// The relay's own durable queue on `exchange`; its dead letters go to `<queue>.dead`.

@@ -45,11 +45,11 @@ pub enum WorkerError {
 /// connection is not the end: the worker reconnects with backoff and declares its topology
 /// again.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-    tracing::info!(amqp = %config.amqp_url, redis = %config.redis_url, genesys = %config.genesys.api_base, "Starting worker.");
+    tracing::info!(amqp = %config.amqp_url, redis = %config.redis.urls, redis_topology = ?config.redis.topology, genesys = %config.genesys.api_base, "Starting worker.");
     // Installed before the first job, so no count is lost before the first scrape.
     crate::telemetry::metrics();
     let store = Store::connect(
-        &config.redis_url,
+        &config.redis,
         &config.redis_key_prefix,
         config.idempotency_ttl_secs,
         config.lease_ms,

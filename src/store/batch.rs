@@ -163,8 +163,14 @@ return 1
 });
 
 impl Store {
+    /// A batch's keys are named after (and, in a Redis Cluster, tagged with) the batch's
+    /// entity, whose head the summary advances in the same script.
     fn batch_key(&self, batch_id: Uuid, part: &str) -> String {
-        self.key(&format!("batch:{batch_id}{part}"))
+        format!(
+            "{}{}{part}",
+            self.prefix,
+            self.tag(&crate::job::batch_entity(batch_id))
+        )
     }
 
     pub(crate) async fn batch_start(&self, job: &Job, total: usize) -> Result<usize, StoreError> {
@@ -201,8 +207,8 @@ impl Store {
     pub async fn batch_fanned_out(&self, lease: &Lease, entity: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: i64 = FANNED_OUT
-            .key(self.record_key(&lease.idempotency_key))
-            .key(self.lease_key(&lease.idempotency_key))
+            .key(self.record_key(&lease.entity, &lease.idempotency_key))
+            .key(self.lease_key(&lease.entity, &lease.idempotency_key))
             .key(self.lock_key(entity))
             .arg(&lease.owner)
             .arg(self.idempotency_ttl_secs)

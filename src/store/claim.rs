@@ -41,6 +41,9 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub idempotency_key: String,
+    /// The entity the job named when it claimed its key: its record lives with that entity's
+    /// (in a Redis Cluster, in that entity's hash slot) even if the job changes another one.
+    pub entity: String,
     pub owner: String,
     pub takeover: bool,
 }
@@ -163,14 +166,17 @@ impl Store {
         entity: &str,
     ) -> Result<Claim, StoreError> {
         let owner = Uuid::new_v4().to_string();
-        let record = self.record_key(idempotency_key);
+        let record = self.record_key(entity, idempotency_key);
         let entity_key = self.entity_key(entity);
+        if self.tagged && !self.first_payload_of_key(idempotency_key, fingerprint).await? {
+            return Ok(Claim::KeyReused);
+        }
         let script = &*CLAIM;
         loop {
             let mut conn = self.conn.clone();
             let reply: Vec<String> = script
                 .key(&record)
-                .key(self.lease_key(idempotency_key))
+                .key(self.lease_key(entity, idempotency_key))
                 .key(self.lock_key(entity))
                 .key(&entity_key)
                 .arg(fingerprint)
@@ -182,6 +188,7 @@ impl Store {
             let lease = |takeover| -> Result<Claim, StoreError> {
                 let lease = Lease {
                     idempotency_key: idempotency_key.to_string(),
+                    entity: entity.to_string(),
                     owner: owner.clone(),
                     takeover,
                 };
@@ -191,7 +198,21 @@ impl Store {
                 };
                 Ok(Claim::Owned(lease, entity))
             };
-            match reply.first().map(String::as_str) {
+            let verdict = reply.first().map(String::as_str);
+            if matches!(verdict, Some("claimed" | "takeover")) {
+                if let Err(error) = self.replicated(&record).await {
+                    // Not safe to call Genesys on: give the claim back for the next delivery.
+                    let unsure = Lease {
+                        idempotency_key: idempotency_key.to_string(),
+                        entity: entity.to_string(),
+                        owner: owner.clone(),
+                        takeover: false,
+                    };
+                    let _ = self.release_claim(&unsure, entity).await;
+                    return Err(error);
+                }
+            }
+            match verdict {
                 Some("claimed") => return lease(false),
                 Some("takeover") => return lease(true),
                 Some("reused") => return Ok(Claim::KeyReused),
@@ -207,12 +228,32 @@ impl Store {
         }
     }
 
+    /// Records `fingerprint` as the payload of `idempotency_key` unless one is already recorded;
+    /// false when the key was first seen with another payload.
+    async fn first_payload_of_key(
+        &self,
+        idempotency_key: &str,
+        fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let earlier: Option<String> = redis::cmd("SET")
+            .arg(self.key_owner_key(idempotency_key))
+            .arg(fingerprint)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(self.idempotency_ttl_secs)
+            .query_async(&mut conn)
+            .await?;
+        Ok(earlier.is_none_or(|earlier| earlier == fingerprint))
+    }
+
     /// Extends the lease, and the lock of `entity` when this job holds it; false when the lease
     /// was lost (expired and taken over).
     pub async fn renew(&self, lease: &Lease, entity: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let renewed: i64 = RENEW
-            .key(self.lease_key(&lease.idempotency_key))
+            .key(self.lease_key(&lease.entity, &lease.idempotency_key))
             .key(self.lock_key(entity))
             .arg(&lease.owner)
             .arg(self.lease_ms)
@@ -226,8 +267,8 @@ impl Store {
     pub async fn release_claim(&self, lease: &Lease, entity: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: i64 = RELEASE
-            .key(self.record_key(&lease.idempotency_key))
-            .key(self.lease_key(&lease.idempotency_key))
+            .key(self.record_key(&lease.entity, &lease.idempotency_key))
+            .key(self.lease_key(&lease.entity, &lease.idempotency_key))
             .key(self.lock_key(entity))
             .arg(&lease.owner)
             .invoke_async(&mut conn)
@@ -240,7 +281,7 @@ impl Store {
     pub async fn finish(&self, lease: &Lease, entity: &str, remembered: bool) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: i64 = FINISH
-            .key(self.record_key(&lease.idempotency_key))
+            .key(self.record_key(&lease.entity, &lease.idempotency_key))
             .key(self.lock_key(entity))
             .arg(&lease.owner)
             .arg(if remembered { "1" } else { "0" })
@@ -250,10 +291,11 @@ impl Store {
     }
 
     /// Notes that a finished job's events were confirmed by the broker.
-    pub async fn mark_confirmed(&self, idempotency_key: &str) -> Result<(), StoreError> {
+    pub async fn mark_confirmed(&self, entity: &str, idempotency_key: &str) -> Result<(), StoreError> {
+        // `entity`: the one the job named, as when it claimed.
         let mut conn = self.conn.clone();
         let _: i64 = CONFIRM
-            .key(self.record_key(idempotency_key))
+            .key(self.record_key(entity, idempotency_key))
             .invoke_async(&mut conn)
             .await?;
         Ok(())

@@ -42,6 +42,59 @@ return 1
     )
 });
 
+/// A Redis Cluster's commit of a job that changed another entity than the one it claimed with (a
+/// created workitem): that entity's head lives in another hash slot, so it is advanced first, by
+/// [`LINK_ELSEWHERE`], which also keeps the link it made under `link:{entity}:<key>`: run again
+/// for the same job (after a crash before [`RECORD`]), it returns that link instead of making a
+/// second. Then [`RECORD`] writes the outcome in the claimed entity's slot.
+///
+/// KEYS: entity head, the job's link. ARGV: expected version, checksum, sequence, entity TTL,
+/// the link (event and messages), idempotency TTL. Returns {'linked', link} or {'moved'}.
+static LINK_ELSEWHERE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local made = redis.call('GET', KEYS[2])
+if made then
+  return {'linked', made}
+end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version ~= tonumber(ARGV[1]) then
+  return {'moved'}
+end
+local t = redis.call('TIME')
+local now = math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', now)
+if ARGV[3] ~= '' then
+  local last = redis.call('HGET', KEYS[1], 'sequence')
+  if not last or #ARGV[3] > #last or (#ARGV[3] == #last and ARGV[3] > last) then
+    redis.call('HSET', KEYS[1], 'sequence', ARGV[3])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+return {'linked', ARGV[5]}
+"#,
+    )
+});
+
+/// KEYS: record, lease. ARGV: outcome, events, remember, idempotency TTL, owner.
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[1], 'events', ARGV[2], 'confirmed', '0')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('GET', KEYS[2]) == ARGV[5] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"#,
+    )
+});
+
 impl Store {
     /// Records the outcome of `lease`'s job on `entity`, in one atomic step that also advances the
     /// entity's head and last `sequence` (for a change) and releases the job's lease. `prepare`
@@ -63,6 +116,11 @@ impl Store {
         mut known_head: Option<EntityHead>,
         prepare: impl Fn(&EntityHead) -> (AuditEvent, Vec<OutboundEvent>),
     ) -> Result<(AuditEvent, Vec<OutboundEvent>), StoreError> {
+        if self.tagged && entity != lease.entity {
+            return self
+                .commit_elsewhere(lease, entity, remember, sequence, known_head, prepare)
+                .await;
+        }
         let script = &*COMMIT;
         loop {
             let head = match known_head.take() {
@@ -72,9 +130,10 @@ impl Store {
             let (event, messages) = prepare(&head);
             let stored = serde_json::to_string(&messages).expect("outbound events serialize");
             let mut conn = self.conn.clone();
+            let record = self.record_key(&lease.entity, &lease.idempotency_key);
             let committed: i64 = script
-                .key(self.record_key(&lease.idempotency_key))
-                .key(self.lease_key(&lease.idempotency_key))
+                .key(&record)
+                .key(self.lease_key(&lease.entity, &lease.idempotency_key))
                 .key(self.entity_key(entity))
                 .arg(head.version)
                 .arg(event.checksum.clone().unwrap_or_default())
@@ -88,9 +147,83 @@ impl Store {
                 .invoke_async(&mut conn)
                 .await?;
             if committed == 1 {
+                // Before the events go out and the job is acked: a copy delivered after a
+                // failover must find this record.
+                self.replicated(&record).await?;
                 return Ok((event, messages));
             }
             // Another job advanced the entity between our read and write: link again.
         }
+    }
+
+    /// [`Store::commit`] in a Redis Cluster for a job whose `entity` is not the one it claimed
+    /// with: two steps, each atomic in its own slot, the first repeatable (see [`LINK_ELSEWHERE`]).
+    async fn commit_elsewhere(
+        &self,
+        lease: &Lease,
+        entity: &str,
+        remember: bool,
+        sequence: Option<u64>,
+        mut known_head: Option<EntityHead>,
+        prepare: impl Fn(&EntityHead) -> (AuditEvent, Vec<OutboundEvent>),
+    ) -> Result<(AuditEvent, Vec<OutboundEvent>), StoreError> {
+        let entity_key = self.entity_key(entity);
+        let link_key = format!(
+            "{}link:{}:{}",
+            self.prefix,
+            self.tag(entity),
+            lease.idempotency_key
+        );
+        let (event, messages): (AuditEvent, Vec<OutboundEvent>) = loop {
+            let head = match known_head.take() {
+                Some(head) => head,
+                None => self.entity_head(entity).await?,
+            };
+            let drafted = prepare(&head);
+            let link = serde_json::to_string(&drafted).expect("events serialize");
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = LINK_ELSEWHERE
+                .key(&entity_key)
+                .key(&link_key)
+                .arg(head.version)
+                .arg(drafted.0.checksum.clone().unwrap_or_default())
+                .arg(sequence.map(|s| s.to_string()).unwrap_or_default())
+                .arg(self.entity_ttl_secs)
+                .arg(link)
+                .arg(self.idempotency_ttl_secs)
+                .invoke_async(&mut conn)
+                .await?;
+            match (reply.first().map(String::as_str), reply.get(1)) {
+                (Some("linked"), Some(made)) => {
+                    break serde_json::from_str(made).map_err(|e| StoreError::Corrupt {
+                        key: link_key.clone(),
+                        problem: format!("link: {e}"),
+                    })?
+                }
+                // Another job advanced the entity between our read and write: link again.
+                (Some("moved"), _) => continue,
+                (other, _) => {
+                    return Err(StoreError::Corrupt {
+                        key: link_key,
+                        problem: format!("unexpected link reply {other:?}"),
+                    })
+                }
+            }
+        };
+        self.replicated(&entity_key).await?;
+        let record = self.record_key(&lease.entity, &lease.idempotency_key);
+        let mut conn = self.conn.clone();
+        let _: i64 = RECORD
+            .key(&record)
+            .key(self.lease_key(&lease.entity, &lease.idempotency_key))
+            .arg(event.outcome.as_str())
+            .arg(serde_json::to_string(&messages).expect("outbound events serialize"))
+            .arg(if remember { "1" } else { "0" })
+            .arg(self.idempotency_ttl_secs)
+            .arg(&lease.owner)
+            .invoke_async(&mut conn)
+            .await?;
+        self.replicated(&record).await?;
+        Ok((event, messages))
     }
 }

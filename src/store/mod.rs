@@ -23,22 +23,30 @@ mod batch;
 mod budget;
 mod claim;
 mod commit;
+mod connection;
 mod entity;
 
 pub use batch::{Progress, FIRST_ERRORS};
 pub use claim::{Claim, Lease, LeaseKeeper};
 pub use entity::{EntityHead, EntityState};
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use crate::config::ServiceUrl;
+use crate::config::{RedisSettings, RedisTopology};
+use connection::Connection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis: {key} reached {acknowledged} of the {wanted} replicas REDIS_WAIT_REPLICAS asks for within {timeout_ms} ms")]
+    NotReplicated {
+        key: String,
+        acknowledged: u64,
+        wanted: u64,
+        timeout_ms: u64,
+    },
     #[error("redis record {key} is corrupt: {problem}")]
     Corrupt { key: String, problem: String },
 }
@@ -49,8 +57,14 @@ const DEFAULT_ENTITY_TTL_SECS: u64 = 90 * 24 * 3600;
 /// Redis connection plus key naming.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Connection,
     prefix: String,
+    /// In a Redis Cluster an entity's keys carry it as their hash tag (one slot, so one script
+    /// can touch them all); elsewhere they keep the single server's layout.
+    tagged: bool,
+    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS`.
+    wait_replicas: u64,
+    wait_timeout: Duration,
     /// How long a finished job's record is kept, in seconds.
     pub(crate) idempotency_ttl_secs: u64,
     /// Lease of an in-progress record, in milliseconds.
@@ -68,25 +82,22 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects; the connection manager reconnects on its own after a failure. Every command
-    /// times out, so an outage surfaces as an error (and the intake stops consuming) instead of
-    /// a call that waits forever.
+    /// Connects to the Redis `settings` name; the connection reconnects on its own after a
+    /// failure (and follows a Sentinel or Cluster failover). Every command times out, so an
+    /// outage surfaces as an error (and the intake stops consuming) instead of a call that
+    /// waits forever.
     pub async fn connect(
-        url: &ServiceUrl,
+        settings: &RedisSettings,
         prefix: &str,
         idempotency_ttl_secs: u64,
         lease_ms: u64,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(Duration::from_secs(3))
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
-            conn,
+            conn: Connection::open(settings).await?,
             prefix: prefix.to_string(),
+            tagged: settings.topology == RedisTopology::Cluster,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: Duration::from_millis(settings.wait_timeout_ms),
             idempotency_ttl_secs,
             lease_ms,
             entity_ttl_secs: DEFAULT_ENTITY_TTL_SECS,
@@ -99,30 +110,72 @@ impl Store {
         self
     }
 
-    /// `suffix` under the prefix.
-    pub(crate) fn key(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.prefix)
+    /// `name` as the hash tag of a Redis Cluster key, or as it is.
+    fn tag<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        if self.tagged {
+            Cow::Owned(format!("{{{name}}}"))
+        } else {
+            Cow::Borrowed(name)
+        }
     }
 
-    pub(crate) fn record_key(&self, idempotency_key: &str) -> String {
-        format!("{}idem:{idempotency_key}", self.prefix)
+    /// The idempotency record of `idempotency_key`, whose job changes `entity`.
+    pub(crate) fn record_key(&self, entity: &str, idempotency_key: &str) -> String {
+        self.job_key("idem", entity, idempotency_key)
     }
 
-    pub(crate) fn lease_key(&self, idempotency_key: &str) -> String {
-        format!("{}lease:{idempotency_key}", self.prefix)
+    pub(crate) fn lease_key(&self, entity: &str, idempotency_key: &str) -> String {
+        self.job_key("lease", entity, idempotency_key)
+    }
+
+    fn job_key(&self, kind: &str, entity: &str, idempotency_key: &str) -> String {
+        if self.tagged {
+            format!("{}{kind}:{{{entity}}}:{idempotency_key}", self.prefix)
+        } else {
+            format!("{}{kind}:{idempotency_key}", self.prefix)
+        }
+    }
+
+    /// In a Redis Cluster: the fingerprint first seen with `idempotency_key`, whatever entity
+    /// its job named (the record lives in the entity's slot, so a key reused for another
+    /// entity would not meet it).
+    pub(crate) fn key_owner_key(&self, idempotency_key: &str) -> String {
+        format!("{}key:{{{idempotency_key}}}", self.prefix)
     }
 
     /// A key of the fleet-wide rate-limit budget of OAuth client `client_id`.
     pub(crate) fn budget_key(&self, client_id: &str, part: &str) -> String {
-        format!("{}budget:{client_id}:{part}", self.prefix)
+        format!("{}budget:{}:{part}", self.prefix, self.tag(client_id))
     }
 
     pub(crate) fn lock_key(&self, entity: &str) -> String {
-        format!("{}lock:{entity}", self.prefix)
+        format!("{}lock:{}", self.prefix, self.tag(entity))
     }
 
     pub(crate) fn entity_key(&self, entity: &str) -> String {
-        format!("{}entity:{entity}", self.prefix)
+        format!("{}entity:{}", self.prefix, self.tag(entity))
+    }
+
+    /// With `REDIS_WAIT_REPLICAS` set: waits until that many replicas hold every write made so
+    /// far to the server holding `key`; a write they do not all acknowledge in time is an error
+    /// (the job is delivered again), since a failover could lose it.
+    pub(crate) async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let acknowledged = self
+            .conn
+            .wait_for_replicas(key, self.wait_replicas, self.wait_timeout)
+            .await?;
+        if acknowledged < self.wait_replicas {
+            return Err(StoreError::NotReplicated {
+                key: key.to_string(),
+                acknowledged,
+                wanted: self.wait_replicas,
+                timeout_ms: self.wait_timeout.as_millis() as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Answers when Redis does: used by readiness checks.

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use crate::cli::BatchCommand;
-use crate::config::ServiceUrl;
+use crate::config::RedisSettings;
 use crate::store::Store;
 
 pub async fn run(command: BatchCommand) -> ExitCode {
@@ -13,15 +13,15 @@ pub async fn run(command: BatchCommand) -> ExitCode {
         BatchCommand::Status {
             id,
             json,
-            redis_url,
+            redis,
             redis_key_prefix,
-        } => status(id, json, &redis_url, &redis_key_prefix).await,
+        } => status(id, json, &redis.settings(), &redis_key_prefix).await,
     }
 }
 
-async fn status(id: uuid::Uuid, json: bool, url: &ServiceUrl, prefix: &str) -> ExitCode {
+async fn status(id: uuid::Uuid, json: bool, redis: &RedisSettings, prefix: &str) -> ExitCode {
     // Reading progress needs neither the TTL nor the lease.
-    let progress = match Store::connect(url, prefix, 1, 1).await {
+    let progress = match Store::connect(redis, prefix, 1, 1).await {
         Ok(store) => store.batch_progress(id).await,
         Err(err) => Err(err),
     };

@@ -2,7 +2,7 @@
 
 use genesys_sandbox::{user_id, SandboxConfig};
 use genesys_worker::cli::{BrokerArgs, DlqOptions, Filter};
-use genesys_worker::config::ServiceUrl;
+use genesys_worker::config::ServiceUrls;
 use genesys_worker::dlq;
 use genesys_worker::events::Outcome;
 use serde_json::{json, Value};
@@ -117,7 +117,7 @@ async fn listings_back_to_back_each_find_every_dead_letter() {
     }
     let options = DlqOptions {
         broker: BrokerArgs {
-            amqp_url: ServiceUrl::parse(&amqp_url()).unwrap(),
+            amqp_url: ServiceUrls::parse(&amqp_url()).unwrap(),
         },
         dead_letter_queue: app.config.topology.dead_letter.clone(),
         jobs_exchange: app.config.topology.jobs_exchange.clone(),

@@ -333,7 +333,7 @@ async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_t
     use crate::helpers::{check_redis, random_name, start_worker_process, test_env, PrivateRabbit};
     use genesys_sandbox as sandbox;
     use genesys_worker::broker::{self, topology, Publisher};
-    use genesys_worker::config::{Config, ServiceUrl};
+    use genesys_worker::config::{Config, ServiceUrls};
     check_redis().await;
     let rabbit = PrivateRabbit::start().await;
     let sandbox = sandbox::spawn(
@@ -366,7 +366,7 @@ async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_t
         .unwrap();
 
     // Every job is on the (durable) queue before the worker starts.
-    let connection = broker::connect(&ServiceUrl::parse(&url).unwrap()).await.unwrap();
+    let connection = broker::connect(&ServiceUrls::parse(&url).unwrap()).await.unwrap();
     topology::declare(&connection.create_channel().await.unwrap(), &config.topology)
         .await
         .unwrap();

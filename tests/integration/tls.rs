@@ -180,7 +180,7 @@ async fn the_worker_runs_over_rediss_with_a_trusted_certificate_and_refuses_an_u
 #[tokio::test]
 async fn the_worker_consumes_and_publishes_over_amqps() {
     use genesys_worker::broker::{self, topology, Publisher};
-    use genesys_worker::config::{Config, ServiceUrl};
+    use genesys_worker::config::{Config, ServiceUrls};
     use lapin::BasicProperties;
 
     let tls_port = free_port();
@@ -218,7 +218,7 @@ async fn the_worker_consumes_and_publishes_over_amqps() {
     let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
 
     // The test itself talks plain AMQP to the same node.
-    let plain = broker::connect(&ServiceUrl::parse(&rabbit.url()).unwrap())
+    let plain = broker::connect(&ServiceUrls::parse(&rabbit.url()).unwrap())
         .await
         .unwrap();
     let channel = plain.create_channel().await.unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use genesys_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
-use genesys_worker::broker::{self, topology, Publisher};
-use genesys_worker::config::{Config, ServiceUrl};
+use genesys_worker::broker::{self, Publisher};
+use genesys_worker::config::{Config, ServiceUrls};
 use genesys_worker::events::{AuditEvent, CrmEvent};
 use genesys_worker::worker;
 use lapin::options::{
@@ -21,6 +21,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+pub mod topology;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -62,7 +64,7 @@ pub fn random_name() -> String {
 
 /// Connects to the test broker, or fails with the command that starts it.
 pub async fn connect_broker() -> Connection {
-    let url = ServiceUrl::parse(&amqp_url()).expect("AMQP_URL is a URL");
+    let url = ServiceUrls::parse(&amqp_url()).expect("AMQP_URL is a URL");
     let mut last_error = None;
     for _ in 0..20 {
         match broker::connect(&url).await {
@@ -220,7 +222,9 @@ pub async fn spawn_app_without_worker(sandbox_config: SandboxConfig, overrides: 
     let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid");
     let channel = connection.create_channel().await.unwrap();
     // Declared here too, so jobs published before the worker is up wait in the queue.
-    topology::declare(&channel, &config.topology).await.unwrap();
+    broker::topology::declare(&channel, &config.topology)
+        .await
+        .unwrap();
     let audit = capture(&channel, &config.topology.audit_exchange).await;
     let crm = capture(&channel, &config.topology.crm_exchange).await;
     let publisher = Publisher::open(&connection).await.unwrap();
@@ -825,7 +829,7 @@ impl PrivateRabbit {
             .expect("rabbitmq-server is installed (scripts/services.sh installs it)");
         *self.launcher.lock().unwrap() = Some(launcher);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        let url = ServiceUrl::parse(&self.url()).unwrap();
+        let url = ServiceUrls::parse(&self.url()).unwrap();
         loop {
             if let Ok(connection) = broker::connect(&url).await {
                 let _ = connection.close(200, "ready".into()).await;
