@@ -16,9 +16,13 @@
 # DIR/state (key=value lines; a key written again overrides the earlier line) and prints the
 # worker's connection settings on stdout as shell assignments, e.g.
 #
-#   eval "$(scripts/topology.sh up redis-sentinel /tmp/sentinel)"   # REDIS_TOPOLOGY, REDIS_URL, ...
+#   settings="$(scripts/topology.sh up redis-sentinel)" && export $settings
+#   ...                                    # REDIS_TOPOLOGY, REDIS_URL, REDIS_SENTINEL_MASTER set
+#   scripts/topology.sh down /tmp/genesys-worker-topology.XXXXXX   # DIR, as `up` logged it
 #
-# Ports are free ones picked here, or consecutive ones from TOPOLOGY_BASE_PORT.
+# Ports are free ones picked here (20000-31999), or consecutive ones from TOPOLOGY_BASE_PORT
+# (a rabbit-cluster takes 6: AMQP then distribution; a redis-sentinel 5: primary, replica,
+# Sentinels; a redis-cluster 12: client then cluster bus).
 #
 # Helpers for the test kit (crates/testkit/src/topology.rs), on a DIR that `up` made:
 #   scripts/topology.sh start-rabbit DIR I   start RabbitMQ node I (1..3) again on its data: it rejoins
@@ -326,9 +330,11 @@ up() {
   case "$topology" in rabbit-cluster | redis-sentinel | redis-cluster) ;; *) usage ;; esac
   install_missing "$topology"
   if [ -n "$dir" ]; then
+    [ ! -e "$dir/state" ] || die "$dir/state exists: a topology runs there (scripts/topology.sh down $dir)"
+    # `down` removes DIR: it must hold nothing else.
+    [ ! -e "$dir" ] || [ -z "$(ls -A "$dir")" ] || die "$dir is not empty"
     mkdir -p "$dir"
     DIR="$(cd "$dir" && pwd)"
-    [ ! -e "$DIR/state" ] || die "$DIR/state exists: a topology runs there (scripts/topology.sh down $DIR)"
   else
     DIR="$(mktemp -d /tmp/genesys-worker-topology.XXXXXX)"
   fi
