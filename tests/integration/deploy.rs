@@ -1,14 +1,16 @@
 //! The deploy files (docker compose, Kubernetes, KEDA, Grafana) agree with the code: every
 //! setting they give is one the worker reads, every queue and metric they name exists, and the
 //! operational promises hold (grace period above the drain time, probes on the right paths,
-//! ports on loopback in the demo stack). YAML is read with PyYAML from `.venv`.
+//! ports on loopback in the demo stack). The production overlays (`deploy/production`) are
+//! built as kustomize would and their merged settings parsed by the worker's own `Config`.
+//! YAML is read with PyYAML from `.venv`.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use genesys_worker::config::{Config, Topology};
+use genesys_worker::config::{Config, RedisTopology, ServiceUrls, Topology};
 use genesys_worker::telemetry::names;
 use serde_json::Value;
 
@@ -193,4 +195,249 @@ fn the_grafana_dashboard_charts_every_metric_and_only_real_ones() {
     for name in names::ALL {
         assert!(readme.contains(name), "README does not document {name}");
     }
+}
+
+/// `dir/entry` without `.` and `..` (kustomize resolves the entries of a kustomization so).
+fn beside(dir: &str, entry: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for part in Path::new(dir).join(entry).components() {
+        match part {
+            Component::ParentDir => {
+                parts.pop().expect("a path above the repository");
+            }
+            Component::CurDir => {}
+            other => parts.push(other.as_os_str().to_string_lossy().into_owned()),
+        }
+    }
+    parts.join("/")
+}
+
+fn strings(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| entry.as_str().expect("a path"))
+        .collect()
+}
+
+/// kustomize's strategic merge, as far as these files need it: maps merge key by key, lists and
+/// scalars are replaced.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// Builds the kustomization (or component) in `dir` into `into`: its resources (files, or
+/// directories built on their own), then its components, then its patches. Every file it names
+/// must exist and every patch must find exactly one target.
+fn kustomize_into(dir: &str, into: &mut Vec<Value>) -> String {
+    let file = format!("{dir}/kustomization.yaml");
+    assert!(root().join(&file).is_file(), "{file} missing");
+    let kustomization = yaml(&file).remove(0);
+    for entry in strings(&kustomization["resources"]) {
+        let path = beside(dir, entry);
+        let full = root().join(&path);
+        assert!(full.exists(), "{file}: resource {entry} ({path}) does not exist");
+        if full.is_dir() {
+            let mut base = Vec::new();
+            let kind = kustomize_into(&path, &mut base);
+            assert_eq!(kind, "Kustomization", "{file}: resource {entry} is a {kind}");
+            into.extend(base);
+        } else {
+            into.extend(yaml(&path));
+        }
+    }
+    for entry in strings(&kustomization["components"]) {
+        let kind = kustomize_into(&beside(dir, entry), into);
+        assert_eq!(kind, "Component", "{file}: component {entry} is a {kind}");
+    }
+    for patch in kustomization["patches"].as_array().into_iter().flatten() {
+        let entry = patch["path"].as_str().expect("patches given by path");
+        let path = beside(dir, entry);
+        assert!(
+            root().join(&path).is_file(),
+            "{file}: patch {entry} does not exist"
+        );
+        for patch in yaml(&path) {
+            let mut targets = into
+                .iter_mut()
+                .filter(|r| r["kind"] == patch["kind"] && r["metadata"]["name"] == patch["metadata"]["name"]);
+            let target = targets.next().unwrap_or_else(|| {
+                panic!(
+                    "{path}: no {} {} to patch",
+                    patch["kind"], patch["metadata"]["name"]
+                )
+            });
+            assert!(targets.next().is_none(), "{path}: more than one target");
+            merge(target, &patch);
+        }
+    }
+    kustomization["kind"]
+        .as_str()
+        .unwrap_or("Kustomization")
+        .to_string()
+}
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    let mut documents = Vec::new();
+    assert_eq!(kustomize_into(dir, &mut documents), "Kustomization");
+    documents
+}
+
+fn named<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The worker's environment as its pod gets it (`envFrom`: the ConfigMap, then the Secret),
+/// after checking that every setting is known and that credentials stay in the Secret.
+fn worker_environment(documents: &[Value]) -> BTreeMap<String, String> {
+    let known = known_settings();
+    let config = &named(documents, "ConfigMap", "genesys-worker")["data"];
+    let secret = &named(documents, "Secret", "genesys-worker")["stringData"];
+    let mut environment = BTreeMap::new();
+    for map in [config, secret] {
+        for (key, value) in map.as_object().unwrap() {
+            assert!(known.contains(key), "unknown setting {key}");
+            let value = value.as_str().unwrap_or_else(|| panic!("{key} is not a string"));
+            assert!(
+                environment.insert(key.clone(), value.to_string()).is_none(),
+                "{key} is in both the ConfigMap and the Secret"
+            );
+        }
+    }
+    for secret_key in ["GENESYS_CLIENT_SECRET", "AMQP_URL", "REDIS_URL"] {
+        assert!(secret.get(secret_key).is_some() && config.get(secret_key).is_none());
+    }
+    environment
+}
+
+/// The URL KEDA's RabbitMQ scaler connects to: it takes one, not a node list.
+fn keda_host(documents: &[Value]) -> url::Url {
+    let auth = named(documents, "TriggerAuthentication", "genesys-worker-rabbitmq");
+    let reference = auth["spec"]["secretTargetRef"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["parameter"] == "host")
+        .expect("no host for KEDA");
+    let secret = named(documents, "Secret", reference["name"].as_str().unwrap());
+    let raw = secret["stringData"][reference["key"].as_str().unwrap()]
+        .as_str()
+        .expect("KEDA's host is not in the Secret");
+    let nodes = ServiceUrls::parse(raw).unwrap();
+    assert_eq!(nodes.nodes().len(), 1, "KEDA takes one URL, got {nodes}");
+    url::Url::parse(nodes.nodes()[0].expose()).unwrap()
+}
+
+fn hosts(urls: &ServiceUrls) -> Vec<(String, u16)> {
+    urls.nodes()
+        .iter()
+        .map(|node| {
+            let url = url::Url::parse(node.expose()).unwrap();
+            (
+                url.host_str().unwrap().to_string(),
+                url.port().expect("an explicit port"),
+            )
+        })
+        .collect()
+}
+
+/// The production overlay in `dir`, checked for what both share: the base's Deployment and
+/// PodDisruptionBudget unchanged, the worker's settings known and parsed, AMQP_URL naming each
+/// node of the RabbitmqCluster, KEDA on the cluster's client Service.
+fn production(dir: &str) -> Config {
+    let base = kustomize("deploy/kubernetes");
+    let documents = kustomize(dir);
+    for kind in ["Deployment", "PodDisruptionBudget", "ScaledObject"] {
+        assert_eq!(
+            of_kind(&documents, kind),
+            of_kind(&base, kind),
+            "{dir} changes the {kind}"
+        );
+    }
+    let pdb = &of_kind(&documents, "PodDisruptionBudget")["spec"];
+    let scaled = &of_kind(&documents, "ScaledObject")["spec"];
+    assert!(
+        pdb["minAvailable"].as_u64().unwrap() < scaled["minReplicaCount"].as_u64().unwrap(),
+        "the PodDisruptionBudget would block every eviction at the minimum replica count"
+    );
+    let environment = worker_environment(&documents);
+    let grace = of_kind(&documents, "Deployment")["spec"]["template"]["spec"]
+        ["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let drain: u64 = environment["SHUTDOWN_TIMEOUT_SECS"].parse().unwrap();
+    assert!(grace > drain, "{dir}: grace {grace} ≤ drain {drain}");
+    let config =
+        Config::from_lookup(|name| environment.get(name).cloned()).unwrap_or_else(|e| panic!("{dir}: {e}"));
+
+    // AMQP_URL names every node of the RabbitMQ cluster by its own address.
+    let rabbitmq = of_kind(&documents, "RabbitmqCluster");
+    assert_eq!(rabbitmq["apiVersion"], "rabbitmq.com/v1beta1");
+    let name = rabbitmq["metadata"]["name"].as_str().unwrap();
+    let namespace = rabbitmq["metadata"]["namespace"].as_str().unwrap();
+    let replicas = rabbitmq["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    assert!(rabbitmq["spec"]["resources"]["limits"].is_object());
+    assert!(rabbitmq["spec"]["persistence"]["storage"].is_string());
+    assert!(rabbitmq["spec"]["rabbitmq"]["additionalConfig"]
+        .as_str()
+        .unwrap()
+        .contains("cluster_partition_handling = pause_minority"));
+    let amqp = hosts(&config.amqp_url);
+    assert_eq!(config.amqp_url.nodes().len(), 3);
+    let distinct: BTreeSet<&String> = amqp.iter().map(|(host, _)| host).collect();
+    assert_eq!(distinct.len(), 3, "{dir}: AMQP_URL repeats a node: {amqp:?}");
+    let expected: Vec<(String, u16)> = (0..replicas)
+        .map(|i| (format!("{name}-server-{i}.{name}-nodes.{namespace}.svc"), 5672))
+        .collect();
+    assert_eq!(amqp, expected);
+    let keda = keda_host(&documents);
+    assert_eq!(keda.host_str(), Some(format!("{name}.{namespace}.svc").as_str()));
+    config
+}
+
+#[test]
+fn the_sentinel_overlay_runs_on_a_rabbitmq_cluster_and_redis_sentinel_with_a_replica_wait() {
+    let config = production("deploy/production/sentinel");
+    assert_eq!(config.redis.topology, RedisTopology::Sentinel);
+    assert_eq!(config.redis.sentinel_master, "mymaster");
+    assert_eq!(config.redis.wait_replicas, 1);
+    assert!(config.redis.wait_timeout_ms > 0);
+    let sentinels = hosts(&config.redis.urls);
+    let distinct: BTreeSet<&String> = sentinels.iter().map(|(host, _)| host).collect();
+    assert!(
+        distinct.len() >= 3,
+        "a Sentinel quorum needs three: {sentinels:?}"
+    );
+    assert_eq!(distinct.len(), sentinels.len(), "a Sentinel is named twice");
+    assert!(sentinels.iter().all(|(_, port)| *port == 26379), "{sentinels:?}");
+}
+
+#[test]
+fn the_cluster_overlay_runs_on_a_rabbitmq_cluster_and_a_redis_cluster_with_a_replica_wait() {
+    let config = production("deploy/production/cluster");
+    assert_eq!(config.redis.topology, RedisTopology::Cluster);
+    assert_eq!(config.redis.wait_replicas, 1);
+    assert!(config.redis.wait_timeout_ms > 0);
+    assert!(!config.redis.urls.nodes().is_empty());
+    assert!(!config.redis_key_prefix.contains(['{', '}']));
+}
+
+#[test]
+fn the_base_kustomization_names_existing_files_and_gives_keda_one_url() {
+    let documents = kustomize("deploy/kubernetes");
+    let environment = worker_environment(&documents);
+    let config = Config::from_lookup(|name| environment.get(name).cloned()).unwrap();
+    assert_eq!(config.redis.topology, RedisTopology::Standalone);
+    keda_host(&documents);
 }
