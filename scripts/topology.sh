@@ -30,7 +30,6 @@
 #   scripts/topology.sh rabbitmqctl ARGS...  rabbitmqctl as the nodes' user (the same Erlang cookie)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 RABBITMQCTL=/usr/lib/rabbitmq/bin/rabbitmqctl
 MASTER_NAME=mymaster
@@ -117,7 +116,7 @@ rabbit_user() {
     local cookie="$HOME/.erlang.cookie"
     if [ ! -f "$cookie" ]; then
       # Made here, before three nodes start at once and race to make it.
-      (umask 077 && tr -dc 'A-Z' </dev/urandom | head -c 20 >"$cookie") && chmod 400 "$cookie"
+      (umask 077 && tr -dc 'ABCDEFGHIJKLMNOPQRSTUVWXYZ' </dev/urandom | head -c 20 >"$cookie") && chmod 400 "$cookie"
     fi
   fi
 }
@@ -360,12 +359,12 @@ stop() { # signal
   done < <(grep -E '_pidfile=' "$DIR/state" | cut -d= -f2- | sort -u)
   while IFS= read -r pid; do pids+=("$pid"); done < <(grep -E '_launcher=' "$DIR/state" | cut -d= -f2-)
   for pid in "${pids[@]}"; do
-    alive "$pid" && kill "-$signal" "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill "-$signal" "$pid" 2>/dev/null || true; fi
   done
   for pid in "${pids[@]}"; do
     local deadline=$((SECONDS + 20))
     while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   rm -rf "$DIR"
 }
@@ -387,14 +386,14 @@ case "${1:-}" in
   down) down TERM "${2:-}" ;;
   kill) down KILL "${2:-}" ;;
   start-rabbit)
-    [ -f "${2:-}/state" ] && [ -n "${3:-}" ] || usage
+    if [ ! -f "${2:-}/state" ] || [ -z "${3:-}" ]; then usage; fi
     DIR="$(cd "$2" && pwd)"
     rabbit_user
     start_rabbit "$3"
     wait_rabbit "$3"
     ;;
   start-redis)
-    [ -f "${2:-}/state" ] && [ -n "${3:-}" ] || usage
+    if [ ! -f "${2:-}/state" ] || [ -z "${3:-}" ]; then usage; fi
     DIR="$(cd "$2" && pwd)"
     start_redis "$3"
     ;;

@@ -690,18 +690,25 @@ impl RedisCluster {
             .sum()
     }
 
-    /// The port of a (not failed) replica of the primary on `primary_port`.
+    /// The port of a (not failed) replica of the primary on `primary_port`, with its link to
+    /// the primary up (waits for one: right after a failover the old primary takes a moment to
+    /// become the new one's replica).
     pub async fn replica_of(&self, primary_port: u16) -> u16 {
-        let nodes = self.nodes().await;
-        let primary = nodes
-            .iter()
-            .find(|n| n.port == primary_port)
-            .unwrap_or_else(|| panic!("no node on {primary_port}"));
-        nodes
-            .iter()
-            .find(|n| !n.failed && n.primary_id.as_deref() == Some(primary.id.as_str()))
-            .map(|n| n.port)
-            .unwrap_or_else(|| panic!("the primary on {primary_port} has no replica"))
+        wait_until(&format!("a replica of {primary_port}"), || async move {
+            let nodes = self.nodes().await;
+            let primary = nodes.iter().find(|n| n.port == primary_port)?;
+            for replica in nodes
+                .iter()
+                .filter(|n| !n.failed && n.primary_id.as_deref() == Some(primary.id.as_str()))
+            {
+                let info = redis_cli(replica.port, &["INFO", "replication"]).await.ok()?;
+                if info.lines().any(|l| l.trim() == "master_link_status:up") {
+                    return Some(replica.port);
+                }
+            }
+            None
+        })
+        .await
     }
 
     /// SIGKILL of the node on `port`.
@@ -732,6 +739,8 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("{e}"));
         self.wait_for_slots(replica, &slots).await;
         self.wait_ok().await;
+        // Done when the old primary follows the new one.
+        assert_eq!(self.replica_of(replica).await, primary_port);
         replica
     }
 
