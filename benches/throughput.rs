@@ -348,7 +348,7 @@ impl Stage {
         let topology = topology(&tag);
         let sandbox = Sandbox::start(users, rate_limit).await;
         let setup = connection.create_channel().await.unwrap();
-        topology::declare(&setup, &topology).await.unwrap();
+        topology::declare(connection, &topology).await.unwrap();
         let publisher = Publisher::open(connection).await.unwrap();
         Self {
             tag,

@@ -192,8 +192,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
         Err(err) => return (Err(err), false),
     };
     let result = async {
-        let setup = connection.create_channel().await?;
-        topology::declare(&setup, &config.topology).await?;
+        topology::declare(&connection, &config.topology).await?;
         let publisher = Publisher::open(&connection).await?;
         let pipeline = Arc::new(Pipeline::new(Stages {
             store: store.clone(),
@@ -249,7 +248,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             .await;
         // Acks travel on the consumer channels: closing one waits for what was written before.
         let ok: ReplyCode = 200;
-        for channel in consumers.iter().chain([&setup]) {
+        for channel in &consumers {
             let _ = channel.close(ok, "worker stopping".into()).await;
         }
         consumed.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())

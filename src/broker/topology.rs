@@ -13,16 +13,21 @@
 //!   front of single jobs.
 //! - retry queues `<lane queue>.retry.<delay>ms`, one per tier and lane: a message waits there
 //!   for the tier's TTL, then is dead-lettered back to its lane's queue through the default
-//!   exchange.
+//!   exchange. Quorum queues too, with at-least-once dead-lettering: on a cluster a classic
+//!   queue lives on one node, and while that node is down neither it nor the worker's
+//!   declaration of it would work. A classic retry queue left by an earlier version is used as
+//!   it is (with a warning: on a cluster, delete it once empty and the worker declares it anew).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use super::BrokerError;
 use crate::config::Topology;
 
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
+    let channel = &connection.create_channel().await?;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -68,13 +73,13 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     for lane in topology.lane_queues() {
         for tier in 0..topology.retry_delays_ms.len() {
             let queue = topology.retry_queue(lane, tier).expect("a tier of the list");
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    queue_options,
-                    retry_queue_arguments(topology, lane, tier),
-                )
-                .await?;
+            declare_retry_queue(
+                connection,
+                channel,
+                &queue,
+                retry_queue_arguments(topology, lane, tier),
+            )
+            .await?;
         }
         channel
             .queue_declare(lane.into(), queue_options, work_queue_arguments(topology))
@@ -89,13 +94,68 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             FieldTable::default(),
         )
         .await?;
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
 
-/// Arguments of retry queue `tier` of lane queue `lane`: its delay as TTL, then back to the lane
-/// through the default exchange.
+/// Declares a retry queue; one that an earlier version declared as a classic queue (the broker
+/// refuses the new arguments with 406 and closes the channel) is checked to exist and kept.
+async fn declare_retry_queue(
+    connection: &Connection,
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let probe = connection.create_channel().await?;
+    match probe.queue_declare(queue.into(), options, arguments).await {
+        Ok(_) => {
+            let _ = probe.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(error) if precondition_failed(&error) => {
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..options
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            tracing::warn!(queue, "Retry queue declared by an earlier version (a classic queue) kept as it is; on a RabbitMQ cluster delete it once it is empty, so the worker declares it as a quorum queue.");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+/// Arguments of retry queue `tier` of lane queue `lane`: a quorum queue with its delay as TTL,
+/// then back to the lane through the default exchange, at least once (which needs
+/// `reject-publish` overflow).
 pub fn retry_queue_arguments(topology: &Topology, lane: &str, tier: usize) -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     args.insert(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(topology.retry_delays_ms[tier] as i64),

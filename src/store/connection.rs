@@ -9,9 +9,13 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
+use redis::cluster_routing::{
+    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, TlsMode, Value,
+};
 
 use crate::config::{RedisSettings, RedisTopology};
 
@@ -37,10 +41,20 @@ impl Connection {
                 ))
             }
             RedisTopology::Sentinel => {
+                // The primary is reached as the Sentinels are: the same credentials, database
+                // and TLS as the first Sentinel URL.
+                let first = nodes[0].into_connection_info()?;
+                let primary_info = SentinelNodeConnectionInfo {
+                    tls_mode: match first.addr {
+                        ConnectionAddr::TcpTls { .. } => Some(TlsMode::Secure),
+                        _ => None,
+                    },
+                    redis_connection_info: Some(first.redis),
+                };
                 let sentinel = SentinelClient::build(
                     nodes,
                     settings.sentinel_master.clone(),
-                    None,
+                    Some(primary_info),
                     SentinelServerType::Master,
                 )?;
                 let primary = SentinelPrimary {
@@ -63,11 +77,12 @@ impl Connection {
         }
     }
 
-    /// Waits until `replicas` replicas hold every write made so far through this connection to
-    /// the server holding `key` (Redis `WAIT`); returns how many acknowledged within `timeout`.
+    /// Waits until `replicas` replicas hold every write made so far through this connection
+    /// (Redis `WAIT`) to the server holding `key`, or, with no key, to every primary; returns
+    /// how many acknowledged within `timeout` (the fewest, for several primaries).
     pub(crate) async fn wait_for_replicas(
         &self,
-        key: &str,
+        key: Option<&str>,
         replicas: u64,
         timeout: Duration,
     ) -> RedisResult<u64> {
@@ -77,14 +92,17 @@ impl Connection {
             // WAIT names no key: send it to the primary of the key's slot, on the connection
             // the writes went through.
             Self::Cluster(cluster) => {
-                let route = Route::new(hash_slot(key), SlotAddr::Master);
-                let reply = cluster
-                    .clone()
-                    .route_command(
-                        &wait,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
+                let routing = match key {
+                    Some(key) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        hash_slot(key),
+                        SlotAddr::Master,
+                    ))),
+                    None => RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::Aggregate(AggregateOp::Min)),
+                    )),
+                };
+                let reply = cluster.clone().route_command(&wait, routing).await?;
                 redis::from_redis_value(&reply)
             }
             other => wait.query_async(&mut other.clone()).await,

@@ -40,7 +40,7 @@ use connection::Connection;
 pub enum StoreError {
     #[error("redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis: {key} reached {acknowledged} of the {wanted} replicas REDIS_WAIT_REPLICAS asks for within {timeout_ms} ms")]
+    #[error("redis: writes to {key} reached {acknowledged} of the {wanted} replicas REDIS_WAIT_REPLICAS asks for within {timeout_ms} ms")]
     NotReplicated {
         key: String,
         acknowledged: u64,
@@ -165,7 +165,7 @@ impl Store {
         }
         let acknowledged = self
             .conn
-            .wait_for_replicas(key, self.wait_replicas, self.wait_timeout)
+            .wait_for_replicas(Some(key), self.wait_replicas, self.wait_timeout)
             .await?;
         if acknowledged < self.wait_replicas {
             return Err(StoreError::NotReplicated {
@@ -178,10 +178,26 @@ impl Store {
         Ok(())
     }
 
-    /// Answers when Redis does: used by readiness checks.
+    /// Answers when Redis does, and, with `REDIS_WAIT_REPLICAS` set, when enough replicas
+    /// follow (every primary's, in a cluster): used by readiness checks, and by the intake
+    /// before it consumes again, so jobs are not taken while no claim could be replicated.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        if self.wait_replicas > 0 {
+            let acknowledged = self
+                .conn
+                .wait_for_replicas(None, self.wait_replicas, self.wait_timeout)
+                .await?;
+            if acknowledged < self.wait_replicas {
+                return Err(StoreError::NotReplicated {
+                    key: "every primary".into(),
+                    acknowledged,
+                    wanted: self.wait_replicas,
+                    timeout_ms: self.wait_timeout.as_millis() as u64,
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -367,9 +367,7 @@ async fn a_rabbitmq_restart_mid_run_is_survived_and_nothing_is_lost_or_applied_t
 
     // Every job is on the (durable) queue before the worker starts.
     let connection = broker::connect(&ServiceUrls::parse(&url).unwrap()).await.unwrap();
-    topology::declare(&connection.create_channel().await.unwrap(), &config.topology)
-        .await
-        .unwrap();
+    topology::declare(&connection, &config.topology).await.unwrap();
     let publisher = Publisher::open(&connection).await.unwrap();
     for n in 0..60 {
         let job = agent_job(user_id(n), json!({"presence": "Training"}));

@@ -222,7 +222,7 @@ async fn the_worker_consumes_and_publishes_over_amqps() {
         .await
         .unwrap();
     let channel = plain.create_channel().await.unwrap();
-    topology::declare(&channel, &config.topology).await.unwrap();
+    topology::declare(&plain, &config.topology).await.unwrap();
     let mut audit = crate::helpers::capture(&channel, &config.topology.audit_exchange).await;
     let mut worker = start_worker_process(&env);
     let job = agent_job(user_id(2), json!({"presence": "Meal"}));

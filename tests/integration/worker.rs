@@ -250,3 +250,87 @@ async fn a_job_costs_three_redis_round_trips() {
     assert_eq!(round_trips.len(), 3, "{round_trips:#?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_classic_retry_queue_from_an_earlier_version_is_kept_and_still_returns_jobs_to_their_lane() {
+    use genesys_worker::broker::topology;
+    use genesys_worker::config::Topology;
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let connection = crate::helpers::connect_broker().await;
+    let prefix = crate::helpers::random_name();
+    let names = Topology {
+        jobs_exchange: format!("test.{prefix}.jobs"),
+        work_queue: format!("test.{prefix}.jobs.work"),
+        batch_queue: format!("test.{prefix}.jobs.batch"),
+        dead_letter: format!("test.{prefix}.jobs.dead"),
+        audit_exchange: format!("test.{prefix}.audit"),
+        crm_exchange: format!("test.{prefix}.crm"),
+        retry_delays_ms: vec![200],
+        ..Topology::default()
+    };
+    let retry = names.retry_queue(&names.work_queue, 0).unwrap();
+    // As versions before the quorum retry queues declared it.
+    let mut classic = FieldTable::default();
+    classic.insert("x-message-ttl".into(), AMQPValue::LongLongInt(200));
+    classic.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    classic.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(names.work_queue.as_str().into()),
+    );
+    let channel = connection.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(retry.as_str().into(), durable, classic)
+        .await
+        .unwrap();
+
+    topology::declare(&connection, &names)
+        .await
+        .expect("the old retry queue is accepted");
+    topology::declare(&connection, &names)
+        .await
+        .expect("and again, idempotently");
+
+    channel
+        .basic_publish(
+            "".into(),
+            retry.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let back = channel
+            .basic_get(names.work_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        if back.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never left the retry queue"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for queue in [&retry, &names.work_queue, &names.batch_queue, &names.dead_letter] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    if let Some(batch_retry) = names.retry_queue(&names.batch_queue, 0) {
+        let _ = channel
+            .queue_delete(batch_retry.as_str().into(), Default::default())
+            .await;
+    }
+}

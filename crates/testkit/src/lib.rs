@@ -222,7 +222,7 @@ pub async fn spawn_app_without_worker(sandbox_config: SandboxConfig, overrides: 
     let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test configuration is valid");
     let channel = connection.create_channel().await.unwrap();
     // Declared here too, so jobs published before the worker is up wait in the queue.
-    broker::topology::declare(&channel, &config.topology)
+    broker::topology::declare(&connection, &config.topology)
         .await
         .unwrap();
     let audit = capture(&channel, &config.topology.audit_exchange).await;
