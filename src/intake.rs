@@ -187,7 +187,8 @@ async fn consume_until_paused(
     pause
 }
 
-/// Waits until Redis answers (true) or shutdown is requested (false), backing off to 5 s.
+/// Waits until Redis answers (true) or shutdown is requested (false), asking every second at
+/// most (a ping is cheap; a failover's end should not wait for a long backoff).
 async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bool {
     let mut wait = Duration::from_millis(250);
     loop {
@@ -198,7 +199,7 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
         if pipeline.redis_answers().await {
             return true;
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
+        wait = (wait * 2).min(Duration::from_secs(1));
     }
 }
 

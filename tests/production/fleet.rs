@@ -209,6 +209,14 @@ impl Fleet {
         }
     }
 
+    pub fn logs_full(&self) -> String {
+        self.workers
+            .iter()
+            .map(|w| w.log_text())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    }
+
     pub fn logs(&self) -> String {
         self.workers
             .iter()

@@ -100,9 +100,13 @@ async fn killing_the_redis_primary_under_sentinel_with_replicated_writes_loses_n
     let old_primary = redis.kill_primary().await;
     let new_primary = redis.wait_for_failover(old_primary).await;
     assert_ne!(new_primary, old_primary);
+    eprintln!(
+        "[gap] Sentinel promoted the replica {:.2} s after the kill",
+        failed_at.elapsed().as_secs_f64()
+    );
     // The new primary has no replica until the old one returns (as its replica): until then
     // no claim can be replicated, so nothing is applied and /readyz says why.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let stalled_at = fleet.made();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -110,7 +114,17 @@ async fn killing_the_redis_primary_under_sentinel_with_replicated_writes_loses_n
         stalled_at,
         "changes made while no replica could hold their claims"
     );
+    let rejoined_at = Instant::now();
     redis.restart_node(old_primary).await;
+    let before = fleet.made();
+    fleet.wait_until_made(before + 1, Duration::from_secs(60)).await;
+    eprintln!(
+        "[gap] first change {:.2} s after the old primary was started again (as the new one's replica)",
+        rejoined_at.elapsed().as_secs_f64()
+    );
+    if std::env::var("DUMP").is_ok() {
+        eprintln!("{}", fleet.logs_full());
+    }
     let report = fleet.finish(failed_at, RUN_LIMIT).await;
     print_gap(
         "Redis primary killed under Sentinel (REDIS_WAIT_REPLICAS=1)",
