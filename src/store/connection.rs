@@ -1,6 +1,6 @@
 //! The one Redis connection the worker shares, whatever stands behind `REDIS_URL`: a single
-//! server, a primary found through Sentinel, or a Redis Cluster (see docs/architecture.md,
-//! "Running on several nodes"). Every command reconnects on its own after a failure; an outage
+//! server, a primary found through Sentinel, or a Redis Cluster (docs/architecture.md,
+//! section 4.16). Every command reconnects on its own after a failure; an outage
 //! surfaces as an error, never as a call that waits forever.
 
 use std::sync::{Arc, Mutex};
