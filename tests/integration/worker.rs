@@ -334,3 +334,32 @@ async fn a_classic_retry_queue_from_an_earlier_version_is_kept_and_still_returns
             .await;
     }
 }
+
+#[tokio::test]
+async fn nodes_of_amqp_url_that_do_not_answer_are_passed_over_by_the_worker_and_the_tools() {
+    use genesys_sandbox::{user_id, SandboxConfig};
+    use genesys_worker::events::Outcome;
+    use serde_json::json;
+
+    // Two ports nothing listens on, around the real broker: whichever node a process starts
+    // at, it reaches the broker.
+    let dead = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let nodes = format!(
+        "{},{},{}",
+        dead(crate::helpers::free_port()),
+        crate::helpers::amqp_url(),
+        dead(crate::helpers::free_port())
+    );
+    let mut app =
+        crate::helpers::spawn_app_with(SandboxConfig::default(), &[("AMQP_URL", nodes.as_str())]).await;
+    app.publish(&crate::helpers::agent_job(
+        user_id(1),
+        json!({"presence": "Break"}),
+    ))
+    .await;
+    assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);
+    // A tool, as a process of its own (its own random start), on the same list.
+    let (code, out, err) = app.cli(&["dlq", "list", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    app.stop().await;
+}
