@@ -9,7 +9,9 @@
 //! Scenarios: `plumbing`, `bulk-off`, `bulk-on` (drains of the same 20,000 `agent.status` jobs,
 //! repeated `--runs` times, medians reported), `fidelity` (20 calls/s against a sandbox limit
 //! of 20/s, and 12/s configured against 4/s allowed, 1 and 3 replicas), `handover` (10,000 agents as one batch at 5 calls/s), `backlog`
-//! (worker memory with 1,000,000 jobs queued).
+//! (worker memory with 1,000,000 jobs queued), `durability` (the `bulk-off` drain against a
+//! Redis primary + replica behind 3 Sentinels, `REDIS_WAIT_REPLICAS=0` and `=1` alternating per
+//! run, `--runs` each, beside the standalone `bulk-off` of the same invocation; about 2 minutes).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -19,11 +21,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use genesys_sandbox::{self as sandbox, user_id};
 use genesys_worker::broker::{self, topology, Publisher};
-use genesys_worker::config::{ServiceUrls, Topology};
+use genesys_worker::config::{ServiceUrls, Topology, DEFAULT_REDIS_WAIT_TIMEOUT_MS};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
+use testkit::topology::{redis_cli, SentinelRedis};
 use testkit::{amqp_url, capture_unacked, free_port, get_json, redis_url, sandbox_token};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
@@ -319,16 +322,22 @@ struct Drain {
     p50_ms: f64,
     p99_ms: f64,
     peak_rss_mib: f64,
+    /// CPU seconds of the Redis servers (primary and replica, not the Sentinels) per 1,000
+    /// jobs, when the drain ran against a topology of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cpu_secs_per_1000: Option<f64>,
 }
 
 fn median_drain(runs: &[Drain]) -> Drain {
     let pick = |f: fn(&Drain) -> f64| median(runs.iter().map(f).collect());
+    let redis_cpu: Option<Vec<f64>> = runs.iter().map(|d| d.redis_cpu_secs_per_1000).collect();
     Drain {
         jobs_per_sec: pick(|d| d.jobs_per_sec),
         cpu_secs_per_1000: pick(|d| d.cpu_secs_per_1000),
         p50_ms: pick(|d| d.p50_ms),
         p99_ms: pick(|d| d.p99_ms),
         peak_rss_mib: pick(|d| d.peak_rss_mib),
+        redis_cpu_secs_per_1000: redis_cpu.filter(|v| !v.is_empty()).map(median),
     }
 }
 
@@ -485,19 +494,33 @@ async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> D
         p99_ms: percentile(&latencies, 0.99),
         // The plumbing shares this process with the bench; its memory is not comparable.
         peak_rss_mib: 0.0,
+        redis_cpu_secs_per_1000: None,
     }
 }
 
+/// How a worker drain differs from the standalone one: its Redis settings (they override
+/// `worker_env`'s), and the pids of that Redis's servers, whose CPU the drain then reports.
+#[derive(Default)]
+struct RedisUnderTest {
+    env: Vec<(String, String)>,
+    pids: Vec<u32>,
+}
+
 /// The worker draining `settings.jobs` pre-published `agent.status` jobs.
-async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, run: usize) -> Drain {
-    let name = format!("bulk{}{run}", if bulk { "on" } else { "off" });
-    let stage = Stage::open(connection, &name, settings.jobs, None).await;
+async fn worker_drain(
+    connection: &Connection,
+    settings: &Settings,
+    name: &str,
+    bulk: bool,
+    redis: &RedisUnderTest,
+) -> Drain {
+    let stage = Stage::open(connection, name, settings.jobs, None).await;
     let mut audit = stage.capture_audit().await;
     stage
         .publish_agent_jobs(0..settings.jobs, settings.jobs, "Available")
         .await;
 
-    let env = stage.worker_env(&[
+    let mut extra: Vec<(&str, String)> = vec![
         ("BULK_PRESENCE", if bulk { "on" } else { "off" }.into()),
         (
             "BULK_WINDOW_MS",
@@ -506,7 +529,11 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
         ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
         ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
         ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
-    ]);
+    ];
+    extra.extend(redis.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let env = stage.worker_env(&extra);
+    let redis_cpu = || redis.pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
+    let redis_cpu_before = redis_cpu();
     let worker = start_worker(&env);
     let pid = worker.id().unwrap();
     let events = await_events(&mut audit, settings.jobs, Duration::from_secs(600), |_| true).await;
@@ -517,6 +544,7 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
     };
     let cpu = cpu_seconds(pid);
     let rss = peak_rss_mib(pid);
+    let redis_cpu = redis_cpu() - redis_cpu_before;
     drop(worker);
     let mut latencies: Vec<f64> = events
         .iter()
@@ -534,6 +562,97 @@ async fn worker_drain(connection: &Connection, settings: &Settings, bulk: bool, 
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         peak_rss_mib: rss,
+        redis_cpu_secs_per_1000: (!redis.pids.is_empty())
+            .then(|| redis_cpu * 1000.0 / events.len().max(1) as f64),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Durability {
+    /// Redis primary + 1 replica behind 3 Sentinels, all on loopback.
+    topology: &'static str,
+    wait_timeout_ms: u64,
+    /// Medians of `--runs` drains each, `REDIS_WAIT_REPLICAS=0` and `=1`.
+    wait_off: Drain,
+    wait_on: Drain,
+    /// `wait_on.jobs_per_sec / wait_off.jobs_per_sec`.
+    ratio_on_off: f64,
+    /// The same ratio for each pair of drains run back to back.
+    ratio_on_off_per_run: Vec<f64>,
+    runs_off: Vec<Drain>,
+    runs_on: Vec<Drain>,
+}
+
+/// The `bulk-off` drain against Redis behind Sentinel, without and with `REDIS_WAIT_REPLICAS=1`
+/// (`WAIT 1 <timeout>` after each claim and each commit), on one topology started for it. The two
+/// alternate (off-on, on-off, ...), so drift of the machine weighs on both alike.
+async fn durability(connection: &Connection, settings: &Settings) -> Durability {
+    let sentinel = SentinelRedis::start().await;
+    let mut pids = Vec::new();
+    for port in sentinel.redis_ports() {
+        let info = redis_cli(port, &["INFO", "server"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(pid) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    let with_wait = |replicas: u64| {
+        let mut env = sentinel.redis_env();
+        env.push(("REDIS_WAIT_REPLICAS".into(), replicas.to_string()));
+        env.push((
+            "REDIS_WAIT_TIMEOUT_MS".into(),
+            DEFAULT_REDIS_WAIT_TIMEOUT_MS.to_string(),
+        ));
+        RedisUnderTest {
+            env,
+            pids: pids.clone(),
+        }
+    };
+    let (off, on) = (with_wait(0), with_wait(1));
+    let (mut runs_off, mut runs_on) = (Vec::new(), Vec::new());
+    for run in 0..settings.runs {
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for wait in order {
+            let (redis, runs) = if wait {
+                (&on, &mut runs_on)
+            } else {
+                (&off, &mut runs_off)
+            };
+            let name = format!("durwait{}-{run}", u8::from(wait));
+            let drain = worker_drain(connection, settings, &name, false, redis).await;
+            println!(
+                "  durability WAIT {} run {}: {:.0} jobs/s",
+                u8::from(wait),
+                run + 1,
+                drain.jobs_per_sec
+            );
+            runs.push(drain);
+        }
+    }
+    drop(sentinel);
+    let (wait_off, wait_on) = (median_drain(&runs_off), median_drain(&runs_on));
+    Durability {
+        topology: "redis primary + 1 replica + 3 sentinels (loopback)",
+        wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
+        ratio_on_off: wait_on.jobs_per_sec / wait_off.jobs_per_sec,
+        ratio_on_off_per_run: runs_off
+            .iter()
+            .zip(&runs_on)
+            .map(|(off, on)| on.jobs_per_sec / off.jobs_per_sec)
+            .collect(),
+        wait_off,
+        wait_on,
+        runs_off,
+        runs_on,
     }
 }
 
@@ -748,7 +867,11 @@ async fn main() {
         for run in 0..settings.runs {
             let drain = match bulk {
                 None => plumbing(&connection, &settings, run).await,
-                Some(bulk) => worker_drain(&connection, &settings, bulk, run).await,
+                Some(bulk) => {
+                    let name = format!("bulk{}{run}", if bulk { "on" } else { "off" });
+                    let standalone = RedisUnderTest::default();
+                    worker_drain(&connection, &settings, &name, bulk, &standalone).await
+                }
             };
             println!("  {name} run {}: {:.0} jobs/s", run + 1, drain.jobs_per_sec);
             runs.push(drain);
@@ -791,6 +914,74 @@ async fn main() {
             json_drains.insert((*name).into(), value);
         }
         report.insert("drains".into(), Value::Object(json_drains));
+    }
+    if settings.wants("durability") {
+        let started = Instant::now();
+        let result = durability(&connection, &settings).await;
+        println!(
+            "  durability: {:.0} s with the topology's start",
+            started.elapsed().as_secs_f64()
+        );
+        let standalone = drains
+            .iter()
+            .find(|(name, _)| *name == "bulk-off")
+            .map(|(_, d)| d.clone());
+        println!();
+        println!(
+            "| {:<26} | {:>8} | {:>11} | {:>14} | {:>15} | {:>8} | {:>8} | {:>9} |",
+            "durability (bulk-off)",
+            "jobs/s",
+            "vs WAIT off",
+            "CPU s/1k jobs",
+            "Redis CPU s/1k",
+            "p50 ms",
+            "p99 ms",
+            "peak RSS"
+        );
+        println!(
+            "|{:-<28}|{:->10}|{:->13}|{:->16}|{:->17}|{:->10}|{:->10}|{:->11}|",
+            "", "", "", "", "", "", "", ""
+        );
+        let rows = [
+            ("standalone redis", standalone.as_ref()),
+            ("sentinel, WAIT_REPLICAS=0", Some(&result.wait_off)),
+            ("sentinel, WAIT_REPLICAS=1", Some(&result.wait_on)),
+        ];
+        for (label, drain) in rows {
+            let Some(drain) = drain else { continue };
+            println!(
+                "| {:<26} | {:>8.0} | {:>11} | {:>14.2} | {:>15} | {:>8.1} | {:>8.1} | {:>9} |",
+                label,
+                drain.jobs_per_sec,
+                format!(
+                    "{:.0}%",
+                    drain.jobs_per_sec / result.wait_off.jobs_per_sec * 100.0
+                ),
+                drain.cpu_secs_per_1000,
+                drain
+                    .redis_cpu_secs_per_1000
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or("-".into()),
+                drain.p50_ms,
+                drain.p99_ms,
+                format!("{:.0} MiB", drain.peak_rss_mib),
+            );
+        }
+        println!(
+            "REDIS_WAIT_REPLICAS=1 (REDIS_WAIT_TIMEOUT_MS {}): {:.2} of the jobs/s without it (medians of {} run(s) each; per pair of runs back to back: {})",
+            result.wait_timeout_ms,
+            result.ratio_on_off,
+            settings.runs,
+            result
+                .ratio_on_off_per_run
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut value = serde_json::to_value(&result).unwrap();
+        value["standalone_bulk_off"] = json!(standalone);
+        report.insert("durability".into(), value);
     }
     if settings.wants("fidelity") {
         let mut results = Vec::new();

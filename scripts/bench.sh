@@ -3,7 +3,9 @@
 # already running, builds the release binary, and runs benches/throughput.rs, which starts the
 # sandbox and worker processes itself. Prints a table; writes target/bench/throughput.json.
 # Arguments go to the suite: --quick (smaller sizes, one run), --runs N, --only a,b
-# (plumbing, bulk-off, bulk-on, fidelity, handover, backlog).
+# (plumbing, bulk-off, bulk-on, durability, fidelity, handover, backlog). `durability` starts a
+# Redis primary + replica + 3 Sentinels of its own (scripts/topology.sh) and drains the bulk-off
+# workload with REDIS_WAIT_REPLICAS=0 and =1 alternately.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/toolchain.sh
