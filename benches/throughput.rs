@@ -90,6 +90,7 @@ impl Settings {
 struct Sandbox {
     /// Held so the process is killed when the scenario drops the sandbox.
     _process: Child,
+    pid: Option<u32>,
     base: String,
 }
 
@@ -113,6 +114,7 @@ impl Sandbox {
         for _ in 0..100 {
             if http.get(format!("{base}/sandbox/stats")).send().await.is_ok() {
                 return Self {
+                    pid: child.id(),
                     _process: child,
                     base,
                 };
@@ -226,8 +228,8 @@ fn cpu_seconds(pid: u32) -> f64 {
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields after the command: state is 0, utime 11, stime 12; 100 ticks per second on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+    // Fields after the command: state is 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / clock_ticks()
 }
 
 /// Peak resident memory of process `pid`, in MiB (`VmHWM`).
@@ -239,6 +241,366 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 when it does not answer).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|t: &f64| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// `pid` and its descendants (RabbitMQ's node runs helpers beside `beam.smp`).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    all
+}
+
+/// The command name of process `pid`.
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Inodes of the TCP sockets (`/proc/net/tcp` and `tcp6`) for which `wanted(local port, remote
+/// port, state)`; state `0A` is LISTEN, `01` ESTABLISHED.
+fn socket_inodes(wanted: impl Fn(u16, u16, &str) -> bool) -> std::collections::HashSet<u64> {
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            .unwrap_or(0)
+    };
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && wanted(port(fields[1]), port(fields[2]), fields[3]) {
+                inodes.extend(fields[9].parse::<u64>().ok().filter(|i| *i != 0));
+            }
+        }
+    }
+    inodes
+}
+
+/// The processes that hold one of the sockets `inodes` (reading other users' `/proc/<pid>/fd`
+/// needs root, which the bench has where `scripts/bench.sh` runs).
+fn socket_owners(inodes: &std::collections::HashSet<u64>) -> std::collections::BTreeSet<u32> {
+    let mut pids = std::collections::BTreeSet::new();
+    if inodes.is_empty() {
+        return pids;
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|link| {
+                    link.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .is_some_and(|inode| inodes.contains(&inode))
+        });
+        if holds {
+            pids.insert(pid);
+        }
+    }
+    pids
+}
+
+/// The port of the first address of a service URL (`AMQP_URL` may list several nodes).
+fn url_port(url: &str, default: u16) -> u16 {
+    let first = url.split(',').next().unwrap_or_default();
+    url::Url::parse(first)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(default)
+}
+
+/// The shared RabbitMQ and Redis the drains use, and their processes, found once: RabbitMQ's as
+/// the process listening on `AMQP_URL`'s port (with its helpers), Redis's from `INFO server`.
+/// Services started before `scripts/bench.sh` are found the same way.
+#[derive(Debug, Clone, Default)]
+struct Services {
+    amqp_port: u16,
+    redis_port: u16,
+    rabbitmq: Vec<u32>,
+    redis: Vec<u32>,
+}
+
+impl Services {
+    async fn find() -> Self {
+        let amqp_port = url_port(&amqp_url(), 5672);
+        let redis_port = url_port(&redis_url(), 6379);
+        let listeners = socket_owners(&socket_inodes(|local, _, state| {
+            local == amqp_port && state == "0A"
+        }));
+        let rabbitmq: Vec<u32> = listeners.iter().flat_map(|&pid| process_tree(pid)).collect();
+        let mut redis = Vec::new();
+        if let Ok(mut connection) = redis_connection(&redis_url()).await {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut connection)
+                .await
+                .unwrap_or_default();
+            redis.extend(
+                info.lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+                    // A Redis in another PID namespace (a container) is not this machine's pid.
+                    .filter(|pid| process_name(*pid).starts_with("redis")),
+            );
+        }
+        if redis.is_empty() {
+            redis.extend(socket_owners(&socket_inodes(|local, _, state| {
+                local == redis_port && state == "0A"
+            })));
+        }
+        let describe = |pids: &[u32]| match pids.first() {
+            Some(pid) => format!(
+                "pid {pid} ({}){}",
+                process_name(*pid),
+                if pids.len() > 1 {
+                    format!(" + {} helper process(es)", pids.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+            None => "NOT FOUND: its CPU is not counted".into(),
+        };
+        println!(
+            "measured: RabbitMQ on :{amqp_port} {}; Redis on :{redis_port} {}",
+            describe(&rabbitmq),
+            describe(&redis)
+        );
+        Self {
+            amqp_port,
+            redis_port,
+            rabbitmq,
+            redis,
+        }
+    }
+}
+
+async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    redis::Client::open(url)?.get_multiplexed_async_connection().await
+}
+
+/// `INFO commandstats`: calls by command (`cmdstat_<name>:calls=N,...`).
+fn command_calls(info: &str) -> HashMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// The commands that run a script.
+const SCRIPT_COMMANDS: [&str; 6] = ["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"];
+
+/// CPU seconds per 1,000 jobs over a drain's window, by process.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct CpuSplit {
+    /// All of the processes below.
+    total: f64,
+    /// The worker; for the plumbing, the bench process that runs it (its audit reader included).
+    worker: f64,
+    /// The bench process beside a worker: its reader of the audit events (0 for the plumbing,
+    /// where it is in `worker`).
+    bench_reader: f64,
+    /// The node's `beam.smp` and its helper processes.
+    rabbitmq: f64,
+    /// The Redis server(s) the drain used (primary and replica for `durability`).
+    redis: f64,
+    sandbox: f64,
+}
+
+/// What a drain cost the machine.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Cost {
+    cpu_secs_per_1000: CpuSplit,
+    /// `INFO commandstats` delta over the window, the sum of `calls` over all commands (those run
+    /// inside scripts included, as Redis counts them; the bench's own `INFO` excluded), per job.
+    redis_commands_per_job: f64,
+    /// Of those, `EVAL`/`EVALSHA` (and their `_ro` forms, `FCALL`) calls per job.
+    redis_script_calls_per_job: f64,
+    /// Processes other than the drain's connected to RabbitMQ or Redis at the start or the end
+    /// of the window (`pid name`): their load is in the `rabbitmq` and `redis` CPU and in the
+    /// command counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    foreign_clients: Vec<String>,
+}
+
+/// The processes whose CPU a drain counts and the Redis whose commands it counts, read at the
+/// start and the end of the drain's window.
+struct Meter {
+    /// worker, bench reader, rabbitmq, redis, sandbox (as in `CpuSplit`).
+    parts: [Vec<u32>; 5],
+    redis: redis::aio::MultiplexedConnection,
+    /// Ports whose other clients are reported as foreign: RabbitMQ's, and the shared Redis's when
+    /// the drain uses it.
+    watched_ports: Vec<u16>,
+    ours: std::collections::BTreeSet<u32>,
+    foreign: std::collections::BTreeSet<u32>,
+}
+
+struct Reading {
+    cpu: [f64; 5],
+    calls: HashMap<String, u64>,
+}
+
+impl Meter {
+    /// `worker` is the worker's pid, or None for the plumbing (this process).
+    async fn new(
+        services: &Services,
+        worker: Option<u32>,
+        sandbox: &Sandbox,
+        redis: &RedisUnderTest,
+    ) -> Self {
+        let me = std::process::id();
+        let (worker, bench) = match worker {
+            Some(pid) => (vec![pid], vec![me]),
+            None => (vec![me], vec![]),
+        };
+        let (redis_pids, stats_url, watched_ports) = match &redis.topology {
+            Some((pids, url)) => (pids.clone(), url.clone(), vec![services.amqp_port]),
+            None => (
+                services.redis.clone(),
+                redis_url(),
+                vec![services.amqp_port, services.redis_port],
+            ),
+        };
+        let ours = worker
+            .iter()
+            .chain(&bench)
+            .chain(&services.rabbitmq)
+            .chain(&redis_pids)
+            .copied()
+            .chain(sandbox.pid)
+            .collect();
+        Self {
+            parts: [
+                worker,
+                bench,
+                services.rabbitmq.clone(),
+                redis_pids,
+                sandbox.pid.into_iter().collect(),
+            ],
+            redis: redis_connection(&stats_url)
+                .await
+                .expect("the drain's Redis answers INFO"),
+            watched_ports,
+            ours,
+            foreign: Default::default(),
+        }
+    }
+
+    fn note_foreign_clients(&mut self) {
+        let ports = self.watched_ports.clone();
+        let clients = socket_owners(&socket_inodes(|_, remote, state| {
+            state == "01" && ports.contains(&remote)
+        }));
+        self.foreign
+            .extend(clients.into_iter().filter(|pid| !self.ours.contains(pid)));
+    }
+
+    async fn read(&mut self) -> Reading {
+        let cpu = self
+            .parts
+            .clone()
+            .map(|pids| pids.iter().map(|&pid| cpu_seconds(pid)).sum());
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap_or_default();
+        Reading {
+            cpu,
+            calls: command_calls(&info),
+        }
+    }
+
+    /// The start of the window (the scan for other clients first, outside it).
+    async fn start(&mut self) -> Reading {
+        self.note_foreign_clients();
+        self.read().await
+    }
+
+    /// The end of the window, and its cost over `jobs` jobs (the scan for other clients after).
+    async fn finish(&mut self, start: &Reading, jobs: usize) -> Cost {
+        let end = self.read().await;
+        self.note_foreign_clients();
+        let jobs = jobs.max(1) as f64;
+        let per_1000 = |i: usize| (end.cpu[i] - start.cpu[i]).max(0.0) * 1000.0 / jobs;
+        let [worker, bench_reader, rabbitmq, redis, sandbox] = [0, 1, 2, 3, 4].map(per_1000);
+        let delta = |name: &str| {
+            let calls = |r: &Reading| r.calls.get(name).copied().unwrap_or(0);
+            calls(&end).saturating_sub(calls(start))
+        };
+        let commands: u64 = end
+            .calls
+            .keys()
+            .filter(|name| *name != "info")
+            .map(|name| delta(name))
+            .sum();
+        let scripts: u64 = SCRIPT_COMMANDS.iter().map(|name| delta(name)).sum();
+        Cost {
+            cpu_secs_per_1000: CpuSplit {
+                total: worker + bench_reader + rabbitmq + redis + sandbox,
+                worker,
+                bench_reader,
+                rabbitmq,
+                redis,
+                sandbox,
+            },
+            redis_commands_per_job: commands as f64 / jobs,
+            redis_script_calls_per_job: scripts as f64 / jobs,
+            foreign_clients: self
+                .foreign
+                .iter()
+                .map(|pid| format!("{pid} {}", process_name(*pid)))
+                .collect(),
+        }
+    }
+}
+
+/// The load average (1, 5, 15 minutes).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn agent_job(n: usize, users: usize, presence: &str) -> Value {
@@ -318,6 +680,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[derive(Debug, Clone, serde::Serialize)]
 struct Drain {
     jobs_per_sec: f64,
+    /// The worker's CPU seconds per 1,000 jobs over the drain's window (`cost` has the others').
     cpu_secs_per_1000: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -326,11 +689,32 @@ struct Drain {
     /// jobs, when the drain ran against a topology of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_cpu_secs_per_1000: Option<f64>,
+    cost: Cost,
 }
 
 fn median_drain(runs: &[Drain]) -> Drain {
     let pick = |f: fn(&Drain) -> f64| median(runs.iter().map(f).collect());
     let redis_cpu: Option<Vec<f64>> = runs.iter().map(|d| d.redis_cpu_secs_per_1000).collect();
+    // The CPU split of the run with the median total, so that its parts add up.
+    let mut by_total: Vec<&Drain> = runs.iter().collect();
+    by_total.sort_by(|a, b| {
+        a.cost
+            .cpu_secs_per_1000
+            .total
+            .total_cmp(&b.cost.cpu_secs_per_1000.total)
+    });
+    let mut foreign: Vec<String> = runs.iter().flat_map(|d| d.cost.foreign_clients.clone()).collect();
+    foreign.sort();
+    foreign.dedup();
+    let cost = Cost {
+        cpu_secs_per_1000: by_total
+            .get(((by_total.len().max(1) - 1) as f64 * 0.5).round() as usize)
+            .map(|d| d.cost.cpu_secs_per_1000.clone())
+            .unwrap_or_default(),
+        redis_commands_per_job: pick(|d| d.cost.redis_commands_per_job),
+        redis_script_calls_per_job: pick(|d| d.cost.redis_script_calls_per_job),
+        foreign_clients: foreign,
+    };
     Drain {
         jobs_per_sec: pick(|d| d.jobs_per_sec),
         cpu_secs_per_1000: pick(|d| d.cpu_secs_per_1000),
@@ -338,6 +722,7 @@ fn median_drain(runs: &[Drain]) -> Drain {
         p99_ms: pick(|d| d.p99_ms),
         peak_rss_mib: pick(|d| d.peak_rss_mib),
         redis_cpu_secs_per_1000: redis_cpu.filter(|v| !v.is_empty()).map(median),
+        cost,
     }
 }
 
@@ -391,8 +776,9 @@ impl Stage {
 }
 
 /// The plumbing alone, in this process: consume → one Redis round trip → one HTTP request to
-/// the sandbox → two confirmed publishes → ack, `CONCURRENCY` at a time.
-async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> Drain {
+/// the sandbox → two confirmed publishes → ack, `CONCURRENCY` at a time. Its cost's window runs
+/// from the first consume to the last audit event read.
+async fn plumbing(connection: &Connection, settings: &Settings, services: &Services, run: usize) -> Drain {
     let stage = Stage::open(connection, &format!("plumbing{run}"), settings.jobs, None).await;
     let (topology, sandbox, publisher) = (&stage.topology, &stage.sandbox, &stage.publisher);
     let http = reqwest::Client::new();
@@ -431,7 +817,8 @@ async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> D
         .unwrap();
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(settings.jobs)));
-    let cpu_before = cpu_seconds(std::process::id());
+    let mut meter = Meter::new(services, None, sandbox, &RedisUnderTest::default()).await;
+    let window = meter.start().await;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..settings.jobs {
@@ -483,33 +870,37 @@ async fn plumbing(connection: &Connection, settings: &Settings, run: usize) -> D
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64();
     let _ = reader.await;
-    let cpu = cpu_seconds(std::process::id()) - cpu_before;
+    let cost = meter.finish(&window, settings.jobs).await;
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort_by(f64::total_cmp);
     stage.close().await;
     Drain {
         jobs_per_sec: settings.jobs as f64 / elapsed,
-        cpu_secs_per_1000: cpu * 1000.0 / settings.jobs as f64,
+        cpu_secs_per_1000: cost.cpu_secs_per_1000.worker,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         // The plumbing shares this process with the bench; its memory is not comparable.
         peak_rss_mib: 0.0,
         redis_cpu_secs_per_1000: None,
+        cost,
     }
 }
 
 /// How a worker drain differs from the standalone one: its Redis settings (they override
-/// `worker_env`'s), and the pids of that Redis's servers, whose CPU the drain then reports.
+/// `worker_env`'s), and for a topology of its own the pids of that Redis's servers, whose CPU the
+/// drain then reports, with the URL of the one whose `INFO commandstats` it reads (the primary).
 #[derive(Default)]
 struct RedisUnderTest {
     env: Vec<(String, String)>,
-    pids: Vec<u32>,
+    topology: Option<(Vec<u32>, String)>,
 }
 
-/// The worker draining `settings.jobs` pre-published `agent.status` jobs.
+/// The worker draining `settings.jobs` pre-published `agent.status` jobs. Its cost's window runs
+/// from the first audit event read to the last, as its jobs/s.
 async fn worker_drain(
     connection: &Connection,
     settings: &Settings,
+    services: &Services,
     name: &str,
     bulk: bool,
     redis: &RedisUnderTest,
@@ -532,19 +923,27 @@ async fn worker_drain(
     ];
     extra.extend(redis.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let env = stage.worker_env(&extra);
-    let redis_cpu = || redis.pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
-    let redis_cpu_before = redis_cpu();
     let worker = start_worker(&env);
     let pid = worker.id().unwrap();
-    let events = await_events(&mut audit, settings.jobs, Duration::from_secs(600), |_| true).await;
+    let mut meter = Meter::new(services, Some(pid), &stage.sandbox, redis).await;
+    let mut events = await_events(&mut audit, 1, Duration::from_secs(600), |_| true).await;
+    let window = meter.start().await;
+    events.extend(
+        await_events(
+            &mut audit,
+            settings.jobs.saturating_sub(1),
+            Duration::from_secs(600),
+            |_| true,
+        )
+        .await,
+    );
+    let cost = meter.finish(&window, events.len().saturating_sub(1)).await;
     // From the first outcome to the last: the drain, not the process start.
     let elapsed = match (events.first(), events.last()) {
         (Some((first, _)), Some((last, _))) => last.duration_since(*first),
         _ => Duration::ZERO,
     };
-    let cpu = cpu_seconds(pid);
     let rss = peak_rss_mib(pid);
-    let redis_cpu = redis_cpu() - redis_cpu_before;
     drop(worker);
     let mut latencies: Vec<f64> = events
         .iter()
@@ -558,12 +957,12 @@ async fn worker_drain(
     stage.close().await;
     Drain {
         jobs_per_sec: events.len().saturating_sub(1) as f64 / elapsed.as_secs_f64(),
-        cpu_secs_per_1000: cpu * 1000.0 / events.len().max(1) as f64,
+        cpu_secs_per_1000: cost.cpu_secs_per_1000.worker,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         peak_rss_mib: rss,
-        redis_cpu_secs_per_1000: (!redis.pids.is_empty())
-            .then(|| redis_cpu * 1000.0 / events.len().max(1) as f64),
+        redis_cpu_secs_per_1000: redis.topology.is_some().then_some(cost.cpu_secs_per_1000.redis),
+        cost,
     }
 }
 
@@ -586,8 +985,9 @@ struct Durability {
 /// The `bulk-off` drain against Redis behind Sentinel, without and with `REDIS_WAIT_REPLICAS=1`
 /// (`WAIT 1 <timeout>` after each claim and each commit), on one topology started for it. The two
 /// alternate (off-on, on-off, ...), so drift of the machine weighs on both alike.
-async fn durability(connection: &Connection, settings: &Settings) -> Durability {
+async fn durability(connection: &Connection, settings: &Settings, services: &Services) -> Durability {
     let sentinel = SentinelRedis::start().await;
+    let primary = format!("redis://127.0.0.1:{}/", sentinel.primary_port().await);
     let mut pids = Vec::new();
     for port in sentinel.redis_ports() {
         let info = redis_cli(port, &["INFO", "server"])
@@ -610,7 +1010,7 @@ async fn durability(connection: &Connection, settings: &Settings) -> Durability 
         ));
         RedisUnderTest {
             env,
-            pids: pids.clone(),
+            topology: Some((pids.clone(), primary.clone())),
         }
     };
     let (off, on) = (with_wait(0), with_wait(1));
@@ -628,7 +1028,7 @@ async fn durability(connection: &Connection, settings: &Settings) -> Durability 
                 (&off, &mut runs_off)
             };
             let name = format!("durwait{}-{run}", u8::from(wait));
-            let drain = worker_drain(connection, settings, &name, false, redis).await;
+            let drain = worker_drain(connection, settings, services, &name, false, redis).await;
             println!(
                 "  durability WAIT {} run {}: {:.0} jobs/s",
                 u8::from(wait),
@@ -843,6 +1243,9 @@ async fn main() {
     let connection = broker::connect(&url)
         .await
         .expect("RabbitMQ answers (start it with scripts/services.sh up)");
+    let load_at_start = load_average();
+    println!("load average at the start: {load_at_start}");
+    let services = Services::find().await;
     let mut report = serde_json::Map::new();
     report.insert(
         "machine".into(),
@@ -855,6 +1258,7 @@ async fn main() {
     );
 
     let mut drains: Vec<(&str, Drain)> = Vec::new();
+    let mut drain_runs: HashMap<&str, Vec<Drain>> = HashMap::new();
     for (name, bulk) in [
         ("plumbing", None),
         ("bulk-off", Some(false)),
@@ -866,16 +1270,23 @@ async fn main() {
         let mut runs = Vec::new();
         for run in 0..settings.runs {
             let drain = match bulk {
-                None => plumbing(&connection, &settings, run).await,
+                None => plumbing(&connection, &settings, &services, run).await,
                 Some(bulk) => {
                     let name = format!("bulk{}{run}", if bulk { "on" } else { "off" });
                     let standalone = RedisUnderTest::default();
-                    worker_drain(&connection, &settings, &name, bulk, &standalone).await
+                    worker_drain(&connection, &settings, &services, &name, bulk, &standalone).await
                 }
             };
-            println!("  {name} run {}: {:.0} jobs/s", run + 1, drain.jobs_per_sec);
+            println!(
+                "  {name} run {}: {:.0} jobs/s, {:.2} CPU s/1k jobs all processes, {:.2} Redis commands/job",
+                run + 1,
+                drain.jobs_per_sec,
+                drain.cost.cpu_secs_per_1000.total,
+                drain.cost.redis_commands_per_job
+            );
             runs.push(drain);
         }
+        drain_runs.insert(name, runs.clone());
         drains.push((name, median_drain(&runs)));
     }
     if !drains.is_empty() {
@@ -883,24 +1294,31 @@ async fn main() {
             .iter()
             .find(|(name, _)| *name == "plumbing")
             .map(|(_, d)| d.jobs_per_sec);
+        let plumbing_cpu = drains
+            .iter()
+            .find(|(name, _)| *name == "plumbing")
+            .map(|(_, d)| d.cost.cpu_secs_per_1000.total);
+        let vs = |value: f64, base: Option<f64>| {
+            base.map(|b| format!("{:.0}%", value / b * 100.0))
+                .unwrap_or_default()
+        };
         println!();
         println!(
-            "| {:<9} | {:>8} | {:>11} | {:>14} | {:>8} | {:>8} | {:>9} |",
-            "drain", "jobs/s", "vs plumbing", "CPU s/1k jobs", "p50 ms", "p99 ms", "peak RSS"
+            "| {:<9} | {:>8} | {:>11} | {:>8} | {:>8} | {:>9} | {:>14} | {:>13} |",
+            "drain", "jobs/s", "vs plumbing", "p50 ms", "p99 ms", "peak RSS", "Redis cmds/job", "scripts/job"
         );
         println!(
-            "|{:-<11}|{:->10}|{:->13}|{:->16}|{:->10}|{:->10}|{:->11}|",
-            "", "", "", "", "", "", ""
+            "|{:-<11}|{:->10}|{:->13}|{:->10}|{:->10}|{:->11}|{:->16}|{:->15}|",
+            "", "", "", "", "", "", "", ""
         );
         let mut json_drains = serde_json::Map::new();
         for (name, drain) in &drains {
             let ratio = baseline.map(|b| drain.jobs_per_sec / b);
             println!(
-                "| {:<9} | {:>8.0} | {:>11} | {:>14.2} | {:>8.1} | {:>8.1} | {:>9} |",
+                "| {:<9} | {:>8.0} | {:>11} | {:>8.1} | {:>8.1} | {:>9} | {:>14.2} | {:>13.2} |",
                 name,
                 drain.jobs_per_sec,
-                ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_default(),
-                drain.cpu_secs_per_1000,
+                vs(drain.jobs_per_sec, baseline),
                 drain.p50_ms,
                 drain.p99_ms,
                 if drain.peak_rss_mib > 0.0 {
@@ -908,16 +1326,62 @@ async fn main() {
                 } else {
                     "-".into()
                 },
+                drain.cost.redis_commands_per_job,
+                drain.cost.redis_script_calls_per_job,
             );
             let mut value = serde_json::to_value(drain).unwrap();
             value["ratio_to_plumbing"] = json!(ratio);
+            value["cpu_ratio_to_plumbing"] =
+                json!(plumbing_cpu.map(|b| drain.cost.cpu_secs_per_1000.total / b));
+            value["runs"] = json!(drain_runs.get(name));
             json_drains.insert((*name).into(), value);
+        }
+        println!();
+        println!(
+            "CPU seconds per 1,000 jobs over the drain window, by process; total = worker + bench reader + RabbitMQ + Redis + sandbox"
+        );
+        println!(
+            "(for plumbing the worker is the bench process, its audit reader included; the split is the run with the median total)"
+        );
+        println!(
+            "| {:<9} | {:>7} | {:>11} | {:>7} | {:>12} | {:>8} | {:>7} | {:>7} |",
+            "drain", "total", "vs plumbing", "worker", "bench reader", "RabbitMQ", "Redis", "sandbox"
+        );
+        println!(
+            "|{:-<11}|{:->9}|{:->13}|{:->9}|{:->14}|{:->10}|{:->9}|{:->9}|",
+            "", "", "", "", "", "", "", ""
+        );
+        for (name, drain) in &drains {
+            let cpu = &drain.cost.cpu_secs_per_1000;
+            println!(
+                "| {:<9} | {:>7.2} | {:>11} | {:>7.2} | {:>12} | {:>8.2} | {:>7.2} | {:>7.2} |",
+                name,
+                cpu.total,
+                vs(cpu.total, plumbing_cpu),
+                cpu.worker,
+                if *name == "plumbing" {
+                    "(in worker)".to_string()
+                } else {
+                    format!("{:.2}", cpu.bench_reader)
+                },
+                cpu.rabbitmq,
+                cpu.redis,
+                cpu.sandbox,
+            );
+        }
+        for (name, drain) in &drains {
+            if !drain.cost.foreign_clients.is_empty() {
+                println!(
+                    "note: {name}: other processes were connected to RabbitMQ/Redis during the drain ({}): their load is in the RabbitMQ and Redis columns and the command counts",
+                    drain.cost.foreign_clients.join(", ")
+                );
+            }
         }
         report.insert("drains".into(), Value::Object(json_drains));
     }
     if settings.wants("durability") {
         let started = Instant::now();
-        let result = durability(&connection, &settings).await;
+        let result = durability(&connection, &settings, &services).await;
         println!(
             "  durability: {:.0} s with the topology's start",
             started.elapsed().as_secs_f64()
@@ -928,19 +1392,21 @@ async fn main() {
             .map(|(_, d)| d.clone());
         println!();
         println!(
-            "| {:<26} | {:>8} | {:>11} | {:>14} | {:>15} | {:>8} | {:>8} | {:>9} |",
+            "| {:<26} | {:>8} | {:>11} | {:>14} | {:>15} | {:>15} | {:>14} | {:>8} | {:>8} | {:>9} |",
             "durability (bulk-off)",
             "jobs/s",
             "vs WAIT off",
             "CPU s/1k jobs",
             "Redis CPU s/1k",
+            "total CPU s/1k",
+            "Redis cmds/job",
             "p50 ms",
             "p99 ms",
             "peak RSS"
         );
         println!(
-            "|{:-<28}|{:->10}|{:->13}|{:->16}|{:->17}|{:->10}|{:->10}|{:->11}|",
-            "", "", "", "", "", "", "", ""
+            "|{:-<28}|{:->10}|{:->13}|{:->16}|{:->17}|{:->17}|{:->16}|{:->10}|{:->10}|{:->11}|",
+            "", "", "", "", "", "", "", "", "", ""
         );
         let rows = [
             ("standalone redis", standalone.as_ref()),
@@ -950,7 +1416,7 @@ async fn main() {
         for (label, drain) in rows {
             let Some(drain) = drain else { continue };
             println!(
-                "| {:<26} | {:>8.0} | {:>11} | {:>14.2} | {:>15} | {:>8.1} | {:>8.1} | {:>9} |",
+                "| {:<26} | {:>8.0} | {:>11} | {:>14.2} | {:>15} | {:>15.2} | {:>14.2} | {:>8.1} | {:>8.1} | {:>9} |",
                 label,
                 drain.jobs_per_sec,
                 format!(
@@ -958,10 +1424,9 @@ async fn main() {
                     drain.jobs_per_sec / result.wait_off.jobs_per_sec * 100.0
                 ),
                 drain.cpu_secs_per_1000,
-                drain
-                    .redis_cpu_secs_per_1000
-                    .map(|c| format!("{c:.2}"))
-                    .unwrap_or("-".into()),
+                format!("{:.2}", drain.cost.cpu_secs_per_1000.redis),
+                drain.cost.cpu_secs_per_1000.total,
+                drain.cost.redis_commands_per_job,
                 drain.p50_ms,
                 drain.p99_ms,
                 format!("{:.0} MiB", drain.peak_rss_mib),
@@ -1024,6 +1489,10 @@ async fn main() {
         );
         report.insert("backlog".into(), serde_json::to_value(result).unwrap());
     }
+    let load_at_end = load_average();
+    println!("load average at the start: {load_at_start}; at the end: {load_at_end}");
+    report["machine"]["load_average_start"] = json!(load_at_start);
+    report["machine"]["load_average_end"] = json!(load_at_end);
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap_or(std::path::Path::new("target"))

@@ -6,10 +6,20 @@
 # (plumbing, bulk-off, bulk-on, durability, fidelity, handover, backlog). `durability` starts a
 # Redis primary + replica + 3 Sentinels of its own (scripts/topology.sh) and drains the bulk-off
 # workload with REDIS_WAIT_REPLICAS=0 and =1 alternately.
+#
+# Each drain reports the CPU of every process involved (worker, the bench's audit reader, RabbitMQ,
+# Redis, sandbox) and Redis's commands per job (INFO commandstats). Shared services count other
+# clients' load too (the bench names such clients); BENCH_PRIVATE_SERVICES=1 starts a RabbitMQ and
+# a Redis of the bench's own on other ports (BENCH_RABBITMQ_PORT, 5682; BENCH_REDIS_PORT, 6389),
+# stopped at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/toolchain.sh
 ensure_toolchain
+if [ "${BENCH_PRIVATE_SERVICES:-0}" = 1 ]; then
+  export RABBITMQ_PORT="${BENCH_RABBITMQ_PORT:-5682}" REDIS_PORT="${BENCH_REDIS_PORT:-6389}"
+  export AMQP_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+fi
 SERVICES_STATE="$(mktemp /tmp/genesys-worker-services-state.XXXXXX)"
 export SERVICES_STATE
 
