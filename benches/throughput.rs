@@ -703,9 +703,19 @@ fn median_drain(runs: &[Drain]) -> Drain {
             .total
             .total_cmp(&b.cost.cpu_secs_per_1000.total)
     });
-    let mut foreign: Vec<String> = runs.iter().flat_map(|d| d.cost.foreign_clients.clone()).collect();
-    foreign.sort();
-    foreign.dedup();
+    // By pid, its name where a run read one (a process gone by then reads as `?`).
+    let mut by_pid: std::collections::BTreeMap<String, String> = Default::default();
+    for client in runs.iter().flat_map(|d| &d.cost.foreign_clients) {
+        let (pid, name) = client.split_once(' ').unwrap_or((client, "?"));
+        let known = by_pid.entry(pid.to_string()).or_insert_with(|| name.to_string());
+        if known == "?" {
+            *known = name.to_string();
+        }
+    }
+    let foreign: Vec<String> = by_pid
+        .into_iter()
+        .map(|(pid, name)| format!("{pid} {name}"))
+        .collect();
     let cost = Cost {
         cpu_secs_per_1000: by_total
             .get(((by_total.len().max(1) - 1) as f64 * 0.5).round() as usize)
