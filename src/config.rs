@@ -236,6 +236,7 @@ pub struct GenesysConfig {
     pub api_base: Url,
     /// `https://login.<region>`: tokens come from the login host, not the API host.
     pub login_base: Url,
+    /// The first OAuth client of [`Config::genesys_clients`] (the only one without a pool).
     pub client_id: String,
     pub client_secret: Secret,
     /// Requests per second across every Genesys call of this process.
@@ -254,6 +255,23 @@ pub struct GenesysConfig {
     /// How often the org's effective token limit is read (the budget paces at it when it is
     /// below `rate_limit_rps`); 0: never.
     pub limits_refresh_secs: u64,
+}
+
+/// One OAuth client (client credentials grant) the worker calls Genesys as. `Debug` shows the
+/// id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthClient {
+    pub id: String,
+    pub secret: Secret,
+}
+
+impl fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("id", &self.id)
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 impl GenesysConfig {
@@ -326,6 +344,10 @@ pub struct Config {
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     pub redis_key_prefix: String,
     pub genesys: GenesysConfig,
+    /// The OAuth client pool: `GENESYS_CLIENT_ID`/`GENESYS_CLIENT_SECRET` (first, when set),
+    /// then `GENESYS_CLIENTS`, then the lines of `GENESYS_CLIENTS_FILE`; at least one, ids
+    /// unique. Each has its own token, budget, pauses and effective limit.
+    pub genesys_clients: Vec<OAuthClient>,
     pub topology: Topology,
     /// Jobs processed at once by this replica.
     pub worker_concurrency: usize,
@@ -398,11 +420,12 @@ impl Config {
             Some(_) => env.url("GENESYS_LOGIN_BASE", &["http", "https"])?,
             None => parse_region_url(&format!("https://login.{region}"))?,
         };
+        let genesys_clients = oauth_clients(&env)?;
         let genesys = GenesysConfig {
             api_base,
             login_base,
-            client_id: env.required("GENESYS_CLIENT_ID")?,
-            client_secret: Secret::new(env.required("GENESYS_CLIENT_SECRET")?),
+            client_id: genesys_clients[0].id.clone(),
+            client_secret: genesys_clients[0].secret.clone(),
             rate_limit_rps: env.positive("GENESYS_RATE_LIMIT_RPS", 4)?,
             rate_limit_burst: env.positive("GENESYS_RATE_LIMIT_BURST", 8)?,
             rate_limit_shared: match env.string("GENESYS_RATE_LIMIT_SCOPE", "fleet")?.as_str() {
@@ -473,6 +496,7 @@ impl Config {
             },
             redis_key_prefix,
             genesys,
+            genesys_clients,
             topology,
             worker_concurrency: env.positive("WORKER_CONCURRENCY", 32)?,
             worker_prefetch: env.positive("WORKER_PREFETCH", 64)?,
@@ -574,6 +598,107 @@ fn parse_region_url(raw: &str) -> Result<Url, ConfigError> {
     Url::parse(raw).map_err(|e| ConfigError {
         var: "GENESYS_REGION",
         problem: format!("does not form a valid URL ({raw}): {e}"),
+    })
+}
+
+/// The OAuth client pool (see [`Config::genesys_clients`]). Errors name the variable and, for
+/// a malformed entry, its position, never its text: it may hold a secret.
+fn oauth_clients(env: &Env) -> Result<Vec<OAuthClient>, ConfigError> {
+    let listed = env.get("GENESYS_CLIENTS");
+    let file = env.get("GENESYS_CLIENTS_FILE");
+    let mut pool: Vec<OAuthClient> = Vec::new();
+    let mut add = |var: &'static str, client: OAuthClient| match pool.iter().find(|c| c.id == client.id) {
+        // The same pair twice (e.g. GENESYS_CLIENT_ID also listed in GENESYS_CLIENTS): once.
+        Some(known) if known.secret == client.secret => Ok(()),
+        Some(_) => Err(ConfigError {
+            var,
+            problem: format!("client id {:?} is given twice with different secrets", client.id),
+        }),
+        None => {
+            pool.push(client);
+            Ok(())
+        }
+    };
+    let (id, secret) = (env.get("GENESYS_CLIENT_ID"), env.get("GENESYS_CLIENT_SECRET"));
+    if listed.is_none() && file.is_none() {
+        let id = env.required("GENESYS_CLIENT_ID")?;
+        let secret = Secret::new(env.required("GENESYS_CLIENT_SECRET")?);
+        return Ok(vec![OAuthClient { id, secret }]);
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) => add(
+            "GENESYS_CLIENT_ID",
+            OAuthClient {
+                id: id.trim().to_string(),
+                secret: Secret::new(secret),
+            },
+        )?,
+        (None, None) => {}
+        (Some(_), None) => env.required("GENESYS_CLIENT_SECRET").map(drop)?,
+        (None, Some(_)) => env.required("GENESYS_CLIENT_ID").map(drop)?,
+    }
+    if let Some(raw) = listed {
+        for (n, entry) in raw.split(',').enumerate() {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            add(
+                "GENESYS_CLIENTS",
+                oauth_client("GENESYS_CLIENTS", "entry", n + 1, entry)?,
+            )?;
+        }
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError {
+            var: "GENESYS_CLIENTS_FILE",
+            problem: format!("cannot read {:?}: {e}", path.trim()),
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            add(
+                "GENESYS_CLIENTS_FILE",
+                oauth_client("GENESYS_CLIENTS_FILE", "line", n + 1, line)?,
+            )?;
+        }
+    }
+    if pool.is_empty() {
+        let var = if env.get("GENESYS_CLIENTS").is_some() {
+            "GENESYS_CLIENTS"
+        } else {
+            "GENESYS_CLIENTS_FILE"
+        };
+        return Err(ConfigError {
+            var,
+            problem: "lists no client: expected client_id:client_secret pairs".into(),
+        });
+    }
+    Ok(pool)
+}
+
+/// One `id:secret` pair, split at its first `:`.
+fn oauth_client(var: &'static str, unit: &str, n: usize, raw: &str) -> Result<OAuthClient, ConfigError> {
+    let invalid = |problem: &str| ConfigError {
+        var,
+        problem: format!("{unit} {n}: {problem} (expected client_id:client_secret)"),
+    };
+    let Some((id, secret)) = raw.trim().split_once(':') else {
+        return Err(invalid("no ':' between the client id and the secret"));
+    };
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(invalid("empty client id"));
+    }
+    if id.chars().any(char::is_whitespace) {
+        return Err(invalid("whitespace in the client id"));
+    }
+    if secret.is_empty() {
+        return Err(invalid("empty secret"));
+    }
+    Ok(OAuthClient {
+        id: id.to_string(),
+        secret: Secret::new(secret),
     })
 }
 
@@ -906,6 +1031,96 @@ mod tests {
         assert_eq!(
             config(&[("REDIS_KEY_PREFIX", "gw{a}:")]).unwrap_err().var,
             "REDIS_KEY_PREFIX"
+        );
+    }
+
+    /// A pool only: the single pair's variables blanked.
+    fn pool(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut all = vec![("GENESYS_CLIENT_ID", ""), ("GENESYS_CLIENT_SECRET", "")];
+        all.extend_from_slice(vars);
+        config(&all)
+    }
+
+    #[test]
+    fn a_client_pool_is_read_from_genesys_clients() {
+        let cfg = pool(&[(
+            "GENESYS_CLIENTS",
+            " a:s3cr3t-a, b:s3cr3t:b:with:colons ,c:s3cr3t-c,",
+        )])
+        .unwrap();
+        let ids: Vec<&str> = cfg.genesys_clients.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        // Split at the first ':': the secret keeps the others.
+        assert_eq!(cfg.genesys_clients[1].secret.expose(), "s3cr3t:b:with:colons");
+        // The first is the single client of old.
+        assert_eq!(cfg.genesys.client_id, "a");
+        assert_eq!(cfg.genesys.client_secret.expose(), "s3cr3t-a");
+        // Without a pool: the single pair, a pool of one.
+        let single = config(&[]).unwrap();
+        assert_eq!(single.genesys_clients.len(), 1);
+        assert_eq!(single.genesys_clients[0].id, "client");
+    }
+
+    #[test]
+    fn the_single_pair_joins_the_pool_first_and_a_pair_given_twice_counts_once() {
+        let cfg = config(&[("GENESYS_CLIENTS", "other:s3cr3t-o,client:s3cr3t-value")]).unwrap();
+        let ids: Vec<&str> = cfg.genesys_clients.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["client", "other"]);
+        let err = config(&[("GENESYS_CLIENTS", "client:another-s3cr3t")]).unwrap_err();
+        assert_eq!(err.var, "GENESYS_CLIENTS");
+        assert!(err.problem.contains("\"client\""), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        // Half a single pair beside a pool is refused by name.
+        let err = pool(&[("GENESYS_CLIENTS", "a:x"), ("GENESYS_CLIENT_ID", "b")]).unwrap_err();
+        assert_eq!(err.var, "GENESYS_CLIENT_SECRET");
+    }
+
+    #[test]
+    fn a_bad_pool_entry_is_refused_by_name_and_position_without_its_text() {
+        for (raw, problem) in [
+            ("a:s3cr3t-1,s3cr3t-2", "entry 2: no ':'"),
+            (":s3cr3t-1", "entry 1: empty client id"),
+            ("a:", "entry 1: empty secret"),
+            ("a b:s3cr3t-1", "entry 1: whitespace in the client id"),
+            (",", "lists no client"),
+        ] {
+            let err = pool(&[("GENESYS_CLIENTS", raw)]).unwrap_err();
+            assert_eq!(err.var, "GENESYS_CLIENTS", "{raw}");
+            assert!(err.problem.starts_with(problem), "{raw}: {err}");
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+            assert_eq!(err.to_string().lines().count(), 1);
+        }
+    }
+
+    #[test]
+    fn a_pool_is_read_from_a_file_one_pair_a_line() {
+        let dir = std::env::temp_dir().join(format!("gw-clients-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("clients");
+        std::fs::write(&file, "# the worker's clients\nf1:s3cr3t-1\n\n  f2:s3cr3t-2  \n").unwrap();
+        let path = file.to_str().unwrap();
+        let cfg = pool(&[("GENESYS_CLIENTS_FILE", path), ("GENESYS_CLIENTS", "a:s3cr3t-a")]).unwrap();
+        let ids: Vec<&str> = cfg.genesys_clients.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "f1", "f2"]);
+        assert_eq!(cfg.genesys_clients[2].secret.expose(), "s3cr3t-2");
+        std::fs::write(&file, "f1:s3cr3t-1\nf2-s3cr3t-2\n").unwrap();
+        let err = pool(&[("GENESYS_CLIENTS_FILE", path)]).unwrap_err();
+        assert_eq!(err.var, "GENESYS_CLIENTS_FILE");
+        assert!(err.problem.starts_with("line 2: no ':'"), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let err = pool(&[("GENESYS_CLIENTS_FILE", "/nonexistent/clients")]).unwrap_err();
+        assert_eq!(err.var, "GENESYS_CLIENTS_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret_of_the_pool() {
+        let cfg = pool(&[("GENESYS_CLIENTS", "a:s3cr3t-a,b:s3cr3t-b")]).unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(
+            debug.contains("OAuthClient { id: \"b\", secret: Secret([redacted]) }"),
+            "{debug}"
         );
     }
 }
