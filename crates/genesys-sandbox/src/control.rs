@@ -3,11 +3,11 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `throttled_by` (429s per `limit.key`), `dropped_responses`, `reset_connections`, `mutations` |
+//! | `GET /sandbox/stats` | `requests` (route template, status, count), `throttled` (429s), `throttled_by` (429s per `limit.key`), `clients` (per OAuth client id: `requests`, `throttled`), `dropped_responses`, `reset_connections`, `mutations` |
 //! | `GET /sandbox/mutations?entity=user:<id>` | the mutation log, optionally of one entity |
 //! | `POST`/`GET /sandbox/webhook` | a webhook receiver for `relay` (keeps the last 1,000 deliveries: headers and body) |
 //! | `POST /sandbox/reset` | back to the seed: state, stats, tokens, faults cleared |
-//! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`) |
+//! | `GET`/`PUT`/`DELETE /sandbox/ratelimit` | the per-client rate limit (`{requests_per_second, burst}`); with `client_id` (in the body, or `?client_id=` for `DELETE`) one client's own limit in place of it |
 //! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
 //! | `GET`/`PUT`/`DELETE /sandbox/behaviour` | the [`Behaviour`] played (PUT replaces it; fields not given take their defaults) |
 //! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) or as a person (`{user_id}`, shown as `lockedUser`); `release_after_ms` makes the holder let go by itself |
@@ -112,6 +112,7 @@ async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
         "requests": requests,
         "throttled": throttled,
         "throttled_by": world.stats.throttled_by,
+        "clients": world.stats.clients,
         "dropped_responses": world.stats.dropped_responses,
         "reset_connections": world.stats.reset_connections,
         "mutations": world.mutations,
@@ -139,21 +140,51 @@ async fn reset(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
 }
 
 async fn get_rate_limit(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
-    Json(json!({"rate_limit": sandbox.config().rate_limit}))
+    let clients = sandbox.world().client_rate_limits().clone();
+    Json(json!({"rate_limit": sandbox.config().rate_limit, "clients": clients}))
 }
 
-async fn set_rate_limit(State(sandbox): State<Arc<Sandbox>>, Json(limit): Json<RateLimit>) -> Reply {
+/// `PUT /sandbox/ratelimit`: the limit, and optionally the one client it is for.
+#[derive(Debug, Deserialize)]
+struct RateLimitFor {
+    #[serde(flatten)]
+    limit: RateLimit,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+async fn set_rate_limit(State(sandbox): State<Arc<Sandbox>>, Json(request): Json<RateLimitFor>) -> Reply {
+    let limit = request.limit;
     if limit.requests_per_second == 0 || limit.burst == 0 {
         return refused(
             StatusCode::BAD_REQUEST,
             "requests_per_second and burst must be positive",
         );
     }
+    if let Some(client) = request.client_id {
+        sandbox.world().set_client_rate_limit(&client, Some(limit));
+        return (
+            StatusCode::OK,
+            Json(json!({"client_id": client, "rate_limit": limit})),
+        );
+    }
     sandbox.set_rate_limit(Some(limit));
     (StatusCode::OK, Json(json!({"rate_limit": limit})))
 }
 
-async fn clear_rate_limit(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+#[derive(Debug, Deserialize)]
+struct ClientFilter {
+    client_id: Option<String>,
+}
+
+async fn clear_rate_limit(
+    State(sandbox): State<Arc<Sandbox>>,
+    Query(filter): Query<ClientFilter>,
+) -> Json<Value> {
+    if let Some(client) = filter.client_id {
+        sandbox.world().set_client_rate_limit(&client, None);
+        return Json(json!({"client_id": client, "rate_limit": null}));
+    }
     sandbox.set_rate_limit(None);
     Json(json!({"rate_limit": null}))
 }

@@ -42,7 +42,9 @@ pub(crate) async fn gateway(State(sandbox): State<Arc<Sandbox>>, request: Reques
         let client = bearer_token(request.headers()).and_then(|token| sandbox.world().client_of(token));
         // Unauthenticated requests go on to get their 401 from the handler.
         if let Some(client) = client {
-            if let Err(refusal) = admit(&sandbox, behaviour, &client, request.uri().path()) {
+            let admitted = admit(&sandbox, behaviour, &client, request.uri().path());
+            sandbox.world().stats.count_client(&client, admitted.is_err());
+            if let Err(refusal) = admitted {
                 sandbox.world().stats.count_throttled(route, &refusal.limit);
                 return too_many_requests(refusal);
             }

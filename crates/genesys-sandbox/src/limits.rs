@@ -159,14 +159,12 @@ pub(crate) async fn effective_limits(
     Path(namespace): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
+    let client = authorize(&sandbox, &headers)?;
     let behaviour = sandbox.behaviour();
     known_namespace(&behaviour, &namespace)?;
-    Ok(listing(effective(
-        sandbox.config().rate_limit,
-        &behaviour,
-        &namespace,
-    )))
+    // The token's own limit: its client's.
+    let rate_limit = sandbox.world().rate_limit_of(&client);
+    Ok(listing(effective(rate_limit, &behaviour, &namespace)))
 }
 
 pub(crate) async fn default_limits(

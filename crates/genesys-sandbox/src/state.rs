@@ -118,6 +118,15 @@ pub(crate) struct Stats {
     pub dropped_responses: u64,
     /// Connections closed before any answer (a fault or the gateway behaviour): nothing served.
     pub reset_connections: u64,
+    /// Authenticated API requests per OAuth client id: all of them, and the 429s among them.
+    pub clients: BTreeMap<String, ClientStats>,
+}
+
+/// What one OAuth client's requests met.
+#[derive(Debug, Default, Clone, Serialize)]
+pub(crate) struct ClientStats {
+    pub requests: u64,
+    pub throttled: u64,
 }
 
 impl Stats {
@@ -128,6 +137,13 @@ impl Stats {
     pub fn count_throttled(&mut self, route: String, limit: &Limit) {
         self.count(route, 429);
         *self.throttled_by.entry(limit.key.clone()).or_default() += 1;
+    }
+
+    /// An authenticated API request of `client`, refused by a rate limit or not.
+    pub fn count_client(&mut self, client: &str, throttled: bool) {
+        let stats = self.clients.entry(client.to_string()).or_default();
+        stats.requests += 1;
+        stats.throttled += u64::from(throttled);
     }
 }
 
@@ -222,6 +238,8 @@ pub(crate) struct World {
     pub faults: Faults,
     /// The per-OAuth-client limit, as Genesys limits requests per client token.
     rate_limit: Option<RateLimit>,
+    /// Per-client limits that replace `rate_limit` for their client.
+    client_rate_limits: HashMap<String, RateLimit>,
     client_buckets: HashMap<String, TokenBucket>,
     /// Made when a request first meets the behaviour's org limit, remade when it changes.
     org_bucket: Option<OrgBucket>,
@@ -280,6 +298,7 @@ impl World {
             webhook: std::collections::VecDeque::new(),
             faults: Faults::new(config.seed),
             rate_limit: None,
+            client_rate_limits: HashMap::new(),
             client_buckets: HashMap::new(),
             org_bucket: None,
         };
@@ -291,6 +310,26 @@ impl World {
     pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
         self.rate_limit = limit;
         self.client_buckets.clear();
+    }
+
+    /// Sets (or, with `None`, drops) the limit of one OAuth client, in place of the per-client
+    /// limit every other client has; that client starts again with a full bucket.
+    pub fn set_client_rate_limit(&mut self, client: &str, limit: Option<RateLimit>) {
+        match limit {
+            Some(limit) => self.client_rate_limits.insert(client.to_string(), limit),
+            None => self.client_rate_limits.remove(client),
+        };
+        self.client_buckets.remove(client);
+    }
+
+    /// The limit `client`'s requests meet: its own, else the per-client limit.
+    pub fn rate_limit_of(&self, client: &str) -> Option<RateLimit> {
+        self.client_rate_limits.get(client).copied().or(self.rate_limit)
+    }
+
+    /// The per-client limits set for one client each.
+    pub fn client_rate_limits(&self) -> &HashMap<String, RateLimit> {
+        &self.client_rate_limits
     }
 
     /// Lets a request of `client` through the rate limits at `now`, spending a token of each
@@ -308,7 +347,7 @@ impl World {
         now: Instant,
     ) -> Result<(), Refusal> {
         self.follow_org_limit(org_limit, now);
-        let client_bucket = match self.rate_limit {
+        let client_bucket = match self.rate_limit_of(client) {
             Some(rate) => {
                 let bucket = self.client_buckets.entry(client.to_string()).or_insert_with(|| {
                     TokenBucket::new(rate.burst, f64::from(rate.requests_per_second), 0.0, now)
