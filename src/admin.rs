@@ -38,8 +38,9 @@ pub struct Health {
     /// Per lane (single, batch): whether its consumer is consuming.
     consuming: [AtomicBool; 2],
     store: Store,
-    /// The Genesys budget, whose 429 count is reported apart from errors.
-    budget: Option<Arc<Budget>>,
+    /// The Genesys budgets (one per OAuth client of the pool), whose 429 counts are reported
+    /// apart from errors.
+    budgets: Vec<Arc<Budget>>,
 }
 
 impl Health {
@@ -47,12 +48,18 @@ impl Health {
         Self {
             consuming: [AtomicBool::new(false), AtomicBool::new(false)],
             store,
-            budget: None,
+            budgets: Vec::new(),
         }
     }
 
     pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
-        self.budget = Some(budget);
+        self.budgets.push(budget);
+        self
+    }
+
+    /// Every OAuth client's budget, in the pool's order.
+    pub fn with_budgets(mut self, budgets: impl IntoIterator<Item = Arc<Budget>>) -> Self {
+        self.budgets.extend(budgets);
         self
     }
 
@@ -236,11 +243,20 @@ async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_jso
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // The total, as before a pool; per OAuth client (by id) beside it.
+    let throttled =
+        (!health.budgets.is_empty()).then(|| health.budgets.iter().map(|b| b.throttled()).sum::<u64>());
+    let by_client: serde_json::Map<String, serde_json::Value> = health
+        .budgets
+        .iter()
+        .map(|b| (b.client().to_string(), json!(b.throttled())))
+        .collect();
     let body = json!({
         "ready": ready,
         "consuming": consuming,
         "redis": redis.err().unwrap_or_else(|| "ok".into()),
-        "genesys_throttled": health.budget.as_ref().map(|b| b.throttled()),
+        "genesys_throttled": throttled,
+        "genesys_throttled_by_client": by_client,
     });
     (status, Json(body))
 }

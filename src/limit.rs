@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -183,6 +183,10 @@ impl Pace {
 }
 
 pub struct Budget {
+    /// The OAuth client this budget is for.
+    client: String,
+    /// Whether its metrics carry the `client` label (a client of a pool of several).
+    labelled: bool,
     turns: Turns,
     configured: (u32, u32),
     pace: Mutex<Arc<Pace>>,
@@ -193,11 +197,44 @@ pub struct Budget {
     families_paused: Mutex<HashMap<String, Instant>>,
     /// 429 responses seen: throttling, counted apart from errors.
     throttled: AtomicU64,
+    /// Callers waiting in [`Budget::acquire`] now: how a pool of clients tells the least busy.
+    waiting: AtomicUsize,
+}
+
+/// What [`Budget::acquire_unless_paused`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The call may go.
+    Taken,
+    /// The client is paused (a 429 seen here, or the fleet's budget asks for a long wait): no
+    /// token was taken; a pool sends the call through another client.
+    Paused,
+}
+
+/// A wait the fleet's budget asks for beyond this is taken as the client paused (another
+/// replica's 429, or the fleet spending it all): a pool tries another client meanwhile.
+const FLEET_WAIT_ELSEWHERE: Duration = Duration::from_secs(1);
+
+/// Counts a caller waiting in a budget while it lives.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Self(waiting)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Budget")
+            .field("client", &self.client)
             .field("throttled", &self.throttled())
             .finish_non_exhaustive()
     }
@@ -207,8 +244,32 @@ impl Budget {
     /// # Panics
     /// If `rps` or `burst` is zero; configuration validation rules that out.
     pub fn new(rps: u32, burst: u32, weights: LaneWeights) -> Self {
+        Self::build("", false, rps, burst, weights)
+    }
+
+    /// The budget of OAuth client `client` (its id), the worker's only one: its metrics as they
+    /// always were.
+    ///
+    /// # Panics
+    /// If `rps` or `burst` is zero; configuration validation rules that out.
+    pub fn for_client(client: &str, rps: u32, burst: u32, weights: LaneWeights) -> Self {
+        Self::build(client, false, rps, burst, weights)
+    }
+
+    /// The budget of OAuth client `client` of a pool of several: its metrics carry the client
+    /// id as the `client` label (never the secret).
+    ///
+    /// # Panics
+    /// If `rps` or `burst` is zero; configuration validation rules that out.
+    pub fn for_pool_client(client: &str, rps: u32, burst: u32, weights: LaneWeights) -> Self {
+        Self::build(client, true, rps, burst, weights)
+    }
+
+    fn build(client: &str, labelled: bool, rps: u32, burst: u32, weights: LaneWeights) -> Self {
         assert!(rps > 0 && burst > 0, "rate limit rps and burst are positive");
         let budget = Self {
+            client: client.to_string(),
+            labelled,
             turns: Turns::new(weights),
             configured: (rps, burst),
             pace: Mutex::new(Arc::new(Pace::new(f64::from(rps), burst))),
@@ -216,9 +277,10 @@ impl Budget {
             paused_until: Mutex::new(None),
             families_paused: Mutex::new(HashMap::new()),
             throttled: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         };
-        telemetry::budget_configured(f64::from(rps));
-        telemetry::budget_effective(f64::from(rps));
+        telemetry::budget_configured(budget.label(), f64::from(rps));
+        telemetry::budget_effective(budget.label(), f64::from(rps));
         budget
     }
 
@@ -258,7 +320,7 @@ impl Budget {
             return false;
         }
         *pace = Arc::new(Pace::new(per_second, burst));
-        telemetry::budget_effective(per_second);
+        telemetry::budget_effective(self.label(), per_second);
         true
     }
 
@@ -269,10 +331,50 @@ impl Budget {
     /// # Errors
     /// When the fleet's budget cannot be consulted (Redis unreachable): no call is made.
     pub async fn acquire(&self, lane: Lane, family: &str) -> Result<(), BudgetError> {
+        self.acquire_or_not(lane, family, false).await.map(drop)
+    }
+
+    /// Like [`Budget::acquire`], but a paused client (a 429 here, or a fleet wait longer than
+    /// a second) is not waited out: [`Taken::Paused`], no token taken, for a pool to send the
+    /// call through another client.
+    ///
+    /// # Errors
+    /// As [`Budget::acquire`].
+    pub async fn acquire_unless_paused(&self, lane: Lane, family: &str) -> Result<Taken, BudgetError> {
+        self.acquire_or_not(lane, family, true).await
+    }
+
+    async fn acquire_or_not(&self, lane: Lane, family: &str, elsewhere: bool) -> Result<Taken, BudgetError> {
+        let _queued = Queued::new(&self.waiting);
         let waiting = std::time::Instant::now();
-        let taken = self.take(lane, family).await;
-        telemetry::budget_waited(lane.as_str(), waiting.elapsed().as_secs_f64());
+        let taken = self.take(lane, family, elsewhere).await;
+        if matches!(taken, Ok(Taken::Taken)) {
+            telemetry::budget_waited(self.label(), lane.as_str(), waiting.elapsed().as_secs_f64());
+        }
         taken
+    }
+
+    /// The OAuth client this budget is for.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// The `client` label of this budget's metrics and its calls' (a client of a pool of
+    /// several), or `None`.
+    pub fn label(&self) -> Option<&str> {
+        self.labelled.then_some(self.client.as_str())
+    }
+
+    /// Callers waiting for this budget now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How long the whole client is still paused here (a 429 on its own limit), if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().expect("budget lock is never poisoned"))?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
     }
 
     /// Sleeps while `family` is paused here: all a call whose token was already taken (a
@@ -303,7 +405,8 @@ impl Budget {
         }
     }
 
-    fn family_paused(&self, family: &str) -> bool {
+    /// Whether calls of route `family` are paused here now.
+    pub fn family_paused(&self, family: &str) -> bool {
         self.families_paused
             .lock()
             .expect("budget lock is never poisoned")
@@ -311,7 +414,7 @@ impl Budget {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    async fn take(&self, lane: Lane, family: &str) -> Result<(), BudgetError> {
+    async fn take(&self, lane: Lane, family: &str, elsewhere: bool) -> Result<Taken, BudgetError> {
         loop {
             // Outside the turn: a paused family must not hold up the others.
             self.wait_family(family).await?;
@@ -322,13 +425,16 @@ impl Budget {
             loop {
                 let pause = *self.paused_until.lock().expect("budget lock is never poisoned");
                 match pause {
+                    Some(until) if until > Instant::now() && elsewhere => return Ok(Taken::Paused),
                     Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
                     _ => break,
                 }
             }
             let pace = self.pace();
             pace.limiter.until_ready().await;
-            let Some(fleet) = &self.fleet else { return Ok(()) };
+            let Some(fleet) = &self.fleet else {
+                return Ok(Taken::Taken);
+            };
             let family_key = fleet.family_pause_key(family);
             loop {
                 let wait_ms = fleet
@@ -340,7 +446,16 @@ impl Budget {
                     )
                     .await?;
                 match wait_ms {
-                    0 => return Ok(()),
+                    0 => return Ok(Taken::Taken),
+                    // Paused by a 429 seen here since this call passed the pause (the fleet's
+                    // answer is that pause): another client of the pool takes the call.
+                    wait if elsewhere && wait > 0 && self.paused_for().is_some() => return Ok(Taken::Paused),
+                    wait if elsewhere && wait as u128 > FLEET_WAIT_ELSEWHERE.as_millis() => {
+                        // Paused by another replica, or spent by the fleet: here too, for that
+                        // long, so the pool's next calls go elsewhere at once.
+                        self.pause_here(Duration::from_millis(wait as u64));
+                        return Ok(Taken::Paused);
+                    }
                     wait if wait > 0 => tokio::time::sleep(Duration::from_millis(wait as u64)).await,
                     // Another replica saw the family throttled: wait with it, outside the turn.
                     paused => {
@@ -356,15 +471,17 @@ impl Budget {
     /// replica included; a longer pause already in force is kept.
     pub async fn pause(&self, wait: Duration) {
         self.throttled.fetch_add(1, Ordering::Relaxed);
-        let until = Instant::now() + wait;
-        {
-            let mut paused = self.paused_until.lock().expect("budget lock is never poisoned");
-            if paused.is_none_or(|current| current < until) {
-                *paused = Some(until);
-            }
-        }
+        self.pause_here(wait);
         if let Some(fleet) = &self.fleet {
             fleet_pause(fleet, &fleet.pause_key, wait).await;
+        }
+    }
+
+    fn pause_here(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self.paused_until.lock().expect("budget lock is never poisoned");
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
         }
     }
 
@@ -565,6 +682,24 @@ mod tests {
             start.elapsed() >= Duration::from_millis(190),
             "{:?}",
             start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_paused_client_is_reported_not_waited_for_when_asked() {
+        let budget = Budget::for_client("a", 1000, 10, WEIGHTS);
+        assert_eq!(budget.paused_for(), None);
+        budget.pause(Duration::from_secs(5)).await;
+        assert!(budget.paused_for().is_some_and(|d| d > Duration::from_secs(4)));
+        let start = std::time::Instant::now();
+        let taken = budget.acquire_unless_paused(Lane::Single, "users").await.unwrap();
+        assert_eq!(taken, Taken::Paused);
+        assert!(start.elapsed() < Duration::from_millis(100));
+        assert_eq!(budget.waiting(), 0);
+        let free = Budget::for_client("b", 1000, 10, WEIGHTS);
+        assert_eq!(
+            free.acquire_unless_paused(Lane::Single, "users").await.unwrap(),
+            Taken::Taken
         );
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Metrics go through the `metrics` facade to one process-wide Prometheus recorder. Labels are
 //! low-cardinality only: kinds, outcomes, lanes, error codes, route templates (ids replaced by
-//! `{id}`), HTTP statuses; never a job, user or workitem id.
+//! `{id}`), HTTP statuses, OAuth client ids (`client`, only with a pool of several clients:
+//! one per client, never a secret); never a job, user or workitem id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -193,36 +194,70 @@ pub fn retried(stage: RetryStage) {
 }
 
 /// A Genesys call on `route` (a [`route_template`]) answered `status` after `seconds`.
-pub fn genesys_answered(route: &str, status: u16, seconds: f64) {
+pub fn genesys_answered(client: Option<&str>, route: &str, status: u16, seconds: f64) {
     metrics::histogram!(names::GENESYS_REQUEST_DURATION, "route" => route.to_string()).record(seconds);
-    metrics::counter!(names::GENESYS_REQUESTS, "route" => route.to_string(), "status" => status.to_string())
-        .increment(1);
+    genesys_requests(client, route, status.to_string());
 }
 
 /// A Genesys call on `route` got no answer (network).
-pub fn genesys_unanswered(route: &str) {
-    metrics::counter!(names::GENESYS_REQUESTS, "route" => route.to_string(), "status" => "error")
-        .increment(1);
+pub fn genesys_unanswered(client: Option<&str>, route: &str) {
+    genesys_requests(client, route, "error".into());
 }
+
+fn genesys_requests(client: Option<&str>, route: &str, status: String) {
+    let route = route.to_string();
+    match client {
+        Some(client) => {
+            metrics::counter!(names::GENESYS_REQUESTS, "client" => client.to_string(), "route" => route, "status" => status)
+                .increment(1);
+        }
+        None => metrics::counter!(names::GENESYS_REQUESTS, "route" => route, "status" => status).increment(1),
+    }
+}
+
+// `client`: the OAuth client id a call or budget is for, as the `client` label, given only with
+// a pool of several clients (`None`: one client, the series as they always were).
 
 /// Genesys answered 429 naming `limit` (or none) on a call of route `family`.
-pub fn genesys_throttled(limit: &str, family: &str) {
-    metrics::counter!(names::THROTTLED, "limit" => limit.to_string(), "family" => family.to_string())
-        .increment(1);
+pub fn genesys_throttled(client: Option<&str>, limit: &str, family: &str) {
+    let (limit, family) = (limit.to_string(), family.to_string());
+    match client {
+        Some(client) => {
+            metrics::counter!(names::THROTTLED, "client" => client.to_string(), "limit" => limit, "family" => family)
+                .increment(1);
+        }
+        None => metrics::counter!(names::THROTTLED, "limit" => limit, "family" => family).increment(1),
+    }
 }
 
-/// The pace of Genesys calls: as configured, and as paced now.
-pub fn budget_configured(per_second: f64) {
-    metrics::gauge!(names::RATE_LIMIT_CONFIGURED).set(per_second);
+/// The pace of Genesys calls (of one OAuth client's budget): as configured, and as paced now.
+pub fn budget_configured(client: Option<&str>, per_second: f64) {
+    match client {
+        Some(client) => {
+            metrics::gauge!(names::RATE_LIMIT_CONFIGURED, "client" => client.to_string()).set(per_second)
+        }
+        None => metrics::gauge!(names::RATE_LIMIT_CONFIGURED).set(per_second),
+    }
 }
 
-pub fn budget_effective(per_second: f64) {
-    metrics::gauge!(names::RATE_LIMIT_EFFECTIVE).set(per_second);
+pub fn budget_effective(client: Option<&str>, per_second: f64) {
+    match client {
+        Some(client) => {
+            metrics::gauge!(names::RATE_LIMIT_EFFECTIVE, "client" => client.to_string()).set(per_second)
+        }
+        None => metrics::gauge!(names::RATE_LIMIT_EFFECTIVE).set(per_second),
+    }
 }
 
 /// A call of `lane` waited `seconds` for the budget.
-pub fn budget_waited(lane: &'static str, seconds: f64) {
-    metrics::histogram!(names::RATE_LIMIT_WAIT, "lane" => lane).record(seconds);
+pub fn budget_waited(client: Option<&str>, lane: &'static str, seconds: f64) {
+    match client {
+        Some(client) => {
+            metrics::histogram!(names::RATE_LIMIT_WAIT, "client" => client.to_string(), "lane" => lane)
+                .record(seconds);
+        }
+        None => metrics::histogram!(names::RATE_LIMIT_WAIT, "lane" => lane).record(seconds),
+    }
 }
 
 /// A bulk presence call went out for `users` users.

@@ -63,13 +63,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
     let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
-    let mut budget = Budget::new(rps, burst, config.lane_weights);
-    if config.genesys.rate_limit_shared {
-        budget = budget.shared(store.clone(), &config.genesys.client_id);
+    // One budget per OAuth client of the pool, each shared fleet-wide under its client id; with
+    // several, their metrics carry the client id as a label.
+    let pooled = config.genesys_clients.len() > 1;
+    let clients: Vec<_> = config
+        .genesys_clients
+        .iter()
+        .map(|client| {
+            let mut budget = if pooled {
+                Budget::for_pool_client(&client.id, rps, burst, config.lane_weights)
+            } else {
+                Budget::for_client(&client.id, rps, burst, config.lane_weights)
+            };
+            if config.genesys.rate_limit_shared {
+                budget = budget.shared(store.clone(), &client.id);
+            }
+            (client.clone(), Arc::new(budget))
+        })
+        .collect();
+    let budgets: Vec<Arc<Budget>> = clients.iter().map(|(_, budget)| budget.clone()).collect();
+    if clients.len() > 1 {
+        let ids: Vec<&str> = clients.iter().map(|(client, _)| client.id.as_str()).collect();
+        tracing::info!(clients = ?ids, per_client_rps = rps, "Calling Genesys through a pool of OAuth clients.");
     }
-    let budget = Arc::new(budget);
-    let genesys = Arc::new(GenesysClient::new(&config.genesys, budget.clone()));
-    let health = Arc::new(Health::new(store.clone()).with_budget(budget.clone()));
+    let genesys = Arc::new(GenesysClient::pool(&config.genesys, clients));
+    let health = Arc::new(Health::new(store.clone()).with_budgets(budgets.iter().cloned()));
     let retry = RetryPolicy::for_genesys(&config.genesys);
     let bulk = config.bulk_presence.then(|| {
         BulkPresence::start(
@@ -88,13 +106,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })?;
     crate::telemetry::keep_metrics_tidy(cancel.clone());
     if config.genesys.limits_refresh_secs > 0 {
-        tokio::spawn(crate::genesys::limits::follow_allowed_rate(
-            genesys.clone(),
-            budget,
-            rps,
-            Duration::from_secs(config.genesys.limits_refresh_secs),
-            cancel.clone(),
-        ));
+        // Each OAuth client's own effective limit, read as that client.
+        for budget in budgets {
+            tokio::spawn(crate::genesys::limits::follow_allowed_rate(
+                genesys.clone(),
+                budget,
+                rps,
+                Duration::from_secs(config.genesys.limits_refresh_secs),
+                cancel.clone(),
+            ));
+        }
     }
     let ingest_server = match (config.ingest_addr, &config.ingest_token) {
         (Some(addr), Some(token)) => {

@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use crate::genesys::{GenesysClient, LaneClient};
 use crate::lane::Lane;
-use crate::limit::route_family;
 use crate::retry::RetryPolicy;
 
 const BULK_PATH: &str = "/api/v2/users/presences/bulk";
@@ -120,8 +119,10 @@ async fn gather(
                 Ok(None) | Err(_) => break,
             }
         }
-        // The call's token; changes arriving meanwhile still join the call.
-        let token = genesys.budget().acquire(lane, route_family(BULK_PATH));
+        // The call's token, from a client of the pool; changes arriving meanwhile still join
+        // the call, which is sent as that client.
+        let pool = genesys.in_lane(lane);
+        let token = pool.prepay(BULK_PATH);
         tokio::pin!(token);
         let paid = loop {
             if batch.len() >= max {
@@ -132,21 +133,29 @@ async fn gather(
                 Some(request) = incoming.recv() => batch.push(request),
             }
         };
-        if let Err(err) = paid {
-            tracing::warn!(users = batch.len(), error.message = %err, "No budget for a bulk presence call; each job applies its change alone.");
-            for request in batch {
-                let _ = request.reply.send(BulkOutcome::Left);
+        let paid = match paid {
+            Ok(paid) => paid.client_id().to_string(),
+            Err(err) => {
+                tracing::warn!(users = batch.len(), error.message = %err, "No budget for a bulk presence call; each job applies its change alone.");
+                for request in batch {
+                    let _ = request.reply.send(BulkOutcome::Left);
+                }
+                continue;
             }
-            continue;
-        }
+        };
         let genesys = genesys.clone();
         // Calls overlap: the next one gathers while this one is on the wire.
-        tokio::spawn(async move { send(genesys.in_lane(lane), &retry, batch).await });
+        tokio::spawn(async move {
+            let pool = genesys.in_lane(lane);
+            let paid = pool.pinned_to_client(&paid).expect("a client of the pool");
+            send(paid, pool, &retry, batch).await
+        });
     }
 }
 
-/// Sends a gathered call whose first attempt's budget token `gather` already took.
-async fn send(genesys: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>) {
+/// Sends a gathered call whose first attempt's budget token `gather` already took from client
+/// `paid`: its first attempt as that client, any retry through the `pool`.
+async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>) {
     crate::telemetry::bulk_call(batch.len());
     let body: Vec<Value> = batch
         .iter()
@@ -163,9 +172,9 @@ async fn send(genesys: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>)
     let sent = retry
         .run(|attempt| async move {
             if attempt == 1 {
-                genesys.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await
+                paid.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await
             } else {
-                genesys.put::<Vec<SetPresence>>(BULK_PATH, body).await
+                pool.put::<Vec<SetPresence>>(BULK_PATH, body).await
             }
         })
         .await;

@@ -19,6 +19,13 @@
 //! older one) and only its versions move. The deploy decides on whichever evidence comes first:
 //! a complete operation with this id, or `checkedInVersion`/`publishedVersion` at the version
 //! it is waiting for. The timeout is for a Genesys that never finishes.
+//!
+//! With a pool of OAuth clients, Architect's lock belongs to the client that took it: every call
+//! of a deploy goes through one client, pinned from the job's entity (`flow:<id>`, or
+//! `flow:new:<name>` for a create; see [`LaneClient::pinned`]), so a retried or taken-over
+//! deploy, on any replica, calls as the same client; a flow found locked by another client of
+//! the pool (the pool changed meanwhile, or a deploy that named the flow otherwise was cut
+//! short) is deployed as that client.
 
 use std::time::Duration;
 
@@ -28,7 +35,7 @@ use super::{Context, Verdict};
 use crate::events::{EventError, Outcome};
 use crate::flow::{optimize, Optimization};
 use crate::genesys::architect::{Flow, FlowListing, FlowVersion, Operation};
-use crate::genesys::{ErrorClass, GenesysError};
+use crate::genesys::{ErrorClass, GenesysError, LaneClient};
 use crate::job::{FlowDeploy, Job};
 use crate::retry::RetryPolicy;
 
@@ -88,6 +95,8 @@ impl From<GenesysError> for Stop {
 
 struct Deploy<'a> {
     ctx: Context<'a>,
+    /// Every call of the deploy, as one OAuth client of the pool.
+    genesys: LaneClient<'a>,
     job: &'a Job,
     payload: &'a FlowDeploy,
     entity: String,
@@ -114,11 +123,13 @@ impl Evidence<'_> {
 }
 
 pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Verdict {
+    let entity = job.entity();
     let mut deploy = Deploy {
         ctx,
+        genesys: ctx.genesys.pinned(&entity),
         job,
         payload,
-        entity: job.entity(),
+        entity,
         flow_id: String::new(),
         attempts: 1,
         created: false,
@@ -128,7 +139,20 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &FlowDeploy) -> Verdict
 
 impl Deploy<'_> {
     fn client_id(&self) -> &str {
-        self.ctx.genesys.client_id()
+        self.genesys.client_id()
+    }
+
+    /// A flow locked by a client of the pool other than the one the deploy is pinned to (a
+    /// deploy cut short while the pool was different, or one that named the flow otherwise) is
+    /// deployed as the lock's holder, which may carry on and release it.
+    fn follow_lock(&mut self, flow: &Flow) {
+        let holder = flow
+            .locked_client
+            .as_ref()
+            .and_then(|holder| self.ctx.genesys.pinned_to_client(&holder.id));
+        if let Some(holder) = holder {
+            self.genesys = holder;
+        }
     }
 
     async fn run(&mut self) -> Verdict {
@@ -139,6 +163,7 @@ impl Deploy<'_> {
         // Known from here on, also when the flow was found or created by name.
         self.flow_id = before.id.clone();
         self.entity = format!("flow:{}", before.id);
+        self.follow_lock(&before);
         let before = match self.wait_for_unlock(before).await {
             Ok(flow) => flow,
             Err(stop) => return self.finish(stop, None, None),
@@ -340,7 +365,7 @@ impl Deploy<'_> {
             return Ok(existing);
         }
         let body = json!({"name": create.name, "type": flow_type});
-        let created = self.ctx.genesys.post::<Flow>("/api/v2/flows", &body).await;
+        let created = self.genesys.post::<Flow>("/api/v2/flows", &body).await;
         self.created = true;
         match created {
             Ok(reply) => Ok(reply.body),
@@ -396,7 +421,7 @@ impl Deploy<'_> {
         let listing = self
             .ctx
             .retry
-            .run(|_| self.ctx.genesys.get::<FlowListing>(&path))
+            .run(|_| self.genesys.get::<FlowListing>(&path))
             .await;
         self.attempts = self.attempts.max(listing.attempts);
         let found = listing
@@ -416,7 +441,7 @@ impl Deploy<'_> {
             .retry
             .run_through_lag(
                 |err| created && err.status() == Some(404),
-                |_| self.ctx.genesys.get::<Flow>(&path),
+                |_| self.genesys.get::<Flow>(&path),
             )
             .await;
         self.attempts = self.attempts.max(read.attempts);
@@ -425,7 +450,7 @@ impl Deploy<'_> {
 
     async fn configuration_of(&mut self, version: &str) -> Result<Value, Stop> {
         let path = format!("/api/v2/flows/{}/versions/{version}/configuration", self.flow_id);
-        let read = self.ctx.retry.run(|_| self.ctx.genesys.get::<Value>(&path)).await;
+        let read = self.ctx.retry.run(|_| self.genesys.get::<Value>(&path)).await;
         self.attempts = self.attempts.max(read.attempts);
         Ok(read.result?.body)
     }
@@ -437,7 +462,7 @@ impl Deploy<'_> {
         let max = self.ctx.retry.max_attempts;
         for attempt in 1..=max {
             self.attempts = self.attempts.max(attempt);
-            match self.ctx.genesys.post::<FlowVersion>(&path, configuration).await {
+            match self.genesys.post::<FlowVersion>(&path, configuration).await {
                 Ok(reply) => return Ok(reply.body.id),
                 Err(err) => {
                     if err.may_have_applied() {
@@ -472,7 +497,7 @@ impl Deploy<'_> {
         let (mut attempt, mut lag_round) = (1, 0);
         loop {
             self.attempts = self.attempts.max(attempt);
-            let err = match self.ctx.genesys.post::<Value>(&path, &Value::Null).await {
+            let err = match self.genesys.post::<Value>(&path, &Value::Null).await {
                 Ok(reply) => return Ok(serde_json::from_value::<Operation>(reply.body).ok()),
                 Err(err) => err,
             };

@@ -65,7 +65,9 @@ pub async fn allowed_per_minute(genesys: LaneClient<'_>) -> Result<Option<u32>, 
 }
 
 /// Reads the org's effective token limit now and every `every`, until `cancel`, and paces the
-/// budget at it when it is below the configuration. Says so in the log once per change.
+/// budget at it when it is below the configuration. Says so in the log once per change. The
+/// limits are read as the budget's own OAuth client ([`Budget::client`]) when it is one of the
+/// pool's: each client of a pool follows its own (one task each).
 pub async fn follow_allowed_rate(
     genesys: Arc<GenesysClient>,
     budget: Arc<Budget>,
@@ -74,15 +76,19 @@ pub async fn follow_allowed_rate(
     cancel: CancellationToken,
 ) {
     let mut unreadable_logged = false;
+    let client = budget.client();
     loop {
         // A read now and then, in the single jobs' lane.
-        match allowed_per_minute(genesys.in_lane(Lane::Single)).await {
+        let lane = genesys.in_lane(Lane::Single);
+        let lane = lane.pinned_to_client(client).unwrap_or(lane);
+        match allowed_per_minute(lane).await {
             Ok(allowed) => {
                 unreadable_logged = false;
                 if budget.set_allowed_per_minute(allowed) {
                     let pace = budget.per_second();
                     if pace < f64::from(configured_rps) {
                         tracing::warn!(
+                            client,
                             allowed_per_minute = allowed,
                             configured_per_second = configured_rps,
                             pacing_per_second = pace,
@@ -90,6 +96,7 @@ pub async fn follow_allowed_rate(
                         );
                     } else {
                         tracing::info!(
+                            client,
                             allowed_per_minute = allowed,
                             pacing_per_second = pace,
                             "Pacing at GENESYS_RATE_LIMIT_RPS again."
@@ -99,7 +106,7 @@ pub async fn follow_allowed_rate(
             }
             Err(err) if !unreadable_logged => {
                 unreadable_logged = true;
-                tracing::info!(error.message = %err, "Cannot read the org's rate limits; pacing at GENESYS_RATE_LIMIT_RPS.");
+                tracing::info!(client, error.message = %err, "Cannot read the org's rate limits; pacing at GENESYS_RATE_LIMIT_RPS.");
             }
             Err(_) => {}
         }

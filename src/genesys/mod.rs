@@ -6,6 +6,15 @@
 //! the request's route family when it is another, such as an org-wide limit), and Genesys error
 //! bodies, JSON or not, turned into [`GenesysError`]s whose [`ErrorClass`] drives the retry
 //! policy.
+//!
+//! **The OAuth client pool.** Genesys limits each token (300 requests a minute by default), so
+//! the client may call as several OAuth clients of one org (`GENESYS_CLIENTS`), each with its
+//! own token, [`Budget`] (fleet-wide per client id), pauses and effective limit. A call goes
+//! through the client whose budget is least busy (fewest callers waiting, by its pace; ties in
+//! turn), passing over a paused one; a call waiting on a client that gets paused moves to
+//! another. A call that must be made as one client (a flow deploy holds Architect's lock as
+//! that client) is pinned to it ([`LaneClient::pinned`]): chosen from a key by rendezvous
+//! hashing, the same on every replica and after restarts while the pool is the same.
 
 pub mod architect;
 pub mod auth;
@@ -14,6 +23,7 @@ pub mod limits;
 pub mod presence;
 pub mod taskmanagement;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +36,9 @@ use url::Url;
 pub use auth::TokenSource;
 pub use error::{ErrorClass, GenesysError};
 
-use crate::config::GenesysConfig;
+use crate::config::{GenesysConfig, OAuthClient};
 use crate::lane::Lane;
-use crate::limit::{route_family, Budget, BudgetError, MAX_FAMILY_WAIT};
+use crate::limit::{route_family, Budget, BudgetError, Taken, MAX_FAMILY_WAIT};
 use crate::telemetry;
 
 /// A 429 asking for a longer wait than this is not waited out in-process (as the Go SDK does).
@@ -76,64 +86,183 @@ impl ErrorBody {
     }
 }
 
+/// One OAuth client of the pool: its token and its budget.
+#[derive(Debug)]
+struct Member {
+    auth: TokenSource,
+    budget: Arc<Budget>,
+}
+
 #[derive(Debug)]
 pub struct GenesysClient {
     http: reqwest::Client,
     api_base: Url,
-    auth: TokenSource,
-    budget: Arc<Budget>,
+    /// The OAuth client pool, in configuration order; at least one.
+    members: Vec<Member>,
+    /// Where the next tie between equally busy clients starts.
+    next: AtomicUsize,
     pub presence: presence::PresenceDirectory,
     pub statuses: taskmanagement::StatusDirectory,
 }
 
+/// Which client of the pool a call goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The least busy client not paused, chosen per attempt.
+    Any,
+    /// This one (an index into the pool), paused or not.
+    Member(usize),
+}
+
 impl GenesysClient {
+    /// A client calling as the one OAuth client of `config`.
     pub fn new(config: &GenesysConfig, budget: Arc<Budget>) -> Self {
+        let client = OAuthClient {
+            id: config.client_id.clone(),
+            secret: config.client_secret.clone(),
+        };
+        Self::pool(config, vec![(client, budget)])
+    }
+
+    /// A client calling as a pool of OAuth clients of one org, each with its own budget.
+    ///
+    /// # Panics
+    /// If `clients` is empty; the configuration has at least one.
+    pub fn pool(config: &GenesysConfig, clients: Vec<(OAuthClient, Arc<Budget>)>) -> Self {
+        assert!(!clients.is_empty(), "a Genesys client needs an OAuth client");
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout())
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("genesys-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is static and valid");
-        let auth = TokenSource::new(
-            http.clone(),
-            &config.login_base,
-            &config.client_id,
-            config.client_secret.clone(),
-        );
+        let members = clients
+            .into_iter()
+            .map(|(client, budget)| Member {
+                auth: TokenSource::new(http.clone(), &config.login_base, &client.id, client.secret),
+                budget,
+            })
+            .collect();
         Self {
             http,
             api_base: config.api_base.clone(),
-            auth,
-            budget,
+            members,
+            next: AtomicUsize::new(0),
             presence: presence::PresenceDirectory::new(Duration::from_secs(300)),
             statuses: taskmanagement::StatusDirectory::new(Duration::from_secs(300)),
         }
     }
 
-    /// The OAuth client this worker calls as: the holder of the locks it takes.
+    /// The first OAuth client of the pool (the only one without a pool).
     pub fn client_id(&self) -> &str {
-        self.auth.client_id()
+        self.members[0].auth.client_id()
     }
 
-    /// The budget every call waits for (the bulk gatherer takes a call's token itself).
+    /// The OAuth client ids of the pool, in configuration order.
+    pub fn client_ids(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| m.auth.client_id())
+    }
+
+    /// How many OAuth clients the pool has.
+    pub fn pool_size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The budget of the first OAuth client of the pool.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        &self.members[0].budget
     }
 
+    /// Every client's budget, in configuration order.
+    pub fn budgets(&self) -> Vec<Arc<Budget>> {
+        self.members.iter().map(|m| m.budget.clone()).collect()
+    }
+
+    /// The tokens of the first OAuth client of the pool.
     pub fn auth(&self) -> &TokenSource {
-        &self.auth
+        &self.members[0].auth
     }
 
     /// The client as the calls of one lane see it: every call waits for the budget in `lane`.
     pub fn in_lane(&self, lane: Lane) -> LaneClient<'_> {
-        LaneClient { client: self, lane }
+        LaneClient {
+            client: self,
+            lane,
+            via: Via::Any,
+        }
+    }
+
+    /// The pool member calls about `key` are pinned to: rendezvous hashing (the member whose
+    /// hash with `key` is highest), so it depends only on the key and the pool's ids, not on
+    /// their order, the replica or a restart; a client added or removed moves only the keys it
+    /// gains or held.
+    fn member_for(&self, key: &str) -> usize {
+        (0..self.members.len())
+            .max_by_key(|&i| stable_hash(key, self.members[i].auth.client_id()))
+            .expect("the pool is not empty")
+    }
+
+    fn member_of(&self, client_id: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.auth.client_id() == client_id)
+    }
+
+    /// Takes a call's budget token from the least busy client not paused (a paused one only
+    /// when all are, the soonest free), moving on when the chosen one gets paused meanwhile.
+    /// Returns the client whose token it is.
+    async fn acquire_any(&self, lane: Lane, family: &str) -> Result<usize, BudgetError> {
+        if self.members.len() == 1 {
+            self.members[0].budget.acquire(lane, family).await?;
+            return Ok(0);
+        }
+        loop {
+            let (chosen, all_paused) = self.least_busy(family);
+            let budget = &self.members[chosen].budget;
+            if all_paused {
+                budget.acquire(lane, family).await?;
+                return Ok(chosen);
+            }
+            if budget.acquire_unless_paused(lane, family).await? == Taken::Taken {
+                return Ok(chosen);
+            }
+        }
+    }
+
+    /// The client to try next for a call of `family`, and whether every client is paused.
+    fn least_busy(&self, family: &str) -> (usize, bool) {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let order = (0..n).map(|k| (start + k) % n);
+        let free = order
+            .clone()
+            .filter(|&i| {
+                let budget = &self.members[i].budget;
+                budget.paused_for().is_none() && !budget.family_paused(family)
+            })
+            .min_by(|&a, &b| self.load(a).total_cmp(&self.load(b)));
+        match free {
+            Some(i) => (i, false),
+            None => {
+                let soonest = order
+                    .min_by_key(|&i| self.members[i].budget.paused_for().unwrap_or_default())
+                    .expect("the pool is not empty");
+                (soonest, true)
+            }
+        }
+    }
+
+    /// How long the callers waiting for a client's budget need at its pace, with one more.
+    fn load(&self, i: usize) -> f64 {
+        let budget = &self.members[i].budget;
+        (budget.waiting() + 1) as f64 / budget.per_second()
     }
 
     /// One logical call: waits for the budget in `lane` (unless `paid`: the caller took this
-    /// call's token itself), authenticates, and absorbs 401 (once) and 429s.
-    pub async fn call<T: DeserializeOwned>(
+    /// call's token itself, from the client `via` names), authenticates, and absorbs 401 (once)
+    /// and 429s.
+    async fn call<T: DeserializeOwned>(
         &self,
         lane: Lane,
+        via: Via,
         mut paid: bool,
         method: Method,
         path: &str,
@@ -148,13 +277,22 @@ impl GenesysClient {
         let mut throttled_waits = 0;
         let mut first_throttled = None;
         loop {
-            let token = self.auth.token().await?;
-            if std::mem::take(&mut paid) {
-                // Its token was taken; a family paused since still holds it back.
-                self.budget.wait_family(family).await.map_err(budget_error)?;
-            } else {
-                self.budget.acquire(lane, family).await.map_err(budget_error)?;
-            }
+            let member = match via {
+                Via::Member(i) => {
+                    let member = &self.members[i];
+                    if std::mem::take(&mut paid) {
+                        // Its token was taken; a family paused since still holds it back.
+                        member.budget.wait_family(family).await.map_err(budget_error)?;
+                    } else {
+                        member.budget.acquire(lane, family).await.map_err(budget_error)?;
+                    }
+                    member
+                }
+                Via::Any => &self.members[self.acquire_any(lane, family).await.map_err(budget_error)?],
+            };
+            let client = member.auth.client_id();
+            let label = member.budget.label();
+            let token = member.auth.token().await?;
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -165,7 +303,7 @@ impl GenesysClient {
             let route = format!("{method} {}", crate::telemetry::route_template(path));
             let sent = std::time::Instant::now();
             let response = request.send().await.map_err(|source| {
-                telemetry::genesys_unanswered(&route);
+                telemetry::genesys_unanswered(label, &route);
                 GenesysError::Network {
                     method: method.to_string(),
                     path: path.to_string(),
@@ -174,7 +312,7 @@ impl GenesysClient {
                 }
             })?;
             let status = response.status().as_u16();
-            telemetry::genesys_answered(&route, status, sent.elapsed().as_secs_f64());
+            telemetry::genesys_answered(label, &route, status, sent.elapsed().as_secs_f64());
             let retry_after = crate::http::retry_after(response.headers());
             let bytes = response.bytes().await.map_err(|source| GenesysError::Network {
                 method: method.to_string(),
@@ -212,30 +350,31 @@ impl GenesysClient {
             };
             match status {
                 401 if !regranted => {
-                    tracing::info!(path, "Genesys answered 401; requesting a new token once.");
-                    self.auth.invalidate(&token).await;
+                    tracing::info!(path, client, "Genesys answered 401; requesting a new token once.");
+                    member.auth.invalidate(&token).await;
                     regranted = true;
                 }
                 429 => {
                     let wait = retry_after.unwrap_or_else(|| backoff_without_retry_after(throttled_waits));
                     throttled_waits += 1;
                     let key = limit.as_ref().map_or("unnamed", |l| l.key.as_str());
-                    telemetry::genesys_throttled(key, family);
+                    telemetry::genesys_throttled(label, key, family);
                     // The pause holds every other call back even when this one gives up.
                     let own = limit.as_ref().is_none_or(limits::Limit::is_the_clients_own);
                     if own {
                         tracing::warn!(
                             path,
+                            client,
                             limit = key,
                             retry_after_secs = wait.as_secs(),
                             "Genesys returned 429 on this client's limit; pausing the budget."
                         );
-                        self.budget.pause(wait).await;
+                        member.budget.pause(wait).await;
                     } else {
                         // A limit others spend too (an org-wide one on a route family): only the
                         // calls that count against it wait.
-                        tracing::warn!(path, limit = key, family, retry_after_secs = wait.as_secs(), "Genesys returned 429 on a limit shared beyond this client; pausing this route family only.");
-                        self.budget.pause_family(family, wait).await;
+                        tracing::warn!(path, client, limit = key, family, retry_after_secs = wait.as_secs(), "Genesys returned 429 on a limit shared beyond this client; pausing this route family only.");
+                        member.budget.pause_family(family, wait).await;
                     }
                     if wait > MAX_RETRY_AFTER || throttled_waits > MAX_THROTTLED_WAITS {
                         return Err(error);
@@ -257,6 +396,7 @@ impl GenesysClient {
 pub struct LaneClient<'a> {
     client: &'a GenesysClient,
     lane: Lane,
+    via: Via,
 }
 
 impl<'a> LaneClient<'a> {
@@ -269,13 +409,63 @@ impl<'a> LaneClient<'a> {
         self.client
     }
 
-    /// The OAuth client this worker calls as: the holder of the locks it takes.
+    /// The OAuth client these calls are made as when pinned ([`LaneClient::pinned`]): the
+    /// holder of the locks they take. Unpinned, the pool's first.
     pub fn client_id(&self) -> &'a str {
-        self.client.client_id()
+        match self.via {
+            Via::Member(i) => self.client.members[i].auth.client_id(),
+            Via::Any => self.client.client_id(),
+        }
+    }
+
+    /// These calls, all made as one OAuth client of the pool: the one `key` (e.g. an entity)
+    /// maps to, the same on every replica and after a restart while the pool is the same.
+    pub fn pinned(&self, key: &str) -> Self {
+        Self {
+            via: Via::Member(self.client.member_for(key)),
+            ..*self
+        }
+    }
+
+    /// These calls, all made as the pool's OAuth client `client_id`; `None` when the pool has
+    /// no such client.
+    pub fn pinned_to_client(&self, client_id: &str) -> Option<Self> {
+        let member = self.client.member_of(client_id)?;
+        Some(Self {
+            via: Via::Member(member),
+            ..*self
+        })
+    }
+
+    /// Whether `client_id` is one of the pool's OAuth clients.
+    pub fn is_pool_client(&self, client_id: &str) -> bool {
+        self.client.member_of(client_id).is_some()
+    }
+
+    /// Takes one call's budget token in this lane (from the pinned client, or the least busy),
+    /// for a call made later with [`LaneClient::put_prepaid`] on the returned client.
+    ///
+    /// # Errors
+    /// When the fleet's budget cannot be consulted, or the family is paused too long.
+    pub async fn prepay(&self, path: &str) -> Result<LaneClient<'a>, BudgetError> {
+        let family = route_family(path);
+        let member = match self.via {
+            Via::Member(i) => {
+                self.client.members[i].budget.acquire(self.lane, family).await?;
+                i
+            }
+            Via::Any => self.client.acquire_any(self.lane, family).await?,
+        };
+        Ok(Self {
+            via: Via::Member(member),
+            ..*self
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
-        self.client.call(self.lane, false, Method::GET, path, None).await
+        self.client
+            .call(self.lane, self.via, false, Method::GET, path, None)
+            .await
     }
 
     pub async fn patch<T: DeserializeOwned>(
@@ -284,13 +474,13 @@ impl<'a> LaneClient<'a> {
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, false, Method::PATCH, path, Some(body))
+            .call(self.lane, self.via, false, Method::PATCH, path, Some(body))
             .await
     }
 
     pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, false, Method::PUT, path, Some(body))
+            .call(self.lane, self.via, false, Method::PUT, path, Some(body))
             .await
     }
 
@@ -300,19 +490,20 @@ impl<'a> LaneClient<'a> {
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, false, Method::POST, path, Some(body))
+            .call(self.lane, self.via, false, Method::POST, path, Some(body))
             .await
     }
 
-    /// A `PUT` whose budget token the caller already took ([`Budget::acquire`]): a gathered
-    /// bulk call takes it first and keeps gathering while it waits.
+    /// A `PUT` whose budget token the caller already took ([`LaneClient::prepay`], which
+    /// returns the client to call this on): a gathered bulk call takes it first and keeps
+    /// gathering while it waits.
     pub async fn put_prepaid<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, true, Method::PUT, path, Some(body))
+            .call(self.lane, self.via, true, Method::PUT, path, Some(body))
             .await
     }
 }
@@ -324,7 +515,111 @@ fn budget_error(err: BudgetError) -> GenesysError {
     }
 }
 
+/// FNV-1a over `key`, a separator and `client_id`: stable across processes and builds (std's
+/// hasher is not).
+fn stable_hash(key: &str, client_id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain([0xff]).chain(client_id.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for keys that differ at the end: a final avalanche.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^ (hash >> 33)
+}
+
 /// A 429 without `Retry-After`: 1 s doubling to a 60 s cap.
 fn backoff_without_retry_after(waits: u32) -> Duration {
     Duration::from_secs(1u64 << waits.min(6)).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::LaneWeights;
+
+    fn pool(ids: &[&str]) -> GenesysClient {
+        let base = Url::parse("http://127.0.0.1:9/").unwrap();
+        let config = GenesysConfig {
+            api_base: base.clone(),
+            login_base: base,
+            client_id: ids[0].into(),
+            client_secret: crate::config::Secret::new("s"),
+            rate_limit_rps: 10,
+            rate_limit_burst: 1,
+            rate_limit_shared: false,
+            request_timeout_ms: 1000,
+            max_attempts: 1,
+            consistency_window_ms: 0,
+            limits_refresh_secs: 0,
+        };
+        let weights = LaneWeights { single: 3, batch: 1 };
+        let clients = ids
+            .iter()
+            .map(|id| {
+                let client = OAuthClient {
+                    id: id.to_string(),
+                    secret: crate::config::Secret::new("s"),
+                };
+                (client, Arc::new(Budget::for_pool_client(id, 10, 1, weights)))
+            })
+            .collect();
+        GenesysClient::pool(&config, clients)
+    }
+
+    #[test]
+    fn a_key_is_pinned_to_one_client_whatever_the_order_of_the_pool() {
+        let abc = pool(&["a", "b", "c"]);
+        let cab = pool(&["c", "a", "b"]);
+        let mut per_client = std::collections::HashMap::new();
+        for n in 0..300 {
+            let key = format!("flow:{n}");
+            let pinned = abc.in_lane(Lane::Single).pinned(&key).client_id();
+            assert_eq!(pinned, cab.in_lane(Lane::Single).pinned(&key).client_id());
+            *per_client.entry(pinned).or_insert(0) += 1;
+        }
+        // Spread over the pool: each about a third.
+        assert_eq!(per_client.len(), 3);
+        assert!(
+            per_client.values().all(|&n| (60..=140).contains(&n)),
+            "{per_client:?}"
+        );
+        // A client removed moves only the keys it held.
+        let ab = pool(&["a", "b"]);
+        for n in 0..300 {
+            let key = format!("flow:{n}");
+            let before = abc.in_lane(Lane::Single).pinned(&key).client_id();
+            if before != "c" {
+                assert_eq!(ab.in_lane(Lane::Single).pinned(&key).client_id(), before);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_go_to_the_least_busy_client_and_pass_over_a_paused_one() {
+        let client = pool(&["a", "b", "c"]);
+        // Spread in turn while nobody waits.
+        let mut chosen: Vec<usize> = Vec::new();
+        for _ in 0..6 {
+            chosen.push(client.acquire_any(Lane::Single, "users").await.unwrap());
+        }
+        for i in 0..3 {
+            assert_eq!(chosen.iter().filter(|&&c| c == i).count(), 2, "{chosen:?}");
+        }
+        client.members[1].budget.pause(Duration::from_secs(30)).await;
+        for _ in 0..6 {
+            let start = std::time::Instant::now();
+            assert_ne!(client.acquire_any(Lane::Single, "users").await.unwrap(), 1);
+            assert!(start.elapsed() < Duration::from_millis(500));
+        }
+        // A family paused on one client only: its calls go to the others.
+        client.members[0]
+            .budget
+            .pause_family("flows", Duration::from_secs(30))
+            .await;
+        for _ in 0..4 {
+            assert_eq!(client.acquire_any(Lane::Single, "flows").await.unwrap(), 2);
+        }
+    }
 }
