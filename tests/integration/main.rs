@@ -22,6 +22,7 @@ mod interactions;
 mod keys;
 mod operations;
 mod ordering;
+mod pool;
 mod processes;
 mod relay;
 mod retries;
