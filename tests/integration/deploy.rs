@@ -441,3 +441,36 @@ fn the_base_kustomization_names_existing_files_and_gives_keda_one_url() {
     assert_eq!(config.redis.topology, RedisTopology::Standalone);
     keda_host(&documents);
 }
+
+/// The commented `GENESYS_CLIENTS` examples (a pool of OAuth clients) name settings the worker
+/// reads, and their values make a pool beside the single pair.
+#[test]
+fn the_commented_client_pool_examples_are_settings_the_worker_reads() {
+    let known = known_settings();
+    for file in ["deploy/kubernetes/worker.yaml", "docker-compose.yml"] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let examples: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("# GENESYS_CLIENTS"))
+            .filter_map(|rest| rest.split_once(": "))
+            .collect();
+        assert!(!examples.is_empty(), "{file} shows no GENESYS_CLIENTS");
+        for (suffix, value) in examples {
+            let name = format!("GENESYS_CLIENTS{suffix}");
+            assert!(known.contains(&name), "{file}: unknown setting {name}");
+            if name != "GENESYS_CLIENTS" {
+                continue;
+            }
+            let value = value.trim().to_string();
+            let config = Config::from_lookup(|var| match var {
+                "GENESYS_CLIENT_ID" => Some("first".into()),
+                "GENESYS_CLIENT_SECRET" => Some("x".into()),
+                "GENESYS_CLIENTS" => Some(value.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|err| panic!("{file}: {err}"));
+            assert!(config.genesys_clients.len() >= 2, "{file}: {value}");
+            assert_eq!(config.genesys_clients[0].id, "first");
+        }
+    }
+}
