@@ -135,7 +135,13 @@ async fn mutations(State(sandbox): State<Arc<Sandbox>>, Query(filter): Query<Ent
 }
 
 async fn reset(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
-    *sandbox.world() = World::seeded(&sandbox.config());
+    let mut world = sandbox.world();
+    // The rate limits stay as set, one client's own included.
+    let client_limits = world.client_rate_limits().clone();
+    *world = World::seeded(&sandbox.config());
+    for (client, limit) in client_limits {
+        world.set_client_rate_limit(&client, Some(limit));
+    }
     Json(json!({"reset": true}))
 }
 
