@@ -335,8 +335,8 @@ impl Budget {
     }
 
     /// Like [`Budget::acquire`], but a paused client (a 429 here, or a fleet wait longer than
-    /// a second) is not waited out: [`Taken::Paused`], no token taken, for a pool to send the
-    /// call through another client.
+    /// a second) or a paused route family is not waited out: [`Taken::Paused`], no token taken,
+    /// for a pool to send the call through another client.
     ///
     /// # Errors
     /// As [`Budget::acquire`].
@@ -416,6 +416,10 @@ impl Budget {
 
     async fn take(&self, lane: Lane, family: &str, elsewhere: bool) -> Result<Taken, BudgetError> {
         loop {
+            // In a pool, another client takes a call of a family paused here.
+            if elsewhere && self.family_paused(family) {
+                return Ok(Taken::Paused);
+            }
             // Outside the turn: a paused family must not hold up the others.
             self.wait_family(family).await?;
             let _turn = self.turns.take(lane).await;
@@ -699,6 +703,16 @@ mod tests {
         let free = Budget::for_client("b", 1000, 10, WEIGHTS);
         assert_eq!(
             free.acquire_unless_paused(Lane::Single, "users").await.unwrap(),
+            Taken::Taken
+        );
+        // A family paused here: its calls are reported too, the others go.
+        free.pause_family("users", Duration::from_secs(5)).await;
+        assert_eq!(
+            free.acquire_unless_paused(Lane::Single, "users").await.unwrap(),
+            Taken::Paused
+        );
+        assert_eq!(
+            free.acquire_unless_paused(Lane::Single, "flows").await.unwrap(),
             Taken::Taken
         );
     }
