@@ -274,7 +274,10 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
             }
         }
         Err(err) => {
-            if matches!(err, PipelineError::Store(_)) {
+            // Only when Redis does not answer (or not with enough replicas) does every job
+            // wait; a job whose own record is broken goes back alone, until the broker's
+            // delivery limit dead-letters it.
+            if matches!(&err, PipelineError::Store(store) if store.means_redis_is_down()) {
                 redis_down.notify_one();
             }
             tracing::error!(error.message = %err, error.cause_chain = ?err, "Infrastructure error; returning the job to the queue.");

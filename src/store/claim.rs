@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::Script;
 use uuid::Uuid;
 
-use super::{EntityState, Store, StoreError};
+use super::{EntityState, Kind, Store, StoreError};
 use crate::events::{OutboundEvent, Outcome};
 
 /// What the claim found.
@@ -50,9 +50,7 @@ pub struct Lease {
 
 /// KEYS: record, lease, entity lock, entity head. On a claim, also tries the entity lock and
 /// returns {verdict, locked, sequence, version, checksum, ms since the last change}.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(super) const CLAIM: &str = r#"
 local function age_of(changed_at)
   if not changed_at then return '' end
   local t = redis.call('TIME')
@@ -86,9 +84,7 @@ if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   return with_entity('takeover')
 end
 return {'busy'}
-"#,
-    )
-});
+"#;
 
 /// Renews every key (the idempotency lease, the entity lock) that `owner` holds; returns
 /// whether the first one, the lease, was still held.
@@ -138,9 +134,7 @@ return 1
 
 /// The last step of a job, after its events were confirmed: notes the confirmation on a
 /// remembered record and releases the entity lock, in one round trip.
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(super) const FINISH: &str = r#"
 if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'state') == 'done' then
   redis.call('HSET', KEYS[1], 'confirmed', '1')
 end
@@ -148,9 +142,7 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 return 1
-"#,
-    )
-});
+"#;
 
 /// How often a waiting copy looks at the record of the copy that runs.
 const BUSY_POLL: Duration = Duration::from_millis(50);
@@ -171,20 +163,41 @@ impl Store {
         if self.tagged && !self.first_payload_of_key(idempotency_key, fingerprint).await? {
             return Ok(Claim::KeyReused);
         }
-        let script = &*CLAIM;
         loop {
-            let mut conn = self.conn.clone();
-            let reply: Vec<String> = script
-                .key(&record)
-                .key(self.lease_key(entity, idempotency_key))
-                .key(self.lock_key(entity))
-                .key(&entity_key)
-                .arg(fingerprint)
-                .arg(&owner)
-                .arg(self.lease_ms)
-                .arg(self.idempotency_ttl_secs)
-                .invoke_async(&mut conn)
-                .await?;
+            let reply = self
+                .group
+                .call(
+                    Kind::Claim,
+                    vec![
+                        record.clone(),
+                        self.lease_key(entity, idempotency_key),
+                        self.lock_key(entity),
+                        entity_key.clone(),
+                    ],
+                    vec![
+                        fingerprint.to_string(),
+                        owner.clone(),
+                        self.lease_ms.to_string(),
+                        self.idempotency_ttl_secs.to_string(),
+                    ],
+                )
+                .await;
+            let reply: Vec<String> = match reply {
+                Ok(reply) => redis::from_redis_value(&reply)?,
+                Err(error @ StoreError::NotReplicated { .. }) => {
+                    // Not safe to call Genesys on: give the claim back (if this call made it)
+                    // for the next delivery.
+                    let unsure = Lease {
+                        idempotency_key: idempotency_key.to_string(),
+                        entity: entity.to_string(),
+                        owner: owner.clone(),
+                        takeover: false,
+                    };
+                    let _ = self.release_claim(&unsure, entity).await;
+                    return Err(error);
+                }
+                Err(error) => return Err(error),
+            };
             let lease = |takeover| -> Result<Claim, StoreError> {
                 let lease = Lease {
                     idempotency_key: idempotency_key.to_string(),
@@ -199,19 +212,6 @@ impl Store {
                 Ok(Claim::Owned(lease, entity))
             };
             let verdict = reply.first().map(String::as_str);
-            if matches!(verdict, Some("claimed" | "takeover")) {
-                if let Err(error) = self.replicated(&record).await {
-                    // Not safe to call Genesys on: give the claim back for the next delivery.
-                    let unsure = Lease {
-                        idempotency_key: idempotency_key.to_string(),
-                        entity: entity.to_string(),
-                        owner: owner.clone(),
-                        takeover: false,
-                    };
-                    let _ = self.release_claim(&unsure, entity).await;
-                    return Err(error);
-                }
-            }
             match verdict {
                 Some("claimed") => return lease(false),
                 Some("takeover") => return lease(true),
@@ -279,13 +279,18 @@ impl Store {
     /// Ends a recorded job once its events are confirmed: marks a remembered record confirmed
     /// and releases `lease`'s lock of `entity`.
     pub async fn finish(&self, lease: &Lease, entity: &str, remembered: bool) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = FINISH
-            .key(self.record_key(&lease.entity, &lease.idempotency_key))
-            .key(self.lock_key(entity))
-            .arg(&lease.owner)
-            .arg(if remembered { "1" } else { "0" })
-            .invoke_async(&mut conn)
+        self.group
+            .call(
+                Kind::Finish,
+                vec![
+                    self.record_key(&lease.entity, &lease.idempotency_key),
+                    self.lock_key(entity),
+                ],
+                vec![
+                    lease.owner.clone(),
+                    if remembered { "1" } else { "0" }.to_string(),
+                ],
+            )
             .await?;
         Ok(())
     }

@@ -4,12 +4,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::{EntityHead, Lease, Store, StoreError};
+use super::{EntityHead, Kind, Lease, Store, StoreError};
 use crate::events::{AuditEvent, OutboundEvent};
 
-static COMMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(super) const COMMIT: &str = r#"
 local version = tonumber(redis.call('HGET', KEYS[3], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return 0
@@ -38,9 +36,7 @@ if redis.call('GET', KEYS[2]) == ARGV[7] then
   redis.call('DEL', KEYS[2])
 end
 return 1
-"#,
-    )
-});
+"#;
 
 /// A Redis Cluster's commit of a job that changed another entity than the one it claimed with (a
 /// created workitem): that entity's head lives in another hash slot, so it is advanced first, by
@@ -121,7 +117,6 @@ impl Store {
                 .commit_elsewhere(lease, entity, remember, sequence, known_head, prepare)
                 .await;
         }
-        let script = &*COMMIT;
         loop {
             let head = match known_head.take() {
                 Some(head) => head,
@@ -129,27 +124,31 @@ impl Store {
             };
             let (event, messages) = prepare(&head);
             let stored = serde_json::to_string(&messages).expect("outbound events serialize");
-            let mut conn = self.conn.clone();
             let record = self.record_key(&lease.entity, &lease.idempotency_key);
-            let committed: i64 = script
-                .key(&record)
-                .key(self.lease_key(&lease.entity, &lease.idempotency_key))
-                .key(self.entity_key(entity))
-                .arg(head.version)
-                .arg(event.checksum.clone().unwrap_or_default())
-                .arg(event.outcome.as_str())
-                .arg(stored)
-                .arg(if remember { "1" } else { "0" })
-                .arg(self.idempotency_ttl_secs)
-                .arg(&lease.owner)
-                .arg(sequence.map(|s| s.to_string()).unwrap_or_default())
-                .arg(self.entity_ttl_secs)
-                .invoke_async(&mut conn)
+            let committed = self
+                .group
+                .call(
+                    Kind::Commit,
+                    vec![
+                        record,
+                        self.lease_key(&lease.entity, &lease.idempotency_key),
+                        self.entity_key(entity),
+                    ],
+                    vec![
+                        head.version.to_string(),
+                        event.checksum.clone().unwrap_or_default(),
+                        event.outcome.as_str().to_string(),
+                        stored,
+                        if remember { "1" } else { "0" }.to_string(),
+                        self.idempotency_ttl_secs.to_string(),
+                        lease.owner.clone(),
+                        sequence.map(|s| s.to_string()).unwrap_or_default(),
+                        self.entity_ttl_secs.to_string(),
+                    ],
+                )
                 .await?;
-            if committed == 1 {
-                // Before the events go out and the job is acked: a copy delivered after a
-                // failover must find this record.
-                self.replicated(&record).await?;
+            // Replicated before the events go out and the job is acked (the group waited).
+            if redis::from_redis_value::<i64>(&committed)? == 1 {
                 return Ok((event, messages));
             }
             // Another job advanced the entity between our read and write: link again.

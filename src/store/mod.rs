@@ -25,6 +25,7 @@ mod claim;
 mod commit;
 mod connection;
 mod entity;
+mod group;
 
 pub use batch::{Progress, FIRST_ERRORS};
 pub use claim::{Claim, Lease, LeaseKeeper};
@@ -35,20 +36,43 @@ use std::time::Duration;
 
 use crate::config::{RedisSettings, RedisTopology};
 use connection::Connection;
+use group::{Kind, ScriptGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis: writes to {key} reached {acknowledged} of the {wanted} replicas REDIS_WAIT_REPLICAS asks for within {timeout_ms} ms")]
-    NotReplicated {
+    #[error("redis: {key}: {cause}")]
+    NotReplicated { key: String, cause: String },
+    /// A grouped call (see `group`) failed as a whole.
+    #[error("redis unavailable: {cause} (grouped {script} call)")]
+    Grouped { script: &'static str, cause: String },
+    /// One job's part of a grouped call raised an error; its neighbours went on.
+    #[error("redis script {script} failed on {key}: {message}")]
+    Script {
+        script: &'static str,
         key: String,
-        acknowledged: u64,
-        wanted: u64,
-        timeout_ms: u64,
+        message: String,
     },
     #[error("redis record {key} is corrupt: {problem}")]
     Corrupt { key: String, problem: String },
+}
+
+impl StoreError {
+    /// Whether Redis itself is out of reach (or short of replicas), as opposed to one record
+    /// or script reply being wrong while Redis answers.
+    pub fn means_redis_is_down(&self) -> bool {
+        match self {
+            Self::Redis(error) => !matches!(
+                error.kind(),
+                redis::ErrorKind::ResponseError
+                    | redis::ErrorKind::TypeError
+                    | redis::ErrorKind::ExtensionError
+            ),
+            Self::NotReplicated { .. } | Self::Grouped { .. } => true,
+            Self::Script { .. } | Self::Corrupt { .. } => false,
+        }
+    }
 }
 
 /// 90 days: `ENTITY_TTL_SECS`'s default.
@@ -65,6 +89,8 @@ pub struct Store {
     /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS`.
     wait_replicas: u64,
     wait_timeout: Duration,
+    /// The per-job scripts, grouped across the jobs in flight (`group`).
+    group: ScriptGroup,
     /// How long a finished job's record is kept, in seconds.
     pub(crate) idempotency_ttl_secs: u64,
     /// Lease of an in-progress record, in milliseconds.
@@ -92,10 +118,23 @@ impl Store {
         idempotency_ttl_secs: u64,
         lease_ms: u64,
     ) -> Result<Self, StoreError> {
+        let conn = Connection::open(settings).await?;
+        let tagged = settings.topology == RedisTopology::Cluster;
+        let group = ScriptGroup::start(group::Runner {
+            conn: conn.clone(),
+            wait: (settings.wait_replicas > 0).then(|| {
+                (
+                    settings.wait_replicas,
+                    Duration::from_millis(settings.wait_timeout_ms),
+                )
+            }),
+            alone: tagged,
+        });
         Ok(Self {
-            conn: Connection::open(settings).await?,
+            conn,
+            group,
             prefix: prefix.to_string(),
-            tagged: settings.topology == RedisTopology::Cluster,
+            tagged,
             wait_replicas: settings.wait_replicas,
             wait_timeout: Duration::from_millis(settings.wait_timeout_ms),
             idempotency_ttl_secs,
@@ -170,12 +209,18 @@ impl Store {
         if acknowledged < self.wait_replicas {
             return Err(StoreError::NotReplicated {
                 key: key.to_string(),
-                acknowledged,
-                wanted: self.wait_replicas,
-                timeout_ms: self.wait_timeout.as_millis() as u64,
+                cause: self.short_of_replicas(acknowledged),
             });
         }
         Ok(())
+    }
+
+    fn short_of_replicas(&self, acknowledged: u64) -> String {
+        format!(
+            "writes reached {acknowledged} of the {} replicas REDIS_WAIT_REPLICAS asks for within {} ms",
+            self.wait_replicas,
+            self.wait_timeout.as_millis()
+        )
     }
 
     /// Answers when Redis does, and, with `REDIS_WAIT_REPLICAS` set, when enough replicas
@@ -192,9 +237,7 @@ impl Store {
             if acknowledged < self.wait_replicas {
                 return Err(StoreError::NotReplicated {
                     key: "every primary".into(),
-                    acknowledged,
-                    wanted: self.wait_replicas,
-                    timeout_ms: self.wait_timeout.as_millis() as u64,
+                    cause: self.short_of_replicas(acknowledged),
                 });
             }
         }

@@ -217,6 +217,8 @@ impl RedisMonitor {
     }
 }
 
+/// A job alone (nothing else in flight) is not held back for company: claim, commit, finish go
+/// at once, three round trips, as before group commit.
 #[tokio::test]
 async fn a_job_costs_three_redis_round_trips() {
     let mut app = spawn_app().await;
@@ -248,6 +250,87 @@ async fn a_job_costs_three_redis_round_trips() {
         .collect();
     // Claim (with the entity lock and state), commit, finish (confirmed + unlock).
     assert_eq!(round_trips.len(), 3, "{round_trips:#?}");
+    app.stop().await;
+}
+
+/// Jobs in flight together share their script calls (group commit): 200 jobs, 32 at a time,
+/// cost far fewer than the three calls each a job alone makes; and a job whose record is
+/// broken fails alone, its neighbours in the same calls are applied.
+#[tokio::test]
+async fn jobs_in_flight_together_share_their_redis_script_calls_and_fail_alone() {
+    use genesys_sandbox::{user_id, SandboxConfig};
+    use genesys_worker::events::Outcome;
+    const JOBS: usize = 200;
+    let mut app = crate::helpers::spawn_app_without_worker(
+        SandboxConfig {
+            users: JOBS + 1,
+            ..SandboxConfig::default()
+        },
+        &[
+            ("WORKER_CONCURRENCY", "32"),
+            ("WORKER_PREFETCH", "64"),
+            ("BULK_PRESENCE", "off"),
+            ("DELIVERY_LIMIT", "2"),
+            ("RETRY_DELAYS_MS", "none"),
+        ],
+    )
+    .await;
+    let prefix = app.config.redis_key_prefix.clone();
+    // One job's record is broken (a string where a hash belongs): its claim raises an error.
+    let mut broken = crate::helpers::agent_job(user_id(JOBS), serde_json::json!({"presence": "Break"}));
+    broken["idempotency_key"] = serde_json::json!("broken-record");
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}idem:broken-record"))
+        .arg("not a hash")
+        .arg("EX")
+        .arg(300)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    app.publish(&broken).await;
+    for n in 0..JOBS {
+        app.publish(&crate::helpers::agent_job(
+            user_id(n),
+            serde_json::json!({"presence": "Meal"}),
+        ))
+        .await;
+    }
+    let monitor = RedisMonitor::start(&prefix).await;
+    let mut worker = app.start_worker_process();
+    let events = app.audit_events(JOBS).await;
+    assert!(events.iter().all(|e| e.event.outcome == Outcome::Applied));
+    assert!(events
+        .iter()
+        .all(|e| e.event.job_id.to_string() != broken["job_id"].as_str().unwrap()));
+    for n in [0, JOBS / 2, JOBS - 1] {
+        assert_eq!(app.user(user_id(n)).await["presence"], "Meal");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scripts = monitor
+        .take()
+        .into_iter()
+        .filter(|line| !line.contains(&format!("{prefix}budget:")))
+        .filter(|line| line.contains("\"EVALSHA\"") || line.contains("\"EVAL\""))
+        .count();
+    let per_job = scripts as f64 / JOBS as f64;
+    eprintln!("{scripts} script calls for {JOBS} jobs ({per_job:.2} per job)");
+    assert!(per_job < 1.5, "{scripts} script calls for {JOBS} jobs");
+    // The broken job is not applied; the broker dead-letters it once its deliveries run out.
+    let letters = app.dead_letters(1).await;
+    let letter: serde_json::Value = serde_json::from_slice(&letters[0].body).unwrap();
+    assert_eq!(letter["job_id"], broken["job_id"]);
+    assert_ne!(app.user(user_id(JOBS)).await["presence"], "Break");
+    worker.terminate();
+    assert!(
+        worker
+            .wait(Duration::from_secs(20))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        worker.log_text()
+    );
     app.stop().await;
 }
 
