@@ -2,7 +2,8 @@
 //!
 //! One token is cached per client and refreshed ahead of expiry. The cache is single-flight:
 //! callers that need a token while a grant is running wait for that grant instead of starting
-//! their own, so a burst of 100 jobs costs one token request.
+//! their own, so a burst of 100 jobs costs one token request; when the login host refuses the
+//! credentials, the callers that waited for that grant share its refusal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,6 +44,13 @@ struct TokenResponse {
     expires_in: u64,
 }
 
+/// The token, and the last refusal of the credentials (when, status, error, description).
+#[derive(Default)]
+struct Cached {
+    token: Option<AccessToken>,
+    refused: Option<(Instant, u16, String, String)>,
+}
+
 /// OAuth-style error body of the login host (not the API's ErrorBody).
 #[derive(Deserialize, Default)]
 struct AuthErrorBody {
@@ -59,7 +67,7 @@ pub struct TokenSource {
     token_url: Url,
     client_id: String,
     client_secret: Secret,
-    current: Mutex<Option<AccessToken>>,
+    current: Mutex<Cached>,
     /// Grants requested so far: observable proof of single-flight.
     grants: AtomicU64,
 }
@@ -83,30 +91,58 @@ impl TokenSource {
             token_url,
             client_id: client_id.to_string(),
             client_secret,
-            current: Mutex::new(None),
+            current: Mutex::new(Cached::default()),
             grants: AtomicU64::new(0),
         }
     }
 
     /// A valid token, from the cache or from a new grant.
     pub async fn token(&self) -> Result<AccessToken, GenesysError> {
+        let asked = Instant::now();
         // Holding the lock across the grant is the single-flight: others queue behind it.
         let mut current = self.current.lock().await;
-        if let Some(token) = current.as_ref() {
+        if let Some(token) = current.token.as_ref() {
             if Instant::now() < token.refresh_at {
                 return Ok(token.clone());
             }
         }
-        let token = self.grant().await?;
-        *current = Some(token.clone());
-        Ok(token)
+        // A grant refused while this caller waited for it is this caller's answer too.
+        if let Some((at, status, error, description)) = &current.refused {
+            if *at >= asked {
+                return Err(GenesysError::Auth {
+                    status: *status,
+                    error: error.clone(),
+                    description: description.clone(),
+                });
+            }
+        }
+        match self.grant().await {
+            Ok(token) => {
+                current.token = Some(token.clone());
+                current.refused = None;
+                Ok(token)
+            }
+            Err(GenesysError::Auth {
+                status,
+                error,
+                description,
+            }) => {
+                current.refused = Some((Instant::now(), status, error.clone(), description.clone()));
+                Err(GenesysError::Auth {
+                    status,
+                    error,
+                    description,
+                })
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Drops `rejected` (the API answered 401 to it) unless another caller already replaced it.
     pub async fn invalidate(&self, rejected: &AccessToken) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|t| t.value == rejected.value) {
-            *current = None;
+        if current.token.as_ref().is_some_and(|t| t.value == rejected.value) {
+            current.token = None;
         }
     }
 

@@ -91,7 +91,21 @@ impl ErrorBody {
 struct Member {
     auth: TokenSource,
     budget: Arc<Budget>,
+    /// Until when calls pass this client over: the login host refused its credentials.
+    refused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+impl Member {
+    fn refused(&self) -> bool {
+        self.refused_until
+            .lock()
+            .expect("member lock is never poisoned")
+            .is_some_and(|until| until > tokio::time::Instant::now())
+    }
+}
+
+/// How long a pool passes over a client whose credentials the login host refused.
+const REFUSED_CLIENT_SET_ASIDE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct GenesysClient {
@@ -141,6 +155,7 @@ impl GenesysClient {
             .map(|(client, budget)| Member {
                 auth: TokenSource::new(http.clone(), &config.login_base, &client.id, client.secret),
                 budget,
+                refused_until: std::sync::Mutex::new(None),
             })
             .collect();
         Self {
@@ -231,7 +246,11 @@ impl GenesysClient {
     fn least_busy(&self, family: &str) -> (usize, bool) {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let order = (0..n).map(|k| (start + k) % n);
+        // Clients whose credentials were refused only when every client's were.
+        let any_accepted = self.members.iter().any(|m| !m.refused());
+        let order = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| !any_accepted || !self.members[i].refused());
         let free = order
             .clone()
             .filter(|&i| {
@@ -290,9 +309,28 @@ impl GenesysClient {
                 }
                 Via::Any => &self.members[self.acquire_any(lane, family).await.map_err(budget_error)?],
             };
+            let usable = || self.members.iter().filter(|m| !m.refused()).count();
+            if via == Via::Any && member.refused() && usable() > 0 {
+                // Set aside while this call waited for its budget.
+                continue;
+            }
             let client = member.auth.client_id();
             let label = member.budget.label();
-            let token = member.auth.token().await?;
+            let token = match member.auth.token().await {
+                Ok(token) => token,
+                // Refused credentials of one client of a pool (revoked, a wrong secret): the
+                // call goes through another while one is left.
+                Err(err @ GenesysError::Auth { .. }) if via == Via::Any && usable() > 1 => {
+                    tracing::error!(client, error.message = %err, set_aside_secs = REFUSED_CLIENT_SET_ASIDE.as_secs(), "Genesys refused this OAuth client's credentials; calling through the pool's other clients meanwhile.");
+                    *member
+                        .refused_until
+                        .lock()
+                        .expect("member lock is never poisoned") =
+                        Some(tokio::time::Instant::now() + REFUSED_CLIENT_SET_ASIDE);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())

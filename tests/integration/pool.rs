@@ -434,3 +434,22 @@ async fn no_secret_of_the_pool_reaches_the_logs() {
     assert!(!log.contains("sbx-"), "a token is in the log");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_whose_credentials_are_refused_is_passed_over() {
+    const WORKITEMS: usize = 20;
+    // pool-b's secret is wrong (revoked, mistyped): the login host refuses it.
+    let setting = "pool-a:pool-secret-a,pool-b:not-its-secret,pool-c:pool-secret-c".to_string();
+    let overrides = pool_overrides(&setting, &[("GENESYS_LIMITS_REFRESH_SECS", "0")]);
+    let mut app = spawn_app_with(sandbox(WORKITEMS, 0, None), &overrides).await;
+    let jobs = publish_status_changes(&app, WORKITEMS).await;
+    all_applied(&mut app, &jobs).await;
+    let stats = app.sandbox_stats().await;
+    let calls = per_client(&stats);
+    assert_eq!(calls["pool-b"].0, 0, "{calls:?}");
+    assert!(calls["pool-a"].0 >= 10 && calls["pool-c"].0 >= 10, "{calls:?}");
+    // Asked once (twice at most, in a race), then passed over for a while: not once per call.
+    let refused = crate::helpers::requests_in(&stats, "POST /oauth/token", 401);
+    assert!((1..=2).contains(&refused), "{refused} refused grants");
+    app.stop().await;
+}
