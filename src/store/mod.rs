@@ -59,17 +59,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether Redis itself is out of reach (or short of replicas), as opposed to one record
-    /// or script reply being wrong while Redis answers.
+    /// Whether every job is affected (Redis out of reach, refusing, short of replicas), as
+    /// opposed to one job's part of a grouped call failing on its own record.
     pub fn means_redis_is_down(&self) -> bool {
         match self {
-            Self::Redis(error) => !matches!(
-                error.kind(),
-                redis::ErrorKind::ResponseError
-                    | redis::ErrorKind::TypeError
-                    | redis::ErrorKind::ExtensionError
-            ),
-            Self::NotReplicated { .. } | Self::Grouped { .. } => true,
+            // Out of memory, loading, read-only and the like concern every job alike.
+            Self::Redis(_) | Self::NotReplicated { .. } | Self::Grouped { .. } => true,
             Self::Script { .. } | Self::Corrupt { .. } => false,
         }
     }
