@@ -17,6 +17,7 @@ use redis::{
     Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, TlsMode, Value,
 };
 
+use super::StoreError;
 use crate::config::{RedisSettings, RedisTopology};
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -107,6 +108,30 @@ impl Connection {
             }
             other => wait.query_async(&mut other.clone()).await,
         }
+    }
+}
+
+impl Connection {
+    /// Ok when `replicas` replicas hold every write made so far (see
+    /// [`Connection::wait_for_replicas`]); else `NotReplicated`, naming `key` (or every primary)
+    /// and how far the writes got.
+    pub(crate) async fn ensure_replicated(
+        &self,
+        key: Option<&str>,
+        replicas: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let acknowledged = self.wait_for_replicas(key, replicas, timeout).await?;
+        if acknowledged >= replicas {
+            return Ok(());
+        }
+        Err(StoreError::NotReplicated {
+            key: key.unwrap_or("every primary").to_string(),
+            cause: format!(
+                "writes reached {acknowledged} of the {replicas} replicas REDIS_WAIT_REPLICAS asks for within {} ms",
+                timeout.as_millis()
+            ),
+        })
     }
 }
 

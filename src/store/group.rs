@@ -176,17 +176,14 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Part>, script: Script, runner: R
         let replies: Result<Vec<Value>, _> = invocation.invoke_async(&mut runner.conn.clone()).await;
         let must_wait = parts.iter().any(|part| part.kind.replicated());
         let replicated = match (&replies, runner.wait) {
-            (Ok(_), Some((replicas, timeout))) if must_wait => {
-                let key = &parts[0].keys[0];
-                match runner.conn.wait_for_replicas(Some(key), replicas, timeout).await {
-                    Ok(acknowledged) if acknowledged >= replicas => Ok(()),
-                    Ok(acknowledged) => Err(format!(
-                        "writes reached {acknowledged} of the {replicas} replicas REDIS_WAIT_REPLICAS asks for within {} ms",
-                        timeout.as_millis()
-                    )),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
+            (Ok(_), Some((replicas, timeout))) if must_wait => runner
+                .conn
+                .ensure_replicated(Some(&parts[0].keys[0]), replicas, timeout)
+                .await
+                .map_err(|error| match error {
+                    StoreError::NotReplicated { cause, .. } => cause,
+                    other => other.to_string(),
+                }),
             _ => Ok(()),
         };
         match replies {

@@ -197,25 +197,9 @@ impl Store {
         if self.wait_replicas == 0 {
             return Ok(());
         }
-        let acknowledged = self
-            .conn
-            .wait_for_replicas(Some(key), self.wait_replicas, self.wait_timeout)
-            .await?;
-        if acknowledged < self.wait_replicas {
-            return Err(StoreError::NotReplicated {
-                key: key.to_string(),
-                cause: self.short_of_replicas(acknowledged),
-            });
-        }
-        Ok(())
-    }
-
-    fn short_of_replicas(&self, acknowledged: u64) -> String {
-        format!(
-            "writes reached {acknowledged} of the {} replicas REDIS_WAIT_REPLICAS asks for within {} ms",
-            self.wait_replicas,
-            self.wait_timeout.as_millis()
-        )
+        self.conn
+            .ensure_replicated(Some(key), self.wait_replicas, self.wait_timeout)
+            .await
     }
 
     /// Answers when Redis does, and, with `REDIS_WAIT_REPLICAS` set, when enough replicas
@@ -225,16 +209,9 @@ impl Store {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         if self.wait_replicas > 0 {
-            let acknowledged = self
-                .conn
-                .wait_for_replicas(None, self.wait_replicas, self.wait_timeout)
+            self.conn
+                .ensure_replicated(None, self.wait_replicas, self.wait_timeout)
                 .await?;
-            if acknowledged < self.wait_replicas {
-                return Err(StoreError::NotReplicated {
-                    key: "every primary".into(),
-                    cause: self.short_of_replicas(acknowledged),
-                });
-            }
         }
         Ok(())
     }
