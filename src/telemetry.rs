@@ -45,8 +45,9 @@ pub mod names {
     pub const RATE_LIMIT_CONFIGURED: &str = "genesys_worker_rate_limit_configured_per_second";
     pub const RATE_LIMIT_EFFECTIVE: &str = "genesys_worker_rate_limit_effective_per_second";
     pub const THROTTLED: &str = "genesys_worker_genesys_throttled_total";
+    pub const ACK_FRAMES: &str = "genesys_worker_ack_frames_total";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         JOBS,
         JOB_DURATION,
         JOBS_IN_FLIGHT,
@@ -60,6 +61,7 @@ pub mod names {
         RATE_LIMIT_CONFIGURED,
         RATE_LIMIT_EFFECTIVE,
         THROTTLED,
+        ACK_FRAMES,
     ];
 }
 
@@ -258,6 +260,12 @@ pub fn budget_waited(client: Option<&str>, lane: &'static str, seconds: f64) {
         }
         None => metrics::histogram!(names::RATE_LIMIT_WAIT, "lane" => lane).record(seconds),
     }
+}
+
+/// A `basic.ack` frame went out: for several deliveries (`multiple`) or one.
+pub fn acks_sent(multiple: bool) {
+    let multiple = if multiple { "true" } else { "false" };
+    metrics::counter!(names::ACK_FRAMES, "multiple" => multiple).increment(1);
 }
 
 /// A bulk presence call went out for `users` users.

@@ -4,6 +4,7 @@
 //! Every test uses its own exchange, queue and Redis key names, so tests run in parallel on one
 //! broker and one Redis.
 
+mod acks;
 mod agent_status;
 mod batch;
 mod budget;

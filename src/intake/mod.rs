@@ -2,17 +2,18 @@
 //!
 //! Manual acks with a prefetch; a delivery is acked only after its outcome was recorded and its
 //! events confirmed, dead-lettered (then acked) when the job is rejected or failed, and returned
-//! to the queue when the worker's own infrastructure failed. On shutdown the consumer is
-//! cancelled first, then in-flight jobs get a grace period to finish.
+//! to the queue when the worker's own infrastructure failed. Acks of jobs that finish together
+//! go as one frame ([`acks`]). On shutdown the consumer is cancelled first, then in-flight jobs
+//! get a grace period to finish.
+
+pub mod acks;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio::sync::{Notify, Semaphore};
@@ -24,6 +25,7 @@ use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::{BrokerError, Publisher};
 use crate::lane::Lane;
 use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
+use acks::Acks;
 
 /// Pause before returning a job whose processing hit an infrastructure error, so a Redis or
 /// broker outage does not become a hot redelivery loop.
@@ -67,6 +69,7 @@ pub async fn consume(
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let in_flight = TaskTracker::new();
     let redis_down = Arc::new(Notify::new());
+    let acks = Acks::start(channel.clone());
     let result = loop {
         match consume_until_paused(
             channel,
@@ -74,8 +77,7 @@ pub async fn consume(
             settings,
             health,
             &shutdown,
-            &slots,
-            &in_flight,
+            (&slots, &in_flight, &acks),
             &redis_down,
         )
         .await
@@ -105,19 +107,18 @@ pub async fn consume(
             "Grace period over; unfinished jobs will be redelivered."
         );
     }
+    acks.close().await;
     result
 }
 
 /// One spell of consuming, with its own consumer tag.
-#[allow(clippy::too_many_arguments)]
 async fn consume_until_paused(
     channel: &Channel,
     pipeline: &Arc<Pipeline>,
     settings: &IntakeSettings,
     health: &Health,
     shutdown: &CancellationToken,
-    slots: &Arc<Semaphore>,
-    in_flight: &TaskTracker,
+    (slots, in_flight, acks): (&Arc<Semaphore>, &TaskTracker, &Acks),
     redis_down: &Arc<Notify>,
 ) -> Pause {
     let tag = format!("genesys-worker-{}", uuid::Uuid::new_v4());
@@ -143,6 +144,7 @@ async fn consume_until_paused(
         };
         match next {
             Some(Ok(delivery)) => {
+                acks.received(delivery.delivery_tag);
                 let slot = slots
                     .clone()
                     .acquire_owned()
@@ -151,8 +153,9 @@ async fn consume_until_paused(
                 let pipeline = pipeline.clone();
                 let redis_down = redis_down.clone();
                 let settings = settings.clone();
+                let acks = acks.clone();
                 in_flight.spawn(async move {
-                    settle(&pipeline, &settings, delivery, &redis_down).await;
+                    settle(&pipeline, &settings, delivery, &acks, &redis_down).await;
                     drop(slot);
                 });
             }
@@ -205,7 +208,13 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
 
 /// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
 /// stop consuming at once (`redis_down`), before this job's own backoff.
-async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delivery, redis_down: &Notify) {
+async fn settle(
+    pipeline: &Pipeline,
+    settings: &IntakeSettings,
+    delivery: Delivery,
+    acks: &Acks,
+    redis_down: &Notify,
+) {
     let lane = settings.lane;
     let _in_flight = crate::telemetry::job_started(lane.as_str());
     let incoming = Incoming {
@@ -215,7 +224,10 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
         routing_key: delivery.routing_key.as_str(),
     };
     let settled = match pipeline.process(incoming, lane).await {
-        Ok(Disposition::Ack) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Ok(Disposition::Ack) => {
+            acks.finished(delivery.delivery_tag);
+            Ok(())
+        }
         Ok(Disposition::Retry {
             queue,
             retries,
@@ -235,10 +247,13 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
                 )
                 .await;
             match parked {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+                Ok(()) => {
+                    acks.finished(delivery.delivery_tag);
+                    Ok(())
+                }
                 Err(err) => {
                     tracing::error!(error.message = %err, "Could not park a job in its retry queue; returning it to the queue.");
-                    requeue(&delivery).await
+                    requeue(&delivery, acks).await
                 }
             }
         }
@@ -265,11 +280,12 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
             {
                 Ok(()) => {
                     crate::telemetry::dead_lettered(&code);
-                    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+                    acks.finished(delivery.delivery_tag);
+                    Ok(())
                 }
                 Err(err) => {
                     tracing::error!(error.message = %err, "Could not dead-letter a job; returning it to the queue.");
-                    requeue(&delivery).await
+                    requeue(&delivery, acks).await
                 }
             }
         }
@@ -281,7 +297,7 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
                 redis_down.notify_one();
             }
             tracing::error!(error.message = %err, error.cause_chain = ?err, "Infrastructure error; returning the job to the queue.");
-            requeue(&delivery).await
+            requeue(&delivery, acks).await
         }
     };
     if let Err(err) = settled {
@@ -289,13 +305,18 @@ async fn settle(pipeline: &Pipeline, settings: &IntakeSettings, delivery: Delive
     }
 }
 
-async fn requeue(delivery: &Delivery) -> Result<(), lapin::Error> {
+/// Returns the delivery to its queue after [`INFRA_BACKOFF`]; the acks no longer wait for it.
+async fn requeue(delivery: &Delivery, acks: &Acks) -> Result<(), lapin::Error> {
     tokio::time::sleep(INFRA_BACKOFF).await;
-    delivery
+    let nacked = delivery
         .nack(BasicNackOptions {
             requeue: true,
             multiple: false,
         })
         .await
-        .map(|_| ())
+        .map(|_| ());
+    // Sent or not, this delivery is no longer the acks' to wait for: a failed nack means the
+    // channel is gone, and its deliveries with it.
+    acks.settled(delivery.delivery_tag);
+    nacked
 }
