@@ -8,26 +8,28 @@ use super::{EntityHead, Kind, Lease, Store, StoreError};
 use crate::events::{AuditEvent, OutboundEvent};
 
 pub(super) const COMMIT: &str = r#"
-local version = tonumber(redis.call('HGET', KEYS[3], 'version') or '0')
+local head = redis.call('HMGET', KEYS[3], 'version', 'sequence')
+local version = tonumber(head[1] or '0')
 if version ~= tonumber(ARGV[1]) then
   return 0
 end
 if ARGV[2] ~= '' then
-  local t = redis.call('TIME')
-  local now = math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', now)
+  redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms()))
   redis.call('EXPIRE', KEYS[3], ARGV[9])
 end
 if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', ARGV[4], 'confirmed', '0')
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  -- The claim gave the record its TTL (counted from the claim, seconds earlier: no need to
+  -- set it again); only a record that is gone (all four fields new) gets one here.
+  if redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', ARGV[4], 'confirmed', '0') == 4 then
+    redis.call('EXPIRE', KEYS[1], ARGV[6])
+  end
 else
   redis.call('DEL', KEYS[1])
 end
 if ARGV[2] ~= '' and ARGV[8] ~= '' then
   -- Sequences are u64 decimal strings without leading zeros: compared by length, then
   -- lexically, exactly (Lua numbers are doubles, which cannot tell 2^53 + 1 from 2^53).
-  local last = redis.call('HGET', KEYS[3], 'sequence')
+  local last = head[2]
   if not last or #ARGV[8] > #last or (#ARGV[8] == #last and ARGV[8] > last) then
     redis.call('HSET', KEYS[3], 'sequence', ARGV[8])
   end

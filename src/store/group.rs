@@ -126,6 +126,15 @@ fn grouped() -> Script {
         .collect();
     Script::new(&format!(
         r#"
+-- Redis's clock, read once for the whole group (the parts run within microseconds).
+local clock
+local function now_ms()
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  end
+  return clock
+end
 local scripts = {{}}
 {functions}
 local out = {{}}
