@@ -297,6 +297,18 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
     decode_with(body, &Limits::uniform(max_bytes))
 }
 
+/// The payload's fingerprint: SHA-256 of the canonical `{"kind": …, "payload": …}` (written
+/// directly: "kind" sorts before "payload").
+fn fingerprint_of(kind: Kind, payload: &Value) -> String {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(b"{\"kind\":");
+    canonical::append(&Value::String(kind.as_str().into()), None, &mut bytes);
+    bytes.extend_from_slice(b",\"payload\":");
+    canonical::append(payload, None, &mut bytes);
+    bytes.push(b'}');
+    canonical::sha256_hex(&bytes)
+}
+
 /// Decodes and validates one message body. Every error's texts are bounded
 /// ([`crate::bounded`]): they quote what the producer sent.
 pub fn decode_with(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
@@ -356,10 +368,7 @@ fn decode_unbounded(body: &[u8], limits: &Limits) -> Result<Job, DecodeError> {
             ))
         }
     };
-    let fingerprint = canonical::sha256_hex(
-        canonical::to_string(&serde_json::json!({"kind": kind.as_str(), "payload": payload_value}))
-            .as_bytes(),
-    );
+    let fingerprint = fingerprint_of(kind, &payload_value);
     let idempotency_key = header
         .idempotency_key
         .get_or_insert_with(|| fingerprint.clone())
@@ -758,6 +767,16 @@ mod tests {
 
     const USER: &str = "8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f";
     const JOB: &str = "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b";
+
+    #[test]
+    fn the_fingerprint_is_the_hash_of_the_canonical_kind_and_payload() {
+        let payload = json!({"user_id": "u", "presence": "Available", "x": [1, {"b": 2, "a": 1}]});
+        let whole = json!({"kind": "agent.status", "payload": payload});
+        assert_eq!(
+            fingerprint_of(Kind::AgentStatus, &payload),
+            canonical::sha256_hex(canonical::to_string(&whole).as_bytes())
+        );
+    }
 
     fn bytes(value: Value) -> Vec<u8> {
         serde_json::to_vec(&value).unwrap()

@@ -8,6 +8,11 @@ use clap::Parser;
 use genesys_worker::cli::{Cli, Command};
 use genesys_worker::tools;
 
+/// Per job the worker makes and drops many small buffers (messages, JSON, Redis replies); under
+/// glibc's allocator that was a third of its CPU (docs/architecture.md, section 3.3).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {

@@ -21,15 +21,15 @@ pub fn checksum_of(event: &AuditEvent) -> String {
 /// `canonical` is the event without `checksum`, keys sorted, no whitespace. Verifiers use this
 /// on the JSON they captured, so fields this version does not know are covered too.
 pub fn checksum_of_value(event: &Value) -> String {
-    let mut without = event.clone();
-    if let Value::Object(map) = &mut without {
-        map.remove("checksum");
-    }
     let prev = event
         .get("prev_checksum")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    canonical::sha256_hex(format!("{prev}\n{}", canonical::to_string(&without)).as_bytes())
+    let mut bytes = Vec::with_capacity(1024);
+    bytes.extend_from_slice(prev.as_bytes());
+    bytes.push(b'\n');
+    canonical::append(event, Some("checksum"), &mut bytes);
+    canonical::sha256_hex(&bytes)
 }
 
 /// Fills the chain fields of `event` against the entity's current `head`.
