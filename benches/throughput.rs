@@ -12,8 +12,20 @@
 //! (worker memory with 1,000,000 jobs queued), `durability` (the `bulk-off` drain against a
 //! Redis primary + replica behind 3 Sentinels, `REDIS_WAIT_REPLICAS=0` and `=1` alternating per
 //! run, `--runs` each, beside the standalone `bulk-off` of the same invocation; about 2 minutes).
+//!
+//! The OAuth client pool against one client (`GENESYS_CLIENTS`; README, "OAuth client pool"),
+//! run only when named in `--only` (together about 3 minutes, which would take the default suite of
+//! about 7 to 10), once each whatever `--runs` says:
+//! - `pool-status`: 10,000 queued `interaction.status` jobs (one per seeded workitem, Open → In
+//!   Progress: a read and a PATCH each) against a sandbox allowing 5 requests/s (burst 10) per
+//!   OAuth client, the worker's budget 5/s per client, 16 jobs in flight
+//!   (`BENCH_POOL_CONCURRENCY`; see [`pool_status`]); with 1 client, then with 3. The rate over a
+//!   steady window (the first 5 s after the first outcome skipped, then 45 s; 15 s with
+//!   `--quick`): jobs/s, Genesys calls/s, the share answered 429, calls per client.
+//! - `pool-handover`: the `handover` scenario (10,000 agents as one batch, each client at 5/s)
+//!   with 1 client, then with 3: wall seconds, the speed-up, API calls, 429s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +66,9 @@ struct Settings {
     handover: usize,
     backlog: usize,
     fidelity_secs: u64,
+    /// `interaction.status` jobs queued for `pool-status`, and its steady window.
+    pool_status_jobs: usize,
+    pool_status_secs: u64,
     only: Option<Vec<String>>,
 }
 
@@ -75,6 +90,8 @@ impl Settings {
             handover: if quick { 2_000 } else { 10_000 },
             backlog: if quick { 100_000 } else { 1_000_000 },
             fidelity_secs: if quick { 8 } else { 20 },
+            pool_status_jobs: if quick { 2_000 } else { 10_000 },
+            pool_status_secs: if quick { 15 } else { 45 },
             only: value("--only").map(|v| v.split(',').map(str::to_string).collect()),
         }
     }
@@ -83,6 +100,13 @@ impl Settings {
         self.only
             .as_ref()
             .is_none_or(|only| only.iter().any(|o| o == scenario))
+    }
+
+    /// Scenarios left out of the default suite run only when `--only` names them.
+    fn names(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|only| only.iter().any(|o| o == scenario))
     }
 }
 
@@ -94,15 +118,37 @@ struct Sandbox {
     base: String,
 }
 
+/// What a scenario's sandbox seeds and accepts beyond its defaults.
+#[derive(Default)]
+struct SandboxExtras {
+    /// Seeded workitems (`--workitems`; the sandbox's default when None).
+    workitems: Option<usize>,
+    /// OAuth clients accepted besides the default one (`--client`; the sandbox's defaults when
+    /// empty).
+    clients: Vec<(&'static str, &'static str)>,
+}
+
 impl Sandbox {
-    async fn start(users: usize, rate_limit: Option<(u32, u32)>) -> Self {
+    async fn start_with(users: usize, rate_limit: Option<(u32, u32)>, extras: SandboxExtras) -> Self {
         let port = free_port();
         let (rps, burst) = rate_limit.unwrap_or((0, 1));
-        let child = Command::new(sandbox_bin())
+        let mut command = Command::new(sandbox_bin());
+        command
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--users", &users.to_string()])
             .args(["--rate-limit-rps", &rps.to_string()])
-            .args(["--rate-limit-burst", &burst.to_string()])
+            .args(["--rate-limit-burst", &burst.to_string()]);
+        if let Some(workitems) = extras.workitems {
+            command.args(["--workitems", &workitems.to_string()]);
+        }
+        if !extras.clients.is_empty() {
+            // The default client too, for the bench's own reads.
+            let default = (sandbox::DEFAULT_CLIENT_ID, sandbox::DEFAULT_CLIENT_SECRET);
+            for (id, secret) in std::iter::once(default).chain(extras.clients) {
+                command.args(["--client", &format!("{id}:{secret}")]);
+            }
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -139,6 +185,11 @@ impl Sandbox {
             }
         }
         by_status
+    }
+
+    /// The whole of `GET /sandbox/stats`.
+    async fn stats(&self, http: &reqwest::Client) -> Value {
+        get_json(http, &format!("{}/sandbox/stats", self.base), None).await
     }
 }
 
@@ -621,6 +672,11 @@ fn job_properties() -> BasicProperties {
 
 /// Publishes `bodies` to `exchange` with routing key `agent.status`, confirms in rounds.
 async fn publish_jobs(publisher: &Publisher, exchange: &str, bodies: Vec<Vec<u8>>) {
+    publish_jobs_as(publisher, exchange, "agent.status", bodies).await;
+}
+
+/// Publishes `bodies` to `exchange` with `routing_key` (the jobs' kind), confirms in rounds.
+async fn publish_jobs_as(publisher: &Publisher, exchange: &str, routing_key: &str, bodies: Vec<Vec<u8>>) {
     let mut bodies = bodies.into_iter().peekable();
     while bodies.peek().is_some() {
         let chunk: Vec<(Vec<u8>, BasicProperties)> = bodies
@@ -629,7 +685,7 @@ async fn publish_jobs(publisher: &Publisher, exchange: &str, bodies: Vec<Vec<u8>
             .map(|b| (b, job_properties()))
             .collect();
         publisher
-            .publish_all(exchange, "agent.status", chunk)
+            .publish_all(exchange, routing_key, chunk)
             .await
             .expect("jobs published");
     }
@@ -748,9 +804,19 @@ struct Stage {
 
 impl Stage {
     async fn open(connection: &Connection, name: &str, users: usize, rate_limit: Option<(u32, u32)>) -> Self {
+        Self::open_with(connection, name, users, rate_limit, SandboxExtras::default()).await
+    }
+
+    async fn open_with(
+        connection: &Connection,
+        name: &str,
+        users: usize,
+        rate_limit: Option<(u32, u32)>,
+        extras: SandboxExtras,
+    ) -> Self {
         let tag = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..6]);
         let topology = topology(&tag);
-        let sandbox = Sandbox::start(users, rate_limit).await;
+        let sandbox = Sandbox::start_with(users, rate_limit, extras).await;
         let setup = connection.create_channel().await.unwrap();
         topology::declare(connection, &topology).await.unwrap();
         let publisher = Publisher::open(connection).await.unwrap();
@@ -1150,15 +1216,39 @@ struct Handover {
 
 /// A shift handover of `settings.handover` agents as one `batch`, at 5 calls/s.
 async fn handover(connection: &Connection, settings: &Settings) -> Handover {
+    handover_as(connection, settings, "handover", None).await.0
+}
+
+/// The handover, as the sandbox's default client or (`pool` = Some(n)) as the first n clients of
+/// [`POOL`], each limited to 5 calls/s by the sandbox and paced at 5/s by the worker. Also
+/// returns the calls answered 429, the calls per client (pool only) and the children's outcomes.
+async fn handover_as(
+    connection: &Connection,
+    settings: &Settings,
+    name: &str,
+    pool: Option<usize>,
+) -> (Handover, u64, BTreeMap<String, ClientCalls>, Value) {
     const BUDGET: u32 = 5;
     let agents = settings.handover;
-    let stage = Stage::open(connection, "handover", agents, Some((BUDGET, 2 * BUDGET))).await;
+    let extras = SandboxExtras {
+        clients: if pool.is_some() { POOL.to_vec() } else { Vec::new() },
+        ..SandboxExtras::default()
+    };
+    let stage = Stage::open_with(connection, name, agents, Some((BUDGET, 2 * BUDGET)), extras).await;
     let http = reqwest::Client::new();
     let mut audit = stage.capture_audit().await;
-    let env = stage.worker_env(&[
+    let mut extra = vec![
         ("GENESYS_RATE_LIMIT_RPS", BUDGET.to_string()),
         ("GENESYS_RATE_LIMIT_BURST", BUDGET.to_string()),
-    ]);
+    ];
+    if let Some(clients) = pool {
+        extra.extend(pool_env(clients));
+    }
+    let env = stage.worker_env(&extra);
+    let before = match pool {
+        Some(clients) => per_client(&stage.sandbox.stats(&http).await, clients),
+        None => BTreeMap::new(),
+    };
     let worker = start_worker(&env);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let children: Vec<Value> = (0..agents).map(|n| agent_job(n, agents, "On Queue")).collect();
@@ -1185,20 +1275,325 @@ async fn handover(connection: &Connection, settings: &Settings) -> Handover {
         .map(|(at, _)| at.duration_since(started))
         .unwrap_or_default()
         .as_secs_f64();
-    if let Some((_, event)) = summary.first() {
-        println!("  handover summary: {}", event["summary"]["counts"]);
-    }
+    let counts = summary
+        .first()
+        .map(|(_, event)| event["summary"]["counts"].clone())
+        .unwrap_or(Value::Null);
+    println!("  {name} summary: {counts}");
     drop(worker);
-    let calls: u64 = stage.sandbox.answered(&http).await.values().sum();
+    let answered = stage.sandbox.answered(&http).await;
+    let calls: u64 = answered.values().sum();
+    let throttled = answered.get(&429).copied().unwrap_or(0);
+    let by_client = match pool {
+        Some(clients) => client_calls(&stage.sandbox.stats(&http).await, &before, clients),
+        None => BTreeMap::new(),
+    };
     stage.close().await;
-    let ideal = calls as f64 / f64::from(BUDGET);
-    Handover {
+    let ideal = calls as f64 / f64::from(BUDGET * pool.unwrap_or(1) as u32);
+    let result = Handover {
         agents,
         budget_per_sec: BUDGET,
         api_calls: calls,
         wall_secs: wall,
         ideal_secs: ideal,
         ratio_to_ideal: wall / ideal,
+    };
+    (result, throttled, by_client, counts)
+}
+
+/// The OAuth clients of the pool scenarios, as `GENESYS_CLIENTS` lists them.
+const POOL: [(&str, &str); 3] = [
+    ("pool-a", "pool-secret-a"),
+    ("pool-b", "pool-secret-b"),
+    ("pool-c", "pool-secret-c"),
+];
+
+/// The worker's settings for the first `clients` clients of [`POOL`]: `GENESYS_CLIENTS` alone
+/// (the single pair of `worker_env` blanked), also for one client, so 1 and 3 go the same way.
+fn pool_env(clients: usize) -> Vec<(&'static str, String)> {
+    let listed = POOL[..clients]
+        .iter()
+        .map(|(id, secret)| format!("{id}:{secret}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        ("GENESYS_CLIENT_ID", String::new()),
+        ("GENESYS_CLIENT_SECRET", String::new()),
+        ("GENESYS_CLIENTS", listed),
+    ]
+}
+
+/// API requests a client made, and the 429s among them (the sandbox's `clients` stats).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct ClientCalls {
+    requests: u64,
+    throttled: u64,
+}
+
+/// The sandbox's per-client counts of the first `clients` clients of [`POOL`].
+fn per_client(stats: &Value, clients: usize) -> BTreeMap<String, ClientCalls> {
+    POOL[..clients]
+        .iter()
+        .map(|(id, _)| {
+            let seen = &stats["clients"][id];
+            let count = |field: &str| seen[field].as_u64().unwrap_or(0);
+            (
+                id.to_string(),
+                ClientCalls {
+                    requests: count("requests"),
+                    throttled: count("throttled"),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Per client, the calls since `before`.
+fn client_calls(
+    stats: &Value,
+    before: &BTreeMap<String, ClientCalls>,
+    clients: usize,
+) -> BTreeMap<String, ClientCalls> {
+    per_client(stats, clients)
+        .into_iter()
+        .map(|(id, after)| {
+            let start = before.get(&id).copied().unwrap_or_default();
+            let calls = ClientCalls {
+                requests: after.requests.saturating_sub(start.requests),
+                throttled: after.throttled.saturating_sub(start.throttled),
+            };
+            (id, calls)
+        })
+        .collect()
+}
+
+/// `pool-a 130, pool-b 129, …` (429s in brackets when there were any).
+fn describe_clients(calls: &BTreeMap<String, ClientCalls>) -> String {
+    calls
+        .iter()
+        .map(|(id, c)| {
+            if c.throttled > 0 {
+                format!("{id} {} ({} 429)", c.requests, c.throttled)
+            } else {
+                format!("{id} {}", c.requests)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct PoolStatusRun {
+    clients: usize,
+    /// Per client: the sandbox's limit (burst 10) and the worker's budget.
+    limit_per_client_per_sec: u32,
+    /// `WORKER_CONCURRENCY` (`BENCH_POOL_CONCURRENCY`, 16).
+    worker_concurrency: usize,
+    jobs_queued: usize,
+    /// From the first outcome to the start of the window.
+    skipped_secs: f64,
+    window_secs: f64,
+    jobs_in_window: usize,
+    jobs_per_sec: f64,
+    /// Jobs finished in each second of the window.
+    per_second: Vec<usize>,
+    /// Outcomes of the jobs finished in the window.
+    outcomes: BTreeMap<String, usize>,
+    /// API calls answered other than 429, per second of the window.
+    calls_per_sec: f64,
+    calls_per_job: f64,
+    throttled: u64,
+    /// 429s among all API calls of the window.
+    throttled_share: f64,
+    /// The window's calls per client.
+    per_client: BTreeMap<String, ClientCalls>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct PoolStatus {
+    one: PoolStatusRun,
+    three: PoolStatusRun,
+    /// `three.jobs_per_sec / one.jobs_per_sec` (target ≥ 2.8).
+    jobs_ratio: f64,
+    calls_ratio: f64,
+}
+
+/// `settings.pool_status_jobs` queued `interaction.status` jobs (workitem n: Open → In Progress,
+/// one job per seeded workitem, so each is a read and a PATCH) worked with `clients` clients of
+/// the pool, each allowed 5 requests/s (burst 10) by the sandbox and paced at 5/s by the worker.
+/// The rate over a steady window: `SKIP` after the first outcome, then `settings.pool_status_secs`;
+/// then the worker stops, the jobs left are dropped with the scenario's queues.
+///
+/// 16 jobs in flight (`BENCH_POOL_CONCURRENCY`), not the drains' 64: each client's callers are
+/// served in turn, so the jobs in flight keep the phase they started in (all read, then all
+/// write, then all read...) and jobs finish in waves, C/(5 × clients) seconds of finishing and as
+/// long of none. With 64 in flight and one client that is 12.8 s on, 12.8 s off: a 45 s window
+/// then counts anything from 2.2 to 2.8 jobs/s for the same 5 calls/s. With 16 the waves last 3.2 s
+/// (1.1 s with 3 clients) and 45 s holds about 7 (21) of them whole. Fewer jobs in flight do not
+/// lower the rate while callers still wait for every client.
+async fn pool_status(connection: &Connection, settings: &Settings, clients: usize) -> PoolStatusRun {
+    const LIMIT: u32 = 5;
+    const SKIP: Duration = Duration::from_secs(5);
+    let jobs = settings.pool_status_jobs;
+    let extras = SandboxExtras {
+        workitems: Some(jobs),
+        clients: POOL.to_vec(),
+    };
+    let stage = Stage::open_with(
+        connection,
+        &format!("poolstatus{clients}"),
+        10,
+        Some((LIMIT, 2 * LIMIT)),
+        extras,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut audit = stage.capture_audit().await;
+    let bodies = (0..jobs)
+        .map(|n| {
+            let job = json!({
+                "job_id": Uuid::new_v4(),
+                "kind": "interaction.status",
+                "idempotency_key": format!("bench-{}", Uuid::new_v4()),
+                "actor": "bench",
+                "payload": {"workitem_id": sandbox::workitem_id(n), "status": "In Progress"},
+            });
+            serde_json::to_vec(&job).unwrap()
+        })
+        .collect();
+    let publishing = Instant::now();
+    publish_jobs_as(
+        &stage.publisher,
+        &stage.topology.jobs_exchange,
+        "interaction.status",
+        bodies,
+    )
+    .await;
+    println!(
+        "  pool-status, {clients} client(s): {jobs} jobs queued in {:.1} s",
+        publishing.elapsed().as_secs_f64()
+    );
+    let mut extra = vec![
+        ("GENESYS_RATE_LIMIT_RPS", LIMIT.to_string()),
+        // Below the sandbox's burst: a little jitter on the wire draws no 429.
+        ("GENESYS_RATE_LIMIT_BURST", LIMIT.to_string()),
+    ];
+    let concurrency: usize = std::env::var("BENCH_POOL_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(16);
+    extra.push(("WORKER_CONCURRENCY", concurrency.to_string()));
+    extra.extend(pool_env(clients));
+    let worker = start_worker(&stage.worker_env(&extra));
+    let first = await_events(&mut audit, 1, Duration::from_secs(120), |_| true).await;
+    let first_at = first.first().map(|(at, _)| *at).unwrap_or_else(Instant::now);
+    // Past the start: the budgets' bursts, the token grants, the statuses read.
+    let _ = await_events(
+        &mut audit,
+        usize::MAX,
+        SKIP.saturating_sub(first_at.elapsed()),
+        |_| true,
+    )
+    .await;
+    let before_stats = stage.sandbox.stats(&http).await;
+    let window = Instant::now();
+    let skipped = window.duration_since(first_at).as_secs_f64();
+    let events = await_events(
+        &mut audit,
+        usize::MAX,
+        Duration::from_secs(settings.pool_status_secs),
+        |_| true,
+    )
+    .await;
+    let after_stats = stage.sandbox.stats(&http).await;
+    let seconds = window.elapsed().as_secs_f64();
+    drop(worker);
+    stage.close().await;
+
+    let by_status = |stats: &Value| {
+        let mut by_status: HashMap<u64, u64> = HashMap::new();
+        for request in stats["requests"].as_array().into_iter().flatten() {
+            if request["route"].as_str().unwrap_or_default().contains("/api/v2/") {
+                *by_status
+                    .entry(request["status"].as_u64().unwrap_or(0))
+                    .or_default() += request["count"].as_u64().unwrap_or(0);
+            }
+        }
+        by_status
+    };
+    let (before, after) = (by_status(&before_stats), by_status(&after_stats));
+    let delta = |throttled: bool| -> u64 {
+        after
+            .iter()
+            .filter(|(status, _)| (**status == 429) == throttled)
+            .map(|(status, n)| n - before.get(status).copied().unwrap_or(0))
+            .sum()
+    };
+    let (answered, throttled) = (delta(false), delta(true));
+    let mut per_second = vec![0; settings.pool_status_secs as usize];
+    for (at, _) in &events {
+        let second = at.duration_since(window).as_secs() as usize;
+        if let Some(count) = per_second.get_mut(second) {
+            *count += 1;
+        }
+    }
+    let mut outcomes = BTreeMap::new();
+    for (_, event) in &events {
+        *outcomes
+            .entry(event["outcome"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    if outcomes.keys().any(|outcome| outcome != "applied") {
+        eprintln!("  warning: pool-status, {clients} client(s): outcomes in the window {outcomes:?}");
+    }
+    PoolStatusRun {
+        clients,
+        limit_per_client_per_sec: LIMIT,
+        worker_concurrency: concurrency,
+        jobs_queued: jobs,
+        skipped_secs: skipped,
+        window_secs: seconds,
+        jobs_in_window: events.len(),
+        jobs_per_sec: events.len() as f64 / seconds,
+        per_second,
+        outcomes,
+        calls_per_sec: answered as f64 / seconds,
+        calls_per_job: answered as f64 / events.len().max(1) as f64,
+        throttled,
+        throttled_share: throttled as f64 / (answered + throttled).max(1) as f64,
+        per_client: client_calls(&after_stats, &per_client(&before_stats, clients), clients),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct PoolHandoverRun {
+    clients: usize,
+    #[serde(flatten)]
+    handover: Handover,
+    throttled: u64,
+    per_client: BTreeMap<String, ClientCalls>,
+    /// The batch summary's outcome counts.
+    outcomes: Value,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct PoolHandover {
+    one: PoolHandoverRun,
+    three: PoolHandoverRun,
+    /// `one.wall_secs / three.wall_secs` (target ≥ 2.8).
+    speed_up: f64,
+}
+
+async fn pool_handover(connection: &Connection, settings: &Settings, clients: usize) -> PoolHandoverRun {
+    let name = format!("poolhandover{clients}");
+    let (handover, throttled, per_client, outcomes) =
+        handover_as(connection, settings, &name, Some(clients)).await;
+    PoolHandoverRun {
+        clients,
+        handover,
+        throttled,
+        per_client,
+        outcomes,
     }
 }
 
@@ -1490,6 +1885,129 @@ async fn main() {
             result.ratio_to_ideal
         );
         report.insert("handover".into(), serde_json::to_value(result).unwrap());
+    }
+    if settings.names("pool-status") {
+        let started = Instant::now();
+        let one = pool_status(&connection, &settings, 1).await;
+        let three = pool_status(&connection, &settings, 3).await;
+        for run in [&one, &three] {
+            let per_5s: Vec<String> = run
+                .per_second
+                .chunks(5)
+                .map(|c| c.iter().sum::<usize>().to_string())
+                .collect();
+            println!(
+                "  pool-status, {} client(s), {} in flight: jobs finished per 5 s of the window: {}",
+                run.clients,
+                run.worker_concurrency,
+                per_5s.join(" ")
+            );
+        }
+        println!("  pool-status: {:.0} s", started.elapsed().as_secs_f64());
+        println!();
+        println!(
+            "pool-status: {} interaction.status jobs queued, 5 requests/s (burst 10) per client, {} jobs in flight, steady window {} s after the first {:.0} s (one run each)",
+            one.jobs_queued, one.worker_concurrency, settings.pool_status_secs, one.skipped_secs
+        );
+        println!(
+            "| {:<11} | {:>6} | {:>11} | {:>7} | {:>9} | {:>9} | {:>8} | {:<36} |",
+            "pool-status",
+            "jobs/s",
+            "vs 1 client",
+            "calls/s",
+            "calls/job",
+            "jobs done",
+            "429s",
+            "calls per client (window)"
+        );
+        println!(
+            "|{:-<13}|{:->8}|{:->13}|{:->9}|{:->11}|{:->11}|{:->10}|{:-<38}|",
+            "", "", "", "", "", "", "", ""
+        );
+        for run in [&one, &three] {
+            println!(
+                "| {:<11} | {:>6.2} | {:>11} | {:>7.2} | {:>9.2} | {:>9} | {:>8} | {:<36} |",
+                format!(
+                    "{} client{}",
+                    run.clients,
+                    if run.clients == 1 { "" } else { "s" }
+                ),
+                run.jobs_per_sec,
+                format!("{:.2}x", run.jobs_per_sec / one.jobs_per_sec),
+                run.calls_per_sec,
+                run.calls_per_job,
+                run.jobs_in_window,
+                format!("{} ({:.1}%)", run.throttled, run.throttled_share * 100.0),
+                describe_clients(&run.per_client),
+            );
+        }
+        let result = PoolStatus {
+            jobs_ratio: three.jobs_per_sec / one.jobs_per_sec,
+            calls_ratio: three.calls_per_sec / one.calls_per_sec,
+            one,
+            three,
+        };
+        println!(
+            "pool-status: 3 clients / 1 client: {:.2}x jobs/s, {:.2}x calls/s (target >= 2.8x); 429s {:.2}% and {:.2}% (target 0%)",
+            result.jobs_ratio,
+            result.calls_ratio,
+            result.one.throttled_share * 100.0,
+            result.three.throttled_share * 100.0
+        );
+        report.insert("pool_status".into(), serde_json::to_value(result).unwrap());
+    }
+    if settings.names("pool-handover") {
+        let started = Instant::now();
+        let one = pool_handover(&connection, &settings, 1).await;
+        let three = pool_handover(&connection, &settings, 3).await;
+        println!("  pool-handover: {:.0} s", started.elapsed().as_secs_f64());
+        println!();
+        println!(
+            "pool-handover: {} agents as one batch, 5 requests/s (burst 10) per client, worker budget 5/s per client (one run each)",
+            one.handover.agents
+        );
+        println!(
+            "| {:<13} | {:>7} | {:>8} | {:>9} | {:>5} | {:>7} | {:>8} | {:<36} |",
+            "pool-handover",
+            "wall s",
+            "speed-up",
+            "API calls",
+            "429s",
+            "ideal s",
+            "vs ideal",
+            "calls per client"
+        );
+        println!(
+            "|{:-<15}|{:->9}|{:->10}|{:->11}|{:->7}|{:->9}|{:->10}|{:-<38}|",
+            "", "", "", "", "", "", "", ""
+        );
+        for run in [&one, &three] {
+            println!(
+                "| {:<13} | {:>7.1} | {:>8} | {:>9} | {:>5} | {:>7.1} | {:>8.2} | {:<36} |",
+                format!(
+                    "{} client{}",
+                    run.clients,
+                    if run.clients == 1 { "" } else { "s" }
+                ),
+                run.handover.wall_secs,
+                format!("{:.2}x", one.handover.wall_secs / run.handover.wall_secs),
+                run.handover.api_calls,
+                run.throttled,
+                run.handover.ideal_secs,
+                run.handover.ratio_to_ideal,
+                describe_clients(&run.per_client),
+            );
+        }
+        let result = PoolHandover {
+            speed_up: one.handover.wall_secs / three.handover.wall_secs,
+            one,
+            three,
+        };
+        println!(
+            "pool-handover: 3 clients {:.2}x as fast as 1 (target >= 2.8x); outcomes {} and {}",
+            result.speed_up, result.one.outcomes, result.three.outcomes
+        );
+        report.insert("pool_handover".into(), serde_json::to_value(result).unwrap());
     }
     if settings.wants("backlog") {
         let result = backlog(&connection, &settings).await;

@@ -3,9 +3,23 @@
 # already running, builds the release binary, and runs benches/throughput.rs, which starts the
 # sandbox and worker processes itself. Prints a table; writes target/bench/throughput.json.
 # Arguments go to the suite: --quick (smaller sizes, one run), --runs N, --only a,b
-# (plumbing, bulk-off, bulk-on, durability, fidelity, handover, backlog). `durability` starts a
+# (plumbing, bulk-off, bulk-on, durability, fidelity, handover, backlog; pool-status and
+# pool-handover, below, only when named). `durability` starts a
 # Redis primary + replica + 3 Sentinels of its own (scripts/topology.sh) and drains the bulk-off
 # workload with REDIS_WAIT_REPLICAS=0 and =1 alternately.
+#
+# Two scenarios run only when --only names them (about 3 minutes together, which would take the
+# default suite of about 7 to 10), once each whatever --runs says, and measure the OAuth client pool
+# (GENESYS_CLIENTS) against one client, the sandbox allowing 5 requests/s (burst 10) per client and
+# the worker's budget 5/s per client:
+#   pool-status    10,000 queued interaction.status jobs with 1 client, then 3: jobs/s and Genesys
+#                  calls/s over a steady window (5 s after the first outcome, then 45 s; 15 s with
+#                  --quick), the 3:1 ratio (target >= 2.8x), the share of 429s, calls per client;
+#                  16 jobs in flight (BENCH_POOL_CONCURRENCY: with more, jobs finish in waves
+#                  that a 45 s window cuts unevenly; see benches/throughput.rs)
+#   pool-handover  the handover (10,000 agents as one batch) with 1 client, then 3: wall seconds,
+#                  the speed-up (target >= 2.8x), API calls, 429s, calls per client
+# e.g. scripts/bench.sh --only pool-status,pool-handover
 #
 # Each drain reports the CPU of every process involved (worker, the bench's audit reader, RabbitMQ,
 # Redis, sandbox) and Redis's commands per job (INFO commandstats). Shared services count other
