@@ -66,6 +66,8 @@ struct Settings {
     handover: usize,
     backlog: usize,
     fidelity_secs: u64,
+    /// Jobs published one at a time by `single`.
+    single: usize,
     /// `interaction.status` jobs queued for `pool-status`, and its steady window.
     pool_status_jobs: usize,
     pool_status_secs: u64,
@@ -90,6 +92,7 @@ impl Settings {
             handover: if quick { 2_000 } else { 10_000 },
             backlog: if quick { 100_000 } else { 1_000_000 },
             fidelity_secs: if quick { 8 } else { 20 },
+            single: if quick { 100 } else { 300 },
             pool_status_jobs: if quick { 2_000 } else { 10_000 },
             pool_status_secs: if quick { 15 } else { 45 },
             only: value("--only").map(|v| v.split(',').map(str::to_string).collect()),
@@ -260,7 +263,15 @@ fn worker_env(
 /// The worker binary: this build's, or `BENCH_WORKER_BIN` (a build with frame pointers, to
 /// profile it).
 fn start_worker(env: &[(String, String)]) -> Child {
-    let bin = std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| BIN.to_string());
+    start_worker_bin(env, None)
+}
+
+/// The worker from binary `bin` (None: as [`start_worker`]); `BENCH_BASELINE_WORKER_BIN` names
+/// an earlier build to measure beside this one in the same run.
+fn start_worker_bin(env: &[(String, String)], bin: Option<&str>) -> Child {
+    let bin = bin
+        .map(str::to_string)
+        .unwrap_or_else(|| std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| BIN.to_string()));
     Command::new(bin)
         .arg("run")
         .envs(env.iter().cloned())
@@ -980,6 +991,7 @@ async fn worker_drain(
     name: &str,
     bulk: bool,
     redis: &RedisUnderTest,
+    bin: Option<&str>,
 ) -> Drain {
     let stage = Stage::open(connection, name, settings.jobs, None).await;
     let mut audit = stage.capture_audit().await;
@@ -999,7 +1011,7 @@ async fn worker_drain(
     ];
     extra.extend(redis.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let env = stage.worker_env(&extra);
-    let worker = start_worker(&env);
+    let worker = start_worker_bin(&env, bin);
     let pid = worker.id().unwrap();
     let mut meter = Meter::new(services, Some(pid), &stage.sandbox, redis).await;
     let mut events = await_events(&mut audit, 1, Duration::from_secs(600), |_| true).await;
@@ -1104,7 +1116,7 @@ async fn durability(connection: &Connection, settings: &Settings, services: &Ser
                 (&off, &mut runs_off)
             };
             let name = format!("durwait{}-{run}", u8::from(wait));
-            let drain = worker_drain(connection, settings, services, &name, false, redis).await;
+            let drain = worker_drain(connection, settings, services, &name, false, redis, None).await;
             println!(
                 "  durability WAIT {} run {}: {:.0} jobs/s",
                 u8::from(wait),
@@ -1201,6 +1213,66 @@ async fn fidelity(
         achieved_per_sec: answered as f64 / seconds,
         achieved_share: answered as f64 / seconds / f64::from(allowed),
         throttled_share: throttled as f64 / (answered + throttled).max(1) as f64,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Single {
+    /// The worker binary measured ("this build" or `BENCH_BASELINE_WORKER_BIN`).
+    worker: String,
+    jobs: usize,
+    /// Publish to audit event read, one job in flight at a time.
+    round_trip_p50_ms: f64,
+    round_trip_p99_ms: f64,
+    /// The worker's own `latency_ms` (claim to outcome).
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+}
+
+/// One job in flight at a time: each job is published only once the previous one's audit event
+/// arrived, so group commit and acks together have no company to wait for (a job alone must not
+/// wait for any). `bin`: the worker binary (None: this build's).
+async fn single(connection: &Connection, settings: &Settings, bin: Option<&str>, run: usize) -> Single {
+    const WARMUP: usize = 20;
+    let jobs = settings.single;
+    let stage = Stage::open(connection, &format!("single{run}"), jobs + WARMUP, None).await;
+    let mut audit = stage.capture_audit().await;
+    let env = stage.worker_env(&[
+        ("BULK_PRESENCE", "off".into()),
+        ("GENESYS_RATE_LIMIT_RPS", "1000000".into()),
+        ("GENESYS_RATE_LIMIT_BURST", "100000".into()),
+        ("GENESYS_RATE_LIMIT_SCOPE", "replica".into()),
+    ]);
+    let worker = start_worker_bin(&env, bin);
+    let mut round_trips = Vec::with_capacity(jobs);
+    let mut latencies = Vec::with_capacity(jobs);
+    for n in 0..jobs + WARMUP {
+        let body = serde_json::to_vec(&agent_job(n, jobs + WARMUP, "Available")).unwrap();
+        let sent = Instant::now();
+        publish_jobs(&stage.publisher, &stage.topology.jobs_exchange, vec![body]).await;
+        let event = await_events(&mut audit, 1, Duration::from_secs(60), |_| true).await;
+        let Some((at, event)) = event.first() else {
+            eprintln!("  warning: single: job {n} had no audit event within 60 s");
+            break;
+        };
+        if n >= WARMUP {
+            round_trips.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+            if let Some(latency) = event["latency_ms"].as_f64() {
+                latencies.push(latency);
+            }
+        }
+    }
+    drop(worker);
+    stage.close().await;
+    round_trips.sort_by(f64::total_cmp);
+    latencies.sort_by(f64::total_cmp);
+    Single {
+        worker: bin.unwrap_or("this build").to_string(),
+        jobs: round_trips.len(),
+        round_trip_p50_ms: percentile(&round_trips, 0.5),
+        round_trip_p99_ms: percentile(&round_trips, 0.99),
+        latency_p50_ms: percentile(&latencies, 0.5),
+        latency_p99_ms: percentile(&latencies, 0.99),
     }
 }
 
@@ -1664,22 +1736,31 @@ async fn main() {
 
     let mut drains: Vec<(&str, Drain)> = Vec::new();
     let mut drain_runs: HashMap<&str, Vec<Drain>> = HashMap::new();
-    for (name, bulk) in [
-        ("plumbing", None),
-        ("bulk-off", Some(false)),
-        ("bulk-on", Some(true)),
-    ] {
-        if !settings.wants(name) {
-            continue;
-        }
-        let mut runs = Vec::new();
-        for run in 0..settings.runs {
+    // With an earlier build named, its drains run beside this build's, run after run (so the
+    // machine's drift weighs on both alike), and are reported as `<drain>@base`.
+    let baseline_bin = std::env::var("BENCH_BASELINE_WORKER_BIN").ok();
+    let mut plan: Vec<(&str, Option<bool>, Option<&str>)> = vec![
+        ("plumbing", None, None),
+        ("bulk-off", Some(false), None),
+        ("bulk-on", Some(true), None),
+    ];
+    if let Some(bin) = baseline_bin.as_deref() {
+        plan.insert(2, ("bulk-off@base", Some(false), Some(bin)));
+        plan.push(("bulk-on@base", Some(true), Some(bin)));
+    }
+    plan.retain(|(name, ..)| settings.wants(name.split('@').next().unwrap_or(name)));
+    for run in 0..settings.runs {
+        for &(name, bulk, bin) in &plan {
             let drain = match bulk {
                 None => plumbing(&connection, &settings, &services, run).await,
                 Some(bulk) => {
-                    let name = format!("bulk{}{run}", if bulk { "on" } else { "off" });
+                    let tag = format!(
+                        "bulk{}{}{run}",
+                        if bulk { "on" } else { "off" },
+                        if bin.is_some() { "base" } else { "" }
+                    );
                     let standalone = RedisUnderTest::default();
-                    worker_drain(&connection, &settings, &services, &name, bulk, &standalone).await
+                    worker_drain(&connection, &settings, &services, &tag, bulk, &standalone, bin).await
                 }
             };
             println!(
@@ -1689,10 +1770,17 @@ async fn main() {
                 drain.cost.cpu_secs_per_1000.total,
                 drain.cost.redis_commands_per_job
             );
-            runs.push(drain);
+            drain_runs.entry(name).or_default().push(drain);
         }
-        drain_runs.insert(name, runs.clone());
-        drains.push((name, median_drain(&runs)));
+    }
+    for &(name, ..) in &plan {
+        if let Some(runs) = drain_runs.get(name) {
+            drains.push((name, median_drain(runs)));
+        }
+    }
+    if let Some(bin) = &baseline_bin {
+        println!("@base: the worker binary {bin}");
+        report.insert("baseline_worker_bin".into(), json!(bin));
     }
     if !drains.is_empty() {
         let baseline = drains
@@ -1709,18 +1797,18 @@ async fn main() {
         };
         println!();
         println!(
-            "| {:<9} | {:>8} | {:>11} | {:>8} | {:>8} | {:>9} | {:>14} | {:>13} |",
+            "| {:<13} | {:>8} | {:>11} | {:>8} | {:>8} | {:>9} | {:>14} | {:>13} |",
             "drain", "jobs/s", "vs plumbing", "p50 ms", "p99 ms", "peak RSS", "Redis cmds/job", "scripts/job"
         );
         println!(
-            "|{:-<11}|{:->10}|{:->13}|{:->10}|{:->10}|{:->11}|{:->16}|{:->15}|",
+            "|{:-<15}|{:->10}|{:->13}|{:->10}|{:->10}|{:->11}|{:->16}|{:->15}|",
             "", "", "", "", "", "", "", ""
         );
         let mut json_drains = serde_json::Map::new();
         for (name, drain) in &drains {
             let ratio = baseline.map(|b| drain.jobs_per_sec / b);
             println!(
-                "| {:<9} | {:>8.0} | {:>11} | {:>8.1} | {:>8.1} | {:>9} | {:>14.2} | {:>13.2} |",
+                "| {:<13} | {:>8.0} | {:>11} | {:>8.1} | {:>8.1} | {:>9} | {:>14.2} | {:>13.2} |",
                 name,
                 drain.jobs_per_sec,
                 vs(drain.jobs_per_sec, baseline),
@@ -1749,17 +1837,17 @@ async fn main() {
             "(for plumbing the worker is the bench process, its audit reader included; the split is the run with the median total)"
         );
         println!(
-            "| {:<9} | {:>7} | {:>11} | {:>7} | {:>12} | {:>8} | {:>7} | {:>7} |",
+            "| {:<13} | {:>7} | {:>11} | {:>7} | {:>12} | {:>8} | {:>7} | {:>7} |",
             "drain", "total", "vs plumbing", "worker", "bench reader", "RabbitMQ", "Redis", "sandbox"
         );
         println!(
-            "|{:-<11}|{:->9}|{:->13}|{:->9}|{:->14}|{:->10}|{:->9}|{:->9}|",
+            "|{:-<15}|{:->9}|{:->13}|{:->9}|{:->14}|{:->10}|{:->9}|{:->9}|",
             "", "", "", "", "", "", "", ""
         );
         for (name, drain) in &drains {
             let cpu = &drain.cost.cpu_secs_per_1000;
             println!(
-                "| {:<9} | {:>7.2} | {:>11} | {:>7.2} | {:>12} | {:>8.2} | {:>7.2} | {:>7.2} |",
+                "| {:<13} | {:>7.2} | {:>11} | {:>7.2} | {:>12} | {:>8.2} | {:>7.2} | {:>7.2} |",
                 name,
                 cpu.total,
                 vs(cpu.total, plumbing_cpu),
@@ -1783,6 +1871,47 @@ async fn main() {
             }
         }
         report.insert("drains".into(), Value::Object(json_drains));
+    }
+    if settings.wants("single") {
+        let mut runs: Vec<Single> = Vec::new();
+        let mut base_runs: Vec<Single> = Vec::new();
+        for run in 0..settings.runs {
+            runs.push(single(&connection, &settings, None, run).await);
+            if let Some(bin) = baseline_bin.as_deref() {
+                base_runs.push(single(&connection, &settings, Some(bin), run).await);
+            }
+        }
+        let med = |runs: &[Single], f: fn(&Single) -> f64| median(runs.iter().map(f).collect());
+        println!();
+        println!(
+            "single: one job in flight at a time, {} jobs per run, medians of {} run(s)",
+            settings.single, settings.runs
+        );
+        println!(
+            "| {:<13} | {:>17} | {:>17} | {:>15} | {:>15} |",
+            "worker", "round trip p50 ms", "round trip p99 ms", "latency p50 ms", "latency p99 ms"
+        );
+        println!("|{:-<15}|{:->19}|{:->19}|{:->17}|{:->17}|", "", "", "", "", "");
+        for (label, runs) in [("this build", &runs), ("@base", &base_runs)] {
+            if runs.is_empty() {
+                continue;
+            }
+            println!(
+                "| {:<13} | {:>17.2} | {:>17.2} | {:>15.1} | {:>15.1} |",
+                label,
+                med(runs, |r| r.round_trip_p50_ms),
+                med(runs, |r| r.round_trip_p99_ms),
+                med(runs, |r| r.latency_p50_ms),
+                med(runs, |r| r.latency_p99_ms),
+            );
+        }
+        if !base_runs.is_empty() {
+            println!(
+                "single: round trip p50 {:.2} of the baseline's",
+                med(&runs, |r| r.round_trip_p50_ms) / med(&base_runs, |r| r.round_trip_p50_ms)
+            );
+        }
+        report.insert("single".into(), json!({"runs": runs, "baseline_runs": base_runs}));
     }
     if settings.wants("durability") {
         let started = Instant::now();
