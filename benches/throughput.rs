@@ -57,8 +57,19 @@ fn sandbox_bin() -> std::path::PathBuf {
     bin
 }
 /// Jobs in flight, the same for the plumbing and the worker.
-const CONCURRENCY: usize = 64;
-const PREFETCH: u16 = 128;
+/// Jobs in flight in the drains (the plumbing and the worker alike), prefetch twice that:
+/// `BENCH_CONCURRENCY`, 64 by default.
+fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (1..=16_384).contains(c))
+        .unwrap_or(64)
+}
+
+fn prefetch() -> u16 {
+    (concurrency() * 2).min(usize::from(u16::MAX)) as u16
+}
 
 struct Settings {
     jobs: usize,
@@ -92,7 +103,10 @@ impl Settings {
             handover: if quick { 2_000 } else { 10_000 },
             backlog: if quick { 100_000 } else { 1_000_000 },
             fidelity_secs: if quick { 8 } else { 20 },
-            single: if quick { 100 } else { 300 },
+            single: std::env::var("BENCH_SINGLE_JOBS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 100 } else { 300 }),
             pool_status_jobs: if quick { 2_000 } else { 10_000 },
             pool_status_secs: if quick { 15 } else { 45 },
             only: value("--only").map(|v| v.split(',').map(str::to_string).collect()),
@@ -249,8 +263,8 @@ fn worker_env(
         ("AUDIT_EXCHANGE".into(), topology.audit_exchange.clone()),
         ("CRM_EXCHANGE".into(), topology.crm_exchange.clone()),
         ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
-        ("WORKER_CONCURRENCY".into(), CONCURRENCY.to_string()),
-        ("WORKER_PREFETCH".into(), PREFETCH.to_string()),
+        ("WORKER_CONCURRENCY".into(), concurrency().to_string()),
+        ("WORKER_PREFETCH".into(), prefetch().to_string()),
         ("RUST_LOG".into(), "warn".into()),
     ];
     for (k, v) in extra {
@@ -863,7 +877,7 @@ impl Stage {
 }
 
 /// The plumbing alone, in this process: consume → one Redis round trip → one HTTP request to
-/// the sandbox → two confirmed publishes → ack, `CONCURRENCY` at a time. Its cost's window runs
+/// the sandbox → two confirmed publishes → ack, [`concurrency`] at a time. Its cost's window runs
 /// from the first consume to the last audit event read.
 async fn plumbing(connection: &Connection, settings: &Settings, services: &Services, run: usize) -> Drain {
     let stage = Stage::open(connection, &format!("plumbing{run}"), settings.jobs, None).await;
@@ -890,7 +904,7 @@ async fn plumbing(connection: &Connection, settings: &Settings, services: &Servi
         .unwrap();
     let consumer_channel = connection.create_channel().await.unwrap();
     consumer_channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .basic_qos(prefetch(), BasicQosOptions::default())
         .await
         .unwrap();
     let mut consumer = consumer_channel
@@ -902,7 +916,7 @@ async fn plumbing(connection: &Connection, settings: &Settings, services: &Servi
         )
         .await
         .unwrap();
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let slots = Arc::new(Semaphore::new(concurrency()));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(settings.jobs)));
     let mut meter = Meter::new(services, None, sandbox, &RedisUnderTest::default()).await;
     let window = meter.start().await;
@@ -1730,7 +1744,7 @@ async fn main() {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "jobs_per_drain": settings.jobs,
             "runs": settings.runs,
-            "concurrency": CONCURRENCY,
+            "concurrency": concurrency(),
         }),
     );
 

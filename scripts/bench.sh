@@ -22,13 +22,18 @@
 # e.g. scripts/bench.sh --only pool-status,pool-handover
 #
 # `single` publishes jobs one at a time (each once the previous one's audit event arrived): the
-# latency of a job with no company, publish to audit event and the worker's own latency_ms.
+# latency of a job with no company, publish to audit event and the worker's own latency_ms
+# (300 jobs a run; BENCH_SINGLE_JOBS=N for more).
 #
 # BENCH_BASELINE_WORKER_BIN=PATH names an earlier worker build measured in the same run: bulk-off,
 # bulk-on (reported as bulk-off@base, bulk-on@base, run after run beside this build's) and single.
 # For example, the build before group commit:
 #   git worktree add /tmp/base 2e3dad9 && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release --bin genesys-worker)
 #   BENCH_BASELINE_WORKER_BIN=/tmp/base-target/release/genesys-worker scripts/bench.sh --only plumbing,bulk-off,bulk-on,single
+#
+# BENCH_CONCURRENCY=N: jobs in flight in the drains, the plumbing's and the worker's alike (64;
+# prefetch twice that). The plumbing is bound by CPU at 64 already; the worker, whose jobs wait
+# for company (group commit, bulk calls), by latency until many more are in flight.
 #
 # Each drain reports the CPU of every process involved (worker, the bench's audit reader, RabbitMQ,
 # Redis, sandbox) and Redis's commands per job (INFO commandstats). Shared services count other
