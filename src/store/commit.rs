@@ -7,15 +7,21 @@ use redis::Script;
 use super::{EntityHead, Kind, Lease, Store, StoreError};
 use crate::events::{AuditEvent, OutboundEvent};
 
+/// KEYS: record, entity head. ARGV: expected version, checksum (empty: not a link), outcome,
+/// events, remember, idempotency TTL, sequence, entity TTL. Returns 0 when the head moved.
+///
+/// The job's lease is not touched: it expires by itself within `LEASE_MS`, and nothing reads it
+/// once the record is done or gone (a claim reads a lease only beside an `in_progress` record, and
+/// a new claim sets its own). Deleting it took two commands per job.
 pub(super) const COMMIT: &str = r#"
-local head = redis.call('HMGET', KEYS[3], 'version', 'sequence')
+local head = redis.call('HMGET', KEYS[2], 'version', 'sequence')
 local version = tonumber(head[1] or '0')
 if version ~= tonumber(ARGV[1]) then
   return 0
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms()))
-  redis.call('EXPIRE', KEYS[3], ARGV[9])
+  redis.call('HSET', KEYS[2], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms()))
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
 end
 if ARGV[5] == '1' then
   -- The claim gave the record its TTL (counted from the claim, seconds earlier: no need to
@@ -26,16 +32,13 @@ if ARGV[5] == '1' then
 else
   redis.call('DEL', KEYS[1])
 end
-if ARGV[2] ~= '' and ARGV[8] ~= '' then
+if ARGV[2] ~= '' and ARGV[7] ~= '' then
   -- Sequences are u64 decimal strings without leading zeros: compared by length, then
   -- lexically, exactly (Lua numbers are doubles, which cannot tell 2^53 + 1 from 2^53).
   local last = head[2]
-  if not last or #ARGV[8] > #last or (#ARGV[8] == #last and ARGV[8] > last) then
-    redis.call('HSET', KEYS[3], 'sequence', ARGV[8])
+  if not last or #ARGV[7] > #last or (#ARGV[7] == #last and ARGV[7] > last) then
+    redis.call('HSET', KEYS[2], 'sequence', ARGV[7])
   end
-end
-if redis.call('GET', KEYS[2]) == ARGV[7] then
-  redis.call('DEL', KEYS[2])
 end
 return 1
 "#;
@@ -131,11 +134,7 @@ impl Store {
                 .group
                 .call(
                     Kind::Commit,
-                    vec![
-                        record,
-                        self.lease_key(&lease.entity, &lease.idempotency_key),
-                        self.entity_key(entity),
-                    ],
+                    vec![record, self.entity_key(entity)],
                     vec![
                         head.version.to_string(),
                         event.checksum.clone().unwrap_or_default(),
@@ -143,7 +142,6 @@ impl Store {
                         stored,
                         if remember { "1" } else { "0" }.to_string(),
                         self.idempotency_ttl_secs.to_string(),
-                        lease.owner.clone(),
                         sequence.map(|s| s.to_string()).unwrap_or_default(),
                         self.entity_ttl_secs.to_string(),
                     ],
