@@ -672,6 +672,11 @@ impl Meter {
     }
 }
 
+/// "1 client", "3 clients".
+fn clients_label(clients: usize) -> String {
+    format!("{clients} client{}", if clients == 1 { "" } else { "s" })
+}
+
 /// The load average (1, 5, 15 minutes).
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -2070,11 +2075,7 @@ async fn main() {
         for run in [&one, &three] {
             println!(
                 "| {:<11} | {:>6.2} | {:>11} | {:>7.2} | {:>9.2} | {:>9} | {:>8} | {:<36} |",
-                format!(
-                    "{} client{}",
-                    run.clients,
-                    if run.clients == 1 { "" } else { "s" }
-                ),
+                clients_label(run.clients),
                 run.jobs_per_sec,
                 format!("{:.2}x", run.jobs_per_sec / one.jobs_per_sec),
                 run.calls_per_sec,
@@ -2127,11 +2128,7 @@ async fn main() {
         for run in [&one, &three] {
             println!(
                 "| {:<13} | {:>7.1} | {:>8} | {:>9} | {:>5} | {:>7.1} | {:>8.2} | {:<36} |",
-                format!(
-                    "{} client{}",
-                    run.clients,
-                    if run.clients == 1 { "" } else { "s" }
-                ),
+                clients_label(run.clients),
                 run.handover.wall_secs,
                 format!("{:.2}x", one.handover.wall_secs / run.handover.wall_secs),
                 run.handover.api_calls,

@@ -246,16 +246,7 @@ async fn settle(
                     attempts,
                 )
                 .await;
-            match parked {
-                Ok(()) => {
-                    acks.finished(delivery.delivery_tag);
-                    Ok(())
-                }
-                Err(err) => {
-                    tracing::error!(error.message = %err, "Could not park a job in its retry queue; returning it to the queue.");
-                    requeue(&delivery, acks).await
-                }
-            }
+            after_publish(parked, "park a job in its retry queue", &delivery, acks).await
         }
         Ok(Disposition::DeadLetter {
             code,
@@ -273,21 +264,14 @@ async fn settle(
                 error_message: &message,
                 attempts,
             };
-            match settings
+            let sent = settings
                 .publisher
                 .dead_letter((&settings.dead_letter, &routing_key), letter)
-                .await
-            {
-                Ok(()) => {
-                    crate::telemetry::dead_lettered(&code);
-                    acks.finished(delivery.delivery_tag);
-                    Ok(())
-                }
-                Err(err) => {
-                    tracing::error!(error.message = %err, "Could not dead-letter a job; returning it to the queue.");
-                    requeue(&delivery, acks).await
-                }
+                .await;
+            if sent.is_ok() {
+                crate::telemetry::dead_lettered(&code);
             }
+            after_publish(sent, "dead-letter a job", &delivery, acks).await
         }
         Err(err) => {
             // Only when Redis does not answer (or not with enough replicas) does every job
@@ -302,6 +286,26 @@ async fn settle(
     };
     if let Err(err) = settled {
         tracing::error!(error.message = %err, "Could not settle a delivery; the broker will redeliver it.");
+    }
+}
+
+/// After a retry or dead letter was published for the delivery: acked once it is confirmed, else
+/// returned to its queue (`what` names the publish in the log).
+async fn after_publish(
+    published: Result<(), BrokerError>,
+    what: &str,
+    delivery: &Delivery,
+    acks: &Acks,
+) -> Result<(), lapin::Error> {
+    match published {
+        Ok(()) => {
+            acks.finished(delivery.delivery_tag);
+            Ok(())
+        }
+        Err(err) => {
+            tracing::error!(error.message = %err, "Could not {what}; returning it to the queue.");
+            requeue(delivery, acks).await
+        }
     }
 }
 

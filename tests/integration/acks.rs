@@ -6,10 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use genesys_worker::intake::acks::{AckStats, Acks};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 
 use crate::helpers::{connect_broker, random_name};
@@ -18,19 +17,7 @@ use crate::helpers::{connect_broker, random_name};
 async fn queue_of(connection: &Connection, n: usize) -> String {
     let queue = format!("acks-{}", random_name());
     let channel = connection.create_channel().await.unwrap();
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
+    testkit::declare_quorum_queue(&channel, &queue).await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

@@ -79,6 +79,23 @@ pub async fn connect_broker() -> Connection {
     );
 }
 
+/// Declares `queue` as a durable quorum queue on `channel`.
+pub async fn declare_quorum_queue(channel: &Channel, queue: &str) {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+}
+
 /// Checks Redis answers, or fails with the command that starts it.
 pub async fn check_redis() {
     let ok = async {

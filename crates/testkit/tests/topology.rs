@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use testkit::random_name;
 use testkit::topology::{one_at_a_time, redis_cli, redis_role, RabbitCluster, RedisCluster, SentinelRedis};
@@ -66,19 +65,7 @@ async fn rabbit_cluster_replicates_quorum_queues_and_survives_the_leaders_death(
     assert_eq!(cluster.nodes_of_connections(CONNECTION_NAME).await, vec![0]);
     let channel = confirmed_channel(&connection).await;
     let queue = format!("topology-test-{}", random_name());
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
+    testkit::declare_quorum_queue(&channel, &queue).await;
     assert_eq!(cluster.queue_members(&queue).await, vec![0, 1, 2]);
     publish(&channel, &queue, b"before").await;
     let leader = cluster.wait_for_leader(&queue, None).await;
