@@ -20,7 +20,11 @@ if version ~= tonumber(ARGV[1]) then
   return 0
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[2], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms()))
+  local fields = {'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms())}
+  if ARGV[7] ~= '' and sequence_is_newer(ARGV[7], head[2]) then
+    fields[7], fields[8] = 'sequence', ARGV[7]
+  end
+  redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('EXPIRE', KEYS[2], ARGV[8])
 end
 if ARGV[5] == '1' then
@@ -32,15 +36,17 @@ if ARGV[5] == '1' then
 else
   redis.call('DEL', KEYS[1])
 end
-if ARGV[2] ~= '' and ARGV[7] ~= '' then
-  -- Sequences are u64 decimal strings without leading zeros: compared by length, then
-  -- lexically, exactly (Lua numbers are doubles, which cannot tell 2^53 + 1 from 2^53).
-  local last = head[2]
-  if not last or #ARGV[7] > #last or (#ARGV[7] == #last and ARGV[7] > last) then
-    redis.call('HSET', KEYS[2], 'sequence', ARGV[7])
-  end
-end
 return 1
+"#;
+
+/// Lua: whether job sequence `candidate` is above the entity's `last` (nil: none yet).
+/// Sequences are u64 decimal strings without leading zeros: compared by length, then lexically,
+/// exactly (Lua numbers are doubles, which cannot tell 2^53 + 1 from 2^53). Defined once for the
+/// grouped scripts (see `group`) and for [`LINK_ELSEWHERE`].
+pub(super) const SEQUENCE_IS_NEWER: &str = r#"
+local function sequence_is_newer(candidate, last)
+  return not last or #candidate > #last or (#candidate == #last and candidate > last)
+end
 "#;
 
 /// A Redis Cluster's commit of a job that changed another entity than the one it claimed with (a
@@ -52,30 +58,29 @@ return 1
 /// KEYS: entity head, the job's link. ARGV: expected version, checksum, sequence, entity TTL,
 /// the link (event and messages), idempotency TTL. Returns {'linked', link} or {'moved'}.
 static LINK_ELSEWHERE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{SEQUENCE_IS_NEWER}
 local made = redis.call('GET', KEYS[2])
 if made then
-  return {'linked', made}
+  return {{'linked', made}}
 end
-local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local head = redis.call('HMGET', KEYS[1], 'version', 'sequence')
+local version = tonumber(head[1] or '0')
 if version ~= tonumber(ARGV[1]) then
-  return {'moved'}
+  return {{'moved'}}
 end
 local t = redis.call('TIME')
 local now = math.floor(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'version', version + 1, 'checksum', ARGV[2], 'changed_at', now)
-if ARGV[3] ~= '' then
-  local last = redis.call('HGET', KEYS[1], 'sequence')
-  if not last or #ARGV[3] > #last or (#ARGV[3] == #last and ARGV[3] > last) then
-    redis.call('HSET', KEYS[1], 'sequence', ARGV[3])
-  end
+local fields = {{'version', version + 1, 'checksum', ARGV[2], 'changed_at', now}}
+if ARGV[3] ~= '' and sequence_is_newer(ARGV[3], head[2]) then
+  fields[7], fields[8] = 'sequence', ARGV[3]
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
-return {'linked', ARGV[5]}
-"#,
-    )
+return {{'linked', ARGV[5]}}
+"#
+    ))
 });
 
 /// KEYS: record, lease. ARGV: outcome, events, remember, idempotency TTL, owner.

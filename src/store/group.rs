@@ -124,6 +124,7 @@ fn grouped() -> Script {
             )
         })
         .collect();
+    let sequence_is_newer = super::commit::SEQUENCE_IS_NEWER;
     Script::new(&format!(
         r#"
 -- Redis's clock, read once for the whole group (the parts run within microseconds).
@@ -135,6 +136,7 @@ local function now_ms()
   end
   return clock
 end
+{sequence_is_newer}
 local scripts = {{}}
 {functions}
 local out = {{}}
