@@ -48,7 +48,7 @@ pub fn derived_key(batch_key: &str, index: usize, child_key: Option<&str>) -> St
 }
 
 /// A child as published: the batch's id as correlation id, a derived key, and the batch's
-/// actor and deadline unless the child has its own. Anything that is not an object goes as it
+/// actor, deadline and (for `agent.status`) presence policy fields unless the child has its own. Anything that is not an object goes as it
 /// is: it is rejected, alone, when it runs.
 pub fn child_body(batch: &Job, index: usize, child: &Value) -> Vec<u8> {
     let Value::Object(fields) = child else {
@@ -77,6 +77,21 @@ pub fn child_body(batch: &Job, index: usize, child: &Value) -> Vec<u8> {
         fields
             .entry("not_after")
             .or_insert_with(|| json!(crate::events::rfc3339(not_after)));
+    }
+    let policy = match &batch.payload {
+        job::Payload::Batch(payload) => payload.presence_policy.as_ref(),
+        _ => None,
+    };
+    let is_agent_status = fields.get("kind").and_then(Value::as_str) == Some(job::Kind::AgentStatus.as_str());
+    if let (Some(policy), true, Some(Value::Object(payload))) =
+        (policy, is_agent_status, fields.get_mut("payload"))
+    {
+        let Value::Object(defaults) = json!(policy) else {
+            unreachable!("a policy serializes as an object")
+        };
+        for (name, value) in defaults {
+            payload.entry(name).or_insert(value);
+        }
     }
     serde_json::to_vec(&Value::Object(fields)).expect("JSON values serialize")
 }
@@ -252,6 +267,37 @@ mod tests {
         let body: Value = serde_json::from_slice(&child_body(&batch, 7, &own)).unwrap();
         assert_eq!(body["idempotency_key"], "handover-1/u-1");
         assert_eq!(body["actor"], "me");
+    }
+
+    #[test]
+    fn agent_status_children_take_the_batch_presence_policy_unless_they_set_their_own() {
+        let message = json!({
+            "job_id": "0b6f7e8a-2c1d-4e5f-9a0b-1c2d3e4f5a6b",
+            "kind": "batch",
+            "payload": {
+                "jobs": [{"kind": "agent.status"}],
+                "presence_policy": {"if_interacting": "defer", "respect_out_of_office": false},
+            },
+        });
+        let batch = job::decode(&serde_json::to_vec(&message).unwrap(), 1 << 20).unwrap();
+        let child = json!({"kind": "agent.status", "payload": {"presence": "Available", "respect_out_of_office": true}});
+        let body: Value = serde_json::from_slice(&child_body(&batch, 0, &child)).unwrap();
+        assert_eq!(body["payload"]["if_interacting"], "defer");
+        assert_eq!(
+            body["payload"]["respect_out_of_office"], true,
+            "the child's own field wins"
+        );
+        assert!(
+            body["payload"].get("skip_if_current").is_none(),
+            "unset stays unset"
+        );
+
+        let other = json!({"kind": "interaction.status", "payload": {"workitem_id": "x"}});
+        let body: Value = serde_json::from_slice(&child_body(&batch, 1, &other)).unwrap();
+        assert!(
+            body["payload"].get("if_interacting").is_none(),
+            "only agent.status children"
+        );
     }
 
     #[test]

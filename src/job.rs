@@ -80,6 +80,59 @@ pub struct AgentStatus {
     pub message: Option<String>,
     /// Apply only if the agent's current presence is this one (name or definition id).
     pub expected_current: Option<String>,
+    /// What to do when the agent is on a live interaction (routing status `INTERACTING` or
+    /// `COMMUNICATING`); unset: the batch's policy, else `apply`.
+    pub if_interacting: Option<IfInteracting>,
+    /// Leave an agent who is Out of Office alone (`conflict`, `out_of_office`); unset: the
+    /// batch's policy, else true.
+    pub respect_out_of_office: Option<bool>,
+    /// Write nothing for an agent already in the target presence; unset: the batch's policy,
+    /// else true.
+    pub skip_if_current: Option<bool>,
+}
+
+/// `if_interacting` of an `agent.status` job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfInteracting {
+    /// Change the presence anyway (the interaction goes on).
+    Apply,
+    /// Try again later, until `not_after`.
+    Defer,
+    /// End as `conflict`, `agent_interacting`.
+    Skip,
+}
+
+/// The presence policy of an `agent.status` job, its own fields or else its batch's
+/// (`presence_policy`), each unset one at its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresencePolicy {
+    pub if_interacting: IfInteracting,
+    pub respect_out_of_office: bool,
+    pub skip_if_current: bool,
+}
+
+impl AgentStatus {
+    pub fn policy(&self) -> PresencePolicy {
+        PresencePolicy {
+            if_interacting: self.if_interacting.unwrap_or(IfInteracting::Apply),
+            respect_out_of_office: self.respect_out_of_office.unwrap_or(true),
+            skip_if_current: self.skip_if_current.unwrap_or(true),
+        }
+    }
+}
+
+/// A batch's `presence_policy`: the fields its `agent.status` children get unless they set
+/// their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPresencePolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_interacting: Option<IfInteracting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub respect_out_of_office: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_if_current: Option<bool>,
 }
 
 /// `interaction.status` payload: move a workitem to another status of its worktype.
@@ -161,7 +214,27 @@ pub struct FlowDeploy {
     pub rules: Option<crate::flow::Rules>,
     /// Free-form, carried into the audit and CRM events (component versions for VCS sync).
     pub version_matrix: Option<Value>,
+    /// When someone else holds the flow's lock: `conflict` at once, or `wait` for it up to
+    /// `lock_wait_secs`; unset: the worker's `FLOW_LOCK_WAIT_SECS`.
+    pub on_locked: Option<OnLocked>,
+    /// With `on_locked: wait`: how long, at most [`MAX_LOCK_WAIT_SECS`].
+    pub lock_wait_secs: Option<u64>,
+    /// Unlock a flow someone else holds before deploying; only for an actor the worker's
+    /// `FLOW_FORCE_UNLOCK_ACTORS` names, and recorded in the audit event.
+    #[serde(default)]
+    pub force_unlock: bool,
 }
+
+/// `on_locked` of a `flow.deploy` job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLocked {
+    Conflict,
+    Wait,
+}
+
+/// The longest `lock_wait_secs` a job may ask for (an hour).
+pub const MAX_LOCK_WAIT_SECS: u64 = 3600;
 
 /// `batch` payload: child job messages, fanned out as jobs of their own (each decoded and
 /// validated when it runs, so one bad child is rejected alone).
@@ -169,6 +242,8 @@ pub struct FlowDeploy {
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub jobs: Vec<Value>,
+    /// Presence policy fields for the `agent.status` children that do not set their own.
+    pub presence_policy: Option<BatchPresencePolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -700,6 +775,27 @@ fn decode_flow_deploy(value: Value) -> Result<Payload, DecodeError> {
             ));
         }
     }
+    match (payload.on_locked, payload.lock_wait_secs) {
+        (Some(OnLocked::Wait), None) => {
+            return Err(invalid(
+                "invalid_payload",
+                "payload.on_locked is wait: give payload.lock_wait_secs".into(),
+            ))
+        }
+        (Some(OnLocked::Wait), Some(secs)) if secs == 0 || secs > MAX_LOCK_WAIT_SECS => {
+            return Err(invalid(
+                "invalid_payload",
+                format!("payload.lock_wait_secs must be 1 to {MAX_LOCK_WAIT_SECS}"),
+            ))
+        }
+        (Some(OnLocked::Conflict) | None, Some(_)) => {
+            return Err(invalid(
+                "invalid_payload",
+                "payload.lock_wait_secs needs payload.on_locked: wait".into(),
+            ))
+        }
+        _ => {}
+    }
     let rules = payload.rules.clone().unwrap_or_default();
     // A job may tighten the operator's limits on flows, not raise them.
     let ceiling = crate::flow::Rules::default();
@@ -784,6 +880,69 @@ mod tests {
 
     fn agent_job(payload: Value) -> Value {
         json!({"job_id": JOB, "kind": "agent.status", "payload": payload})
+    }
+
+    #[test]
+    fn presence_policy_fields_default_to_apply_respect_and_skip() {
+        let job = decode(
+            &bytes(agent_job(json!({"user_id": USER, "presence": "Break"}))),
+            1 << 20,
+        )
+        .unwrap();
+        let Payload::AgentStatus(payload) = &job.payload else {
+            panic!("agent.status")
+        };
+        assert_eq!(
+            payload.policy(),
+            PresencePolicy {
+                if_interacting: IfInteracting::Apply,
+                respect_out_of_office: true,
+                skip_if_current: true
+            }
+        );
+        let given = agent_job(
+            json!({"user_id": USER, "presence": "Break", "if_interacting": "defer",
+            "respect_out_of_office": false, "skip_if_current": false}),
+        );
+        let job = decode(&bytes(given), 1 << 20).unwrap();
+        let Payload::AgentStatus(payload) = &job.payload else {
+            panic!("agent.status")
+        };
+        assert_eq!(payload.policy().if_interacting, IfInteracting::Defer);
+        assert!(!payload.policy().respect_out_of_office && !payload.policy().skip_if_current);
+        let unknown = agent_job(json!({"user_id": USER, "presence": "Break", "if_interacting": "later"}));
+        assert_eq!(
+            decode(&bytes(unknown), 1 << 20).unwrap_err().code,
+            "invalid_payload"
+        );
+    }
+
+    #[test]
+    fn a_lock_wait_needs_on_locked_wait_and_a_bounded_number_of_seconds() {
+        let flow = |extra: Value| {
+            let mut payload = json!({"flow_id": USER, "flow": {"name": "x", "type": "inboundcall", "start": "s", "nodes": {"s": {"type": "start", "transitions": []}}}});
+            payload
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            bytes(json!({"job_id": JOB, "kind": "flow.deploy", "payload": payload}))
+        };
+        assert!(decode(&flow(json!({"on_locked": "wait", "lock_wait_secs": 30})), 1 << 20).is_ok());
+        assert!(decode(
+            &flow(json!({"on_locked": "conflict", "force_unlock": true})),
+            1 << 20
+        )
+        .is_ok());
+        for bad in [
+            json!({"on_locked": "wait"}),
+            json!({"on_locked": "wait", "lock_wait_secs": 0}),
+            json!({"on_locked": "wait", "lock_wait_secs": MAX_LOCK_WAIT_SECS + 1}),
+            json!({"lock_wait_secs": 30}),
+            json!({"on_locked": "steal"}),
+        ] {
+            let err = decode(&flow(bad.clone()), 1 << 20).unwrap_err();
+            assert_eq!(err.code, "invalid_payload", "{bad}: {}", err.message);
+        }
     }
 
     #[test]
