@@ -382,6 +382,8 @@ pub struct Config {
     pub flow_operation_timeout_secs: u64,
     /// How long a deploy waits for someone else's lock on its flow; 0: a `conflict` at once.
     pub flow_lock_wait_secs: u64,
+    /// The job actors (`actor`) whose `flow.deploy` may ask for `force_unlock`; none by default.
+    pub flow_force_unlock_actors: Vec<String>,
     pub admin_addr: SocketAddr,
     pub log_format: LogFormat,
     pub ingest_addr: Option<SocketAddr>,
@@ -526,6 +528,16 @@ impl Config {
             flow_poll_ms: env.positive("FLOW_POLL_MS", 1_000)?,
             flow_operation_timeout_secs: env.positive("FLOW_OPERATION_TIMEOUT_SECS", 300)?,
             flow_lock_wait_secs: env.whole("FLOW_LOCK_WAIT_SECS", 0)?,
+            flow_force_unlock_actors: env
+                .get("FLOW_FORCE_UNLOCK_ACTORS")
+                .map(|raw| {
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|actor| !actor.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
             admin_addr: env.socket_addr("ADMIN_ADDR", "127.0.0.1:9090")?,
             log_format,
             ingest_addr,

@@ -225,6 +225,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 poll: Duration::from_millis(config.flow_poll_ms),
                 timeout: Duration::from_secs(config.flow_operation_timeout_secs),
                 lock_wait: Duration::from_secs(config.flow_lock_wait_secs),
+                force_unlock_actors: config.flow_force_unlock_actors.clone(),
             },
             bulk: bulk.cloned(),
             limits: config.limits,

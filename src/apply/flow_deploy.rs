@@ -40,7 +40,7 @@ use crate::job::{FlowDeploy, Job};
 use crate::retry::RetryPolicy;
 
 /// How the lifecycle waits for Architect's asynchronous operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowSettings {
     /// Between two reads of the flow while an operation runs (each read is a Genesys call).
     pub poll: Duration,
@@ -49,6 +49,8 @@ pub struct FlowSettings {
     /// How long to wait for someone else's lock (a person in Architect, another client) to be
     /// released before the deploy is a `conflict`; zero: at once.
     pub lock_wait: Duration,
+    /// `FLOW_FORCE_UNLOCK_ACTORS`: the job actors allowed to ask for `force_unlock`.
+    pub force_unlock_actors: Vec<String>,
 }
 
 impl Default for FlowSettings {
@@ -57,6 +59,7 @@ impl Default for FlowSettings {
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(300),
             lock_wait: Duration::ZERO,
+            force_unlock_actors: Vec::new(),
         }
     }
 }
