@@ -3,7 +3,7 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::limits::Limit;
@@ -132,6 +132,112 @@ pub(crate) fn authorize(sandbox: &Sandbox, headers: &HeaderMap) -> Result<String
 /// Parses a path id the way the API does: anything that is not a known id is "not found".
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("The {what} {raw} was not found.")))
+}
+
+/// The values of query parameter `name`, given repeated (`id=a&id=b`, as the SDK's collection
+/// format `multi` sends lists) or comma-separated (`id=a,b`, as the Python SDK sends them), or
+/// both; empty values are dropped.
+pub(crate) fn query_list(query: Option<&str>, name: &str) -> Vec<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .flat_map(|(_, value)| {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The last value of query parameter `name`.
+pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .last()
+}
+
+/// A page of a listing: `pageNumber` (from 1) and `pageSize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    pub number: usize,
+    pub size: usize,
+}
+
+impl Page {
+    /// `pageNumber` and `pageSize` of the query (defaults 1 and `default_size`); a size above
+    /// `max_size`, below 1 or not a number answers 400.
+    pub(crate) fn from_query(
+        query: Option<&str>,
+        default_size: usize,
+        max_size: usize,
+    ) -> Result<Self, ApiError> {
+        let number = |name: &str, default: usize| match query_value(query, name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be a positive integer, got {raw:?}."))
+                }),
+        };
+        let page = Self {
+            number: number("pageNumber", 1)?,
+            size: number("pageSize", default_size)?,
+        };
+        if page.size > max_size {
+            return Err(ApiError::bad_request(format!(
+                "pageSize must be at most {max_size}, got {}.",
+                page.size
+            )));
+        }
+        Ok(page)
+    }
+
+    /// The items of this page.
+    pub(crate) fn of<T>(self, items: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
+        items
+            .into_iter()
+            .skip((self.number - 1).saturating_mul(self.size))
+            .take(self.size)
+    }
+
+    /// A listing's body (`…EntityListing`): `entities` of `total`, with `pageSize`,
+    /// `pageNumber`, `total`, `pageCount`, and `selfUri`, `firstUri`, `lastUri`, `nextUri` and
+    /// `previousUri` (the last two when there is such a page) of `path` with `query` (`a=b&…`,
+    /// or empty) before the paging parameters.
+    pub(crate) fn listing(self, entities: Vec<Value>, total: usize, path: &str, query: &str) -> Value {
+        let page_count = total.div_ceil(self.size);
+        let uri = |number: usize| {
+            let prefix = if query.is_empty() {
+                String::new()
+            } else {
+                format!("{query}&")
+            };
+            format!("{path}?{prefix}pageSize={}&pageNumber={number}", self.size)
+        };
+        let mut body = json!({
+            "entities": entities,
+            "pageSize": self.size,
+            "pageNumber": self.number,
+            "total": total,
+            "pageCount": page_count,
+            "selfUri": uri(self.number),
+            "firstUri": uri(1),
+            "lastUri": uri(page_count.max(1)),
+        });
+        if self.number < page_count {
+            body["nextUri"] = json!(uri(self.number + 1));
+        }
+        if self.number > 1 {
+            body["previousUri"] = json!(uri((self.number - 1).min(page_count.max(1))));
+        }
+        body
+    }
 }
 
 /// Reads a JSON body, answering malformed input with Genesys' 400.

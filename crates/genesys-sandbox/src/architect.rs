@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::api::{authorize, json_body, parse_id, ApiError};
+use super::api::{authorize, json_body, parse_id, query_list, query_value, ApiError, Page};
 use super::behaviour::{Behaviour, FlowOperations};
 use super::state::genesys_time;
 use super::Sandbox;
@@ -63,11 +63,41 @@ struct Version {
     published: Option<OffsetDateTime>,
 }
 
-/// Why a publish failed: `errorCode` and `errorMessage` of its `Operation`.
+/// Why a publish failed: `errorCode`, `errorMessage`, `errorMessageParams` and `errorDetails`
+/// (the SDK's `Detail`s) of its `Operation`.
 #[derive(Debug, Clone)]
 struct Failure {
     code: String,
     message: String,
+    params: BTreeMap<String, String>,
+    details: Vec<Value>,
+}
+
+impl Failure {
+    /// A publish of `version` of the flow refused by Architect's validation.
+    fn publish(flow: Uuid, name: &str, version: Option<&str>) -> Self {
+        const CODE: &str = "architect.publish.failed";
+        let version = version.unwrap_or("latest");
+        let params = BTreeMap::from([
+            ("flowId".to_string(), flow.to_string()),
+            ("flowName".to_string(), name.to_string()),
+            ("version".to_string(), version.to_string()),
+            ("errorCount".to_string(), "1".to_string()),
+        ]);
+        Self {
+            code: CODE.into(),
+            message: format!(
+                "Version {version} of flow '{name}' failed to publish: 1 validation error was found."
+            ),
+            params,
+            details: vec![json!({
+                "errorCode": CODE,
+                "fieldName": "startUpRef",
+                "entityId": flow,
+                "entityName": name,
+            })],
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,8 +116,8 @@ struct Operation {
 }
 
 impl Operation {
-    /// The `Operation` body; `failure_details` become its `errorDetails` if it failed.
-    fn to_json(&self, failure_details: Vec<Value>) -> Value {
+    /// The `Operation` body.
+    fn to_json(&self) -> Value {
         let (status, complete) = match &self.outcome {
             None => ("PENDING_GENERATION", false),
             Some(Ok(())) => ("SUCCESS", true),
@@ -103,9 +133,75 @@ impl Operation {
         if let Some(Err(failure)) = &self.outcome {
             value["errorCode"] = json!(failure.code);
             value["errorMessage"] = json!(failure.message);
-            value["errorDetails"] = json!(failure_details);
+            value["errorDetails"] = json!(failure.details);
+            value["errorMessageParams"] = json!(failure.params);
         }
         value
+    }
+}
+
+/// A resource that uses a flow, as dependency tracking reports it (a `Dependency`): set through
+/// `PUT /sandbox/flows/{flowId}/consumers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Consumer {
+    pub id: String,
+    /// The id when not given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A `Dependency.type`, e.g. `INBOUNDCALLFLOW`, `COMMONMODULEFLOW`, `QUEUE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `1.0` when not given.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl Consumer {
+    /// Why it cannot be reported.
+    pub fn problem(&self) -> Option<String> {
+        if self.id.trim().is_empty() {
+            return Some("consumers: id must not be empty".into());
+        }
+        let well_formed = !self.kind.is_empty()
+            && self
+                .kind
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !well_formed {
+            return Some(format!(
+                "consumers: type {:?} is not a Dependency type such as INBOUNDCALLFLOW",
+                self.kind
+            ));
+        }
+        None
+    }
+
+    /// The `Dependency` body.
+    fn to_json(&self) -> Value {
+        let mut value = json!({
+            "id": self.id,
+            "name": self.name.as_deref().unwrap_or(&self.id),
+            "version": self.version.as_deref().unwrap_or("1.0"),
+            "type": self.kind,
+            "deleted": false,
+            "updated": false,
+            "stateUnknown": false,
+        });
+        if self.kind.ends_with("FLOW") || self.kind == "WORKFLOW" {
+            value["selfUri"] = json!(format!("/api/v2/flows/{}", self.id));
+        }
+        value
+    }
+}
+
+/// The dependency tracking type (`objectType`) of a flow of `flow_type`: `INBOUNDCALL` →
+/// `INBOUNDCALLFLOW`, `WORKFLOW` as it is.
+fn dependency_type(flow_type: &str) -> String {
+    if flow_type == "WORKFLOW" {
+        flow_type.to_string()
+    } else {
+        format!("{flow_type}FLOW")
     }
 }
 
@@ -140,6 +236,10 @@ struct Flow {
     /// The complete operation before `operation`, which `stale_operation` keeps showing.
     previous_operation: Option<Operation>,
     fail_next_publish: bool,
+    /// The next publish that moves `publishedVersion` alters the published configuration.
+    alter_next_publish: bool,
+    /// What dependency tracking reports as consuming the flow (set by the control API).
+    consumers: Vec<Consumer>,
     /// When `POST /api/v2/flows` created it (seeded flows have always existed), for the
     /// consistency lag of reads.
     created_at: Option<Instant>,
@@ -181,6 +281,8 @@ impl Flow {
             operation: None,
             previous_operation: None,
             fail_next_publish: false,
+            alter_next_publish: false,
+            consumers: Vec::new(),
             created_at: None,
             checked_in_at: None,
         }
@@ -248,6 +350,23 @@ impl FlowState {
             .map(|f| f.fail_next_publish = true)
             .is_some()
     }
+
+    /// Makes the next publish of `flow` that moves its `publishedVersion` publish a
+    /// configuration other than the one saved.
+    pub fn alter_next_publish(&mut self, flow: Uuid) -> bool {
+        self.flows
+            .get_mut(&flow)
+            .map(|f| f.alter_next_publish = true)
+            .is_some()
+    }
+
+    /// Sets what dependency tracking reports as consuming `flow` (replacing what was set).
+    pub fn set_consumers(&mut self, flow: Uuid, consumers: Vec<Consumer>) -> bool {
+        self.flows
+            .get_mut(&flow)
+            .map(|f| f.consumers = consumers)
+            .is_some()
+    }
 }
 
 /// Whether something written at `at` is still behind what reads see.
@@ -286,10 +405,7 @@ impl Flow {
             }
             _ if self.fail_next_publish => {
                 self.fail_next_publish = false;
-                op.outcome = Some(Err(Failure {
-                    code: "architect.publish.failed".into(),
-                    message: "The flow failed to publish: validation errors were found.".into(),
-                }));
+                op.outcome = Some(Err(Failure::publish(self.id, &self.name, op.target.as_deref())));
             }
             _ => {
                 // An unknown version "publishes" successfully and changes nothing.
@@ -301,6 +417,12 @@ impl Flow {
                     version.kind = "PUBLISH";
                     version.published = Some(OffsetDateTime::now_utc());
                     self.published = Some(version.id.clone());
+                    // As if Genesys published something other than what was saved.
+                    if std::mem::take(&mut self.alter_next_publish) {
+                        if let Some(configuration) = version.configuration.as_object_mut() {
+                            configuration.insert("sandboxAltered".into(), Value::Bool(true));
+                        }
+                    }
                 }
                 op.outcome = Some(Ok(()));
             }
@@ -349,29 +471,10 @@ impl Flow {
         if immediate {
             self.settle();
         }
-        // Only an answer that carries the outcome details a failure; the flow's
-        // `currentOperation` keeps the empty `errorDetails` the sandbox has always shown.
-        let details = if immediate {
-            self.failure_details()
-        } else {
-            Vec::new()
-        };
         self.operation
             .as_ref()
-            .map(|op| op.to_json(details))
+            .map(Operation::to_json)
             .unwrap_or(Value::Null)
-    }
-
-    /// `errorDetails` of a failed operation reported in the response (the SDK's `Detail`).
-    fn failure_details(&self) -> Vec<Value> {
-        match self.operation.as_ref().and_then(|op| op.outcome.as_ref()) {
-            Some(Err(failure)) => vec![json!({
-                "errorCode": failure.code,
-                "entityId": self.id,
-                "entityName": self.name,
-            })],
-            _ => Vec::new(),
-        }
     }
 
     /// The operation a read of the flow shows under `mode`.
@@ -450,7 +553,7 @@ impl Flow {
             }
         }
         if let Some(op) = self.shown_operation(mode) {
-            value["currentOperation"] = op.to_json(Vec::new());
+            value["currentOperation"] = op.to_json();
         }
         value
     }
@@ -864,6 +967,57 @@ pub(crate) async fn list_versions(
             "selfUri": format!("/api/v2/flows/{}/versions?pageNumber={page_number}&pageSize={page_size}", flow.id),
         })))
     })
+}
+
+/// `GET /api/v2/architect/dependencytracking/consumingresources?id=&objectType=`:
+/// `ConsumingResourcesEntityListing` of the consumers set for the flow `id` through the control
+/// API, when `objectType` is the flow's (`INBOUNDCALLFLOW` for an `INBOUNDCALL` flow); else, as
+/// for any object nothing consumes, none. `resourceType` (repeated or comma-separated) keeps
+/// those types only; `version` and `flowFilter` are accepted and not applied; `pageSize` (25)
+/// and `pageNumber` page. Without `id` or `objectType`: 400.
+pub(crate) async fn consuming_resources(
+    State(sandbox): State<Arc<Sandbox>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&sandbox, &headers)?;
+    let query = query.as_deref();
+    let required = |name: &str| {
+        query_value(query, name)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("The {name} query parameter is required.")))
+    };
+    let id = required("id")?;
+    let object_type = required("objectType")?;
+    let page = Page::from_query(query, 25, usize::MAX)?;
+    let resource_types = query_list(query, "resourceType");
+    let world = sandbox.world();
+    let consumers: Vec<&Consumer> = Uuid::parse_str(&id)
+        .ok()
+        .and_then(|flow| world.flows.flows.get(&flow))
+        .filter(|flow| dependency_type(flow.flow_type).eq_ignore_ascii_case(&object_type))
+        .map(|flow| {
+            flow.consumers
+                .iter()
+                .filter(|c| {
+                    resource_types.is_empty()
+                        || resource_types.iter().any(|t| t.eq_ignore_ascii_case(&c.kind))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total = consumers.len();
+    let entities: Vec<Value> = page.of(consumers).map(Consumer::to_json).collect();
+    let uri_query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("id", &id)
+        .append_pair("objectType", &object_type)
+        .finish();
+    Ok(Json(page.listing(
+        entities,
+        total,
+        "/api/v2/architect/dependencytracking/consumingresources",
+        &uri_query,
+    )))
 }
 
 pub(crate) async fn version_configuration(

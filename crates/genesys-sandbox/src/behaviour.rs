@@ -9,6 +9,7 @@
 //! | `org_limit` | an org-wide limit on one route family, shared with a simulated other integration ([`OrgLimit`]) |
 //! | `consistency_lag_ms` | for this long after a write, reads may show the old state or 404 (a new entity), a publish right after a checkin may answer 409 |
 //! | `gateway` | errors from the gateway in front of the API: 502/504 with an HTML or empty body, connections reset before an answer ([`GatewayErrors`]) |
+//! | `expand_omitted_every` | expansion as the best effort the API documents: in every `GET /api/v2/users` listing, every Nth entity (N, 2N, … counting from 1) comes without `presence`, `routingStatus` and `outOfOffice`; 0 (the default) never |
 
 use std::collections::BTreeMap;
 
@@ -105,6 +106,9 @@ pub struct Behaviour {
     pub org_limit: Option<OrgLimit>,
     pub consistency_lag_ms: u64,
     pub gateway: Option<GatewayErrors>,
+    /// In every `GET /api/v2/users` listing, every Nth entity comes without its expanded
+    /// fields; 0: never.
+    pub expand_omitted_every: u32,
 }
 
 impl Default for Behaviour {
@@ -115,6 +119,7 @@ impl Default for Behaviour {
             org_limit: None,
             consistency_lag_ms: 0,
             gateway: None,
+            expand_omitted_every: 0,
         }
     }
 }

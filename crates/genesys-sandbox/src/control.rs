@@ -11,8 +11,11 @@
 //! | `GET`/`POST`/`DELETE /sandbox/faults` | list, set (one route's [`Fault`]), clear all |
 //! | `GET`/`PUT`/`DELETE /sandbox/behaviour` | the [`Behaviour`] played (PUT replaces it; fields not given take their defaults) |
 //! | `POST /sandbox/flows/{flowId}/lock` | lock a flow as another client (`{client_id}`, default `other-client`) or as a person (`{user_id}`, shown as `lockedUser`); `release_after_ms` makes the holder let go by itself |
-//! | `POST /sandbox/flows/{flowId}/fail-next-publish` | the flow's next publish fails |
-//! | `GET /sandbox/users` | seeded users with current presence and routing status |
+//! | `POST /sandbox/flows/{flowId}/fail-next-publish` | the flow's next publish fails (`FAILURE` with `errorCode`, `errorMessage`, `errorMessageParams`, `errorDetails`) |
+//! | `POST /sandbox/flows/{flowId}/alter-next-publish` | the flow's next publish that moves `publishedVersion` succeeds, but the published version's configuration then reads back with `"sandboxAltered": true` added at the top level |
+//! | `PUT /sandbox/flows/{flowId}/consumers` | `{consumers: [{id, name, type, version?}]}`: what dependency tracking (`consumingresources`) reports as using the flow (replaces) |
+//! | `GET /sandbox/users` | seeded users with current presence, routing status and Out of Office (`outOfOffice`: active or not; `routingStatusRevertsAt` while a status set for a while lasts) |
+//! | `PUT /sandbox/users/{userId}/state` | state only Genesys sets: `{out_of_office?: bool, routing_status?: "INTERACTING"\|"COMMUNICATING"\|"IDLE"\|"OFF_QUEUE"\|"NOT_RESPONDING", revert_after_ms?}`; with `revert_after_ms` the routing status goes back to what it was after that long (the interaction ends); answers the user as `GET /sandbox/users` lists them |
 //! | `POST /sandbox/tokens/revoke` | invalidate every token (the next API call gets a 401) |
 
 use std::sync::Arc;
@@ -20,16 +23,17 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::architect::LockHolder;
+use super::architect::{Consumer, LockHolder};
 use super::behaviour::Behaviour;
 use super::faults::Fault;
-use super::state::World;
+use super::presence::ALL_ROUTING;
+use super::state::{genesys_time, OutOfOffice, User, World};
 use super::{RateLimit, Sandbox, OTHER_CLIENT_ID};
 
 type Reply = (StatusCode, Json<Value>);
@@ -60,7 +64,13 @@ pub(crate) fn router() -> Router<Arc<Sandbox>> {
             "/sandbox/flows/{flowId}/fail-next-publish",
             post(fail_next_publish),
         )
+        .route(
+            "/sandbox/flows/{flowId}/alter-next-publish",
+            post(alter_next_publish),
+        )
+        .route("/sandbox/flows/{flowId}/consumers", put(set_consumers))
         .route("/sandbox/users", get(users))
+        .route("/sandbox/users/{userId}/state", put(set_user_state))
         .route("/sandbox/webhook", get(webhook_deliveries).post(webhook))
         .route("/sandbox/tokens/revoke", post(revoke_tokens))
 }
@@ -291,18 +301,123 @@ async fn fail_next_publish(State(sandbox): State<Arc<Sandbox>>, Path(flow): Path
     }
 }
 
+async fn alter_next_publish(State(sandbox): State<Arc<Sandbox>>, Path(flow): Path<Uuid>) -> Reply {
+    if sandbox.world().flows.alter_next_publish(flow) {
+        (
+            StatusCode::OK,
+            Json(json!({"flow": flow, "alter_next_publish": true})),
+        )
+    } else {
+        refused(StatusCode::NOT_FOUND, format!("no flow {flow}"))
+    }
+}
+
+/// `PUT /sandbox/flows/{flowId}/consumers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Consumers {
+    consumers: Vec<Consumer>,
+}
+
+async fn set_consumers(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(flow): Path<Uuid>,
+    Json(body): Json<Consumers>,
+) -> Reply {
+    if let Some(problem) = body.consumers.iter().find_map(Consumer::problem) {
+        return refused(StatusCode::BAD_REQUEST, problem);
+    }
+    let count = body.consumers.len();
+    if sandbox.world().flows.set_consumers(flow, body.consumers) {
+        (StatusCode::OK, Json(json!({"flow": flow, "consumers": count})))
+    } else {
+        refused(StatusCode::NOT_FOUND, format!("no flow {flow}"))
+    }
+}
+
+/// A user as the control API shows them.
+fn user_view(world: &World, id: Uuid, user: &User) -> Value {
+    let presence = world.definition(user.presence).map(|d| d.label);
+    let (routing_status, _) = user.routing();
+    let mut view = json!({
+        "id": id,
+        "name": user.name,
+        "presence": presence,
+        "routingStatus": routing_status,
+        "outOfOffice": user.out_of_office.active,
+    });
+    if let Some(at) = user.routing_reverts_at() {
+        view["routingStatusRevertsAt"] = json!(genesys_time(at));
+    }
+    view
+}
+
 async fn users(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
     let world = sandbox.world();
     let mut users: Vec<_> = world.users.iter().collect();
     users.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     let users: Vec<Value> = users
         .into_iter()
-        .map(|(id, user)| {
-            let presence = world.definition(user.presence).map(|d| d.label);
-            json!({"id": id, "name": user.name, "presence": presence, "routingStatus": user.routing_status})
-        })
+        .map(|(id, user)| user_view(&world, *id, user))
         .collect();
     Json(json!({"entities": users}))
+}
+
+/// `PUT /sandbox/users/{userId}/state`: what only Genesys sets about a user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserState {
+    out_of_office: Option<bool>,
+    routing_status: Option<String>,
+    revert_after_ms: Option<u64>,
+}
+
+async fn set_user_state(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(user_id): Path<Uuid>,
+    Json(state): Json<UserState>,
+) -> Reply {
+    let routing = match state.routing_status.as_deref() {
+        None => None,
+        Some(raw) => match ALL_ROUTING.iter().find(|s| **s == raw) {
+            Some(status) => Some(*status),
+            None => {
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    format!("routing_status {raw:?} is not one of {}", ALL_ROUTING.join(", ")),
+                )
+            }
+        },
+    };
+    if routing.is_none() && state.revert_after_ms.is_some() {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "revert_after_ms needs a routing_status to revert from",
+        );
+    }
+    let mut world = sandbox.world();
+    let Some(user) = world.users.get_mut(&user_id) else {
+        return refused(StatusCode::NOT_FOUND, format!("no user {user_id}"));
+    };
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(status) = routing {
+        let after = state.revert_after_ms.map(Duration::from_millis);
+        user.set_routing_until(status, now, after);
+    }
+    if let Some(active) = state.out_of_office {
+        user.out_of_office = if active {
+            OutOfOffice {
+                active: true,
+                indefinite: true,
+                start_date: Some(now),
+                end_date: None,
+            }
+        } else {
+            OutOfOffice::default()
+        };
+    }
+    let user = user.clone();
+    (StatusCode::OK, Json(user_view(&world, user_id, &user)))
 }
 
 async fn revoke_tokens(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {

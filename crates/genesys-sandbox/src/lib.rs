@@ -25,6 +25,7 @@ mod oauth;
 mod presence;
 mod state;
 mod taskmanagement;
+mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -233,6 +234,12 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
     let genesys = Router::new()
         .route("/oauth/token", post(oauth::token))
         .route("/api/v2/presence/definitions", get(presence::definitions))
+        .route("/api/v2/users", get(users::list_users))
+        .route("/api/v2/users/{userId}", get(users::get_user))
+        .route(
+            "/api/v2/users/{userId}/outofoffice",
+            get(users::get_out_of_office).put(users::put_out_of_office),
+        )
         .route(
             "/api/v2/users/{userId}/presences/purecloud",
             get(presence::get_presence).patch(presence::patch_presence),
@@ -274,6 +281,10 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/api/v2/flows/actions/publish", post(architect::publish))
         .route("/api/v2/flows/actions/revert", post(architect::revert))
         .route("/api/v2/flows/actions/unlock", post(architect::unlock))
+        .route(
+            "/api/v2/architect/dependencytracking/consumingresources",
+            get(architect::consuming_resources),
+        )
         .route(
             "/api/v2/organizations/limits/namespaces",
             get(limits::list_namespaces),

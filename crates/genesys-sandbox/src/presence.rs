@@ -20,7 +20,9 @@ use super::Sandbox;
 
 /// Routing statuses a client may set; the others reflect live interactions.
 const SETTABLE_ROUTING: [&str; 2] = ["OFF_QUEUE", "IDLE"];
-const ALL_ROUTING: [&str; 5] = [
+/// Routing statuses of an agent on a live interaction.
+const LIVE_ROUTING: [&str; 2] = ["INTERACTING", "COMMUNICATING"];
+pub(crate) const ALL_ROUTING: [&str; 5] = [
     "OFF_QUEUE",
     "IDLE",
     "INTERACTING",
@@ -38,7 +40,7 @@ pub(crate) async fn definitions(
     Ok(Json(json!({"total": entities.len(), "entities": entities})))
 }
 
-fn user_presence(world: &World, user_id: Uuid, user: &User) -> Value {
+pub(crate) fn user_presence(world: &World, user_id: Uuid, user: &User) -> Value {
     let definition = world.definition(user.presence).map(|d| d.reference());
     json!({
         "source": "PURECLOUD",
@@ -50,7 +52,7 @@ fn user_presence(world: &World, user_id: Uuid, user: &User) -> Value {
     })
 }
 
-fn user_not_found(user_id: impl std::fmt::Display) -> ApiError {
+pub(crate) fn user_not_found(user_id: impl std::fmt::Display) -> ApiError {
     ApiError::not_found(format!("The user {user_id} was not found."))
 }
 
@@ -118,14 +120,12 @@ fn change_presence(
     if let Some(definition) = &definition {
         user.presence = definition.id;
         // As in Genesys: going On Queue makes the agent routable, leaving it takes them off queue.
-        let routing = if definition.system_presence == "OnQueue" {
-            "IDLE"
-        } else {
-            "OFF_QUEUE"
-        };
-        if user.routing_status != routing {
-            user.routing_status = routing;
-            user.routing_started = now;
+        // An agent on a live interaction stays on it when (again) On Queue.
+        let on_queue = definition.system_presence == "OnQueue";
+        let (current, started) = user.routing();
+        if !(on_queue && LIVE_ROUTING.contains(&current)) {
+            let routing = if on_queue { "IDLE" } else { "OFF_QUEUE" };
+            user.set_routing(routing, if current == routing { started } else { now });
         }
     }
     if let Some(message) = message {
@@ -248,6 +248,12 @@ pub(crate) async fn get_bulk(
     Ok(Json(Value::Array(presences)))
 }
 
+/// The `RoutingStatus` of `user` as read now.
+pub(crate) fn user_routing_status(user_id: Uuid, user: &User) -> Value {
+    let (status, started) = user.routing();
+    routing_status(user_id, status, started)
+}
+
 fn routing_status(user_id: Uuid, status: &str, started: OffsetDateTime) -> Value {
     json!({"userId": user_id, "status": status, "startTime": genesys_time(started)})
 }
@@ -262,7 +268,7 @@ pub(crate) async fn get_routing_status(
     let world = sandbox.world();
     // The API answers OFF_QUEUE for a user that does not exist, not 404.
     Ok(Json(match world.users.get(&user_id) {
-        Some(user) => routing_status(user_id, user.routing_status, user.routing_started),
+        Some(user) => user_routing_status(user_id, user),
         None => routing_status(user_id, "OFF_QUEUE", OffsetDateTime::now_utc()),
     }))
 }
@@ -295,8 +301,7 @@ pub(crate) async fn put_routing_status(
         .users
         .get_mut(&user_id)
         .ok_or_else(|| user_not_found(user_id))?;
-    user.routing_status = status;
-    user.routing_started = now;
+    user.set_routing(status, now);
     let path = format!("/api/v2/users/{user_id}/routingstatus");
     world.record(client_id, "PUT", path, format!("user:{user_id}"), body);
     Ok(Json(routing_status(user_id, status, now)))

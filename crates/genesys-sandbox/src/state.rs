@@ -91,8 +91,79 @@ pub(crate) struct User {
     pub presence: Uuid,
     pub message: String,
     pub presence_modified: OffsetDateTime,
-    pub routing_status: &'static str,
-    pub routing_started: OffsetDateTime,
+    /// Read through [`User::routing`]: a pending [`RoutingRevert`] may have replaced it.
+    routing_status: &'static str,
+    routing_started: OffsetDateTime,
+    /// Set by the control API: the routing status goes back to `to` at `at` (an interaction
+    /// ends), checked when read.
+    routing_revert: Option<RoutingRevert>,
+    pub out_of_office: OutOfOffice,
+}
+
+/// A routing status set for a while by the control API, and what it goes back to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutingRevert {
+    pub at: OffsetDateTime,
+    pub to: &'static str,
+}
+
+/// A user's Out of Office (`OutOfOffice`): inactive until set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct OutOfOffice {
+    pub active: bool,
+    pub indefinite: bool,
+    pub start_date: Option<OffsetDateTime>,
+    pub end_date: Option<OffsetDateTime>,
+}
+
+impl User {
+    fn seeded(name: String, presence: Uuid, at: OffsetDateTime) -> Self {
+        Self {
+            name,
+            presence,
+            message: String::new(),
+            presence_modified: at,
+            routing_status: "OFF_QUEUE",
+            routing_started: at,
+            routing_revert: None,
+            out_of_office: OutOfOffice::default(),
+        }
+    }
+
+    /// The routing status as read now, and since when: a revert whose time has come has
+    /// happened.
+    pub fn routing(&self) -> (&'static str, OffsetDateTime) {
+        match self.routing_revert {
+            Some(revert) if OffsetDateTime::now_utc() >= revert.at => (revert.to, revert.at),
+            _ => (self.routing_status, self.routing_started),
+        }
+    }
+
+    /// When a routing status set for a while goes back, if it has not yet.
+    pub fn routing_reverts_at(&self) -> Option<OffsetDateTime> {
+        self.routing_revert
+            .map(|revert| revert.at)
+            .filter(|at| OffsetDateTime::now_utc() < *at)
+    }
+
+    /// Sets the routing status, in it since `started`; a pending revert is dropped, as the
+    /// status set now replaces what it would go back from.
+    pub fn set_routing(&mut self, status: &'static str, started: OffsetDateTime) {
+        self.routing_status = status;
+        self.routing_started = started;
+        self.routing_revert = None;
+    }
+
+    /// Sets the routing status at `now` (a new start time only when it changes); with `after`,
+    /// only until `now + after`, when it goes back to what it is now.
+    pub fn set_routing_until(&mut self, status: &'static str, now: OffsetDateTime, after: Option<Duration>) {
+        let (before, started) = self.routing();
+        self.set_routing(status, if before == status { started } else { now });
+        self.routing_revert = after.map(|after| RoutingRevert {
+            at: now + after,
+            to: before,
+        });
+    }
 }
 
 /// One applied change, as the control API reports it.
@@ -276,15 +347,10 @@ impl World {
         let epoch = OffsetDateTime::now_utc();
         let users = (0..config.users)
             .map(|n| {
-                let user = User {
-                    name: format!("Agent {:03}", n + 1),
-                    presence: offline,
-                    message: String::new(),
-                    presence_modified: epoch,
-                    routing_status: "OFF_QUEUE",
-                    routing_started: epoch,
-                };
-                (user_id(n), user)
+                (
+                    user_id(n),
+                    User::seeded(format!("Agent {:03}", n + 1), offline, epoch),
+                )
             })
             .collect();
         let mut world = Self {
