@@ -4,7 +4,7 @@
 //! after a crash carries the same id and consumers can deduplicate on it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -58,6 +58,10 @@ impl std::fmt::Display for Outcome {
 pub struct EventError {
     pub code: String,
     pub message: String,
+    /// What Genesys said about a failed asynchronous operation (a flow's checkin or publish),
+    /// for whoever has to fix the flow; absent for every other error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<ErrorDetails>,
 }
 
 impl EventError {
@@ -67,7 +71,93 @@ impl EventError {
         Self {
             code: crate::bounded::truncate(&code.into(), crate::bounded::VALUE_MAX).into_owned(),
             message: crate::bounded::message(message.into()),
+            details: None,
         }
+    }
+
+    /// This error with `details`, bounded ([`ErrorDetails::bounded`]).
+    pub fn with_details(mut self, details: Option<ErrorDetails>) -> Self {
+        self.details = details.map(ErrorDetails::bounded);
+        self
+    }
+}
+
+/// A failed Genesys `Operation`'s own account of the failure, as Genesys sent it (`error.details`
+/// of an audit event, `x-error-details` of a dead letter). Each field is null when Genesys sent
+/// none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetails {
+    /// `errorCode`.
+    pub error_code: Option<String>,
+    /// `errorDetails`: `Detail`s (`errorCode`, `fieldName`, `entityId`, `entityName`).
+    pub error_details: Option<Vec<Value>>,
+    /// `errorMessageParams`: the values of the placeholders of `errorMessage`.
+    pub error_message_params: Option<Map<String, Value>>,
+    /// Entries of `error_details` left out to keep the event or header bounded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub error_details_omitted: usize,
+}
+
+/// Most `errorDetails` entries (and `errorMessageParams` members) an event carries: a flow with
+/// hundreds of validation errors must not make an event of megabytes; the first ones name the
+/// problem.
+pub const DETAILS_ENTRIES_MAX: usize = 25;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl ErrorDetails {
+    /// These details with at most [`DETAILS_ENTRIES_MAX`] entries and members, and every text
+    /// in them cut to [`crate::bounded::VALUE_MAX`] (Genesys echoes flow and node names).
+    pub fn bounded(mut self) -> Self {
+        use crate::bounded::{truncate, VALUE_MAX};
+        self.error_code = self
+            .error_code
+            .map(|code| truncate(&code, VALUE_MAX).into_owned());
+        if let Some(details) = &mut self.error_details {
+            if details.len() > DETAILS_ENTRIES_MAX {
+                self.error_details_omitted += details.len() - DETAILS_ENTRIES_MAX;
+                details.truncate(DETAILS_ENTRIES_MAX);
+            }
+            details.iter_mut().for_each(bound_texts);
+        }
+        if let Some(params) = &mut self.error_message_params {
+            let kept: Map<String, Value> = std::mem::take(params)
+                .into_iter()
+                .take(DETAILS_ENTRIES_MAX)
+                .map(|(name, mut value)| {
+                    bound_texts(&mut value);
+                    (truncate(&name, VALUE_MAX).into_owned(), value)
+                })
+                .collect();
+            *params = kept;
+        }
+        self
+    }
+}
+
+/// Cuts every string in `value` (keys included) to [`crate::bounded::VALUE_MAX`].
+fn bound_texts(value: &mut Value) {
+    use crate::bounded::{truncate, VALUE_MAX};
+    match value {
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(cut) = truncate(text, VALUE_MAX) {
+                *text = cut;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_texts),
+        Value::Object(members) => {
+            let bounded: Map<String, Value> = std::mem::take(members)
+                .into_iter()
+                .map(|(name, mut item)| {
+                    bound_texts(&mut item);
+                    (truncate(&name, VALUE_MAX).into_owned(), item)
+                })
+                .collect();
+            *members = bounded;
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
@@ -269,6 +359,48 @@ mod tests {
         assert_eq!(id, expected);
         assert_ne!(id, audit_event_id("key-1", job, Outcome::Duplicate));
         assert_ne!(crm_event_id("key-1", job), id);
+    }
+
+    #[test]
+    fn an_error_without_details_serializes_as_before_and_details_are_bounded() {
+        let plain = EventError::new("flow_locked", "job j: flow:f: locked");
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::json!({"code": "flow_locked", "message": "job j: flow:f: locked"})
+        );
+        let details = ErrorDetails {
+            error_code: Some("architect.publish.failed".into()),
+            error_details: Some(
+                (0..30)
+                    .map(|n| serde_json::json!({"errorCode": "e", "entityName": "N".repeat(n * 100)}))
+                    .collect(),
+            ),
+            error_message_params: Some(
+                (0..40)
+                    .map(|n| (format!("p{n:02}"), Value::String("v".into())))
+                    .collect(),
+            ),
+            error_details_omitted: 0,
+        };
+        let error = plain.with_details(Some(details));
+        let details = error.details.as_ref().unwrap();
+        assert_eq!(details.error_details.as_ref().unwrap().len(), DETAILS_ENTRIES_MAX);
+        assert_eq!(details.error_details_omitted, 5);
+        assert_eq!(
+            details.error_message_params.as_ref().unwrap().len(),
+            DETAILS_ENTRIES_MAX
+        );
+        let longest = details
+            .error_details
+            .iter()
+            .flatten()
+            .map(|d| d["entityName"].as_str().unwrap().len())
+            .max()
+            .unwrap();
+        assert!(longest <= crate::bounded::VALUE_MAX, "{longest}");
+        let json = serde_json::to_value(&error).unwrap();
+        assert_eq!(json["details"]["error_code"], "architect.publish.failed");
+        assert_eq!(json["details"]["error_details_omitted"], 5);
     }
 
     #[test]

@@ -79,6 +79,16 @@ impl Node {
     }
 }
 
+/// Lowercase hex SHA-256 of `configuration` as canonical JSON (keys sorted, no whitespace):
+/// equal for two configurations exactly when they are the same document, whatever the order of
+/// their keys. A deploy compares what it would save with what is published by it, and a
+/// published version read back with what was saved.
+pub fn configuration_hash(configuration: &Value) -> String {
+    let mut canonical = Vec::new();
+    crate::canonical::append(configuration, None, &mut canonical);
+    crate::canonical::sha256_hex(&canonical)
+}
+
 impl FlowDefinition {
     /// Reads a flow from JSON, naming the offending field on error.
     pub fn from_value(value: Value) -> Result<Self, String> {
@@ -86,5 +96,29 @@ impl FlowDefinition {
             let path = e.path().to_string();
             format!("{path}: {}", e.into_inner())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_configuration_hash_ignores_key_order_and_whitespace_but_not_content() {
+        let a = json!({"name": "Main IVR", "nodes": {"a": {"type": "start"}, "b": {"type": "end"}}});
+        let b: Value = serde_json::from_str(
+            r#"{ "nodes": { "b": {"type":"end"}, "a": {"type":"start"} }, "name": "Main IVR" }"#,
+        )
+        .unwrap();
+        assert_eq!(configuration_hash(&a), configuration_hash(&b));
+        assert_eq!(
+            configuration_hash(&a),
+            crate::canonical::sha256_hex(crate::canonical::to_string(&a).as_bytes())
+        );
+        let mut c = a.clone();
+        c["nodes"]["b"]["type"] = json!("transfer");
+        assert_ne!(configuration_hash(&a), configuration_hash(&c));
+        assert_eq!(configuration_hash(&a).len(), 64);
     }
 }
