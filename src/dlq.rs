@@ -28,6 +28,10 @@ pub struct Letter {
     pub kind: Option<String>,
     pub code: String,
     pub message: Option<String>,
+    /// `x-error-details`: Genesys' account of the failure (a failed checkin or publish), as the
+    /// audit event's `error.details`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
     pub attempts: u32,
     pub retries: u32,
     pub first_seen: Option<String>,
@@ -69,6 +73,8 @@ impl Letter {
             kind: field("kind"),
             code,
             message: header_text(properties, "x-error-message"),
+            details: header_text(properties, "x-error-details")
+                .and_then(|text| serde_json::from_str(&text).ok()),
             attempts: header_count(properties, "x-attempts"),
             retries: header_count(properties, "x-retries"),
             first_seen: header_text(properties, "x-first-seen"),
@@ -195,9 +201,10 @@ pub async fn replay(
 /// The message as first published: the dead-letter and retry bookkeeping headers dropped, so
 /// the job starts over (its batch and trace headers stay).
 fn replay_properties(properties: &BasicProperties) -> BasicProperties {
-    const DROPPED: [&str; 8] = [
+    const DROPPED: [&str; 9] = [
         "x-error-code",
         "x-error-message",
+        "x-error-details",
         "x-attempts",
         "x-retries",
         "x-original-exchange",
@@ -294,4 +301,33 @@ async fn ready_count(channel: &lapin::Channel, queue: &str) -> Result<u32, lapin
         )
         .await?;
     Ok(queue.message_count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::LongString;
+
+    #[test]
+    fn a_replay_drops_the_dead_letter_headers_and_keeps_the_jobs_own() {
+        let mut headers = FieldTable::default();
+        for name in [
+            "x-error-code",
+            "x-error-message",
+            "x-error-details",
+            "traceparent",
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from("v")));
+        }
+        let replayed = replay_properties(&BasicProperties::default().with_headers(headers));
+        let names: Vec<String> = replayed
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(names, ["traceparent"]);
+    }
 }

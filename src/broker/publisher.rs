@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::BrokerError;
 use crate::bounded;
-use crate::events::{rfc3339, OutboundEvent};
+use crate::events::{rfc3339, ErrorDetails, OutboundEvent};
 
 /// The original message a dead letter carries, with where it came from.
 #[derive(Debug, Clone)]
@@ -146,12 +146,29 @@ impl Publisher {
         destination: (&str, &str),
         letter: DeadLetter<'_>,
     ) -> Result<(), BrokerError> {
+        self.dead_letter_explained(destination, letter, None).await
+    }
+
+    /// [`Publisher::dead_letter`], with Genesys' own account of the failure (the audit event's
+    /// `error.details`) in `x-error-details` when there is one.
+    pub async fn dead_letter_explained(
+        &self,
+        destination: (&str, &str),
+        letter: DeadLetter<'_>,
+        details: Option<&ErrorDetails>,
+    ) -> Result<(), BrokerError> {
         let mut headers = carried_headers(letter.properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         let code = bounded::truncate(letter.error_code, bounded::VALUE_MAX);
         let message = bounded::truncate(letter.error_message, bounded::MESSAGE_MAX);
         headers.insert(ShortString::from("x-error-code"), text(&code));
         headers.insert(ShortString::from("x-error-message"), text(&message));
+        if let Some(details) = details {
+            headers.insert(
+                ShortString::from("x-error-details"),
+                text(&details_header(details)),
+            );
+        }
         headers.insert(
             ShortString::from("x-attempts"),
             AMQPValue::LongInt(letter.attempts as i32),
@@ -190,6 +207,30 @@ fn carried_headers(properties: &BasicProperties) -> FieldTable {
         );
     }
     headers
+}
+
+/// Most bytes of `x-error-details`: more than a message (a flow's validation errors are a list),
+/// far below a frame beside the other headers (see [`bounded`]).
+pub const DETAILS_HEADER_MAX: usize = 4 * 1024;
+
+/// `details` as compact JSON of at most [`DETAILS_HEADER_MAX`] bytes. What does not fit is
+/// left out whole, last `errorDetails` entries first (counted in `error_details_omitted`), then
+/// the message parameters, so the header stays JSON a tool can parse.
+pub fn details_header(details: &ErrorDetails) -> String {
+    let mut details = details.clone();
+    loop {
+        let text = serde_json::to_string(&details).expect("error details serialize");
+        if text.len() <= DETAILS_HEADER_MAX {
+            return text;
+        }
+        if let Some(entries) = details.error_details.as_mut().filter(|e| !e.is_empty()) {
+            entries.pop();
+            details.error_details_omitted += 1;
+        } else if details.error_message_params.take().is_none() {
+            // Only the code is left, and it is bounded: cannot happen, but stay bounded.
+            return bounded::truncate(&text, DETAILS_HEADER_MAX).into_owned();
+        }
+    }
 }
 
 /// Persistent JSON with the event id as message id.
@@ -244,4 +285,45 @@ pub fn origin(properties: &BasicProperties, exchange: &str, routing_key: &str) -
         header_text(properties, "x-original-exchange").unwrap_or_else(|| exchange.to_string()),
         header_text(properties, "x-original-routing-key").unwrap_or_else(|| routing_key.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn details(entries: usize, size: usize) -> ErrorDetails {
+        ErrorDetails {
+            error_code: Some("architect.publish.failed".into()),
+            error_details: Some(
+                (0..entries)
+                    .map(|n| json!({"errorCode": "architect.flow.validation.error", "entityName": format!("{n}{}", "x".repeat(size))}))
+                    .collect(),
+            ),
+            error_message_params: Some([("flowName".to_string(), json!("Main IVR"))].into_iter().collect()),
+            error_details_omitted: 0,
+        }
+    }
+
+    #[test]
+    fn details_that_fit_are_the_compact_json_of_the_details() {
+        let small = details(2, 10);
+        let header = details_header(&small);
+        assert!(!header.contains(": ") && !header.contains('\n'), "{header}");
+        let back: ErrorDetails = serde_json::from_str(&header).unwrap();
+        assert_eq!(back, small);
+    }
+
+    #[test]
+    fn details_too_large_for_a_header_leave_out_whole_entries_and_stay_json() {
+        let large = details(25, 250);
+        let header = details_header(&large);
+        assert!(header.len() <= DETAILS_HEADER_MAX, "{}", header.len());
+        let back: Value = serde_json::from_str(&header).unwrap();
+        let kept = back["error_details"].as_array().unwrap().len();
+        assert!(kept > 0 && kept < 25, "{kept}");
+        assert_eq!(back["error_details_omitted"], json!(25 - kept));
+        assert_eq!(back["error_code"], "architect.publish.failed");
+        assert_eq!(back["error_message_params"]["flowName"], "Main IVR");
+    }
 }
