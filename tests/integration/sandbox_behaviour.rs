@@ -543,3 +543,444 @@ async fn an_invalid_fault_is_refused_with_the_reason() {
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("404"));
 }
+
+/// `GET /sandbox/users`' entry of `user`.
+async fn sandbox_user(api: &Api, user: uuid::Uuid) -> Value {
+    get_json(&api.http, &api.url("/sandbox/users"), None).await["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == user.to_string())
+        .cloned()
+        .unwrap()
+}
+
+/// The status of a control API call that may be refused.
+async fn control_status(api: &Api, method: Method, path: &str, body: Value) -> StatusCode {
+    api.http
+        .request(method, api.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn the_control_api_sets_a_live_interaction_that_ends_by_itself_and_out_of_office() {
+    let api = Api::start(small()).await;
+    let user = user_id(2);
+    let routing = format!("/api/v2/users/{user}/routingstatus");
+    // On Queue and idle before the interaction.
+    let presence = format!("/api/v2/users/{user}/presences/purecloud");
+    api.call(Method::PATCH, &presence, Some(presence_body("On Queue")))
+        .await
+        .unwrap();
+    let (_, idle) = api.call(Method::GET, &routing, None).await.unwrap();
+    assert_eq!(idle["status"], "IDLE");
+
+    // Start times have millisecond resolution.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let state = format!("/sandbox/users/{user}/state");
+    let view = api
+        .control(
+            Method::PUT,
+            &state,
+            json!({"routing_status": "INTERACTING", "revert_after_ms": 400}),
+        )
+        .await;
+    assert_eq!(
+        (&view["id"], &view["routingStatus"]),
+        (&json!(user), &json!("INTERACTING"))
+    );
+    assert_eq!(view["presence"], "On Queue");
+    assert!(view["routingStatusRevertsAt"].is_string(), "{view}");
+    let (_, interacting) = api.call(Method::GET, &routing, None).await.unwrap();
+    assert_eq!(interacting["status"], "INTERACTING");
+    assert_ne!(interacting["startTime"], idle["startTime"]);
+    let (_, listed) = api
+        .call(
+            Method::GET,
+            &format!("/api/v2/users?id={user}&expand=routingStatus"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed["entities"][0]["routingStatus"], interacting);
+    // Going On Queue again does not end the interaction.
+    api.call(Method::PATCH, &presence, Some(presence_body("On Queue")))
+        .await
+        .unwrap();
+    assert_eq!(
+        api.call(Method::GET, &routing, None).await.unwrap().1["status"],
+        "INTERACTING"
+    );
+    assert!(
+        api.stats().await["mutations"].as_array().unwrap().len() == 2,
+        "the control API logs nothing"
+    );
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (_, after) = api.call(Method::GET, &routing, None).await.unwrap();
+    assert_eq!(after["status"], "IDLE", "the interaction ended");
+    assert_ne!(after["startTime"], interacting["startTime"]);
+    let shown = sandbox_user(&api, user).await;
+    assert_eq!(shown["routingStatus"], "IDLE");
+    assert!(shown.get("routingStatusRevertsAt").is_none(), "{shown}");
+
+    // Going off queue during an interaction drops the revert: off queue it stays.
+    api.control(
+        Method::PUT,
+        &state,
+        json!({"routing_status": "COMMUNICATING", "revert_after_ms": 200}),
+    )
+    .await;
+    api.call(Method::PATCH, &presence, Some(presence_body("Break")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        api.call(Method::GET, &routing, None).await.unwrap().1["status"],
+        "OFF_QUEUE"
+    );
+
+    // Without revert_after_ms it stays; out_of_office alone leaves the routing status.
+    api.control(Method::PUT, &state, json!({"routing_status": "NOT_RESPONDING"}))
+        .await;
+    let view = api
+        .control(Method::PUT, &state, json!({"out_of_office": true}))
+        .await;
+    assert_eq!(
+        (&view["routingStatus"], &view["outOfOffice"]),
+        (&json!("NOT_RESPONDING"), &json!(true))
+    );
+    let (_, out) = api
+        .call(Method::GET, &format!("/api/v2/users/{user}/outofoffice"), None)
+        .await
+        .unwrap();
+    assert_eq!((&out["active"], &out["indefinite"]), (&json!(true), &json!(true)));
+    assert!(out["startDate"].is_string());
+    let view = api
+        .control(Method::PUT, &state, json!({"out_of_office": false}))
+        .await;
+    assert_eq!(view["outOfOffice"], false);
+
+    for (body, status) in [
+        (json!({"routing_status": "BUSY"}), 400),
+        (json!({"revert_after_ms": 100}), 400),
+        (json!({"routing_status": "IDLE", "colour": "red"}), 422),
+    ] {
+        assert_eq!(
+            control_status(&api, Method::PUT, &state, body.clone()).await,
+            status,
+            "{body}"
+        );
+    }
+    let unknown = format!("/sandbox/users/{}/state", uuid::Uuid::new_v4());
+    assert_eq!(
+        control_status(&api, Method::PUT, &unknown, json!({"out_of_office": true})).await,
+        404
+    );
+}
+
+async fn read_back(api: &Api, flow: uuid::Uuid, version: &str) -> Value {
+    api.call(
+        Method::GET,
+        &format!("/api/v2/flows/{flow}/versions/{version}/configuration"),
+        None,
+    )
+    .await
+    .unwrap()
+    .1
+}
+
+#[tokio::test]
+async fn an_altered_publish_succeeds_but_publishes_another_configuration_once() {
+    let api = Api::start(small()).await;
+    let flow = flow_id(0);
+    let action = |name: &str| format!("/api/v2/flows/actions/{name}?flow={flow}");
+    let configuration = json!({"name": "Main IVR", "nodes": {"start": {"type": "start"}}});
+    let save_and_check_in = || async {
+        api.call(Method::POST, &action("checkout"), None).await.unwrap();
+        let (_, version) = api
+            .call(
+                Method::POST,
+                &format!("/api/v2/flows/{flow}/versions"),
+                Some(configuration.clone()),
+            )
+            .await
+            .unwrap();
+        api.call(Method::POST, &action("checkin"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        version["id"].as_str().unwrap().to_string()
+    };
+    let publish = || async {
+        api.call(Method::POST, &action("publish"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        api.call(Method::GET, &format!("/api/v2/flows/{flow}"), None)
+            .await
+            .unwrap()
+            .1
+    };
+    let version = save_and_check_in().await;
+    // A failed publish leaves the alteration for the next one that publishes.
+    api.control(
+        Method::POST,
+        &format!("/sandbox/flows/{flow}/fail-next-publish"),
+        json!(null),
+    )
+    .await;
+    let set = api
+        .control(
+            Method::POST,
+            &format!("/sandbox/flows/{flow}/alter-next-publish"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(set["alter_next_publish"], true);
+    assert_eq!(publish().await["currentOperation"]["actionStatus"], "FAILURE");
+    assert_eq!(read_back(&api, flow, &version).await, configuration);
+
+    let flow_after = publish().await;
+    assert_eq!(flow_after["currentOperation"]["actionStatus"], "SUCCESS");
+    assert_eq!(flow_after["publishedVersion"]["id"], version.as_str());
+    let altered = read_back(&api, flow, &version).await;
+    assert_ne!(altered, configuration);
+    assert_eq!(altered["sandboxAltered"], true);
+    assert_eq!(altered["nodes"], configuration["nodes"]);
+
+    // Only that one publish.
+    let next = save_and_check_in().await;
+    assert_eq!(publish().await["publishedVersion"]["id"], next.as_str());
+    assert_eq!(read_back(&api, flow, &next).await, configuration);
+    assert_eq!(
+        control_status(
+            &api,
+            Method::POST,
+            &format!("/sandbox/flows/{}/alter-next-publish", uuid::Uuid::new_v4()),
+            json!(null)
+        )
+        .await,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_failed_publish_operation_carries_its_error_details_and_message_params() {
+    let api = Api::start(small()).await;
+    let flow = flow_id(1);
+    api.control(
+        Method::POST,
+        &format!("/sandbox/flows/{flow}/fail-next-publish"),
+        json!(null),
+    )
+    .await;
+    api.call(
+        Method::POST,
+        &format!("/api/v2/flows/actions/publish?flow={flow}"),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, current) = api
+        .call(Method::GET, &format!("/api/v2/flows/{flow}"), None)
+        .await
+        .unwrap();
+    let operation = &current["currentOperation"];
+    assert_eq!(
+        (&operation["actionStatus"], &operation["complete"]),
+        (&json!("FAILURE"), &json!(true))
+    );
+    assert_eq!(operation["errorCode"], "architect.publish.failed");
+    let message = operation["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("Billing IVR") && message.contains("failed to publish"),
+        "{message}"
+    );
+    let details = operation["errorDetails"].as_array().unwrap();
+    assert_eq!(details.len(), 1);
+    for field in ["errorCode", "fieldName", "entityId", "entityName"] {
+        assert!(
+            details[0][field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {operation}"
+        );
+    }
+    assert_eq!(
+        (&details[0]["entityId"], &details[0]["entityName"]),
+        (&json!(flow), &json!("Billing IVR"))
+    );
+    let params = operation["errorMessageParams"].as_object().unwrap();
+    assert_eq!(params["flowName"], "Billing IVR");
+    assert_eq!(params["flowId"], flow.to_string());
+    assert!(
+        params.values().all(Value::is_string),
+        "a map of strings: {params:?}"
+    );
+    assert_eq!(current["publishedVersion"]["id"], "1.0");
+}
+
+#[tokio::test]
+async fn force_unlock_releases_a_persons_or_another_clients_lock_and_is_logged() {
+    let api = Api::start(small()).await;
+    let flow = flow_id(0);
+    let action = |name: &str| format!("/api/v2/flows/actions/{name}?flow={flow}");
+    for lock in [
+        json!({"user_id": user_id(3)}),
+        json!({"client_id": OTHER_CLIENT_ID}),
+    ] {
+        api.control(Method::POST, &format!("/sandbox/flows/{flow}/lock"), lock.clone())
+            .await;
+        let (status, _) = api.call(Method::POST, &action("checkout"), None).await.unwrap();
+        assert_eq!(status, 409, "{lock}");
+        let (status, unlocked) = api.call(Method::POST, &action("unlock"), None).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            unlocked.get("lockedUser").is_none() && unlocked.get("lockedClient").is_none(),
+            "{unlocked}"
+        );
+        let (status, checked_out) = api.call(Method::POST, &action("checkout"), None).await.unwrap();
+        assert_eq!(status, 200, "{lock}: {checked_out}");
+        assert_eq!(checked_out["lockedClient"]["id"], "sandbox-client");
+        api.call(Method::POST, &action("unlock"), None).await.unwrap();
+    }
+    let log = get_json(
+        &api.http,
+        &api.url(&format!("/sandbox/mutations?entity=flow:{flow}")),
+        None,
+    )
+    .await;
+    let unlocks: Vec<&Value> = log["mutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/api/v2/flows/actions/unlock")
+        })
+        .collect();
+    assert_eq!(unlocks.len(), 4);
+    assert_eq!(
+        (&unlocks[0]["method"], &unlocks[0]["client_id"]),
+        (&json!("POST"), &json!("sandbox-client"))
+    );
+}
+
+#[tokio::test]
+async fn reset_clears_user_state_out_of_office_consumers_and_pending_publishes() {
+    let api = Api::start(small()).await;
+    let user = user_id(0);
+    let flow = flow_id(0);
+    api.control(
+        Method::PUT,
+        &format!("/sandbox/users/{user}/state"),
+        json!({"routing_status": "INTERACTING", "revert_after_ms": 60_000, "out_of_office": true}),
+    )
+    .await;
+    api.control(
+        Method::PUT,
+        &format!("/sandbox/flows/{flow}/consumers"),
+        json!({"consumers": [{"id": "a", "name": "A", "type": "INBOUNDCALLFLOW"}]}),
+    )
+    .await;
+    for knob in ["alter-next-publish", "fail-next-publish"] {
+        api.control(
+            Method::POST,
+            &format!("/sandbox/flows/{flow}/{knob}"),
+            json!(null),
+        )
+        .await;
+    }
+    api.control(Method::POST, "/sandbox/reset", json!(null)).await;
+
+    let shown = sandbox_user(&api, user).await;
+    assert_eq!(
+        (&shown["routingStatus"], &shown["outOfOffice"]),
+        (&json!("OFF_QUEUE"), &json!(false))
+    );
+    assert!(shown.get("routingStatusRevertsAt").is_none());
+    let token = crate::helpers::sandbox_token(&api.http, &api.sandbox.base_url()).await;
+    let (_, consumers) = api
+        .call_as(
+            &token,
+            Method::GET,
+            &format!("/api/v2/architect/dependencytracking/consumingresources?id={flow}&objectType=INBOUNDCALLFLOW"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(consumers["total"], 0);
+    api.call_as(
+        &token,
+        Method::POST,
+        &format!("/api/v2/flows/actions/publish?flow={flow}"),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, current) = api
+        .call_as(&token, Method::GET, &format!("/api/v2/flows/{flow}"), None)
+        .await
+        .unwrap();
+    assert_eq!(current["currentOperation"]["actionStatus"], "SUCCESS");
+    let (_, configuration) = api
+        .call_as(
+            &token,
+            Method::GET,
+            &format!("/api/v2/flows/{flow}/versions/1.0/configuration"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(configuration.get("sandboxAltered").is_none(), "{configuration}");
+}
+
+#[tokio::test]
+async fn the_users_routes_are_rate_limited_and_faulted_like_the_others() {
+    let api = Api::start(SandboxConfig {
+        rate_limit: Some(RateLimit {
+            requests_per_second: 1,
+            burst: 1,
+        }),
+        ..small()
+    })
+    .await;
+    let path = format!("/api/v2/users?id={}&expand=presence", user_id(0));
+    assert_eq!(api.call(Method::GET, &path, None).await.unwrap().0, 200);
+    let (status, body) = api.call(Method::GET, &path, None).await.unwrap();
+    assert_eq!(
+        (status, &body["code"]),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!("too.many.requests.retry.after")
+        )
+    );
+    api.control(Method::DELETE, "/sandbox/ratelimit", json!(null))
+        .await;
+
+    let outofoffice = format!("/api/v2/users/{}/outofoffice", user_id(0));
+    api.control(
+        Method::POST,
+        "/sandbox/faults",
+        json!({"route": "PUT /api/v2/users/{userId}/outofoffice", "errors": {"503": 1.0}, "times": 1}),
+    )
+    .await;
+    let (status, _) = api
+        .call(Method::PUT, &outofoffice, Some(json!({"active": true})))
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(
+        api.call(Method::GET, &outofoffice, None).await.unwrap().1["active"],
+        false
+    );
+    let stats = api.stats().await;
+    assert_eq!(requests_in(&stats, "GET /api/v2/users", 429), 1);
+    assert_eq!(
+        requests_in(&stats, "PUT /api/v2/users/{userId}/outofoffice", 503),
+        1
+    );
+}

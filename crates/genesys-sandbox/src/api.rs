@@ -245,3 +245,37 @@ pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The request could not be understood: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parameters_may_be_repeated_comma_separated_or_both() {
+        let query = Some("id=a&expand=presence&id=b,c&id=&id=%20d%20,");
+        assert_eq!(query_list(query, "id"), ["a", "b", "c", "d"]);
+        assert_eq!(query_list(query, "expand"), ["presence"]);
+        assert!(query_list(None, "id").is_empty());
+    }
+
+    #[test]
+    fn a_listing_pages_and_links_its_neighbours() {
+        let page = Page::from_query(Some("pageSize=2&pageNumber=2"), 25, 10).unwrap();
+        assert_eq!(page.of(1..=5).collect::<Vec<_>>(), [3, 4]);
+        let body = page.listing(Vec::new(), 5, "/api/v2/x", "a=b");
+        assert_eq!(body["pageCount"], 3);
+        assert_eq!(body["selfUri"], "/api/v2/x?a=b&pageSize=2&pageNumber=2");
+        assert_eq!(body["previousUri"], "/api/v2/x?a=b&pageSize=2&pageNumber=1");
+        assert_eq!(body["nextUri"], "/api/v2/x?a=b&pageSize=2&pageNumber=3");
+        let empty = Page::from_query(None, 25, 500)
+            .unwrap()
+            .listing(Vec::new(), 0, "/api/v2/x", "");
+        assert_eq!(
+            (&empty["pageCount"], &empty["lastUri"]),
+            (&json!(0), &json!("/api/v2/x?pageSize=25&pageNumber=1"))
+        );
+        assert!(empty.get("nextUri").is_none() && empty.get("previousUri").is_none());
+        assert!(Page::from_query(Some("pageSize=11"), 25, 10).is_err());
+        assert!(Page::from_query(Some("pageNumber=0"), 25, 10).is_err());
+    }
+}

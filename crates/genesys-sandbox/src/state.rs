@@ -554,6 +554,26 @@ mod tests {
     }
 
     #[test]
+    fn a_routing_status_set_for_a_while_goes_back_when_read_after_its_time() {
+        let start = OffsetDateTime::now_utc();
+        let mut user = User::seeded("Agent".into(), Uuid::nil(), start);
+        user.set_routing("IDLE", start);
+        let now = OffsetDateTime::now_utc();
+        user.set_routing_until("INTERACTING", now, Some(Duration::from_millis(20)));
+        assert_eq!(user.routing(), ("INTERACTING", now));
+        assert!(user.routing_reverts_at().is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(user.routing(), ("IDLE", now + Duration::from_millis(20)));
+        assert!(user.routing_reverts_at().is_none());
+
+        // A status set without a time replaces a pending revert.
+        user.set_routing_until("COMMUNICATING", now, Some(Duration::from_millis(20)));
+        user.set_routing_until("NOT_RESPONDING", now, None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(user.routing().0, "NOT_RESPONDING");
+    }
+
+    #[test]
     fn a_bucket_gives_its_burst_then_refills_at_its_rate() {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(2, 4.0, 0.0, start);
