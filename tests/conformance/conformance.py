@@ -10,6 +10,7 @@ pinned in requirements.txt, and checks that
 Run by tests/integration/conformance.rs, which starts the sandbox; prints unittest's summary.
 """
 
+import datetime
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from PureCloudPlatformClientV2.rest import ApiException
 BASE = os.environ["SANDBOX_URL"].rstrip("/")
 USER = os.environ["SANDBOX_USER"]
 OTHER_USER = os.environ["SANDBOX_OTHER_USER"]
+THIRD_USER = os.environ["SANDBOX_THIRD_USER"]
 WORKTYPE = os.environ["SANDBOX_WORKTYPE"]
 FLOW = os.environ["SANDBOX_FLOW"]
 STATUS = {name: os.environ[f"SANDBOX_STATUS_{key}"] for name, key in
@@ -166,6 +168,93 @@ class Presence(unittest.TestCase):
         self.assertEqual(error_body(self, caught.exception)["code"], "not.found")
 
 
+EXPANDED = ("presence", "routingStatus", "outOfOffice")
+
+
+class Users(unittest.TestCase):
+    def tearDown(self):
+        control("PUT", f"/sandbox/users/{THIRD_USER}/state", {"routing_status": "OFF_QUEUE", "out_of_office": False})
+
+    def test_get_users_by_id_with_expand(self):
+        unknown = str(uuid.uuid4())
+        control("PUT", f"/sandbox/users/{THIRD_USER}/state",
+                {"routing_status": "INTERACTING", "revert_after_ms": 60000, "out_of_office": True})
+        listing = users_api.get_users(id=[THIRD_USER, unknown, USER], expand=list(EXPANDED), page_size=100)
+        assert_conforms(self, raw(), listing)
+        self.assertEqual([u.id for u in listing.entities], [THIRD_USER, USER])
+        self.assertEqual((listing.total, listing.page_size, listing.page_number, listing.page_count), (2, 100, 1, 1))
+        self.assertTrue(listing.self_uri and listing.first_uri and listing.last_uri)
+        third = listing.entities[0]
+        self.assertEqual(third.state, "active")
+        self.assertEqual((third.routing_status.user_id, third.routing_status.status), (THIRD_USER, "INTERACTING"))
+        self.assertIsInstance(third.routing_status.start_time, datetime.datetime)
+        self.assertTrue(third.presence.presence_definition.id)
+        self.assertEqual(third.presence.source, "PURECLOUD")
+        self.assertIsInstance(third.presence.modified_date, datetime.datetime)
+        self.assertEqual((third.out_of_office.user.id, third.out_of_office.active, third.out_of_office.indefinite),
+                         (THIRD_USER, True, True))
+        self.assertIsInstance(third.out_of_office.start_date, datetime.datetime)
+        self.assertFalse(listing.entities[1].out_of_office.active)
+        # The same presence as the presence API reads.
+        presence = presence_api.get_user_presences_purecloud(THIRD_USER)
+        self.assertEqual(presence.presence_definition.id, third.presence.presence_definition.id)
+
+    def test_get_users_without_expand_and_page_by_page(self):
+        listing = users_api.get_users(id=[USER])
+        assert_conforms(self, raw(), listing)
+        self.assertEqual([u.id for u in listing.entities], [USER])
+        for field in EXPANDED:
+            self.assertNotIn(field, raw()["entities"][0])
+        user = listing.entities[0]
+        self.assertIsNone(user.presence)
+        self.assertIsNone(user.routing_status)
+        self.assertIsNone(user.out_of_office)
+        page = users_api.get_users(page_size=2, page_number=2, expand=["presence"])
+        assert_conforms(self, raw(), page)
+        self.assertEqual((page.page_number, page.page_size, len(page.entities)), (2, 2, 2))
+        self.assertTrue(page.next_uri and page.previous_uri)
+        self.assertEqual(page.page_count, -(-page.total // 2))
+
+    def test_too_many_ids_are_a_400_error_body(self):
+        with self.assertRaises(ApiException) as caught:
+            users_api.get_users(id=[str(uuid.uuid4()) for _ in range(101)], page_size=100)
+        self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(error_body(self, caught.exception)["code"], "bad.request")
+
+    def test_get_user(self):
+        user = users_api.get_user(USER, expand=["routingStatus", "outOfOffice"])
+        assert_conforms(self, raw(), user)
+        self.assertEqual((user.id, user.state), (USER, "active"))
+        self.assertEqual(user.routing_status.user_id, USER)
+        self.assertIsNone(user.presence)
+        plain = users_api.get_user(OTHER_USER)
+        assert_conforms(self, raw(), plain)
+        self.assertIsNone(plain.routing_status)
+        with self.assertRaises(ApiException) as caught:
+            users_api.get_user(str(uuid.uuid4()))
+        self.assertEqual(caught.exception.status, 404)
+        error_body(self, caught.exception)
+
+    def test_get_and_put_out_of_office(self):
+        current = users_api.get_user_outofoffice(THIRD_USER)
+        assert_conforms(self, raw(), current)
+        self.assertEqual((current.user.id, current.active), (THIRD_USER, False))
+        body = sdk.OutOfOffice()
+        body.active = True
+        body.indefinite = False
+        body.start_date = datetime.datetime(2030, 1, 1, 8, tzinfo=datetime.timezone.utc)
+        body.end_date = datetime.datetime(2030, 1, 5, 17, tzinfo=datetime.timezone.utc)
+        put = users_api.put_user_outofoffice(THIRD_USER, body)
+        assert_conforms(self, raw(), put)
+        self.assertEqual((put.active, put.indefinite, put.start_date, put.end_date),
+                         (True, False, body.start_date, body.end_date))
+        read = users_api.get_user_outofoffice(THIRD_USER)
+        assert_conforms(self, raw(), read)
+        self.assertEqual((read.active, read.end_date), (True, body.end_date))
+        mutations = control("GET", f"/sandbox/mutations?entity=user:{THIRD_USER}")["mutations"]
+        self.assertEqual(mutations[-1]["path"], f"/api/v2/users/{THIRD_USER}/outofoffice")
+
+
 class TaskManagement(unittest.TestCase):
     def test_statuses_form_a_graph(self):
         listing = tasks_api.get_taskmanagement_worktype_statuses(WORKTYPE)
@@ -294,9 +383,43 @@ class Architect(unittest.TestCase):
         control("POST", f"/sandbox/flows/{flow_id}/fail-next-publish")
         architect_api.post_flows_actions_publish(flow_id)
         flow = wait_for_operation(self, flow_id, "PUBLISH")
-        self.assertEqual(flow.current_operation.action_status, "FAILURE")
-        self.assertTrue(flow.current_operation.error_code)
+        operation = flow.current_operation
+        self.assertEqual(operation.action_status, "FAILURE")
+        self.assertTrue(operation.error_code and operation.error_message)
+        self.assertEqual(len(operation.error_details), 1)
+        detail = operation.error_details[0]
+        self.assertIsInstance(detail, sdk.Detail)
+        self.assertTrue(detail.error_code and detail.field_name)
+        self.assertEqual((detail.entity_id, detail.entity_name), (flow_id, flow.name))
+        self.assertIsInstance(operation.error_message_params, dict)
+        self.assertEqual(operation.error_message_params["flowName"], flow.name)
+        self.assertTrue(all(isinstance(v, str) for v in operation.error_message_params.values()))
         self.assertEqual(flow.published_version.id, before)
+
+    def test_consuming_resources(self):
+        body = sdk.Flow()
+        body.name = f"Consumed {uuid.uuid4()}"
+        body.type = "INBOUNDCALL"
+        flow = architect_api.post_flows(body)
+        none = architect_api.get_architect_dependencytracking_consumingresources(flow.id, "INBOUNDCALLFLOW")
+        assert_conforms(self, raw(), none)
+        self.assertEqual((none.entities, none.total), ([], 0))
+        caller = str(uuid.uuid4())
+        control("PUT", f"/sandbox/flows/{flow.id}/consumers", {"consumers": [
+            {"id": caller, "name": "Main menu", "type": "INBOUNDCALLFLOW", "version": "3.0"},
+            {"id": str(uuid.uuid4()), "name": "Support", "type": "QUEUE"}]})
+        listing = architect_api.get_architect_dependencytracking_consumingresources(
+            flow.id, "INBOUNDCALLFLOW", resource_type=["INBOUNDCALLFLOW"], flow_filter="published",
+            page_size=10, page_number=1)
+        assert_conforms(self, raw(), listing)
+        self.assertEqual((listing.total, listing.page_size, listing.page_number, listing.page_count), (1, 10, 1, 1))
+        dependency = listing.entities[0]
+        self.assertEqual((dependency.id, dependency.name, dependency.type, dependency.version),
+                         (caller, "Main menu", "INBOUNDCALLFLOW", "3.0"))
+        self.assertEqual((dependency.deleted, dependency.updated, dependency.state_unknown), (False, False, False))
+        everything = architect_api.get_architect_dependencytracking_consumingresources(flow.id, "INBOUNDCALLFLOW")
+        assert_conforms(self, raw(), everything)
+        self.assertEqual([d.type for d in everything.entities], ["INBOUNDCALLFLOW", "QUEUE"])
 
     def test_another_clients_lock_refuses_changes_and_revert_unlock_release(self):
         flow_id = os.environ["SANDBOX_FLOW_3"]

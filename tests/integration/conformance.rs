@@ -40,6 +40,7 @@ async fn the_official_genesys_sdk_reads_every_endpoint_the_worker_uses() {
         .env("SANDBOX_URL", sandbox.base_url())
         .env("SANDBOX_USER", user_id(0).to_string())
         .env("SANDBOX_OTHER_USER", user_id(1).to_string())
+        .env("SANDBOX_THIRD_USER", user_id(2).to_string())
         .env("SANDBOX_WORKTYPE", worktype_id().to_string())
         .env("SANDBOX_STATUS_OPEN", status_id("Open").to_string())
         .env("SANDBOX_STATUS_IN_PROGRESS", status_id("In Progress").to_string())
