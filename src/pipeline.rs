@@ -22,6 +22,7 @@ use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::events::{AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::lane::Lane;
@@ -114,6 +115,8 @@ pub struct Stages {
     pub retry: RetryPolicy,
     pub flows: FlowSettings,
     pub bulk: Option<BulkPresence>,
+    /// Gathers the reads of agents' state the presence policies need.
+    pub users: UserReads,
     pub limits: job::Limits,
 }
 
@@ -127,6 +130,7 @@ pub struct Pipeline {
     retry: RetryPolicy,
     flows: FlowSettings,
     bulk: Option<BulkPresence>,
+    users: UserReads,
     limits: job::Limits,
 }
 
@@ -140,6 +144,7 @@ impl Pipeline {
             retry,
             flows,
             bulk,
+            users,
             limits,
         } = stages;
         Self {
@@ -150,6 +155,7 @@ impl Pipeline {
             retry,
             flows,
             bulk,
+            users,
             limits,
         }
     }
@@ -449,6 +455,7 @@ impl Pipeline {
                     retry: &self.retry,
                     flows: &self.flows,
                     bulk: self.bulk.as_ref(),
+                    users: &self.users,
                 };
                 let changed_recently = state
                     .changed_ms_ago
@@ -461,7 +468,9 @@ impl Pipeline {
             }
         };
         drop(keeper);
-        if applied.outcome == Outcome::Failed && applied.retryable {
+        // A transient failure, or a change deferred by its policy (an agent on a live
+        // interaction): tried again after a delay while retry rounds remain.
+        if applied.retryable && matches!(applied.outcome, Outcome::Failed | Outcome::Conflict) {
             // Back to the lane it came from.
             let lane_queue = self.topology.lane_queue(rounds.lane);
             if let Some(queue) = self.topology.retry_queue(lane_queue, rounds.retries as usize) {
@@ -472,13 +481,17 @@ impl Pipeline {
                     .as_ref()
                     .map(|e| e.message.as_str())
                     .unwrap_or_default();
-                tracing::warn!(retry_queue = %queue, round = rounds.retries + 1, error.message = %error, "Transient failure; the job will be retried after a delay.");
+                if applied.outcome == Outcome::Failed {
+                    tracing::warn!(retry_queue = %queue, round = rounds.retries + 1, error.message = %error, "Transient failure; the job will be retried after a delay.");
+                } else {
+                    tracing::info!(retry_queue = %queue, round = rounds.retries + 1, reason = %error, "Deferred; the job will be tried again after a delay.");
+                }
                 let retry = Disposition::Retry {
                     queue,
                     retries: rounds.retries + 1,
                     attempts: rounds.attempts + applied.attempts,
                 };
-                return Ok(Settled::new(retry, Outcome::Failed));
+                return Ok(Settled::new(retry, applied.outcome));
             }
         }
         let draft = self.draft(job, &applied, started);

@@ -42,12 +42,13 @@ pub mod names {
     pub const GENESYS_REQUEST_DURATION: &str = "genesys_worker_genesys_request_duration_seconds";
     pub const RATE_LIMIT_WAIT: &str = "genesys_worker_rate_limit_wait_seconds";
     pub const BULK_BATCH_SIZE: &str = "genesys_worker_bulk_batch_size";
+    pub const USERS_READ_BATCH_SIZE: &str = "genesys_worker_users_read_batch_size";
     pub const RATE_LIMIT_CONFIGURED: &str = "genesys_worker_rate_limit_configured_per_second";
     pub const RATE_LIMIT_EFFECTIVE: &str = "genesys_worker_rate_limit_effective_per_second";
     pub const THROTTLED: &str = "genesys_worker_genesys_throttled_total";
     pub const ACK_FRAMES: &str = "genesys_worker_ack_frames_total";
 
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         JOBS,
         JOB_DURATION,
         JOBS_IN_FLIGHT,
@@ -58,6 +59,7 @@ pub mod names {
         GENESYS_REQUEST_DURATION,
         RATE_LIMIT_WAIT,
         BULK_BATCH_SIZE,
+        USERS_READ_BATCH_SIZE,
         RATE_LIMIT_CONFIGURED,
         RATE_LIMIT_EFFECTIVE,
         THROTTLED,
@@ -79,6 +81,12 @@ pub fn metrics() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     Matcher::Full(names::BULK_BATCH_SIZE.into()),
                     &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(names::USERS_READ_BATCH_SIZE.into()),
+                    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 75.0, 100.0],
                 )
             })
             .expect("bucket lists are not empty");
@@ -271,6 +279,11 @@ pub fn acks_sent(multiple: bool) {
 /// A bulk presence call went out for `users` users.
 pub fn bulk_call(users: usize) {
     metrics::histogram!(names::BULK_BATCH_SIZE).record(users as f64);
+}
+
+/// A gathered read of agents' state (`GET /api/v2/users?id=…`) for `users` agents.
+pub fn users_read(users: usize) {
+    metrics::histogram!(names::USERS_READ_BATCH_SIZE).record(users as f64);
 }
 
 /// A request path as a low-cardinality label: every segment that is not a plain word of the

@@ -13,6 +13,7 @@ use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
+use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
@@ -62,31 +63,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.admin_addr,
             source,
         })?;
-    let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
-    // One budget per OAuth client of the pool, each shared fleet-wide under its client id; with
-    // several, their metrics carry the client id as a label.
-    let pooled = config.genesys_clients.len() > 1;
-    let clients: Vec<_> = config
-        .genesys_clients
-        .iter()
-        .map(|client| {
-            let mut budget = if pooled {
-                Budget::for_pool_client(&client.id, rps, burst, config.lane_weights)
-            } else {
-                Budget::for_client(&client.id, rps, burst, config.lane_weights)
-            };
-            if config.genesys.rate_limit_shared {
-                budget = budget.shared(store.clone(), &client.id);
-            }
-            (client.clone(), Arc::new(budget))
-        })
-        .collect();
-    let budgets: Vec<Arc<Budget>> = clients.iter().map(|(_, budget)| budget.clone()).collect();
-    if clients.len() > 1 {
-        let ids: Vec<&str> = clients.iter().map(|(client, _)| client.id.as_str()).collect();
-        tracing::info!(clients = ?ids, per_client_rps = rps, "Calling Genesys through a pool of OAuth clients.");
-    }
-    let genesys = Arc::new(GenesysClient::pool(&config.genesys, clients));
+    let rps = config.genesys.rate_limit_rps;
+    let genesys = Arc::new(genesys_client(&config, &store));
+    let budgets = genesys.budgets();
     let health = Arc::new(Health::new(store.clone()).with_budgets(budgets.iter().cloned()));
     let retry = RetryPolicy::for_genesys(&config.genesys);
     let bulk = config.bulk_presence.then(|| {
@@ -97,6 +76,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.bulk_max,
         )
     });
+    let users = UserReads::start(
+        genesys.clone(),
+        retry,
+        Duration::from_millis(config.bulk_window_ms),
+    );
     let cancel = CancellationToken::new();
     let admin_server = admin::spawn(admin_listener, health.clone(), cancel.clone()).map_err(|source| {
         WorkerError::Admin {
@@ -141,6 +125,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store: &store,
         genesys: &genesys,
         bulk: bulk.as_ref(),
+        users: &users,
         health: &health,
     };
     let supervise = supervise(&parts, intake.clone());
@@ -162,12 +147,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
+/// The Genesys client of `config`'s OAuth client pool: one budget per client, each shared
+/// fleet-wide under its client id through `store` (unless `GENESYS_RATE_LIMIT_SCOPE=replica`).
+/// `plan` builds its client here too, so its calls spend the workers' budget.
+pub(crate) fn genesys_client(config: &Config, store: &Store) -> GenesysClient {
+    let (rps, burst) = (config.genesys.rate_limit_rps, config.genesys.rate_limit_burst);
+    // With several clients, their budgets' metrics carry the client id as a label.
+    let pooled = config.genesys_clients.len() > 1;
+    let clients: Vec<_> = config
+        .genesys_clients
+        .iter()
+        .map(|client| {
+            let mut budget = if pooled {
+                Budget::for_pool_client(&client.id, rps, burst, config.lane_weights)
+            } else {
+                Budget::for_client(&client.id, rps, burst, config.lane_weights)
+            };
+            if config.genesys.rate_limit_shared {
+                budget = budget.shared(store.clone(), &client.id);
+            }
+            (client.clone(), Arc::new(budget))
+        })
+        .collect();
+    if pooled {
+        let ids: Vec<&str> = clients.iter().map(|(client, _)| client.id.as_str()).collect();
+        tracing::info!(clients = ?ids, per_client_rps = rps, "Calling Genesys through a pool of OAuth clients.");
+    }
+    GenesysClient::pool(&config.genesys, clients)
+}
+
 /// What outlives a broker connection: each new connection builds its pipeline from these.
 struct Parts<'a> {
     config: &'a Config,
     store: &'a Store,
     genesys: &'a Arc<GenesysClient>,
     bulk: Option<&'a BulkPresence>,
+    users: &'a UserReads,
     health: &'a Health,
 }
 
@@ -206,6 +221,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
         store,
         genesys,
         bulk,
+        users,
         health,
     } = *parts;
     let connection = match broker::connect(&config.amqp_url).await {
@@ -228,6 +244,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 force_unlock_actors: config.flow_force_unlock_actors.clone(),
             },
             bulk: bulk.cloned(),
+            users: users.clone(),
             limits: config.limits,
         }));
         let lanes = [

@@ -4,41 +4,22 @@
 //! resolves to, then `PUT /api/v2/users/{userId}/routingstatus` when `routing_status` is given.
 //! The API has no ETag on presence, so `expected_current` is checked by reading the presence
 //! first: a mismatch is a `conflict` and nothing is written.
+//!
+//! The presence policies (README, "agent.status") read what the agent is doing first, with
+//! other jobs' reads ([`crate::genesys::users`]): an agent Out of Office is left alone
+//! (`respect_out_of_office`), one on a live interaction is changed, skipped or deferred
+//! (`if_interacting`), and one already in the target presence is not written to
+//! (`skip_if_current`: `applied` with `unchanged`).
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bulk::BulkOutcome;
 use super::{Context, Verdict};
 use crate::events::Outcome;
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
+use crate::genesys::users::{AgentState, RoutingStatusBody, UserPresence};
 use crate::genesys::GenesysError;
-use crate::job::{AgentStatus, Job};
-
-/// `UserPresence`, the fields read here.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UserPresence {
-    presence_definition: Option<DefinitionRef>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    modified_date: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DefinitionRef {
-    id: String,
-    #[serde(default)]
-    system_presence: Option<String>,
-}
-
-/// `RoutingStatus`, the fields read here.
-#[derive(Debug, Clone, Deserialize)]
-struct RoutingStatusBody {
-    status: String,
-}
+use crate::job::{AgentStatus, IfInteracting, Job, PresencePolicy, RoutingStatus};
 
 pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover: bool) -> Verdict {
     let entity = job.entity();
@@ -69,109 +50,179 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         }
     };
     let presence_path = format!("/api/v2/users/{user}/presences/purecloud");
-    let mut attempts = 1;
-
-    let mut previous_state = None;
-    if payload.expected_current.is_some() || takeover {
-        let read = ctx
-            .retry
-            .run(|_| ctx.genesys.get::<UserPresence>(&presence_path))
-            .await;
-        attempts = attempts.max(read.attempts);
-        let current = match read.result {
-            Ok(reply) => reply.body,
-            Err(err) => return fail(&err, attempts),
+    let policy = payload.policy();
+    // What the agent is doing, when a precondition or a policy needs it (with the defaults it
+    // does: Out of Office is respected).
+    let reads = payload.expected_current.is_some()
+        || takeover
+        || policy.respect_out_of_office
+        || policy.if_interacting != IfInteracting::Apply
+        || payload.skip_if_current == Some(true);
+    let decided = |decision: Decision, described: Value, attempts: u32| {
+        let conflict = |code: &str, message: String| {
+            let mut refused = Verdict::refused(
+                Outcome::Conflict,
+                code,
+                format!("job {}: {entity}: {message}", job.job_id),
+            );
+            refused.previous_state = Some(described.clone());
+            refused.genesys_status = Some(200);
+            refused.attempts = attempts;
+            refused
         };
-        let current_definition = match &current.presence_definition {
-            Some(reference) => ctx
-                .genesys
-                .client()
-                .presence
-                .by_id(ctx.genesys, &reference.id)
-                .await
-                .ok()
-                .flatten(),
-            None => None,
-        };
-        previous_state = Some(describe_current(&current, current_definition.as_ref()));
-        if let Some(expected) = &payload.expected_current {
-            let holds = match (&current_definition, &current.presence_definition) {
-                (Some(definition), _) => definition.answers_to(expected),
-                (None, Some(reference)) => {
-                    reference.id.eq_ignore_ascii_case(expected)
-                        || reference.system_presence.as_deref().is_some_and(|s| {
-                            crate::genesys::presence::normalize(s)
-                                == crate::genesys::presence::normalize(expected)
-                        })
-                }
-                (None, None) => false,
-            };
-            if !holds {
-                let mut refused = Verdict::refused(
-                    Outcome::Conflict,
-                    "expected_current_mismatch",
-                    format!(
-                        "job {}: {entity}: expected current presence {expected:?}, found {}",
-                        job.job_id,
-                        previous_state
-                            .as_ref()
-                            .and_then(|s| s["presence"].as_str())
-                            .unwrap_or("none")
-                    ),
+        match decision {
+            Decision::OutOfOffice => conflict(
+                "out_of_office",
+                "the agent is Out of Office; left as is (respect_out_of_office)".into(),
+            ),
+            Decision::Interacting { routing_status } => conflict(
+                "agent_interacting",
+                format!("the agent is on a live interaction (routing status {routing_status}); skipped (if_interacting: skip)"),
+            ),
+            Decision::Deferred { routing_status } => {
+                // Tried again after the retry delays, until `not_after`; once the delays run
+                // out first, this conflict is the outcome.
+                let mut deferred = conflict(
+                    "agent_interacting",
+                    format!("the agent is on a live interaction (routing status {routing_status}); deferred (if_interacting: defer)"),
                 );
-                refused.previous_state = previous_state;
-                refused.genesys_status = Some(200);
-                refused.attempts = attempts;
-                return refused;
+                deferred.retryable = true;
+                deferred
+            }
+            Decision::Unchanged | Decision::Write => {
+                let mut state_now = new_state(
+                    &target,
+                    described["message"].as_str(),
+                    payload.routing_status.and(described["routing_status"].as_str()),
+                );
+                state_now["unchanged"] = json!(true);
+                Verdict {
+                    outcome: Outcome::Applied,
+                    new_state: Some(state_now),
+                    previous_state: Some(described.clone()),
+                    genesys_status: Some(200),
+                    error: None,
+                    attempts,
+                    entity: None,
+                    retryable: false,
+                }
             }
         }
-        if takeover
-            && current
-                .presence_definition
-                .as_ref()
-                .is_some_and(|r| r.id == target.id)
-            && payload.routing_status.is_none()
-        {
-            // A previous owner already made this change before its lease ran out.
-            return Verdict {
-                outcome: Outcome::Applied,
-                new_state: Some(new_state(&target, current.message.as_deref(), None)),
-                previous_state,
-                genesys_status: Some(200),
-                error: None,
-                attempts,
-                entity: None,
-                retryable: false,
-            };
-        }
-    }
+    };
 
-    // Without a precondition to check, the change can travel with others in one bulk call;
-    // a user the bulk call does not set falls through to a call of its own.
+    // Without a precondition to check, the change can travel with others in one bulk call
+    // (read, under a policy, with theirs); a user the bulk call does not set falls through to a
+    // call of its own.
     if let (Some(bulk), None, None, false) = (
         ctx.bulk,
         &payload.expected_current,
         payload.routing_status,
         takeover,
     ) {
-        if let BulkOutcome::Set {
-            status,
-            message,
-            attempts,
-        } = bulk
-            .set(ctx.genesys.lane(), user, &target.id, payload.message.as_deref())
+        let lane = ctx.genesys.lane();
+        match bulk
+            .set(
+                lane,
+                user,
+                &target.id,
+                payload.message.as_deref(),
+                reads.then_some(policy),
+            )
             .await
         {
-            return Verdict {
-                outcome: Outcome::Applied,
-                previous_state: None,
-                new_state: Some(new_state(&target, message.as_deref(), None)),
-                genesys_status: Some(status),
-                error: None,
+            BulkOutcome::Set {
+                status,
+                message,
                 attempts,
-                entity: None,
-                retryable: false,
-            };
+                before,
+            } => {
+                let previous_state = match &before {
+                    Some(state) => Some(describe(ctx, state).await.0),
+                    None => None,
+                };
+                return Verdict {
+                    outcome: Outcome::Applied,
+                    previous_state,
+                    new_state: Some(new_state(&target, message.as_deref(), None)),
+                    genesys_status: Some(status),
+                    error: None,
+                    attempts,
+                    entity: None,
+                    retryable: false,
+                };
+            }
+            BulkOutcome::Decided {
+                decision,
+                before,
+                attempts,
+            } => return decided(decision, describe(ctx, &before).await.0, attempts),
+            BulkOutcome::Left => {}
+        }
+    }
+
+    let mut attempts = 1;
+    let mut previous_state = None;
+    // Read with the other jobs' reads, up to 100 agents a call. A user Genesys does not know
+    // is left to the write, whose 404 says so.
+    if reads {
+        let (state, read_attempts) = match ctx.users.read(ctx.genesys.lane(), user).await {
+            Ok(answer) => answer,
+            Err(err) => return fail(&err, 1),
+        };
+        attempts = attempts.max(read_attempts);
+        if let Some(state) = state {
+            let (described, current_definition) = describe(ctx, &state).await;
+            if let Some(expected) = &payload.expected_current {
+                let current = &state.presence;
+                let holds = match (&current_definition, &current.presence_definition) {
+                    (Some(definition), _) => definition.answers_to(expected),
+                    (None, Some(reference)) => {
+                        reference.id.eq_ignore_ascii_case(expected)
+                            || reference.system_presence.as_deref().is_some_and(|s| {
+                                crate::genesys::presence::normalize(s)
+                                    == crate::genesys::presence::normalize(expected)
+                            })
+                    }
+                    (None, None) => false,
+                };
+                if !holds {
+                    let found = described["presence"].as_str().unwrap_or("none").to_string();
+                    let mut refused = Verdict::refused(
+                        Outcome::Conflict,
+                        "expected_current_mismatch",
+                        format!(
+                            "job {}: {entity}: expected current presence {expected:?}, found {found}",
+                            job.job_id
+                        ),
+                    );
+                    refused.previous_state = Some(described);
+                    refused.genesys_status = Some(200);
+                    refused.attempts = attempts;
+                    return refused;
+                }
+            }
+            let decision = decide(
+                &state,
+                policy,
+                &target.id,
+                payload.message.as_deref(),
+                payload.routing_status.map(RoutingStatus::as_str),
+            );
+            match decision {
+                Decision::Write => {}
+                // After a takeover the previous owner made this change before its lease ran
+                // out: applied, whatever skip_if_current says.
+                Decision::Unchanged if takeover => {}
+                decision => return decided(decision, described, attempts),
+            }
+            if takeover && payload.routing_status.is_none() && already_there(&state, &target.id, None, None) {
+                let mut verdict = decided(Decision::Unchanged, described, attempts);
+                if let Some(state_now) = verdict.new_state.as_mut() {
+                    state_now.as_object_mut().map(|o| o.remove("unchanged"));
+                }
+                return verdict;
+            }
+            previous_state = Some(described);
         }
     }
 
@@ -223,6 +274,82 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     }
 }
 
+/// The agent's state as the audit event's `previous_state` shows it, and its presence's
+/// definition.
+async fn describe(ctx: Context<'_>, state: &AgentState) -> (Value, Option<PresenceDefinition>) {
+    let definition = match &state.presence.presence_definition {
+        Some(reference) => ctx
+            .genesys
+            .client()
+            .presence
+            .by_id(ctx.genesys, &reference.id)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    (describe_current(state, definition.as_ref()), definition)
+}
+
+/// What a policy decides for an agent in `state` asked to move to `definition_id` (with
+/// `message`, and routing status `routing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Write,
+    /// Already there (`skip_if_current`).
+    Unchanged,
+    /// Out of Office (`respect_out_of_office`).
+    OutOfOffice,
+    /// On a live interaction (`if_interacting: skip`).
+    Interacting {
+        routing_status: String,
+    },
+    /// On a live interaction (`if_interacting: defer`): try again later.
+    Deferred {
+        routing_status: String,
+    },
+}
+
+pub fn decide(
+    state: &AgentState,
+    policy: PresencePolicy,
+    definition_id: &str,
+    message: Option<&str>,
+    routing: Option<&str>,
+) -> Decision {
+    if policy.respect_out_of_office && state.out_of_office {
+        return Decision::OutOfOffice;
+    }
+    if state.interacting() {
+        let routing_status = state.routing_status.clone();
+        match policy.if_interacting {
+            IfInteracting::Apply => {}
+            IfInteracting::Skip => return Decision::Interacting { routing_status },
+            IfInteracting::Defer => return Decision::Deferred { routing_status },
+        }
+    }
+    if policy.skip_if_current && already_there(state, definition_id, message, routing) {
+        return Decision::Unchanged;
+    }
+    Decision::Write
+}
+
+/// Whether the agent already has the presence (and message, and routing status) asked for.
+fn already_there(
+    state: &AgentState,
+    definition_id: &str,
+    message: Option<&str>,
+    routing: Option<&str>,
+) -> bool {
+    let presence = &state.presence;
+    presence
+        .presence_definition
+        .as_ref()
+        .is_some_and(|r| r.id == definition_id)
+        && message.is_none_or(|m| presence.message.as_deref().unwrap_or_default() == m)
+        && routing.is_none_or(|wanted| state.routing_status == wanted)
+}
+
 fn new_state(target: &PresenceDefinition, message: Option<&str>, routing_status: Option<&str>) -> Value {
     let mut state = json!({
         "presence": target.display_name(),
@@ -238,7 +365,8 @@ fn new_state(target: &PresenceDefinition, message: Option<&str>, routing_status:
     state
 }
 
-fn describe_current(current: &UserPresence, definition: Option<&PresenceDefinition>) -> Value {
+fn describe_current(agent: &AgentState, definition: Option<&PresenceDefinition>) -> Value {
+    let current = &agent.presence;
     let reference = current.presence_definition.as_ref();
     let name = definition
         .map(PresenceDefinition::display_name)
@@ -247,6 +375,8 @@ fn describe_current(current: &UserPresence, definition: Option<&PresenceDefiniti
         "presence": name,
         "system_presence": definition.map(|d| d.system_presence.clone()).or_else(|| reference.and_then(|r| r.system_presence.clone())),
         "presence_definition_id": reference.map(|r| r.id.clone()),
+        "routing_status": agent.routing_status,
+        "out_of_office": agent.out_of_office,
     });
     if let Some(message) = current.message.as_deref().filter(|m| !m.is_empty()) {
         state["message"] = json!(message);

@@ -8,6 +8,11 @@
 //! Each lane ([`Lane`]) gathers its own calls, so batch children never hold a single job back.
 //! A gathered call first waits for its budget token and keeps gathering while it waits: when
 //! the budget is the bottleneck (a handover), calls leave full.
+//!
+//! Changes under a presence policy are read first, once per gathered call: one
+//! `GET /api/v2/users?id=…` for up to 100 agents ([`crate::genesys::users`]), then each is
+//! decided ([`super::agent_status::decide`]) and those to write go in bulk calls of up to
+//! `BULK_MAX`. A handover of 100 agents thus costs one read and two writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::agent_status::{decide, Decision};
+use crate::genesys::users::{self, AgentState, USERS_PER_READ};
 use crate::genesys::{GenesysClient, LaneClient};
+use crate::job::PresencePolicy;
 use crate::lane::Lane;
 use crate::retry::RetryPolicy;
 
@@ -26,10 +34,18 @@ const BULK_PATH: &str = "/api/v2/users/presences/bulk";
 /// What the bulk call did for one user.
 #[derive(Debug)]
 pub enum BulkOutcome {
-    /// Set; the HTTP status and the presence's message as Genesys returned it.
+    /// Set; the HTTP status and the presence's message as Genesys returned it, and the state
+    /// read before (under a policy).
     Set {
         status: u16,
         message: Option<String>,
+        attempts: u32,
+        before: Option<AgentState>,
+    },
+    /// Read and decided without a write (unchanged, out of office, interacting).
+    Decided {
+        decision: Decision,
+        before: AgentState,
         attempts: u32,
     },
     /// Not set by the bulk call: the job should apply its change alone.
@@ -40,6 +56,8 @@ struct Request {
     user: Uuid,
     definition_id: String,
     message: Option<String>,
+    /// Read and decide first, under this policy.
+    policy: Option<PresencePolicy>,
     reply: oneshot::Sender<BulkOutcome>,
 }
 
@@ -80,19 +98,22 @@ impl BulkPresence {
         }
     }
 
-    /// Sets `user`'s presence as part of the next bulk call of `lane`.
+    /// Sets `user`'s presence as part of the next bulk call of `lane`; with a `policy`, reads
+    /// the agent's state first (with the call's other reads) and decides.
     pub async fn set(
         &self,
         lane: Lane,
         user: Uuid,
         definition_id: &str,
         message: Option<&str>,
+        policy: Option<PresencePolicy>,
     ) -> BulkOutcome {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             user,
             definition_id: definition_id.to_string(),
             message: message.map(str::to_string),
+            policy,
             reply,
         };
         if self.lanes[lane.index()].send(request).await.is_err() {
@@ -110,13 +131,39 @@ async fn gather(
     max: usize,
     mut incoming: mpsc::Receiver<Request>,
 ) {
+    // The batch lane's previous call, while it reads and writes.
+    let mut previous: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = incoming.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
-        while batch.len() < max {
+        // Changes read first gather up to a read's worth, written in calls of `max`.
+        let limit = |batch: &[Request]| {
+            if batch.iter().any(|r| r.policy.is_some()) {
+                USERS_PER_READ.max(max)
+            } else {
+                max
+            }
+        };
+        while batch.len() < limit(&batch) {
             match tokio::time::timeout_at(deadline, incoming.recv()).await {
                 Ok(Some(request)) => batch.push(request),
                 Ok(None) | Err(_) => break,
+            }
+        }
+        // In the batch lane (a handover, bound by the budget) a call asks for its token only
+        // once the previous one has written, gathering meanwhile: a token taken earlier would
+        // leave with the few jobs not waiting on the previous call, and a handover under a
+        // policy would cost a read per 50 agents instead of per 100.
+        if let Some(mut running) = previous.take() {
+            loop {
+                if batch.len() >= limit(&batch) {
+                    let _ = (&mut running).await;
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut running => break,
+                    Some(request) = incoming.recv() => batch.push(request),
+                }
             }
         }
         // The call's token, from a client of the pool; changes arriving meanwhile still join
@@ -125,7 +172,7 @@ async fn gather(
         let token = pool.prepay(BULK_PATH);
         tokio::pin!(token);
         let paid = loop {
-            if batch.len() >= max {
+            if batch.len() >= limit(&batch) {
                 break token.await;
             }
             tokio::select! {
@@ -145,21 +192,101 @@ async fn gather(
         };
         let genesys = genesys.clone();
         // Calls overlap: the next one gathers while this one is on the wire.
-        tokio::spawn(async move {
+        let running = tokio::spawn(async move {
             let pool = genesys.in_lane(lane);
             let paid = pool.pinned_to_client(&paid).expect("a client of the pool");
-            send(paid, pool, &retry, batch).await
+            read_and_send(paid, pool, &retry, batch, max).await
         });
+        if lane == Lane::Batch {
+            previous = Some(running);
+        }
     }
 }
 
-/// Sends a gathered call whose first attempt's budget token `gather` already took from client
-/// `paid`: its first attempt as that client, any retry through the `pool`.
-async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, batch: Vec<Request>) {
+/// Reads the agents whose changes come under a policy (one call), answers those decided
+/// without a write, and sends the rest in calls of up to `max`. The token `gather` took from
+/// client `paid` pays the first call, the read when there is one.
+async fn read_and_send(
+    paid: LaneClient<'_>,
+    pool: LaneClient<'_>,
+    retry: &RetryPolicy,
+    batch: Vec<Request>,
+    max: usize,
+) {
+    let mut prepaid = Some(paid);
+    let to_read: Vec<Uuid> = {
+        let mut ids: Vec<Uuid> = batch
+            .iter()
+            .filter(|r| r.policy.is_some())
+            .map(|r| r.user)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let mut states = None;
+    if !to_read.is_empty() {
+        let first = prepaid.take().expect("the first call is paid");
+        crate::telemetry::users_read(to_read.len());
+        match users::read(first, true, pool, retry, &to_read).await {
+            Ok(read) => states = Some(read),
+            Err(error) => {
+                tracing::warn!(users = to_read.len(), error.message = %error, "Reading agents' state for a bulk call failed; each job applies its change alone.");
+                for request in batch {
+                    let _ = request.reply.send(BulkOutcome::Left);
+                }
+                return;
+            }
+        }
+    }
+    let mut to_write = Vec::with_capacity(batch.len());
+    for request in batch {
+        let Some(policy) = request.policy else {
+            to_write.push((request, None));
+            continue;
+        };
+        let read = states.as_ref().expect("read above");
+        // A user Genesys does not know is left to the job, whose own call meets the 404.
+        let Some(state) = read.found.get(&request.user).cloned() else {
+            let _ = request.reply.send(BulkOutcome::Left);
+            continue;
+        };
+        match decide(
+            &state,
+            policy,
+            &request.definition_id,
+            request.message.as_deref(),
+            None,
+        ) {
+            Decision::Write => to_write.push((request, Some((state, read.attempts)))),
+            decision => {
+                let _ = request.reply.send(BulkOutcome::Decided {
+                    decision,
+                    before: state,
+                    attempts: read.attempts,
+                });
+            }
+        }
+    }
+    let mut rest = to_write.into_iter().peekable();
+    while rest.peek().is_some() {
+        let call: Vec<_> = rest.by_ref().take(max).collect();
+        send(prepaid.take(), pool, retry, call).await;
+    }
+}
+
+/// Sends one bulk call: its first attempt as client `paid` when `gather` already took that
+/// client's token, else (and any retry) through the `pool`.
+async fn send(
+    paid: Option<LaneClient<'_>>,
+    pool: LaneClient<'_>,
+    retry: &RetryPolicy,
+    batch: Vec<(Request, Option<(AgentState, u32)>)>,
+) {
     crate::telemetry::bulk_call(batch.len());
     let body: Vec<Value> = batch
         .iter()
-        .map(|r| {
+        .map(|(r, _)| {
             let mut item =
                 json!({"id": r.user, "source": "PURECLOUD", "presenceDefinition": {"id": r.definition_id}});
             if let Some(message) = &r.message {
@@ -171,10 +298,9 @@ async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, b
     let body = &Value::Array(body);
     let sent = retry
         .run(|attempt| async move {
-            if attempt == 1 {
-                paid.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await
-            } else {
-                pool.put::<Vec<SetPresence>>(BULK_PATH, body).await
+            match (attempt, paid) {
+                (1, Some(paid)) => paid.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await,
+                _ => pool.put::<Vec<SetPresence>>(BULK_PATH, body).await,
             }
         })
         .await;
@@ -185,7 +311,7 @@ async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, b
     );
     match sent.result {
         Ok(reply) => {
-            for request in batch {
+            for (request, read) in batch {
                 let set = reply
                     .body
                     .iter()
@@ -194,7 +320,8 @@ async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, b
                     Some(presence) => BulkOutcome::Set {
                         status: reply.status,
                         message: presence.message.clone(),
-                        attempts: sent.attempts,
+                        attempts: sent.attempts.max(read.as_ref().map_or(1, |r| r.1)),
+                        before: read.map(|r| r.0),
                     },
                     None => BulkOutcome::Left,
                 };
@@ -203,7 +330,7 @@ async fn send(paid: LaneClient<'_>, pool: LaneClient<'_>, retry: &RetryPolicy, b
         }
         Err(error) => {
             tracing::warn!(users = batch.len(), error.message = %error, "Bulk presence call failed; each job applies its change alone.");
-            for request in batch {
+            for (request, _) in batch {
                 let _ = request.reply.send(BulkOutcome::Left);
             }
         }

@@ -88,6 +88,8 @@ pub struct Context<'a> {
     pub flows: &'a flow_deploy::FlowSettings,
     /// Present when `agent.status` changes are coalesced into bulk calls.
     pub bulk: Option<&'a bulk::BulkPresence>,
+    /// Reads agents' state with the other jobs' reads (the presence policies).
+    pub users: &'a crate::genesys::users::UserReads,
 }
 
 /// What the pipeline knows of the job and its entity when it applies it.

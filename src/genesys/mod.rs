@@ -22,6 +22,7 @@ pub mod error;
 pub mod limits;
 pub mod presence;
 pub mod taskmanagement;
+pub mod users;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -529,6 +530,14 @@ impl<'a> LaneClient<'a> {
     ) -> Result<Reply<T>, GenesysError> {
         self.client
             .call(self.lane, self.via, false, Method::POST, path, Some(body))
+            .await
+    }
+
+    /// A `GET` whose budget token the caller already took ([`LaneClient::prepay`]): a gathered
+    /// read of many agents' state.
+    pub async fn get_prepaid<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
+        self.client
+            .call(self.lane, self.via, true, Method::GET, path, None)
             .await
     }
 

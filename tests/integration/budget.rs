@@ -100,7 +100,7 @@ async fn an_org_limit_spent_by_another_integration_stalls_presence_but_not_worki
     let (_, throttled_elsewhere) = answered(&stats, Some("/api/v2/taskmanagement/"));
     let (_, throttled_flows) = answered(&stats, Some("/api/v2/flows"));
     assert_eq!(throttled_elsewhere + throttled_flows, 0);
-    let (_, throttled_users) = answered(&stats, Some("/api/v2/users/"));
+    let (_, throttled_users) = answered(&stats, Some("/api/v2/users"));
     assert!(throttled_users >= 1, "presence calls met the org limit");
     assert_eq!(
         stats["throttled_by"]["org.users.rate.per.minute"],

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::helpers::{agent_job, redis_url, sandbox_token, spawn_app, TestApp};
 
 const PATCH_PRESENCE: &str = "PATCH /api/v2/users/{userId}/presences/purecloud";
-const GET_PRESENCE: &str = "GET /api/v2/users/{userId}/presences/purecloud";
+/// The read of agents' state (presence, routing status, Out of Office) before a change.
+const READ_USERS: &str = "GET /api/v2/users";
 
 async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
@@ -80,7 +81,7 @@ async fn a_job_taken_over_from_a_dead_worker_is_not_written_twice() {
         "Available"
     );
     // The new owner read the presence and found the change made: no second PATCH.
-    assert_eq!(app.requests(GET_PRESENCE, 200).await, 1);
+    assert_eq!(app.requests(READ_USERS, 200).await, 1);
     assert_eq!(app.requests(PATCH_PRESENCE, 200).await, 1);
     assert_eq!(app.mutations().await.len(), 1);
     app.stop().await;
@@ -96,7 +97,7 @@ async fn a_job_taken_over_before_the_change_was_made_applies_it_once() {
 
     app.publish(&job).await;
     assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Applied);
-    assert_eq!(app.requests(GET_PRESENCE, 200).await, 1);
+    assert_eq!(app.requests(READ_USERS, 200).await, 1);
     assert_eq!(app.mutations().await.len(), 1);
     assert_eq!(app.user(user).await["presence"], "Break");
     app.stop().await;

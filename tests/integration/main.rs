@@ -24,6 +24,7 @@ mod keys;
 mod operations;
 mod ordering;
 mod pool;
+mod presence_policies;
 mod processes;
 mod relay;
 mod retries;

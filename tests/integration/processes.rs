@@ -179,7 +179,10 @@ async fn two_worker_processes_share_one_budget_and_use_it_without_tripping_the_l
         PER_AGENT_CALLS[0],
     ];
     let mut app = spawn_app_without_worker(sandbox, &overrides).await;
-    let jobs = app.publish_agent_jobs(JOBS, "Busy").await;
+    // Write-only jobs (no policy reads first): the budget's use is measured on the writes.
+    let jobs = app
+        .publish_agent_jobs_with(JOBS, json!({"presence": "Busy", "respect_out_of_office": false}))
+        .await;
     let mut a = app.start_worker_process();
     let mut b = app.start_worker_process();
     let mut seen = HashMap::new();

@@ -513,12 +513,19 @@ impl TestApp {
     /// Publishes one `agent.status` job setting `presence` for each of the first `users` seeded
     /// users; returns their job ids.
     pub async fn publish_agent_jobs(&self, users: usize, presence: &str) -> std::collections::HashSet<Uuid> {
+        self.publish_agent_jobs_with(users, serde_json::json!({"presence": presence}))
+            .await
+    }
+
+    /// As [`TestApp::publish_agent_jobs`], each job with `payload` (`user_id` added).
+    pub async fn publish_agent_jobs_with(
+        &self,
+        users: usize,
+        payload: Value,
+    ) -> std::collections::HashSet<Uuid> {
         let mut jobs = std::collections::HashSet::new();
         for n in 0..users {
-            let job = agent_job(
-                genesys_sandbox::user_id(n),
-                serde_json::json!({"presence": presence}),
-            );
+            let job = agent_job(genesys_sandbox::user_id(n), payload.clone());
             jobs.insert(job["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
             self.publish(&job).await;
         }

@@ -1,0 +1,307 @@
+//! What agents are doing, read in bulk: `GET /api/v2/users?id=…&expand=presence,routingStatus,
+//! outOfOffice` answers for up to 100 users in one call (docs/architecture.md, section 4.2).
+//!
+//! Genesys resolves `expand` "with a best effort approach": a user that comes back without a
+//! field that was asked for is read on its own, through that field's own route.
+//!
+//! The jobs in flight read through [`UserReads`]: in the single lane a read that finds no call
+//! waiting for budget goes at once, alone (a job never waits for company); in the batch lane
+//! (a handover) a read first waits `BULK_WINDOW_MS` for others, as a bulk write does. Reads
+//! arriving meanwhile join the call, which waits for its budget token and keeps gathering while
+//! it waits: when the budget is the bottleneck calls leave full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{GenesysClient, GenesysError, LaneClient};
+use crate::lane::Lane;
+use crate::retry::RetryPolicy;
+
+/// Users per read: the most ids `GET /api/v2/users` takes (and the page size asked for).
+pub const USERS_PER_READ: usize = 100;
+
+const USERS_PATH: &str = "/api/v2/users";
+const EXPAND: &str = "presence,routingStatus,outOfOffice";
+
+/// `UserPresence`, the fields read here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPresence {
+    pub presence_definition: Option<DefinitionRef>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub modified_date: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionRef {
+    pub id: String,
+    #[serde(default)]
+    pub system_presence: Option<String>,
+}
+
+/// `RoutingStatus`, the field read here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RoutingStatusBody {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct OutOfOffice {
+    #[serde(default)]
+    active: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct User {
+    id: Uuid,
+    presence: Option<UserPresence>,
+    routing_status: Option<RoutingStatusBody>,
+    out_of_office: Option<OutOfOffice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserListing {
+    #[serde(default)]
+    entities: Vec<User>,
+}
+
+/// What an agent is doing, as far as a change of presence is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    pub presence: UserPresence,
+    /// `OFF_QUEUE`, `IDLE`, `INTERACTING`, `COMMUNICATING`, `NOT_RESPONDING`.
+    pub routing_status: String,
+    pub out_of_office: bool,
+}
+
+impl AgentState {
+    /// On a live interaction: Genesys' routing status says so.
+    pub fn interacting(&self) -> bool {
+        matches!(self.routing_status.as_str(), "INTERACTING" | "COMMUNICATING")
+    }
+}
+
+/// A read's answer: the states of the users Genesys knows (an unknown id is absent), and the
+/// attempts the read took.
+#[derive(Debug)]
+pub struct States {
+    pub found: HashMap<Uuid, AgentState>,
+    pub attempts: u32,
+}
+
+/// Reads `users` (at most [`USERS_PER_READ`]) in one call, then on its own each user whose
+/// expanded fields did not come back. `prepaid`: the call's budget token was taken already
+/// ([`LaneClient::prepay`]) on `first`; retries and the reads on their own go through `pool`.
+pub async fn read(
+    first: LaneClient<'_>,
+    prepaid: bool,
+    pool: LaneClient<'_>,
+    retry: &RetryPolicy,
+    users: &[Uuid],
+) -> Result<States, GenesysError> {
+    debug_assert!(users.len() <= USERS_PER_READ);
+    let mut path = format!("{USERS_PATH}?pageSize={USERS_PER_READ}&expand={EXPAND}");
+    for user in users {
+        path.push_str("&id=");
+        path.push_str(&user.to_string());
+    }
+    let path = &path;
+    let listed = retry
+        .run(|attempt| async move {
+            match (attempt, prepaid) {
+                (1, true) => first.get_prepaid::<UserListing>(path).await,
+                _ => pool.get::<UserListing>(path).await,
+            }
+        })
+        .await;
+    let mut attempts = listed.attempts;
+    let mut found = HashMap::with_capacity(users.len());
+    for user in listed.result?.body.entities {
+        let (presence, routing, out_of_office) =
+            match (user.presence, user.routing_status, user.out_of_office) {
+                (Some(presence), Some(routing), Some(ooo)) => (presence, routing, ooo),
+                (presence, routing, ooo) => {
+                    let alone = read_alone(pool, retry, user.id, presence, routing, ooo).await?;
+                    attempts = attempts.max(alone.1);
+                    alone.0
+                }
+            };
+        found.insert(
+            user.id,
+            AgentState {
+                presence,
+                routing_status: routing.status,
+                out_of_office: out_of_office.active,
+            },
+        );
+    }
+    Ok(States { found, attempts })
+}
+
+/// The fields the listing left out, each from its own route.
+async fn read_alone(
+    pool: LaneClient<'_>,
+    retry: &RetryPolicy,
+    user: Uuid,
+    presence: Option<UserPresence>,
+    routing: Option<RoutingStatusBody>,
+    out_of_office: Option<OutOfOffice>,
+) -> Result<((UserPresence, RoutingStatusBody, OutOfOffice), u32), GenesysError> {
+    let mut attempts = 1;
+    let presence = match presence {
+        Some(presence) => presence,
+        None => {
+            let path = format!("/api/v2/users/{user}/presences/purecloud");
+            let read = retry.run(|_| pool.get::<UserPresence>(&path)).await;
+            attempts = attempts.max(read.attempts);
+            read.result?.body
+        }
+    };
+    let routing = match routing {
+        Some(routing) => routing,
+        None => {
+            let path = format!("/api/v2/users/{user}/routingstatus");
+            let read = retry.run(|_| pool.get::<RoutingStatusBody>(&path)).await;
+            attempts = attempts.max(read.attempts);
+            read.result?.body
+        }
+    };
+    let out_of_office = match out_of_office {
+        Some(ooo) => ooo,
+        None => {
+            let path = format!("/api/v2/users/{user}/outofoffice");
+            let read = retry.run(|_| pool.get::<OutOfOffice>(&path)).await;
+            attempts = attempts.max(read.attempts);
+            read.result?.body
+        }
+    };
+    Ok(((presence, routing, out_of_office), attempts))
+}
+
+/// One job's answer from a gathered read: its user's state (None: Genesys does not know the
+/// user), or the read's error, shared by every job of the call.
+pub type ReadAnswer = Result<(Option<AgentState>, u32), Arc<GenesysError>>;
+
+struct Request {
+    user: Uuid,
+    reply: oneshot::Sender<ReadAnswer>,
+}
+
+/// Gathers the reads of the jobs in flight into bulk reads; one per worker process.
+#[derive(Debug, Clone)]
+pub struct UserReads {
+    /// Per lane, indexed like [`Lane`].
+    lanes: [mpsc::Sender<Request>; 2],
+}
+
+impl UserReads {
+    /// `batch_window`: how long a read of the batch lane waits for others.
+    pub fn start(genesys: Arc<GenesysClient>, retry: RetryPolicy, batch_window: Duration) -> Self {
+        let lane = |lane| {
+            let (requests, incoming) = mpsc::channel::<Request>(USERS_PER_READ * 4);
+            let window = match lane {
+                Lane::Single => Duration::ZERO,
+                Lane::Batch => batch_window,
+            };
+            tokio::spawn(gather(genesys.clone(), lane, retry, window, incoming));
+            requests
+        };
+        Self {
+            lanes: [lane(Lane::Single), lane(Lane::Batch)],
+        }
+    }
+
+    /// `user`'s state, read with the other reads of `lane` in flight.
+    pub async fn read(&self, lane: Lane, user: Uuid) -> ReadAnswer {
+        let stopping = || Arc::new(GenesysError::Budget("the worker is stopping".into()));
+        let (reply, answer) = oneshot::channel();
+        if self.lanes[lane.index()]
+            .send(Request { user, reply })
+            .await
+            .is_err()
+        {
+            return Err(stopping());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopping()))
+    }
+}
+
+async fn gather(
+    genesys: Arc<GenesysClient>,
+    lane: Lane,
+    retry: RetryPolicy,
+    window: Duration,
+    mut incoming: mpsc::Receiver<Request>,
+) {
+    while let Some(first) = incoming.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        while batch.len() < USERS_PER_READ {
+            match incoming.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) if window.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, incoming.recv()).await {
+                    Ok(Some(request)) => batch.push(request),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        let pool = genesys.in_lane(lane);
+        let token = pool.prepay(USERS_PATH);
+        tokio::pin!(token);
+        let paid = loop {
+            if batch.len() >= USERS_PER_READ {
+                break token.await;
+            }
+            tokio::select! {
+                paid = &mut token => break paid,
+                Some(request) = incoming.recv() => batch.push(request),
+            }
+        };
+        let paid = match paid {
+            Ok(paid) => paid.client_id().to_string(),
+            Err(err) => {
+                let err = Arc::new(super::budget_error(err));
+                for request in batch {
+                    let _ = request.reply.send(Err(err.clone()));
+                }
+                continue;
+            }
+        };
+        let genesys = genesys.clone();
+        // Reads overlap: the next one gathers while this one is on the wire.
+        tokio::spawn(async move {
+            let pool = genesys.in_lane(lane);
+            let first = pool.pinned_to_client(&paid).expect("a client of the pool");
+            let mut users: Vec<Uuid> = batch.iter().map(|r| r.user).collect();
+            users.sort_unstable();
+            users.dedup();
+            crate::telemetry::users_read(users.len());
+            match read(first, true, pool, &retry, &users).await {
+                Ok(mut states) => {
+                    for request in batch {
+                        let state = states.found.get(&request.user).cloned();
+                        let _ = request.reply.send(Ok((state, states.attempts)));
+                    }
+                    states.found.clear();
+                }
+                Err(err) => {
+                    tracing::warn!(users = users.len(), error.message = %err, "Reading agents' state failed.");
+                    let err = Arc::new(err);
+                    for request in batch {
+                        let _ = request.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
