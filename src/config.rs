@@ -886,6 +886,13 @@ mod tests {
     }
 
     #[test]
+    fn force_unlock_actors_are_a_trimmed_comma_separated_list_and_none_by_default() {
+        assert!(config(&[]).unwrap().flow_force_unlock_actors.is_empty());
+        let cfg = config(&[("FLOW_FORCE_UNLOCK_ACTORS", " release-manager, ops-lead ,,")]).unwrap();
+        assert_eq!(cfg.flow_force_unlock_actors, ["release-manager", "ops-lead"]);
+    }
+
+    #[test]
     fn a_short_ingest_token_is_refused() {
         let err = config(&[("INGEST_ADDR", "127.0.0.1:9091"), ("INGEST_TOKEN", "hunter2")]).unwrap_err();
         assert_eq!(err.var, "INGEST_TOKEN");
