@@ -684,7 +684,16 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// A write-only `agent.status` job (`respect_out_of_office: false`, so no policy reads the
+/// agent's state first): the same work as the plumbing's, and as the worker did before the
+/// presence policies. [`agent_job_with_policies`] keeps the defaults.
 fn agent_job(n: usize, users: usize, presence: &str) -> Value {
+    let mut job = agent_job_with_policies(n, users, presence);
+    job["payload"]["respect_out_of_office"] = json!(false);
+    job
+}
+
+fn agent_job_with_policies(n: usize, users: usize, presence: &str) -> Value {
     json!({
         "job_id": Uuid::new_v4(),
         "kind": "agent.status",
@@ -1307,7 +1316,7 @@ struct Handover {
 
 /// A shift handover of `settings.handover` agents as one `batch`, at 5 calls/s.
 async fn handover(connection: &Connection, settings: &Settings) -> Handover {
-    handover_as(connection, settings, "handover", None).await.0
+    handover_as(connection, settings, "handover", None, false).await.0
 }
 
 /// The handover, as the sandbox's default client or (`pool` = Some(n)) as the first n clients of
@@ -1318,6 +1327,7 @@ async fn handover_as(
     settings: &Settings,
     name: &str,
     pool: Option<usize>,
+    policies: bool,
 ) -> (Handover, u64, BTreeMap<String, ClientCalls>, Value) {
     const BUDGET: u32 = 5;
     let agents = settings.handover;
@@ -1342,7 +1352,8 @@ async fn handover_as(
     };
     let worker = start_worker(&env);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let children: Vec<Value> = (0..agents).map(|n| agent_job(n, agents, "On Queue")).collect();
+    let child = if policies { agent_job_with_policies } else { agent_job };
+    let children: Vec<Value> = (0..agents).map(|n| child(n, agents, "On Queue")).collect();
     let batch = json!({
         "job_id": Uuid::new_v4(),
         "kind": "batch",
@@ -1678,7 +1689,7 @@ struct PoolHandover {
 async fn pool_handover(connection: &Connection, settings: &Settings, clients: usize) -> PoolHandoverRun {
     let name = format!("poolhandover{clients}");
     let (handover, throttled, per_client, outcomes) =
-        handover_as(connection, settings, &name, Some(clients)).await;
+        handover_as(connection, settings, &name, Some(clients), false).await;
     PoolHandoverRun {
         clients,
         handover,
@@ -2033,6 +2044,40 @@ async fn main() {
             result.ratio_to_ideal
         );
         report.insert("handover".into(), serde_json::to_value(result).unwrap());
+    }
+    if settings.names("handover-policies") {
+        // The handover as write-only jobs, then with the presence policies at their defaults
+        // (each agent's state read first, 100 a call): what reading costs.
+        let write_only = handover_as(&connection, &settings, "handover-write-only", None, false).await;
+        let read_first = handover_as(&connection, &settings, "handover-policies", None, true).await;
+        println!();
+        println!(
+            "handover-policies: {} agents as one batch at {}/s (one run each)",
+            write_only.0.agents, write_only.0.budget_per_sec
+        );
+        println!(
+            "| {:<20} | {:>9} | {:>10} | {:>7} | {:>5} |",
+            "handover", "API calls", "vs writes", "wall s", "429s"
+        );
+        println!("|{:-<22}|{:->11}|{:->12}|{:->9}|{:->7}|", "", "", "", "", "");
+        for (label, run) in [("write-only", &write_only), ("policies on", &read_first)] {
+            println!(
+                "| {:<20} | {:>9} | {:>10} | {:>7.1} | {:>5} |",
+                label,
+                run.0.api_calls,
+                format!("{:.2}x", run.0.api_calls as f64 / write_only.0.api_calls as f64),
+                run.0.wall_secs,
+                run.1,
+            );
+        }
+        report.insert(
+            "handover_policies".into(),
+            json!({
+                "write_only": write_only.0,
+                "policies_on": read_first.0,
+                "calls_ratio": read_first.0.api_calls as f64 / write_only.0.api_calls as f64,
+            }),
+        );
     }
     if settings.names("pool-status") {
         let started = Instant::now();

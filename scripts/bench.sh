@@ -21,6 +21,11 @@
 #                  the speed-up (target >= 2.8x), API calls, 429s, calls per client
 # e.g. scripts/bench.sh --only pool-status,pool-handover
 #
+# `handover-policies` (only when named, about 2 minutes): the handover as write-only jobs, then
+# with the presence policies at their defaults (each agent's state read first, 100 agents a
+# read): API calls of each and their ratio (target <= 1.5x). The other drains and the handover
+# use write-only jobs, the same work as the plumbing's.
+#
 # `single` publishes jobs one at a time (each once the previous one's audit event arrived): the
 # latency of a job with no company, publish to audit event and the worker's own latency_ms
 # (300 jobs a run; BENCH_SINGLE_JOBS=N for more).
