@@ -1,5 +1,5 @@
 //! What agents are doing, read in bulk: `GET /api/v2/users?id=…&expand=presence,routingStatus,
-//! outOfOffice` answers for up to 100 users in one call (docs/architecture.md, section 4.2).
+//! outOfOffice` answers for up to 100 users in one call (docs/architecture.md, section 4.8).
 //!
 //! Genesys resolves `expand` "with a best effort approach": a user that comes back without a
 //! field that was asked for is read on its own, through that field's own route.
