@@ -54,6 +54,7 @@ pub mod lane;
 pub mod limit;
 pub mod order;
 pub mod pipeline;
+pub mod plan;
 pub mod record;
 pub mod relay;
 pub mod retry;
