@@ -1,7 +1,7 @@
-//! Command-line interface: `run` (the worker), `enqueue` (publish jobs) and the tools. The
-//! worker's settings come from the environment (the README's Configuration table); flags here
-//! are for the tools around it, and their defaults are [`crate::config`]'s. Each subcommand is
-//! carried out by its module in [`crate::tools`].
+//! Command-line interface: `run` (the worker), `enqueue` (publish jobs), `plan` (what jobs
+//! would do) and the tools. The worker's settings come from the environment (the README's
+//! Configuration table); flags here are for the tools around it, and their defaults are
+//! [`crate::config`]'s. Each subcommand is carried out by its module in [`crate::tools`].
 
 use std::path::PathBuf;
 
@@ -39,9 +39,29 @@ pub enum Command {
     /// Follow `batch` jobs.
     #[command(subcommand)]
     Batch(BatchCommand),
+    /// Show what an NDJSON file of jobs would do if enqueued now, read from Genesys (nothing
+    /// is changed).
+    ///
+    /// One line per job: `no-op` (already so), `change` (from → to), `deferred` (waits for an
+    /// interaction or a lock first) or `blocked` (why); then the counts and the Genesys requests
+    /// the plan cost. Configured like the worker (GENESYS_*, REDIS_URL, REDIS_KEY_PREFIX, the
+    /// rate limit): its calls spend the fleet's budget in Redis. Exit 0 when nothing is blocked,
+    /// 1 when a job is blocked or a line invalid, 2 on unreadable input or an invalid setting,
+    /// 3 when Genesys or Redis cannot be reached.
+    Plan(PlanArgs),
     /// Validate an IVR flow definition offline, as `flow.deploy` would (for CI pipelines).
     /// Exit 0 when valid, 1 when invalid, 2 when the input cannot be read.
     ValidateFlow(ValidateFlowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// NDJSON file of jobs (as `enqueue` takes), or - for standard input; a batch is planned as
+    /// its children.
+    pub file: PathBuf,
+    /// One JSON object per job, then `{"summary": {...}}` (see README, Commands).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,7 @@
 //!
 //! - [`run`]: the worker (`genesys-worker run`), configured by [`crate::config::Config`].
 //! - [`enqueue`]: publish an NDJSON file of jobs ([`crate::enqueue`]).
+//! - [`plan`]: what an NDJSON file of jobs would do, read from Genesys ([`crate::plan`]).
 //! - [`dlq`]: `dlq list` and `dlq replay` ([`crate::dlq`]).
 //! - [`relay`]: events to a webhook ([`crate::relay`]).
 //! - [`audit`]: `audit verify` ([`crate::audit`]).
@@ -11,10 +12,10 @@
 //! - [`batch`]: `batch status` ([`crate::store::Store::batch_progress`]).
 //!
 //! Exit codes follow one convention: 0 success; 1 a failure or a negative answer (skipped lines,
-//! an invalid flow, a broken chain, an unknown batch); 2 an invalid setting or unreadable input;
-//! `batch status` adds 3 (still running). Settings the tools read from the environment go
-//! through [`crate::config`], like the worker's: an invalid one is one line naming the variable,
-//! then exit 2.
+//! an invalid flow, a broken chain, an unknown batch, a blocked job); 2 an invalid setting or
+//! unreadable input; `batch status` adds 3 (still running), `plan` 3 (Genesys or Redis cannot be
+//! reached). Settings the tools read from the environment go through [`crate::config`], like the
+//! worker's: an invalid one is one line naming the variable, then exit 2.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod batch;
 pub mod dlq;
 pub mod enqueue;
+pub mod plan;
 pub mod relay;
 pub mod run;
 pub mod validate_flow;
