@@ -23,6 +23,7 @@ mod interactions;
 mod keys;
 mod operations;
 mod ordering;
+mod plan;
 mod pool;
 mod presence_policies;
 mod processes;
