@@ -21,7 +21,7 @@ use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
-use crate::events::{AuditEvent, CrmEvent, EventError, OutboundEvent, Outcome};
+use crate::events::{AuditEvent, CrmEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
 use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
@@ -51,6 +51,9 @@ pub enum Disposition {
         code: String,
         message: String,
         attempts: u32,
+        /// Genesys' own account of the failure (the audit event's `error.details`), sent as
+        /// `x-error-details`.
+        details: Option<ErrorDetails>,
     },
     /// Not final yet: park in `queue` for its delay (then back to the work queue), then ack.
     Retry {
@@ -280,6 +283,7 @@ impl Pipeline {
                             code: "idempotency_key_reused".into(),
                             message,
                             attempts: 0,
+                            details: None,
                         },
                         Outcome::Rejected,
                     )
@@ -560,6 +564,7 @@ impl Pipeline {
                     code: err.code.into(),
                     message: err.message,
                     attempts: 0,
+                    details: None,
                 },
                 Outcome::Rejected,
             )
@@ -630,6 +635,7 @@ fn disposition(event: &AuditEvent, rounds: Rounds) -> Disposition {
         code: error.code,
         message: error.message,
         attempts: rounds.attempts + event.attempts,
+        details: error.details,
     }
 }
 

@@ -252,6 +252,7 @@ async fn settle(
             code,
             message,
             attempts,
+            details,
         }) => {
             let (exchange, routing_key) =
                 origin(incoming.properties, incoming.exchange, incoming.routing_key);
@@ -266,7 +267,7 @@ async fn settle(
             };
             let sent = settings
                 .publisher
-                .dead_letter((&settings.dead_letter, &routing_key), letter)
+                .dead_letter_explained((&settings.dead_letter, &routing_key), letter, details.as_ref())
                 .await;
             if sent.is_ok() {
                 crate::telemetry::dead_lettered(&code);

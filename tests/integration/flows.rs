@@ -981,7 +981,6 @@ async fn a_failed_publish_explains_itself_in_the_audit_event() {
 }
 
 #[tokio::test]
-#[ignore = "the pipeline does not hand error.details to Publisher::dead_letter_explained yet (src/pipeline.rs Disposition::DeadLetter, src/intake/mod.rs)"]
 async fn a_failed_publishs_details_reach_the_dead_letter() {
     let mut app = app().await;
     let id = flow_id(1).to_string();
