@@ -239,6 +239,13 @@ impl Pipeline {
                 tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
                 self.publisher.publish_events(&events).await?;
                 self.store.mark_confirmed(&entity, &job.idempotency_key).await?;
+                // Another copy of the job (its own job id) is also told it was a duplicate, as
+                // it would be once the events are confirmed: whoever waits for its outcome hears.
+                let original = original_event(&events);
+                if original.as_ref().is_some_and(|o| o.job_id != job.job_id) {
+                    self.announce_duplicate(&job, original, started).await?;
+                    return Ok(Settled::new(Disposition::Ack, Outcome::Duplicate));
+                }
                 Ok(Settled::new(Disposition::Ack, outcome))
             }
             Claim::Done {
@@ -246,22 +253,8 @@ impl Pipeline {
                 events,
                 ..
             } => {
-                // The original's audit event names the entity it changed (a created workitem
-                // has an id only the original knows) and the state it left.
-                let original = events
-                    .iter()
-                    .find_map(|e| serde_json::from_str::<AuditEvent>(&e.body).ok());
-                let mut duplicate = Verdict::refused(Outcome::Duplicate, "", String::new());
-                duplicate.entity = original.as_ref().map(|o| o.entity.clone());
-                duplicate.new_state = original.and_then(|o| o.new_state);
-                let draft = AuditEvent {
-                    error: None,
-                    genesys_status: None,
-                    attempts: 0,
-                    ..self.draft(&job, &duplicate, started)
-                };
-                self.publish_unrecorded(draft).await?;
-                tracing::info!(idempotency_key = %job.idempotency_key, "Duplicate job; no Genesys call made.");
+                self.announce_duplicate(&job, original_event(&events), started)
+                    .await?;
                 Ok(Settled::new(Disposition::Ack, Outcome::Duplicate))
             }
             Claim::KeyReused => {
@@ -572,6 +565,29 @@ impl Pipeline {
     }
 
     /// Publishes an event that records nothing: it only references the entity's chain head.
+    /// Announces `job` as a `duplicate` of the job whose audit event is `original`: it names
+    /// the entity the original changed (a created workitem has an id only the original knows)
+    /// and the state it left. Not recorded: the original's record stands.
+    async fn announce_duplicate(
+        &self,
+        job: &Job,
+        original: Option<AuditEvent>,
+        started: Instant,
+    ) -> Result<(), PipelineError> {
+        let mut duplicate = Verdict::refused(Outcome::Duplicate, "", String::new());
+        duplicate.entity = original.as_ref().map(|o| o.entity.clone());
+        duplicate.new_state = original.and_then(|o| o.new_state);
+        let draft = AuditEvent {
+            error: None,
+            genesys_status: None,
+            attempts: 0,
+            ..self.draft(job, &duplicate, started)
+        };
+        self.publish_unrecorded(draft).await?;
+        tracing::info!(idempotency_key = %job.idempotency_key, "Duplicate job; no Genesys call made.");
+        Ok(())
+    }
+
     async fn publish_unrecorded(&self, mut draft: AuditEvent) -> Result<(), PipelineError> {
         let head = self.store.entity_head(&draft.entity).await?;
         record::link(&mut draft, &head);
@@ -621,6 +637,13 @@ impl Pipeline {
         }
         messages
     }
+}
+
+/// The audit event among a finished job's stored events.
+fn original_event(events: &[OutboundEvent]) -> Option<AuditEvent> {
+    events
+        .iter()
+        .find_map(|e| serde_json::from_str::<AuditEvent>(&e.body).ok())
 }
 
 fn disposition(event: &AuditEvent, rounds: Rounds) -> Disposition {

@@ -103,13 +103,10 @@ async fn a_job_taken_over_before_the_change_was_made_applies_it_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_unchanged() {
-    let mut app = spawn_app().await;
-    let user = user_id(12);
-    let mut job = agent_job(user, json!({"presence": "Meal"}));
-    let idempotency_key = format!("republish-{}", Uuid::new_v4());
-    job["idempotency_key"] = json!(idempotency_key);
+/// What a worker that crashed after recording `job`'s outcome, before its events were
+/// confirmed, leaves in Redis; returns the stored audit event and the record's key.
+async fn leave_done_unconfirmed(app: &TestApp, job: &Value, user: Uuid) -> (AuditEvent, String) {
+    let idempotency_key = job["idempotency_key"].as_str().unwrap().to_string();
     let job_id: Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
     // The crashed worker recorded the outcome but died before its events were confirmed.
     let stored = AuditEvent {
@@ -143,7 +140,7 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
         .arg("state")
         .arg("done")
         .arg("fp")
-        .arg(fingerprint(&job))
+        .arg(fingerprint(job))
         .arg("outcome")
         .arg("applied")
         .arg("events")
@@ -153,6 +150,17 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
         .query_async(&mut redis().await)
         .await
         .unwrap();
+
+    (stored, key)
+}
+
+#[tokio::test]
+async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_unchanged() {
+    let mut app = spawn_app().await;
+    let user = user_id(12);
+    let mut job = agent_job(user, json!({"presence": "Meal"}));
+    job["idempotency_key"] = json!(format!("republish-{}", Uuid::new_v4()));
+    let (stored, key) = leave_done_unconfirmed(&app, &job, user).await;
 
     app.publish(&job).await;
     let republished = app.audit_events(1).await.remove(0);
@@ -180,6 +188,31 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
     }
     app.publish(&job).await;
     assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Duplicate);
+    assert!(app.mutations().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn another_copy_arriving_before_the_events_were_confirmed_hears_it_is_a_duplicate() {
+    let mut app = spawn_app().await;
+    let user = user_id(14);
+    let mut job = agent_job(user, json!({"presence": "Meal"}));
+    job["idempotency_key"] = json!(format!("republish-{}", Uuid::new_v4()));
+    let (stored, _) = leave_done_unconfirmed(&app, &job, user).await;
+    // Another copy (its own job id): whoever waits for its outcome must hear one.
+    let mut copy = job.clone();
+    copy["job_id"] = json!(Uuid::new_v4());
+    app.publish(&copy).await;
+    let events = app.audit_events(2).await;
+    assert!(
+        events.iter().any(|e| e.event == stored),
+        "the original's events again"
+    );
+    let duplicate = events
+        .iter()
+        .find(|e| e.event.job_id.to_string() == copy["job_id"].as_str().unwrap())
+        .expect("the copy's own event");
+    assert_eq!(duplicate.event.outcome, Outcome::Duplicate);
     assert!(app.mutations().await.is_empty());
     app.stop().await;
 }
