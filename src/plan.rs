@@ -43,17 +43,15 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::apply::agent_status::{decide, Decision};
+use crate::apply::agent_status::{self, decide, Decision};
 use crate::apply::flow_deploy::{self, FlowSettings, Published};
 use crate::flow::configuration_hash;
 use crate::genesys::architect::{Consumer, Flow, FlowListing};
-use crate::genesys::presence::{self, PresenceDefinition, ResolveError};
+use crate::genesys::presence::{PresenceDefinition, ResolveError};
 use crate::genesys::taskmanagement::{StatusGraph, Workitem};
 use crate::genesys::users::{self, AgentState, DefinitionRef, USERS_PER_READ};
 use crate::genesys::{GenesysClient, GenesysError, LaneClient};
-use crate::job::{
-    self, AgentStatus, FlowDeploy, IfInteracting, InteractionStatus, Job, Payload, RoutingStatus,
-};
+use crate::job::{self, AgentStatus, FlowDeploy, InteractionStatus, Job, Payload, RoutingStatus};
 use crate::lane::Lane;
 use crate::retry::RetryPolicy;
 
@@ -720,23 +718,10 @@ impl Planner<'_> {
         };
         // The worker reads the agent only when a precondition or a policy needs it; otherwise
         // it writes whatever the agent is doing.
-        let reads = payload.expected_current.is_some()
-            || policy.respect_out_of_office
-            || policy.if_interacting != IfInteracting::Apply
-            || payload.skip_if_current == Some(true);
+        let reads = agent_status::reads_state(payload, false);
         if reads {
             if let Some(expected) = &payload.expected_current {
-                let holds = match (&current_definition, &state.presence.presence_definition) {
-                    (Some(definition), _) => definition.answers_to(expected),
-                    (None, Some(reference)) => {
-                        reference.id.eq_ignore_ascii_case(expected)
-                            || reference
-                                .system_presence
-                                .as_deref()
-                                .is_some_and(|s| presence::normalize(s) == presence::normalize(expected))
-                    }
-                    (None, None) => false,
-                };
+                let holds = agent_status::presence_holds(current_definition.as_ref(), &state, expected);
                 if !holds {
                     return refuse(
                         "expected_current_mismatch",
@@ -1225,6 +1210,7 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::IfInteracting;
     use serde_json::json;
 
     const USER: &str = "8f1c2b4e-7d6a-4b3c-9e2f-1a0b9c8d7e6f";

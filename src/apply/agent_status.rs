@@ -53,11 +53,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     let policy = payload.policy();
     // What the agent is doing, when a precondition or a policy needs it (with the defaults it
     // does: Out of Office is respected).
-    let reads = payload.expected_current.is_some()
-        || takeover
-        || policy.respect_out_of_office
-        || policy.if_interacting != IfInteracting::Apply
-        || payload.skip_if_current == Some(true);
+    let reads = reads_state(payload, takeover);
     let decided = |decision: Decision, described: Value, attempts: u32| {
         let conflict = |code: &str, message: String| {
             let mut refused = Verdict::refused(
@@ -173,18 +169,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         if let Some(state) = state {
             let (described, current_definition) = describe(ctx, &state).await;
             if let Some(expected) = &payload.expected_current {
-                let current = &state.presence;
-                let holds = match (&current_definition, &current.presence_definition) {
-                    (Some(definition), _) => definition.answers_to(expected),
-                    (None, Some(reference)) => {
-                        reference.id.eq_ignore_ascii_case(expected)
-                            || reference.system_presence.as_deref().is_some_and(|s| {
-                                crate::genesys::presence::normalize(s)
-                                    == crate::genesys::presence::normalize(expected)
-                            })
-                    }
-                    (None, None) => false,
-                };
+                let holds = presence_holds(current_definition.as_ref(), &state, expected);
                 if !holds {
                     let found = described["presence"].as_str().unwrap_or("none").to_string();
                     let mut refused = Verdict::refused(
@@ -289,6 +274,32 @@ async fn describe(ctx: Context<'_>, state: &AgentState) -> (Value, Option<Presen
         None => None,
     };
     (describe_current(state, definition.as_ref()), definition)
+}
+
+/// Whether the job reads the agent's state before it writes: for a precondition
+/// (`expected_current`, a takeover) or a policy that needs it.
+pub fn reads_state(payload: &AgentStatus, takeover: bool) -> bool {
+    let policy = payload.policy();
+    payload.expected_current.is_some()
+        || takeover
+        || policy.respect_out_of_office
+        || policy.if_interacting != IfInteracting::Apply
+        || payload.skip_if_current == Some(true)
+}
+
+/// Whether the agent's current presence (its definition, when known) is `expected`, a name or
+/// a definition id.
+pub fn presence_holds(definition: Option<&PresenceDefinition>, state: &AgentState, expected: &str) -> bool {
+    match (definition, &state.presence.presence_definition) {
+        (Some(definition), _) => definition.answers_to(expected),
+        (None, Some(reference)) => {
+            reference.id.eq_ignore_ascii_case(expected)
+                || reference.system_presence.as_deref().is_some_and(|s| {
+                    crate::genesys::presence::normalize(s) == crate::genesys::presence::normalize(expected)
+                })
+        }
+        (None, None) => false,
+    }
 }
 
 /// What a policy decides for an agent in `state` asked to move to `definition_id` (with

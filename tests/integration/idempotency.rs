@@ -134,7 +134,7 @@ async fn leave_done_unconfirmed(app: &TestApp, job: &Value, user: Uuid) -> (Audi
         message_id: stored.event_id.to_string(),
         body: body.clone(),
     }];
-    let key = record_key(&app, &idempotency_key);
+    let key = record_key(app, &idempotency_key);
     let _: () = redis::cmd("HSET")
         .arg(&key)
         .arg("state")

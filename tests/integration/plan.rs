@@ -34,17 +34,6 @@ async fn plan_json(app: &TestApp, file: &std::path::Path) -> (i32, Vec<Value>, V
     (code, objects, summary, stderr)
 }
 
-/// Puts a seeded user on a live interaction or Out of Office, as Genesys would show them.
-async fn set_state(app: &TestApp, user: Uuid, state: Value) {
-    let url = format!("{}/sandbox/users/{user}/state", app.sandbox.base_url());
-    let response = app.http.put(url).json(&state).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "state refused: {}",
-        response.status()
-    );
-}
-
 /// The API requests the sandbox answered (not the OAuth token's; its control routes are not
 /// counted at all), and the 429s among them.
 fn api_requests(stats: &Value) -> (u64, u64) {
@@ -88,9 +77,11 @@ async fn a_mixed_file_gets_a_verdict_per_job_from_the_live_state_and_nothing_is_
         &[],
     )
     .await;
-    set_state(&app, user_id(0), json!({"out_of_office": true})).await;
+    app.set_user_state(user_id(0), json!({"out_of_office": true}))
+        .await;
     for n in [1, 2, 5, 7] {
-        set_state(&app, user_id(n), json!({"routing_status": "INTERACTING"})).await;
+        app.set_user_state(user_id(n), json!({"routing_status": "INTERACTING"}))
+            .await;
     }
     let base = app.sandbox.base_url();
     let locked = app

@@ -24,17 +24,6 @@ async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     .await
 }
 
-/// Puts a seeded user on a live interaction or Out of Office, as a person would be.
-async fn set_state(app: &TestApp, user: Uuid, state: Value) {
-    let url = format!("{}/sandbox/users/{user}/state", app.sandbox.base_url());
-    let response = app.http.put(url).json(&state).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "state refused: {}",
-        response.status()
-    );
-}
-
 fn presence_writes(mutations: &[Value], user: Uuid) -> usize {
     mutations
         .iter()
@@ -46,7 +35,7 @@ fn presence_writes(mutations: &[Value], user: Uuid) -> usize {
 async fn an_agent_out_of_office_is_left_alone_unless_the_job_says_otherwise() {
     let mut app = spawn_app(PER_AGENT_CALLS).await;
     let (away, other) = (user_id(0), user_id(1));
-    set_state(&app, away, json!({"out_of_office": true})).await;
+    app.set_user_state(away, json!({"out_of_office": true})).await;
 
     app.publish(&agent_job(away, json!({"presence": "On Queue"})))
         .await;
@@ -85,7 +74,8 @@ async fn an_agent_on_a_live_interaction_is_changed_skipped_or_deferred_as_the_jo
     let mut app = spawn_app(PER_AGENT_CALLS).await;
     let (applied, skipped) = (user_id(0), user_id(1));
     for user in [applied, skipped] {
-        set_state(&app, user, json!({"routing_status": "INTERACTING"})).await;
+        app.set_user_state(user, json!({"routing_status": "INTERACTING"}))
+            .await;
     }
     app.publish(&agent_job(applied, json!({"presence": "Break"})))
         .await;
@@ -118,8 +108,7 @@ async fn a_deferred_change_waits_for_the_interaction_to_end_without_a_hot_loop()
     // Retry rounds of 300 ms, 600 ms, 900 ms, 1.2 s: the interaction ends after about 1 s.
     let mut app = spawn_app(&[("BULK_PRESENCE", "off"), ("RETRY_DELAYS_MS", "300,600,900,1200")]).await;
     let user = user_id(0);
-    set_state(
-        &app,
+    app.set_user_state(
         user,
         json!({"routing_status": "COMMUNICATING", "revert_after_ms": 1000}),
     )
@@ -146,7 +135,8 @@ async fn a_deferred_change_ends_as_a_conflict_when_its_rounds_run_out_and_expire
     let mut app = spawn_app(&[("BULK_PRESENCE", "off"), ("RETRY_DELAYS_MS", "100,100")]).await;
     let (rounds, deadline) = (user_id(0), user_id(1));
     for user in [rounds, deadline] {
-        set_state(&app, user, json!({"routing_status": "INTERACTING"})).await;
+        app.set_user_state(user, json!({"routing_status": "INTERACTING"}))
+            .await;
     }
     app.publish(&agent_job(
         rounds,
@@ -217,9 +207,10 @@ async fn a_batch_policy_reaches_its_children_and_users_left_out_of_an_expand_are
     app.set_behaviour(json!({"expand_omitted_every": 3})).await;
     let users: Vec<Uuid> = (0..12).map(user_id).collect();
     for user in &users[..4] {
-        set_state(&app, *user, json!({"routing_status": "INTERACTING"})).await;
+        app.set_user_state(*user, json!({"routing_status": "INTERACTING"}))
+            .await;
     }
-    set_state(&app, users[4], json!({"out_of_office": true})).await;
+    app.set_user_state(users[4], json!({"out_of_office": true})).await;
     let children: Vec<Value> = users
         .iter()
         .map(|user| agent_job(*user, json!({"presence": "On Queue"})))

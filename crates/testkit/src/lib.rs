@@ -517,6 +517,18 @@ impl TestApp {
             .await
     }
 
+    /// Sets what only Genesys sets about a seeded user (a live interaction, Out of Office):
+    /// the sandbox's `PUT /sandbox/users/{userId}/state`.
+    pub async fn set_user_state(&self, user: Uuid, state: Value) {
+        let url = format!("{}/sandbox/users/{user}/state", self.sandbox.base_url());
+        let response = self.http.put(url).json(&state).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "state refused: {}",
+            response.status()
+        );
+    }
+
     /// As [`TestApp::publish_agent_jobs`], each job with `payload` (`user_id` added).
     pub async fn publish_agent_jobs_with(
         &self,
