@@ -134,6 +134,18 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("The {what} {raw} was not found.")))
 }
 
+/// The checks of a request on one resource, in the API's order: the bearer token (401), then
+/// the path's id (404). Gives the client and the id.
+pub(crate) fn authorize_on(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    raw_id: &str,
+    what: &str,
+) -> Result<(String, Uuid), ApiError> {
+    let client_id = authorize(sandbox, headers)?;
+    Ok((client_id, parse_id(raw_id, what)?))
+}
+
 /// The values of query parameter `name`, given repeated (`id=a&id=b`, as the SDK's collection
 /// format `multi` sends lists) or comma-separated (`id=a,b`, as the Python SDK sends them), or
 /// both; empty values are dropped.

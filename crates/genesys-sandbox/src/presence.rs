@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::api::{authorize, json_body, parse_id, ApiError};
+use super::api::{authorize, authorize_on, json_body, ApiError};
 use super::state::{genesys_time, User, World};
 use super::Sandbox;
 
@@ -52,8 +52,21 @@ pub(crate) fn user_presence(world: &World, user_id: Uuid, user: &User) -> Value 
     })
 }
 
-pub(crate) fn user_not_found(user_id: impl std::fmt::Display) -> ApiError {
+fn user_not_found(user_id: impl std::fmt::Display) -> ApiError {
     ApiError::not_found(format!("The user {user_id} was not found."))
+}
+
+/// The user `user_id`, or the API's 404 for it.
+pub(crate) fn find_user(world: &World, user_id: Uuid) -> Result<&User, ApiError> {
+    world.users.get(&user_id).ok_or_else(|| user_not_found(user_id))
+}
+
+/// The user `user_id` to change, or the API's 404 for it.
+pub(crate) fn find_user_mut(world: &mut World, user_id: Uuid) -> Result<&mut User, ApiError> {
+    world
+        .users
+        .get_mut(&user_id)
+        .ok_or_else(|| user_not_found(user_id))
 }
 
 pub(crate) async fn get_presence(
@@ -61,11 +74,9 @@ pub(crate) async fn get_presence(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (_, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let world = sandbox.world();
-    let user = world.users.get(&user_id).ok_or_else(|| user_not_found(user_id))?;
-    Ok(Json(user_presence(&world, user_id, user)))
+    Ok(Json(user_presence(&world, user_id, find_user(&world, user_id)?)))
 }
 
 /// Applies one presence change (`PATCH` body or bulk item) to `user_id` and logs it.
@@ -150,8 +161,7 @@ pub(crate) async fn patch_presence(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let client_id = authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (client_id, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let body = json_body(&body)?;
     let path = format!("/api/v2/users/{user_id}/presences/purecloud");
     Ok(Json(change_presence(
@@ -263,8 +273,7 @@ pub(crate) async fn get_routing_status(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (_, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let world = sandbox.world();
     // The API answers OFF_QUEUE for a user that does not exist, not 404.
     Ok(Json(match world.users.get(&user_id) {
@@ -279,8 +288,7 @@ pub(crate) async fn put_routing_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let client_id = authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (client_id, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let body = json_body(&body)?;
     let status = body
         .get("status")
@@ -297,11 +305,7 @@ pub(crate) async fn put_routing_status(
     };
     let mut world = sandbox.world();
     let now = OffsetDateTime::now_utc();
-    let user = world
-        .users
-        .get_mut(&user_id)
-        .ok_or_else(|| user_not_found(user_id))?;
-    user.set_routing(status, now);
+    find_user_mut(&mut world, user_id)?.set_routing(status, now);
     let path = format!("/api/v2/users/{user_id}/routingstatus");
     world.record(client_id, "PUT", path, format!("user:{user_id}"), body);
     Ok(Json(routing_status(user_id, status, now)))

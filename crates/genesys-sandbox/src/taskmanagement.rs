@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use super::api::{authorize, json_body, parse_id, ApiError};
+use super::api::{authorize, authorize_on, json_body, ApiError};
 use super::state::genesys_time;
 use super::Sandbox;
 
@@ -450,8 +450,7 @@ pub(crate) async fn get(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let id = parse_id(&raw_id, "workitem")?;
+    let (_, id) = authorize_on(&sandbox, &headers, &raw_id, "workitem")?;
     let lag = consistency_lag(&sandbox);
     let world = sandbox.world();
     let item = world
@@ -467,8 +466,7 @@ pub(crate) async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let client_id = authorize(&sandbox, &headers)?;
-    let id = parse_id(&raw_id, "workitem")?;
+    let (client_id, id) = authorize_on(&sandbox, &headers, &raw_id, "workitem")?;
     let raw = json_body(&body)?;
     let body = object(raw.clone())?;
     let lag = consistency_lag(&sandbox);
@@ -639,8 +637,7 @@ pub(crate) async fn statuses(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let id = parse_id(&raw_id, "worktype")?;
+    let (_, id) = authorize_on(&sandbox, &headers, &raw_id, "worktype")?;
     let world = sandbox.world();
     let worktype = world
         .tasks

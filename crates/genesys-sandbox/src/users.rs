@@ -21,8 +21,8 @@ use time::format_description::well_known::Iso8601;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use uuid::Uuid;
 
-use super::api::{authorize, json_body, parse_id, query_list, query_value, ApiError, Page};
-use super::presence::{user_not_found, user_presence, user_routing_status};
+use super::api::{authorize, authorize_on, json_body, query_list, query_value, ApiError, Page};
+use super::presence::{find_user, find_user_mut, user_presence, user_routing_status};
 use super::state::{genesys_time, OutOfOffice, User, World};
 use super::Sandbox;
 
@@ -172,12 +172,15 @@ pub(crate) async fn get_user(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (_, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let expand = Expand::from_query(query.as_deref());
     let world = sandbox.world();
-    let user = world.users.get(&user_id).ok_or_else(|| user_not_found(user_id))?;
-    Ok(Json(user_json(&world, user_id, user, expand)))
+    Ok(Json(user_json(
+        &world,
+        user_id,
+        find_user(&world, user_id)?,
+        expand,
+    )))
 }
 
 pub(crate) async fn get_out_of_office(
@@ -185,10 +188,9 @@ pub(crate) async fn get_out_of_office(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (_, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let world = sandbox.world();
-    let user = world.users.get(&user_id).ok_or_else(|| user_not_found(user_id))?;
+    let user = find_user(&world, user_id)?;
     Ok(Json(out_of_office_json(user_id, &user.out_of_office)))
 }
 
@@ -224,8 +226,7 @@ pub(crate) async fn put_out_of_office(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let client_id = authorize(&sandbox, &headers)?;
-    let user_id = parse_id(&raw_id, "user")?;
+    let (client_id, user_id) = authorize_on(&sandbox, &headers, &raw_id, "user")?;
     let body = json_body(&body)?;
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -244,10 +245,7 @@ pub(crate) async fn put_out_of_office(
         }
     }
     let mut world = sandbox.world();
-    let user = world
-        .users
-        .get_mut(&user_id)
-        .ok_or_else(|| user_not_found(user_id))?;
+    let user = find_user_mut(&mut world, user_id)?;
     user.out_of_office = out_of_office;
     let answer = out_of_office_json(user_id, &user.out_of_office);
     let path = format!("/api/v2/users/{user_id}/outofoffice");
