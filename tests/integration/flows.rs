@@ -1,23 +1,27 @@
 //! `flow.deploy` against the sandbox's Architect: versions, locks, publish, rollback.
 
 use genesys_sandbox::{flow_id, SandboxConfig};
-use genesys_worker::events::Outcome;
+use genesys_worker::events::{AuditEvent, EventError, Outcome};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use genesys_worker::flow::{configuration_hash, optimize, FlowDefinition};
 
-use crate::helpers::{get_json, job, sandbox_token, spawn_app_with, TestApp};
+use crate::helpers::{get_json, job, sandbox_token, spawn_app_with, Arrived, TestApp};
 
-async fn app() -> TestApp {
-    let sandbox = SandboxConfig {
+/// The flow tests' sandbox: three flows whose operations take 100 ms.
+fn sandbox_config() -> SandboxConfig {
+    SandboxConfig {
         users: 2,
         workitems: 1,
         flows: 3,
         flow_operation_ms: 100,
         ..SandboxConfig::default()
-    };
-    spawn_app_with(sandbox, &[("FLOW_POLL_MS", "20")]).await
+    }
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(sandbox_config(), &[("FLOW_POLL_MS", "20")]).await
 }
 
 fn ivr(prompt: &str) -> Value {
@@ -40,6 +44,36 @@ fn deploy(flow: Uuid, extra: Value) -> Value {
         payload[k] = v.clone();
     }
     job("flow.deploy", payload)
+}
+
+/// A `flow.deploy` that creates the flow `name`, or finds it by that name once it exists.
+fn create(name: &str, flow: Value) -> Value {
+    job(
+        "flow.deploy",
+        json!({"create": {"name": name, "type": "inboundcall"}, "flow": flow}),
+    )
+}
+
+/// The next audit event; it must have `outcome` (its error is shown when it has not).
+async fn next_event(app: &mut TestApp, outcome: Outcome) -> Arrived<AuditEvent> {
+    let event = app.audit_events(1).await.remove(0);
+    assert_eq!(event.event.outcome, outcome, "{:?}", event.event.error);
+    event
+}
+
+/// The error of `event`, which must have `code`.
+fn error_of(event: &Arrived<AuditEvent>, code: &str) -> EventError {
+    let error = event.event.error.clone().expect("an error");
+    assert_eq!(error.code, code, "{}", error.message);
+    error
+}
+
+/// The id of the flow a deploy's event names in its new state.
+fn deployed_flow_id(event: &Arrived<AuditEvent>) -> String {
+    event.event.new_state.as_ref().unwrap()["flow_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The flow as a Genesys client sees it.
@@ -84,6 +118,29 @@ async fn control(app: &TestApp, path: &str, body: Value) {
     control_with(app, reqwest::Method::POST, path, body).await;
 }
 
+/// Sets the sandbox's flow `id` up through `/sandbox/flows/{id}/{action}` (`lock`,
+/// `fail-next-publish`, `alter-next-publish`).
+async fn flow_control(app: &TestApp, id: &str, action: &str, body: Value) {
+    control(app, &format!("/sandbox/flows/{id}/{action}"), body).await;
+}
+
+/// The event of a deploy of flow `n` whose publish the sandbox fails or alters (`action`:
+/// `fail-next-publish`, `alter-next-publish`): it must be rolled back.
+async fn rolled_back_deploy(app: &mut TestApp, n: usize, action: &str) -> Arrived<AuditEvent> {
+    flow_control(app, &flow_id(n).to_string(), action, json!(null)).await;
+    app.publish(&deploy(flow_id(n), json!({}))).await;
+    next_event(app, Outcome::RolledBack).await
+}
+
+/// After a rollback: the flow publishes 3.0, which holds `original` (1.0's configuration), and
+/// is unlocked.
+async fn assert_rolled_back_to(app: &TestApp, id: &str, original: &Value) {
+    let now = flow(app, id).await;
+    assert_eq!(now["publishedVersion"]["id"], "3.0");
+    assert!(now.get("lockedClient").is_none());
+    assert_eq!(&configuration(app, id, "3.0").await, original);
+}
+
 async fn control_with(app: &TestApp, method: reqwest::Method, path: &str, body: Value) {
     let response = app
         .http
@@ -111,6 +168,16 @@ async fn flow_mutations(app: &TestApp, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The paths a deploy of flow `id` writes, in order (as [`flow_mutations`] lists them).
+fn lifecycle_paths(id: &str) -> Vec<String> {
+    vec![
+        "/api/v2/flows/actions/checkout".to_string(),
+        format!("/api/v2/flows/{id}/versions"),
+        "/api/v2/flows/actions/checkin".to_string(),
+        "/api/v2/flows/actions/publish".to_string(),
+    ]
+}
+
 /// The writes of a deploy's lifecycle, as the sandbox's stats name their routes.
 const LIFECYCLE_WRITES: [&str; 4] = [
     "POST /api/v2/flows/actions/checkout",
@@ -124,8 +191,7 @@ async fn a_deploy_saves_checks_in_and_publishes_the_optimised_flow_and_leaves_it
     let mut app = app().await;
     let id = flow_id(0).to_string();
     app.publish(&deploy(flow_id(0), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     assert_eq!(event.routing_key, "audit.flow.deploy.applied");
     assert_eq!(event.event.entity, format!("flow:{id}"));
     let state = event.event.new_state.clone().unwrap();
@@ -170,27 +236,7 @@ async fn a_deploy_saves_checks_in_and_publishes_the_optimised_flow_and_leaves_it
         deployed["nodes"]["vip"]["queue_id"], "q-vip",
         "fields the worker does not read are kept"
     );
-    let mutations = get_json(
-        &app.http,
-        &format!("{}/sandbox/mutations?entity=flow:{id}", app.sandbox.base_url()),
-        None,
-    )
-    .await;
-    let paths: Vec<String> = mutations["mutations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["path"].as_str().unwrap().split('?').next().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        paths,
-        [
-            "/api/v2/flows/actions/checkout".to_string(),
-            format!("/api/v2/flows/{id}/versions"),
-            "/api/v2/flows/actions/checkin".to_string(),
-            "/api/v2/flows/actions/publish".to_string(),
-        ]
-    );
+    assert_eq!(flow_mutations(&app, &id).await, lifecycle_paths(&id));
     app.stop().await;
 }
 
@@ -198,23 +244,10 @@ async fn a_deploy_saves_checks_in_and_publishes_the_optimised_flow_and_leaves_it
 async fn a_flow_locked_by_another_client_is_a_conflict_and_its_lock_is_left_alone() {
     let mut app = app().await;
     let id = flow_id(1).to_string();
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/lock"),
-        json!({"client_id": "other-client"}),
-    )
-    .await;
+    flow_control(&app, &id, "lock", json!({"client_id": "other-client"})).await;
     app.publish(&deploy(flow_id(1), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Conflict);
-    assert_eq!(event.event.error.as_ref().unwrap().code, "flow_locked");
-    assert!(event
-        .event
-        .error
-        .as_ref()
-        .unwrap()
-        .message
-        .contains("other-client"));
+    let event = next_event(&mut app, Outcome::Conflict).await;
+    assert!(error_of(&event, "flow_locked").message.contains("other-client"));
     let now = flow(&app, &id).await;
     assert_eq!(now["lockedClient"]["id"], "other-client");
     assert_eq!(versions(&app, &id).await, ["1.0"]);
@@ -227,23 +260,9 @@ async fn a_failed_publish_is_rolled_back_to_the_previous_configuration_and_unloc
     let mut app = app().await;
     let id = flow_id(2).to_string();
     let original = configuration(&app, &id, "1.0").await;
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    app.publish(&deploy(flow_id(2), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(
-        event.event.outcome,
-        Outcome::RolledBack,
-        "{:?}",
-        event.event.error
-    );
+    let event = rolled_back_deploy(&mut app, 2, "fail-next-publish").await;
     assert_eq!(event.routing_key, "audit.flow.deploy.rolled_back");
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "architect.publish.failed");
+    let error = error_of(&event, "architect.publish.failed");
     assert!(
         error
             .message
@@ -257,11 +276,8 @@ async fn a_failed_publish_is_rolled_back_to_the_previous_configuration_and_unloc
     let letter = app.dead_letters(1).await.remove(0);
     assert_eq!(letter.headers["x-error-code"], "architect.publish.failed");
 
-    let now = flow(&app, &id).await;
-    assert_eq!(now["publishedVersion"]["id"], "3.0");
-    assert!(now.get("lockedClient").is_none());
+    assert_rolled_back_to(&app, &id, &original).await;
     assert_eq!(versions(&app, &id).await, ["1.0", "2.0", "3.0"]);
-    assert_eq!(configuration(&app, &id, "3.0").await, original);
     app.stop().await;
 }
 
@@ -283,8 +299,7 @@ async fn retries_inside_the_lifecycle_never_duplicate_a_version() {
     )
     .await;
     app.publish(&deploy(flow_id(0), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    next_event(&mut app, Outcome::Applied).await;
     assert_eq!(
         versions(&app, &id).await,
         ["1.0", "2.0"],
@@ -308,8 +323,7 @@ async fn a_lost_checkin_answer_is_settled_by_reading_not_by_checking_in_again() 
     )
     .await;
     app.publish(&deploy(flow_id(1), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    next_event(&mut app, Outcome::Applied).await;
     assert_eq!(
         app.requests("POST /api/v2/flows/actions/checkin", 200).await,
         1,
@@ -324,8 +338,7 @@ async fn an_expected_version_that_does_not_hold_is_a_conflict() {
     let mut app = app().await;
     app.publish(&deploy(flow_id(1), json!({"expected_version": "7.0"})))
         .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Conflict);
+    let event = next_event(&mut app, Outcome::Conflict).await;
     assert_eq!(
         event.event.error.as_ref().unwrap().code,
         "expected_version_mismatch"
@@ -341,19 +354,9 @@ async fn an_expected_version_that_does_not_hold_is_a_conflict() {
 async fn create_makes_the_flow_first_and_a_second_deploy_finds_it_by_name() {
     let mut app = app().await;
     let name = format!("Sales IVR {}", Uuid::new_v4());
-    let create = |flow: Value| {
-        job(
-            "flow.deploy",
-            json!({"create": {"name": name, "type": "inboundcall"}, "flow": flow}),
-        )
-    };
-    app.publish(&create(ivr("prompt-sales"))).await;
-    let first = app.audit_events(1).await.remove(0);
-    assert_eq!(first.event.outcome, Outcome::Applied, "{:?}", first.event.error);
-    let id = first.event.new_state.as_ref().unwrap()["flow_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    app.publish(&create(&name, ivr("prompt-sales"))).await;
+    let first = next_event(&mut app, Outcome::Applied).await;
+    let id = deployed_flow_id(&first);
     assert_eq!(first.event.entity, format!("flow:{id}"));
     assert_eq!(
         first.event.new_state.as_ref().unwrap()["published_version"],
@@ -364,9 +367,8 @@ async fn create_makes_the_flow_first_and_a_second_deploy_finds_it_by_name() {
         Value::Null
     );
 
-    app.publish(&create(ivr("prompt-sales-v2"))).await;
-    let second = app.audit_events(1).await.remove(0);
-    assert_eq!(second.event.outcome, Outcome::Applied, "{:?}", second.event.error);
+    app.publish(&create(&name, ivr("prompt-sales-v2"))).await;
+    let second = next_event(&mut app, Outcome::Applied).await;
     assert_eq!(
         second.event.entity,
         format!("flow:{id}"),
@@ -388,8 +390,7 @@ async fn an_invalid_flow_is_rejected_before_any_genesys_call() {
         json!({"flow": bad, "rules": {"media_registry": ["prompt-other"]}}),
     ))
     .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Rejected);
+    let event = next_event(&mut app, Outcome::Rejected).await;
     let message = event.event.error.clone().unwrap().message;
     for expected in ["\"ghost\"", "cycle: start → menu → start", "\"prompt-welcome\""] {
         assert!(message.contains(expected), "{expected} missing from {message}");
@@ -409,16 +410,9 @@ async fn an_invalid_flow_is_rejected_before_any_genesys_call() {
 /// above a deploy's few polls and above the tests' wait for events: a deploy that finishes only
 /// by timing out fails the test.
 async fn app_playing(behaviour: Value, env: &[(&str, &str)]) -> TestApp {
-    let sandbox = SandboxConfig {
-        users: 2,
-        workitems: 1,
-        flows: 3,
-        flow_operation_ms: 100,
-        ..SandboxConfig::default()
-    };
     let mut overrides = vec![("FLOW_POLL_MS", "20"), ("FLOW_OPERATION_TIMEOUT_SECS", "60")];
     overrides.extend_from_slice(env);
-    let app = spawn_app_with(sandbox, &overrides).await;
+    let app = spawn_app_with(sandbox_config(), &overrides).await;
     app.set_behaviour(behaviour).await;
     app
 }
@@ -428,8 +422,7 @@ async fn app_playing(behaviour: Value, env: &[(&str, &str)]) -> TestApp {
 async fn deploys_promptly(app: &mut TestApp, n: usize) {
     let id = flow_id(n).to_string();
     app.publish(&deploy(flow_id(n), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(app, Outcome::Applied).await;
     assert_eq!(
         event.event.new_state.as_ref().unwrap()["published_version"],
         "2.0"
@@ -443,12 +436,7 @@ async fn deploys_promptly(app: &mut TestApp, n: usize) {
     assert_eq!(now["publishedVersion"]["id"], "2.0");
     assert!(now.get("lockedClient").is_none(), "left locked: {now}");
     assert_eq!(versions(app, &id).await, ["1.0", "2.0"]);
-    for action in [
-        "POST /api/v2/flows/actions/checkout",
-        "POST /api/v2/flows/{flowId}/versions",
-        "POST /api/v2/flows/actions/checkin",
-        "POST /api/v2/flows/actions/publish",
-    ] {
+    for action in LIFECYCLE_WRITES {
         assert_eq!(app.requests(action, 200).await, 1, "{action}");
     }
 }
@@ -457,27 +445,10 @@ async fn deploys_promptly(app: &mut TestApp, n: usize) {
 async fn rolls_back(app: &mut TestApp, n: usize, code: &str) {
     let id = flow_id(n).to_string();
     let original = configuration(app, &id, "1.0").await;
-    control(
-        app,
-        &format!("/sandbox/flows/{id}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    app.publish(&deploy(flow_id(n), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(
-        event.event.outcome,
-        Outcome::RolledBack,
-        "{:?}",
-        event.event.error
-    );
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, code, "{}", error.message);
+    let event = rolled_back_deploy(app, n, "fail-next-publish").await;
+    let error = error_of(&event, code);
     assert!(error.message.contains("as version 3.0"), "{}", error.message);
-    let now = flow(app, &id).await;
-    assert_eq!(now["publishedVersion"]["id"], "3.0");
-    assert!(now.get("lockedClient").is_none());
-    assert_eq!(configuration(app, &id, "3.0").await, original);
+    assert_rolled_back_to(app, &id, &original).await;
 }
 
 #[tokio::test]
@@ -535,13 +506,8 @@ async fn a_publish_refused_while_the_checkin_settles_is_tried_again() {
 async fn a_flow_this_job_created_is_read_once_genesys_shows_it() {
     let mut app = app_playing(json!({"consistency_lag_ms": 800}), &[]).await;
     let name = format!("Lagging IVR {}", Uuid::new_v4());
-    app.publish(&job(
-        "flow.deploy",
-        json!({"create": {"name": name, "type": "inboundcall"}, "flow": ivr("prompt-sales")}),
-    ))
-    .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    app.publish(&create(&name, ivr("prompt-sales"))).await;
+    let event = next_event(&mut app, Outcome::Applied).await;
     assert_eq!(
         event.event.new_state.as_ref().unwrap()["published_version"],
         "1.0"
@@ -556,17 +522,10 @@ async fn a_flow_a_person_has_locked_is_a_conflict_that_names_them() {
     let mut app = app_playing(json!({}), &[]).await;
     let id = flow_id(2).to_string();
     let person = genesys_sandbox::user_id(0);
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/lock"),
-        json!({"user_id": person}),
-    )
-    .await;
+    flow_control(&app, &id, "lock", json!({"user_id": person})).await;
     app.publish(&deploy(flow_id(2), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Conflict);
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "flow_locked");
+    let event = next_event(&mut app, Outcome::Conflict).await;
+    let error = error_of(&event, "flow_locked");
     assert!(
         error.message.contains(&format!("user Agent 001 ({person})")),
         "{}",
@@ -582,15 +541,15 @@ async fn a_lock_its_holder_releases_within_flow_lock_wait_lets_the_deploy_throug
     let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "10")]).await;
     let id = flow_id(0).to_string();
     let person = genesys_sandbox::user_id(1);
-    control(
+    flow_control(
         &app,
-        &format!("/sandbox/flows/{id}/lock"),
+        &id,
+        "lock",
         json!({"user_id": person, "release_after_ms": 1500}),
     )
     .await;
     app.publish(&deploy(flow_id(0), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     assert!(event.event.latency_ms >= 1_000, "it waited for the person");
     assert_eq!(flow(&app, &id).await["publishedVersion"]["id"], "2.0");
     app.stop().await;
@@ -600,28 +559,18 @@ async fn a_lock_its_holder_releases_within_flow_lock_wait_lets_the_deploy_throug
 async fn a_flow_found_by_name_waits_for_its_holder_too() {
     let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "10")]).await;
     let name = format!("Held IVR {}", Uuid::new_v4());
-    let create = |flow: Value| {
-        job(
-            "flow.deploy",
-            json!({"create": {"name": name, "type": "inboundcall"}, "flow": flow}),
-        )
-    };
-    app.publish(&create(ivr("prompt-a"))).await;
-    let first = app.audit_events(1).await.remove(0);
-    assert_eq!(first.event.outcome, Outcome::Applied, "{:?}", first.event.error);
-    let id = first.event.new_state.as_ref().unwrap()["flow_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    control(
+    app.publish(&create(&name, ivr("prompt-a"))).await;
+    let first = next_event(&mut app, Outcome::Applied).await;
+    let id = deployed_flow_id(&first);
+    flow_control(
         &app,
-        &format!("/sandbox/flows/{id}/lock"),
+        &id,
+        "lock",
         json!({"user_id": genesys_sandbox::user_id(0), "release_after_ms": 800}),
     )
     .await;
-    app.publish(&create(ivr("prompt-b"))).await;
-    let second = app.audit_events(1).await.remove(0);
-    assert_eq!(second.event.outcome, Outcome::Applied, "{:?}", second.event.error);
+    app.publish(&create(&name, ivr("prompt-b"))).await;
+    let second = next_event(&mut app, Outcome::Applied).await;
     assert_eq!(second.event.entity, format!("flow:{id}"));
     app.stop().await;
 }
@@ -641,8 +590,7 @@ async fn a_deploy_of_what_is_already_published_writes_nothing_and_says_it_was_un
     let mut app = app().await;
     let id = flow_id(0).to_string();
     app.publish(&deploy(flow_id(0), json!({}))).await;
-    let first = app.audit_events(1).await.remove(0);
-    assert_eq!(first.event.outcome, Outcome::Applied, "{:?}", first.event.error);
+    let first = next_event(&mut app, Outcome::Applied).await;
     let first_state = first.event.new_state.clone().unwrap();
     assert_eq!(first_state["unchanged"], false);
     let hash = configuration_hash(&saved_configuration("prompt-welcome"));
@@ -663,8 +611,7 @@ async fn a_deploy_of_what_is_already_published_writes_nothing_and_says_it_was_un
         json!({"version_matrix": {"ivr": "1.4.3", "prompts": "2026.11"}}),
     ))
     .await;
-    let second = app.audit_events(1).await.remove(0);
-    assert_eq!(second.event.outcome, Outcome::Applied, "{:?}", second.event.error);
+    let second = next_event(&mut app, Outcome::Applied).await;
     assert_eq!(second.routing_key, "audit.flow.deploy.applied");
     let state = second.event.new_state.clone().unwrap();
     assert_eq!(state["unchanged"], true);
@@ -696,9 +643,10 @@ async fn a_job_that_waits_for_a_persons_lock_deploys_once_they_let_go_and_is_a_c
     // The worker's own setting says "conflict at once": the jobs' on_locked decides.
     let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "0")]).await;
     let released = flow_id(0).to_string();
-    control(
+    flow_control(
         &app,
-        &format!("/sandbox/flows/{released}/lock"),
+        &released,
+        "lock",
         json!({"user_id": genesys_sandbox::user_id(1), "release_after_ms": 1500}),
     )
     .await;
@@ -707,8 +655,7 @@ async fn a_job_that_waits_for_a_persons_lock_deploys_once_they_let_go_and_is_a_c
         json!({"on_locked": "wait", "lock_wait_secs": 10}),
     ))
     .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     assert!(
         event.event.latency_ms >= 1_000,
         "it waited for the person: {} ms",
@@ -718,21 +665,14 @@ async fn a_job_that_waits_for_a_persons_lock_deploys_once_they_let_go_and_is_a_c
 
     let held = flow_id(1).to_string();
     let person = genesys_sandbox::user_id(0);
-    control(
-        &app,
-        &format!("/sandbox/flows/{held}/lock"),
-        json!({"user_id": person}),
-    )
-    .await;
+    flow_control(&app, &held, "lock", json!({"user_id": person})).await;
     app.publish(&deploy(
         flow_id(1),
         json!({"on_locked": "wait", "lock_wait_secs": 1}),
     ))
     .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Conflict);
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "flow_locked");
+    let event = next_event(&mut app, Outcome::Conflict).await;
+    let error = error_of(&event, "flow_locked");
     assert!(
         error
             .message
@@ -750,18 +690,11 @@ async fn a_job_that_waits_for_a_persons_lock_deploys_once_they_let_go_and_is_a_c
 async fn on_locked_conflict_does_not_wait_even_when_the_worker_would() {
     let mut app = app_playing(json!({}), &[("FLOW_LOCK_WAIT_SECS", "30")]).await;
     let id = flow_id(2).to_string();
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/lock"),
-        json!({"client_id": "other-client"}),
-    )
-    .await;
+    flow_control(&app, &id, "lock", json!({"client_id": "other-client"})).await;
     app.publish(&deploy(flow_id(2), json!({"on_locked": "conflict"})))
         .await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Conflict);
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "flow_locked");
+    let event = next_event(&mut app, Outcome::Conflict).await;
+    let error = error_of(&event, "flow_locked");
     assert!(error.message.contains("client other-client"), "{}", error.message);
     assert!(!error.message.contains("after waiting"), "{}", error.message);
     assert!(event.event.latency_ms < 5_000, "{} ms", event.event.latency_ms);
@@ -778,50 +711,33 @@ async fn force_unlock_breaks_a_persons_lock_for_a_listed_actor_and_is_refused_be
     .await;
     let id = flow_id(0).to_string();
     let person = genesys_sandbox::user_id(0);
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/lock"),
-        json!({"user_id": person}),
-    )
-    .await;
+    flow_control(&app, &id, "lock", json!({"user_id": person})).await;
     let mut allowed = deploy(flow_id(0), json!({"force_unlock": true}));
     allowed["actor"] = json!("release-manager");
     app.publish(&allowed).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     let state = event.event.new_state.clone().unwrap();
     assert_eq!(
         state["forced_unlock"],
         json!({"holder": {"type": "user", "id": person, "name": "Agent 001"}})
     );
     assert_eq!(state["published_version"], "2.0");
+    let mut expected = vec!["/api/v2/flows/actions/unlock".to_string()];
+    expected.extend(lifecycle_paths(&id));
     assert_eq!(
         flow_mutations(&app, &id).await,
-        [
-            "/api/v2/flows/actions/unlock".to_string(),
-            "/api/v2/flows/actions/checkout".to_string(),
-            format!("/api/v2/flows/{id}/versions"),
-            "/api/v2/flows/actions/checkin".to_string(),
-            "/api/v2/flows/actions/publish".to_string(),
-        ],
+        expected,
         "the sandbox saw the unlock, before the checkout"
     );
 
     // An actor the worker does not list: rejected before anything is written.
     let refused_flow = flow_id(1).to_string();
-    control(
-        &app,
-        &format!("/sandbox/flows/{refused_flow}/lock"),
-        json!({"user_id": person}),
-    )
-    .await;
+    flow_control(&app, &refused_flow, "lock", json!({"user_id": person})).await;
     let mut refused = deploy(flow_id(1), json!({"force_unlock": true}));
     refused["actor"] = json!("intern-bot");
     app.publish(&refused).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Rejected);
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "force_unlock_not_allowed");
+    let event = next_event(&mut app, Outcome::Rejected).await;
+    let error = error_of(&event, "force_unlock_not_allowed");
     assert!(error.message.contains("\"intern-bot\""), "{}", error.message);
     let letter = app.dead_letters(1).await.remove(0);
     assert_eq!(letter.headers["x-error-code"], "force_unlock_not_allowed");
@@ -844,22 +760,8 @@ async fn a_publish_whose_configuration_reads_back_otherwise_is_rolled_back() {
     let mut app = app().await;
     let id = flow_id(2).to_string();
     let original = configuration(&app, &id, "1.0").await;
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/alter-next-publish"),
-        json!(null),
-    )
-    .await;
-    app.publish(&deploy(flow_id(2), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(
-        event.event.outcome,
-        Outcome::RolledBack,
-        "{:?}",
-        event.event.error
-    );
-    let error = event.event.error.clone().unwrap();
-    assert_eq!(error.code, "publish_verification_failed");
+    let event = rolled_back_deploy(&mut app, 2, "alter-next-publish").await;
+    let error = error_of(&event, "publish_verification_failed");
     let saved = configuration_hash(&saved_configuration("prompt-welcome"));
     let altered = configuration_hash(&configuration(&app, &id, "2.0").await);
     assert_ne!(saved, altered);
@@ -879,10 +781,7 @@ async fn a_publish_whose_configuration_reads_back_otherwise_is_rolled_back() {
     );
     let letter = app.dead_letters(1).await.remove(0);
     assert_eq!(letter.headers["x-error-code"], "publish_verification_failed");
-    let now = flow(&app, &id).await;
-    assert_eq!(now["publishedVersion"]["id"], "3.0");
-    assert!(now.get("lockedClient").is_none());
-    assert_eq!(configuration(&app, &id, "3.0").await, original);
+    assert_rolled_back_to(&app, &id, &original).await;
     app.stop().await;
 }
 
@@ -902,8 +801,7 @@ async fn an_applied_deploy_lists_what_uses_the_flow_page_by_page_and_goes_on_wit
     )
     .await;
     app.publish(&deploy(flow_id(0), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     let listed = event.event.new_state.as_ref().unwrap()["consumers"]
         .as_array()
         .unwrap()
@@ -923,8 +821,7 @@ async fn an_applied_deploy_lists_what_uses_the_flow_page_by_page_and_goes_on_wit
     app.set_fault(json!({"route": "GET /api/v2/architect/dependencytracking/consumingresources", "errors": {"503": 1.0}}))
         .await;
     app.publish(&deploy(flow_id(1), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(event.event.outcome, Outcome::Applied, "{:?}", event.event.error);
+    let event = next_event(&mut app, Outcome::Applied).await;
     let state = event.event.new_state.clone().unwrap();
     assert_eq!(state["consumers"], Value::Null);
     assert!(
@@ -940,20 +837,7 @@ async fn an_applied_deploy_lists_what_uses_the_flow_page_by_page_and_goes_on_wit
 async fn a_failed_publish_explains_itself_in_the_audit_event() {
     let mut app = app().await;
     let id = flow_id(1).to_string();
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    app.publish(&deploy(flow_id(1), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
-    assert_eq!(
-        event.event.outcome,
-        Outcome::RolledBack,
-        "{:?}",
-        event.event.error
-    );
+    let event = rolled_back_deploy(&mut app, 1, "fail-next-publish").await;
     let error: Value = serde_json::from_str::<Value>(&event.raw).unwrap()["error"].clone();
     assert_eq!(error["code"], "architect.publish.failed");
     let details = &error["details"];
@@ -983,15 +867,7 @@ async fn a_failed_publish_explains_itself_in_the_audit_event() {
 #[tokio::test]
 async fn a_failed_publishs_details_reach_the_dead_letter() {
     let mut app = app().await;
-    let id = flow_id(1).to_string();
-    control(
-        &app,
-        &format!("/sandbox/flows/{id}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    app.publish(&deploy(flow_id(1), json!({}))).await;
-    let event = app.audit_events(1).await.remove(0);
+    let event = rolled_back_deploy(&mut app, 1, "fail-next-publish").await;
     let details = serde_json::to_value(event.event.error.unwrap().details.unwrap()).unwrap();
     let letter = app.dead_letters(1).await.remove(0);
     let header: Value = serde_json::from_str(&letter.headers["x-error-details"]).unwrap();

@@ -385,9 +385,11 @@ async fn queries_find_workitems_by_external_tag_and_page() {
 async fn a_flow_locked_by_another_client_refuses_changes() {
     let api = Api::start(small()).await;
     let flow = flow_id(0);
-    api.control(
+    flow_control(
+        &api,
         Method::POST,
-        &format!("/sandbox/flows/{flow}/lock"),
+        flow,
+        "lock",
         json!({"client_id": OTHER_CLIENT_ID}),
     )
     .await;
@@ -684,7 +686,13 @@ async fn the_control_api_sets_a_live_interaction_that_ends_by_itself_and_out_of_
 }
 
 async fn read_back(api: &Api, flow: uuid::Uuid, version: &str) -> Value {
-    api.call(
+    read_back_as(api, &api.token, flow, version).await
+}
+
+/// The configuration of `version` of `flow`, read with `token`.
+async fn read_back_as(api: &Api, token: &str, flow: uuid::Uuid, version: &str) -> Value {
+    api.call_as(
+        token,
         Method::GET,
         &format!("/api/v2/flows/{flow}/versions/{version}/configuration"),
         None,
@@ -692,6 +700,24 @@ async fn read_back(api: &Api, flow: uuid::Uuid, version: &str) -> Value {
     .await
     .unwrap()
     .1
+}
+
+/// Publishes `flow` with `token` and reads it back once the publish (150 ms here) has ended.
+async fn publish_and_read(api: &Api, token: &str, flow: uuid::Uuid) -> Value {
+    let publish = format!("/api/v2/flows/actions/publish?flow={flow}");
+    api.call_as(token, Method::POST, &publish, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.call_as(token, Method::GET, &format!("/api/v2/flows/{flow}"), None)
+        .await
+        .unwrap()
+        .1
+}
+
+/// Sets `flow` up through the control API's `/sandbox/flows/{flow}/{action}` (`lock`,
+/// `consumers`, `fail-next-publish`, `alter-next-publish`).
+async fn flow_control(api: &Api, method: Method, flow: uuid::Uuid, action: &str, body: Value) -> Value {
+    api.control(method, &format!("/sandbox/flows/{flow}/{action}"), body)
+        .await
 }
 
 #[tokio::test]
@@ -714,29 +740,11 @@ async fn an_altered_publish_succeeds_but_publishes_another_configuration_once() 
         tokio::time::sleep(Duration::from_millis(200)).await;
         version["id"].as_str().unwrap().to_string()
     };
-    let publish = || async {
-        api.call(Method::POST, &action("publish"), None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        api.call(Method::GET, &format!("/api/v2/flows/{flow}"), None)
-            .await
-            .unwrap()
-            .1
-    };
+    let publish = || publish_and_read(&api, &api.token, flow);
     let version = save_and_check_in().await;
     // A failed publish leaves the alteration for the next one that publishes.
-    api.control(
-        Method::POST,
-        &format!("/sandbox/flows/{flow}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    let set = api
-        .control(
-            Method::POST,
-            &format!("/sandbox/flows/{flow}/alter-next-publish"),
-            json!(null),
-        )
-        .await;
+    flow_control(&api, Method::POST, flow, "fail-next-publish", json!(null)).await;
+    let set = flow_control(&api, Method::POST, flow, "alter-next-publish", json!(null)).await;
     assert_eq!(set["alter_next_publish"], true);
     assert_eq!(publish().await["currentOperation"]["actionStatus"], "FAILURE");
     assert_eq!(read_back(&api, flow, &version).await, configuration);
@@ -769,24 +777,8 @@ async fn an_altered_publish_succeeds_but_publishes_another_configuration_once() 
 async fn a_failed_publish_operation_carries_its_error_details_and_message_params() {
     let api = Api::start(small()).await;
     let flow = flow_id(1);
-    api.control(
-        Method::POST,
-        &format!("/sandbox/flows/{flow}/fail-next-publish"),
-        json!(null),
-    )
-    .await;
-    api.call(
-        Method::POST,
-        &format!("/api/v2/flows/actions/publish?flow={flow}"),
-        None,
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, current) = api
-        .call(Method::GET, &format!("/api/v2/flows/{flow}"), None)
-        .await
-        .unwrap();
+    flow_control(&api, Method::POST, flow, "fail-next-publish", json!(null)).await;
+    let current = publish_and_read(&api, &api.token, flow).await;
     let operation = &current["currentOperation"];
     assert_eq!(
         (&operation["actionStatus"], &operation["complete"]),
@@ -829,8 +821,7 @@ async fn force_unlock_releases_a_persons_or_another_clients_lock_and_is_logged()
         json!({"user_id": user_id(3)}),
         json!({"client_id": OTHER_CLIENT_ID}),
     ] {
-        api.control(Method::POST, &format!("/sandbox/flows/{flow}/lock"), lock.clone())
-            .await;
+        flow_control(&api, Method::POST, flow, "lock", lock.clone()).await;
         let (status, _) = api.call(Method::POST, &action("checkout"), None).await.unwrap();
         assert_eq!(status, 409, "{lock}");
         let (status, unlocked) = api.call(Method::POST, &action("unlock"), None).await.unwrap();
@@ -879,19 +870,16 @@ async fn reset_clears_user_state_out_of_office_consumers_and_pending_publishes()
         json!({"routing_status": "INTERACTING", "revert_after_ms": 60_000, "out_of_office": true}),
     )
     .await;
-    api.control(
+    flow_control(
+        &api,
         Method::PUT,
-        &format!("/sandbox/flows/{flow}/consumers"),
+        flow,
+        "consumers",
         json!({"consumers": [{"id": "a", "name": "A", "type": "INBOUNDCALLFLOW"}]}),
     )
     .await;
     for knob in ["alter-next-publish", "fail-next-publish"] {
-        api.control(
-            Method::POST,
-            &format!("/sandbox/flows/{flow}/{knob}"),
-            json!(null),
-        )
-        .await;
+        flow_control(&api, Method::POST, flow, knob, json!(null)).await;
     }
     api.control(Method::POST, "/sandbox/reset", json!(null)).await;
 
@@ -912,29 +900,9 @@ async fn reset_clears_user_state_out_of_office_consumers_and_pending_publishes()
         .await
         .unwrap();
     assert_eq!(consumers["total"], 0);
-    api.call_as(
-        &token,
-        Method::POST,
-        &format!("/api/v2/flows/actions/publish?flow={flow}"),
-        None,
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, current) = api
-        .call_as(&token, Method::GET, &format!("/api/v2/flows/{flow}"), None)
-        .await
-        .unwrap();
+    let current = publish_and_read(&api, &token, flow).await;
     assert_eq!(current["currentOperation"]["actionStatus"], "SUCCESS");
-    let (_, configuration) = api
-        .call_as(
-            &token,
-            Method::GET,
-            &format!("/api/v2/flows/{flow}/versions/1.0/configuration"),
-            None,
-        )
-        .await
-        .unwrap();
+    let configuration = read_back_as(&api, &token, flow, "1.0").await;
     assert!(configuration.get("sandboxAltered").is_none(), "{configuration}");
 }
 

@@ -446,49 +446,42 @@ async fn a_persons_lock_refuses_every_client_until_they_let_go() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// How many of `presence`, `routingStatus` and `outOfOffice` each entity of the listing at
+/// `path` carries (the listing must answer 200).
+async fn expanded_counts(api: &Api, path: &str) -> Vec<usize> {
+    let (status, listing) = api.call(Method::GET, path, None).await;
+    assert_eq!(status, 200, "{listing}");
+    listing["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| {
+            ["presence", "routingStatus", "outOfOffice"]
+                .iter()
+                .filter(|field| user.get(**field).is_some())
+                .count()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn expand_omitted_every_leaves_every_nth_entity_of_a_listing_unexpanded() {
     let api = Api::playing(json!({"expand_omitted_every": 2})).await;
-    let expanded = |user: &Value| {
-        ["presence", "routingStatus", "outOfOffice"]
-            .iter()
-            .filter(|field| user.get(**field).is_some())
-            .count()
-    };
     let ids: Vec<String> = (0..3).map(|n| user_id(n).to_string()).collect();
-    let (status, listing) = api
-        .call(
-            Method::GET,
-            &format!(
-                "/api/v2/users?id={}&expand=presence,routingStatus,outOfOffice",
-                ids.join(",")
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{listing}");
-    let counts: Vec<usize> = listing["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(expanded)
-        .collect();
-    assert_eq!(counts, [3, 0, 3], "positions 2, 4, … from 1 come without");
+    let path = format!(
+        "/api/v2/users?id={}&expand=presence,routingStatus,outOfOffice",
+        ids.join(",")
+    );
+    assert_eq!(
+        expanded_counts(&api, &path).await,
+        [3, 0, 3],
+        "positions 2, 4, … from 1 come without"
+    );
     // Counted within each page.
-    let (_, page) = api
-        .call(
-            Method::GET,
-            "/api/v2/users?pageSize=2&pageNumber=2&expand=presence",
-            None,
-        )
-        .await;
-    let counts: Vec<usize> = page["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(expanded)
-        .collect();
-    assert_eq!(counts, [1]);
+    assert_eq!(
+        expanded_counts(&api, "/api/v2/users?pageSize=2&pageNumber=2&expand=presence").await,
+        [1]
+    );
     // One user read alone is always expanded.
     let (_, user) = api
         .call(
@@ -501,18 +494,10 @@ async fn expand_omitted_every_leaves_every_nth_entity_of_a_listing_unexpanded() 
 
     api.control(Method::DELETE, "/sandbox/behaviour", json!(null))
         .await;
-    let (_, listing) = api
-        .call(
-            Method::GET,
-            &format!("/api/v2/users?id={}&expand=presence", ids.join(",")),
-            None,
-        )
-        .await;
-    let counts: Vec<usize> = listing["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(expanded)
-        .collect();
-    assert_eq!(counts, [1, 1, 1], "the default expands every entity");
+    let path = format!("/api/v2/users?id={}&expand=presence", ids.join(","));
+    assert_eq!(
+        expanded_counts(&api, &path).await,
+        [1, 1, 1],
+        "the default expands every entity"
+    );
 }
