@@ -1352,7 +1352,11 @@ async fn handover_as(
     };
     let worker = start_worker(&env);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let child = if policies { agent_job_with_policies } else { agent_job };
+    let child = if policies {
+        agent_job_with_policies
+    } else {
+        agent_job
+    };
     let children: Vec<Value> = (0..agents).map(|n| child(n, agents, "On Queue")).collect();
     let batch = json!({
         "job_id": Uuid::new_v4(),
