@@ -136,24 +136,27 @@ async fn gather(
     while let Some(first) = incoming.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
-        // Changes read first gather up to a read's worth, written in calls of `max`.
+        // A call gathers one write's worth. In the batch lane (a handover, bound by the budget)
+        // a call waiting for its token, or for the previous call, takes changes read first up
+        // to a read's worth, written in calls of `max`: it reads once for two writes. Single
+        // jobs' calls stay one write's worth (a read for each), for latency.
         let limit = |batch: &[Request]| {
-            if batch.iter().any(|r| r.policy.is_some()) {
+            if lane == Lane::Batch && batch.iter().any(|r| r.policy.is_some()) {
                 USERS_PER_READ.max(max)
             } else {
                 max
             }
         };
-        while batch.len() < limit(&batch) {
+        while batch.len() < max {
             match tokio::time::timeout_at(deadline, incoming.recv()).await {
                 Ok(Some(request)) => batch.push(request),
                 Ok(None) | Err(_) => break,
             }
         }
-        // In the batch lane (a handover, bound by the budget) a call asks for its token only
-        // once the previous one has written, gathering meanwhile: a token taken earlier would
-        // leave with the few jobs not waiting on the previous call, and a handover under a
-        // policy would cost a read per 50 agents instead of per 100.
+        // In the batch lane a call asks for its token only once the previous one has written,
+        // gathering meanwhile: a token taken earlier would leave with the few jobs not waiting
+        // on the previous call, and a handover under a policy would cost a read per 50 agents
+        // instead of per 100. Single jobs' calls overlap, for latency.
         if let Some(mut running) = previous.take() {
             loop {
                 if batch.len() >= limit(&batch) {
@@ -168,18 +171,10 @@ async fn gather(
         }
         // The call's token, from a client of the pool; changes arriving meanwhile still join
         // the call, which is sent as that client.
-        let pool = genesys.in_lane(lane);
-        let token = pool.prepay(BULK_PATH);
-        tokio::pin!(token);
-        let paid = loop {
-            if batch.len() >= limit(&batch) {
-                break token.await;
-            }
-            tokio::select! {
-                paid = &mut token => break paid,
-                Some(request) = incoming.recv() => batch.push(request),
-            }
-        };
+        let paid = genesys
+            .in_lane(lane)
+            .prepay_gathering(BULK_PATH, &mut batch, &mut incoming, limit)
+            .await;
         let paid = match paid {
             Ok(paid) => paid.client_id().to_string(),
             Err(err) => {
@@ -191,7 +186,6 @@ async fn gather(
             }
         };
         let genesys = genesys.clone();
-        // Calls overlap: the next one gathers while this one is on the wire.
         let running = tokio::spawn(async move {
             let pool = genesys.in_lane(lane);
             let paid = pool.pinned_to_client(&paid).expect("a client of the pool");

@@ -501,6 +501,29 @@ impl<'a> LaneClient<'a> {
         })
     }
 
+    /// [`LaneClient::prepay`] for a gathered call, taking more of the `incoming` requests into
+    /// `batch` while the token is awaited, until `limit(batch)` of them: under a saturated
+    /// budget the call leaves full.
+    pub async fn prepay_gathering<R>(
+        &self,
+        path: &str,
+        batch: &mut Vec<R>,
+        incoming: &mut tokio::sync::mpsc::Receiver<R>,
+        limit: impl Fn(&[R]) -> usize,
+    ) -> Result<LaneClient<'a>, BudgetError> {
+        let token = self.prepay(path);
+        tokio::pin!(token);
+        loop {
+            if batch.len() >= limit(batch) {
+                return token.await;
+            }
+            tokio::select! {
+                paid = &mut token => return paid,
+                Some(request) = incoming.recv() => batch.push(request),
+            }
+        }
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
         self.client
             .call(self.lane, self.via, false, Method::GET, path, None)

@@ -255,18 +255,10 @@ async fn gather(
                 },
             }
         }
-        let pool = genesys.in_lane(lane);
-        let token = pool.prepay(USERS_PATH);
-        tokio::pin!(token);
-        let paid = loop {
-            if batch.len() >= USERS_PER_READ {
-                break token.await;
-            }
-            tokio::select! {
-                paid = &mut token => break paid,
-                Some(request) = incoming.recv() => batch.push(request),
-            }
-        };
+        let paid = genesys
+            .in_lane(lane)
+            .prepay_gathering(USERS_PATH, &mut batch, &mut incoming, |_| USERS_PER_READ)
+            .await;
         let paid = match paid {
             Ok(paid) => paid.client_id().to_string(),
             Err(err) => {
