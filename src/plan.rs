@@ -45,6 +45,7 @@ use uuid::Uuid;
 
 use crate::apply::agent_status::{self, decide, Decision};
 use crate::apply::flow_deploy::{self, FlowSettings, Published};
+use crate::apply::interaction_status::{self, Judged};
 use crate::flow::configuration_hash;
 use crate::genesys::architect::{Consumer, Flow, FlowListing};
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
@@ -819,49 +820,13 @@ impl Planner<'_> {
             .statuses
             .get(&payload.workitem_id)
             .unwrap_or(&workitem.status.id);
-        let Some(from) = graph.find(current) else {
-            return refuse(
-                "unknown_status",
-                format!(
-                    "current status {current} is not a status of worktype {}",
-                    graph.worktype
-                ),
-            );
-        };
         let target = payload.target();
-        let Some(to) = graph.find(&target) else {
-            let known: Vec<&str> = graph.statuses.iter().map(|s| s.name.as_str()).collect();
-            return refuse(
-                "unknown_status",
-                format!(
-                    "unknown status {target:?} for worktype {} (known: {})",
-                    graph.worktype,
-                    known.join(", ")
-                ),
-            );
-        };
-        if let Some(expected) = &payload.expected_current {
-            if !from.answers_to(expected) {
-                return refuse(
-                    "expected_current_mismatch",
-                    format!("expected current status {expected:?}, found {:?}", from.name),
-                );
-            }
-        }
-        if from.id == to.id {
-            return Planned::no_op(line, child, job, to.name.clone());
-        }
-        if !from.allows(to) {
-            return refuse(
-                "transition_not_allowed",
-                format!(
-                    "transition from {:?} to {:?} is not allowed (allowed: {})",
-                    from.name,
-                    to.name,
-                    graph.allowed_from(from)
-                ),
-            );
-        }
+        let (from, to) =
+            match interaction_status::judge(graph, current, &target, payload.expected_current.as_deref()) {
+                Judged::Move { from, to } => (from, to),
+                Judged::Unchanged(to) => return Planned::no_op(line, child, job, to.name.clone()),
+                Judged::Refused { code, message, .. } => return refuse(code, message),
+            };
         let planned = Planned::change(line, child, job, Some(from.name.clone()), to.name.clone());
         self.statuses.insert(payload.workitem_id, to.id.clone());
         planned

@@ -113,79 +113,135 @@ async fn plan(
         .statuses
         .graph(ctx.genesys, &current.worktype.id, &wanted)
         .await?;
-    let Some(from) = graph.find(&current.status.id).cloned() else {
-        let message = format!(
-            "current status {} is not a status of worktype {}",
-            current.status.id, graph.worktype
-        );
-        return Ok(Plan::Refuse {
-            refusal: refuse(Outcome::Rejected, "unknown_status", message),
-            read_may_lag: false,
-        });
-    };
-    let previous_state = state_of(&current.id, &from);
-    let Some(to) = graph.find(&target).cloned() else {
-        let known: Vec<&str> = graph.statuses.iter().map(|s| s.name.as_str()).collect();
-        let message = format!(
-            "unknown status {target:?} for worktype {} (known: {})",
-            graph.worktype,
-            known.join(", ")
-        );
-        return Ok(Plan::Refuse {
-            refusal: with_previous(
-                refuse(Outcome::Rejected, "unknown_status", message),
-                previous_state,
-            ),
-            read_may_lag: false,
-        });
-    };
-    if let Some(expected) = &payload.expected_current {
-        if !from.answers_to(expected) {
-            let message = format!("expected current status {expected:?}, found {:?}", from.name);
-            let mut conflict = refuse(Outcome::Conflict, "expected_current_mismatch", message);
-            conflict.genesys_status = Some(200);
+    let (from, to) = match judge(
+        &graph,
+        &current.status.id,
+        &target,
+        payload.expected_current.as_deref(),
+    ) {
+        Judged::Move { from, to } => (from.clone(), to.clone()),
+        Judged::Refused { code, message, from } => {
+            let Some(from) = from else {
+                return Ok(Plan::Refuse {
+                    refusal: refuse(Outcome::Rejected, code, message),
+                    read_may_lag: false,
+                });
+            };
+            let previous_state = state_of(&current.id, from);
+            let (outcome, read_may_lag) = match code {
+                "expected_current_mismatch" => (Outcome::Conflict, true),
+                "transition_not_allowed" => (Outcome::Rejected, true),
+                _ => (Outcome::Rejected, false),
+            };
+            let mut refusal = refuse(outcome, code, message);
+            if outcome == Outcome::Conflict {
+                refusal.genesys_status = Some(200);
+            }
             return Ok(Plan::Refuse {
-                refusal: with_previous(conflict, previous_state),
-                read_may_lag: true,
+                refusal: with_previous(refusal, previous_state),
+                read_may_lag,
             });
         }
-    }
-    if from.id == to.id {
-        let unchanged = Verdict {
-            outcome: Outcome::Applied,
-            new_state: Some(previous_state.clone()),
-            previous_state: Some(previous_state),
-            genesys_status: Some(200),
-            error: None,
-            attempts: 1,
-            entity: None,
-            retryable: false,
-        };
-        return Ok(Plan::Refuse {
-            refusal: unchanged,
-            read_may_lag: changed_recently,
-        });
-    }
-    if !from.allows(&to) {
-        let message = format!(
-            "transition from {:?} to {:?} is not allowed (allowed: {})",
-            from.name,
-            to.name,
-            graph.allowed_from(&from)
-        );
-        return Ok(Plan::Refuse {
-            refusal: with_previous(
-                refuse(Outcome::Rejected, "transition_not_allowed", message),
-                previous_state,
-            ),
-            read_may_lag: true,
-        });
-    }
+        Judged::Unchanged(from) => {
+            let previous_state = state_of(&current.id, from);
+            let unchanged = Verdict {
+                outcome: Outcome::Applied,
+                new_state: Some(previous_state.clone()),
+                previous_state: Some(previous_state),
+                genesys_status: Some(200),
+                error: None,
+                attempts: 1,
+                entity: None,
+                retryable: false,
+            };
+            return Ok(Plan::Refuse {
+                refusal: unchanged,
+                read_may_lag: changed_recently,
+            });
+        }
+    };
+    let previous_state = state_of(&current.id, &from);
     Ok(Plan::Write {
         to,
         previous_state,
         graph,
     })
+}
+
+/// How the rules judge a move of a workitem from status `current` to `target` (each an id or
+/// a name) with `expected` as the current status it must have: shared by the worker and `plan`.
+#[derive(Debug)]
+pub(crate) enum Judged<'g> {
+    Move {
+        from: &'g WorkitemStatus,
+        to: &'g WorkitemStatus,
+    },
+    /// Already there.
+    Unchanged(&'g WorkitemStatus),
+    /// `unknown_status`, `expected_current_mismatch` or `transition_not_allowed`, and the
+    /// current status when the worktype knows it.
+    Refused {
+        code: &'static str,
+        message: String,
+        from: Option<&'g WorkitemStatus>,
+    },
+}
+
+pub(crate) fn judge<'g>(
+    graph: &'g StatusGraph,
+    current: &str,
+    target: &str,
+    expected: Option<&str>,
+) -> Judged<'g> {
+    let Some(from) = graph.find(current) else {
+        return Judged::Refused {
+            code: "unknown_status",
+            message: format!(
+                "current status {current} is not a status of worktype {}",
+                graph.worktype
+            ),
+            from: None,
+        };
+    };
+    let refused = |code, message| Judged::Refused {
+        code,
+        message,
+        from: Some(from),
+    };
+    let Some(to) = graph.find(target) else {
+        let known: Vec<&str> = graph.statuses.iter().map(|s| s.name.as_str()).collect();
+        return refused(
+            "unknown_status",
+            format!(
+                "unknown status {target:?} for worktype {} (known: {})",
+                graph.worktype,
+                known.join(", ")
+            ),
+        );
+    };
+    if let Some(expected) = expected {
+        if !from.answers_to(expected) {
+            return refused(
+                "expected_current_mismatch",
+                format!("expected current status {expected:?}, found {:?}", from.name),
+            );
+        }
+    }
+    if from.id == to.id {
+        return Judged::Unchanged(from);
+    }
+    if !from.allows(to) {
+        return refused(
+            "transition_not_allowed",
+            format!(
+                "transition from {:?} to {:?} is not allowed (allowed: {})",
+                from.name,
+                to.name,
+                graph.allowed_from(from)
+            ),
+        );
+    }
+    Judged::Move { from, to }
 }
 
 async fn write(
