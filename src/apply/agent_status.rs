@@ -54,56 +54,70 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     // What the agent is doing, when a precondition or a policy needs it (with the defaults it
     // does: Out of Office is respected).
     let reads = reads_state(payload, takeover);
-    let decided = |decision: Decision, described: Value, attempts: u32| {
-        let conflict = |code: &str, message: String| {
-            let mut refused = Verdict::refused(
-                Outcome::Conflict,
-                code,
-                format!("job {}: {entity}: {message}", job.job_id),
-            );
-            refused.previous_state = Some(described.clone());
-            refused.genesys_status = Some(200);
-            refused.attempts = attempts;
-            refused
-        };
-        match decision {
-            Decision::OutOfOffice => conflict(
-                "out_of_office",
-                "the agent is Out of Office; left as is (respect_out_of_office)".into(),
-            ),
-            Decision::Interacting { routing_status } => conflict(
-                "agent_interacting",
-                format!("the agent is on a live interaction (routing status {routing_status}); skipped (if_interacting: skip)"),
-            ),
-            Decision::Deferred { routing_status } => {
-                // Tried again after the retry delays, until `not_after`; once the delays run
-                // out first, this conflict is the outcome.
-                let mut deferred = conflict(
-                    "agent_interacting",
-                    format!("the agent is on a live interaction (routing status {routing_status}); deferred (if_interacting: defer)"),
-                );
-                deferred.retryable = true;
-                deferred
-            }
-            Decision::Unchanged | Decision::Write => {
-                let mut state_now = new_state(
-                    &target,
-                    described["message"].as_str(),
-                    payload.routing_status.and(described["routing_status"].as_str()),
-                );
-                state_now["unchanged"] = json!(true);
-                Verdict {
-                    outcome: Outcome::Applied,
-                    new_state: Some(state_now),
-                    previous_state: Some(described.clone()),
-                    genesys_status: Some(200),
-                    error: None,
-                    attempts,
-                    entity: None,
-                    retryable: false,
-                }
-            }
+    // A conflict found on reading, with the state read as `previous_state`.
+    let conflict = |code: &str, message: String, described: &Value, attempts: u32| {
+        let mut refused = Verdict::refused(
+            Outcome::Conflict,
+            code,
+            format!("job {}: {entity}: {message}", job.job_id),
+        );
+        refused.previous_state = Some(described.clone());
+        refused.genesys_status = Some(200);
+        refused.attempts = attempts;
+        refused
+    };
+    // Applied without a write: `unchanged` when nothing needed changing (not after a takeover,
+    // whose previous owner made the change).
+    let already = |described: Value, attempts: u32, unchanged: bool| {
+        let mut state_now = new_state(
+            &target,
+            described["message"].as_str(),
+            payload.routing_status.and(described["routing_status"].as_str()),
+        );
+        if unchanged {
+            state_now["unchanged"] = json!(true);
         }
+        Verdict {
+            outcome: Outcome::Applied,
+            new_state: Some(state_now),
+            previous_state: Some(described),
+            genesys_status: Some(200),
+            error: None,
+            attempts,
+            entity: None,
+            retryable: false,
+        }
+    };
+    // The verdict of a policy's decision other than a write.
+    let decided = |decision: Decision, described: Value, attempts: u32| {
+        match decision {
+        Decision::OutOfOffice => conflict(
+            "out_of_office",
+            "the agent is Out of Office; left as is (respect_out_of_office)".into(),
+            &described,
+            attempts,
+        ),
+        Decision::Interacting { routing_status } => conflict(
+            "agent_interacting",
+            format!("the agent is on a live interaction (routing status {routing_status}); skipped (if_interacting: skip)"),
+            &described,
+            attempts,
+        ),
+        Decision::Deferred { routing_status } => {
+            // Tried again after the retry delays, until `not_after`; once the delays run out
+            // first, this conflict is the outcome.
+            let mut deferred = conflict(
+                "agent_interacting",
+                format!("the agent is on a live interaction (routing status {routing_status}); deferred (if_interacting: defer)"),
+                &described,
+                attempts,
+            );
+            deferred.retryable = true;
+            deferred
+        }
+        Decision::Unchanged => already(described, attempts, true),
+        Decision::Write => unreachable!("a write is decided by writing"),
+    }
     };
 
     // Without a precondition to check, the change can travel with others in one bulk call
@@ -169,22 +183,16 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         if let Some(state) = state {
             let (described, current_definition) = describe(ctx, &state).await;
             if let Some(expected) = &payload.expected_current {
-                let holds = presence_holds(current_definition.as_ref(), &state, expected);
-                if !holds {
+                if !presence_holds(current_definition.as_ref(), &state, expected) {
                     let found = described["presence"].as_str().unwrap_or("none").to_string();
-                    let mut refused = Verdict::refused(
-                        Outcome::Conflict,
-                        "expected_current_mismatch",
-                        format!(
-                            "job {}: {entity}: expected current presence {expected:?}, found {found}",
-                            job.job_id
-                        ),
-                    );
-                    refused.previous_state = Some(described);
-                    refused.genesys_status = Some(200);
-                    refused.attempts = attempts;
-                    return refused;
+                    let message = format!("expected current presence {expected:?}, found {found}");
+                    return conflict("expected_current_mismatch", message, &described, attempts);
                 }
+            }
+            // After a takeover the previous owner may have made this change before its lease
+            // ran out: then it is applied, whatever the policies say.
+            if takeover && payload.routing_status.is_none() && already_there(&state, &target.id, None, None) {
+                return already(described, attempts, false);
             }
             let decision = decide(
                 &state,
@@ -193,19 +201,8 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
                 payload.message.as_deref(),
                 payload.routing_status.map(RoutingStatus::as_str),
             );
-            match decision {
-                Decision::Write => {}
-                // After a takeover the previous owner made this change before its lease ran
-                // out: applied, whatever skip_if_current says.
-                Decision::Unchanged if takeover => {}
-                decision => return decided(decision, described, attempts),
-            }
-            if takeover && payload.routing_status.is_none() && already_there(&state, &target.id, None, None) {
-                let mut verdict = decided(Decision::Unchanged, described, attempts);
-                if let Some(state_now) = verdict.new_state.as_mut() {
-                    state_now.as_object_mut().map(|o| o.remove("unchanged"));
-                }
-                return verdict;
+            if decision != Decision::Write {
+                return decided(decision, described, attempts);
             }
             previous_state = Some(described);
         }

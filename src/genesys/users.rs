@@ -157,34 +157,47 @@ async fn read_alone(
     out_of_office: Option<OutOfOffice>,
 ) -> Result<((UserPresence, RoutingStatusBody, OutOfOffice), u32), GenesysError> {
     let mut attempts = 1;
-    let presence = match presence {
-        Some(presence) => presence,
-        None => {
-            let path = format!("/api/v2/users/{user}/presences/purecloud");
-            let read = retry.run(|_| pool.get::<UserPresence>(&path)).await;
-            attempts = attempts.max(read.attempts);
-            read.result?.body
-        }
-    };
-    let routing = match routing {
-        Some(routing) => routing,
-        None => {
-            let path = format!("/api/v2/users/{user}/routingstatus");
-            let read = retry.run(|_| pool.get::<RoutingStatusBody>(&path)).await;
-            attempts = attempts.max(read.attempts);
-            read.result?.body
-        }
-    };
-    let out_of_office = match out_of_office {
-        Some(ooo) => ooo,
-        None => {
-            let path = format!("/api/v2/users/{user}/outofoffice");
-            let read = retry.run(|_| pool.get::<OutOfOffice>(&path)).await;
-            attempts = attempts.max(read.attempts);
-            read.result?.body
-        }
-    };
+    let presence = or_read(
+        pool,
+        retry,
+        presence,
+        format!("/api/v2/users/{user}/presences/purecloud"),
+        &mut attempts,
+    )
+    .await?;
+    let routing = or_read(
+        pool,
+        retry,
+        routing,
+        format!("/api/v2/users/{user}/routingstatus"),
+        &mut attempts,
+    )
+    .await?;
+    let out_of_office = or_read(
+        pool,
+        retry,
+        out_of_office,
+        format!("/api/v2/users/{user}/outofoffice"),
+        &mut attempts,
+    )
+    .await?;
     Ok(((presence, routing, out_of_office), attempts))
+}
+
+/// `have`, or else what `path` answers (the most attempts any read took in `attempts`).
+async fn or_read<T: serde::de::DeserializeOwned>(
+    pool: LaneClient<'_>,
+    retry: &RetryPolicy,
+    have: Option<T>,
+    path: String,
+    attempts: &mut u32,
+) -> Result<T, GenesysError> {
+    if let Some(have) = have {
+        return Ok(have);
+    }
+    let read = retry.run(|_| pool.get::<T>(&path)).await;
+    *attempts = (*attempts).max(read.attempts);
+    Ok(read.result?.body)
 }
 
 /// One job's answer from a gathered read: its user's state (None: Genesys does not know the
@@ -279,12 +292,11 @@ async fn gather(
             users.dedup();
             crate::telemetry::users_read(users.len());
             match read(first, true, pool, &retry, &users).await {
-                Ok(mut states) => {
+                Ok(states) => {
                     for request in batch {
                         let state = states.found.get(&request.user).cloned();
                         let _ = request.reply.send(Ok((state, states.attempts)));
                     }
-                    states.found.clear();
                 }
                 Err(err) => {
                     tracing::warn!(users = users.len(), error.message = %err, "Reading agents' state failed.");
