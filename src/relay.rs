@@ -221,6 +221,7 @@ async fn relay_one(
                 routing_key: delivery.routing_key.as_str(),
                 error_code: &failure.code,
                 error_message: &failure.message,
+                error_details: None,
                 attempts: failure.attempts,
             };
             match publisher.dead_letter(("", dead), letter).await {

@@ -420,8 +420,10 @@ impl Deploy<'_> {
             }
         };
         if !self.payload.publish {
-            let after = self.read().await.unwrap_or(checked_in);
-            return self.deployed(previous_state, &after, optimization, &hash).await;
+            // The checkin's wait read the flow as it left it.
+            return self
+                .deployed(previous_state, &checked_in, optimization, &hash)
+                .await;
         }
         match self.publish(&saved, &checked_in, &hash).await {
             Ok(after) => self.deployed(previous_state, &after, optimization, &hash).await,

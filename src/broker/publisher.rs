@@ -20,6 +20,9 @@ pub struct DeadLetter<'a> {
     pub routing_key: &'a str,
     pub error_code: &'a str,
     pub error_message: &'a str,
+    /// Genesys' own account of the failure (the audit event's `error.details`), sent as
+    /// `x-error-details`.
+    pub error_details: Option<&'a ErrorDetails>,
     pub attempts: u32,
 }
 
@@ -146,24 +149,13 @@ impl Publisher {
         destination: (&str, &str),
         letter: DeadLetter<'_>,
     ) -> Result<(), BrokerError> {
-        self.dead_letter_explained(destination, letter, None).await
-    }
-
-    /// [`Publisher::dead_letter`], with Genesys' own account of the failure (the audit event's
-    /// `error.details`) in `x-error-details` when there is one.
-    pub async fn dead_letter_explained(
-        &self,
-        destination: (&str, &str),
-        letter: DeadLetter<'_>,
-        details: Option<&ErrorDetails>,
-    ) -> Result<(), BrokerError> {
         let mut headers = carried_headers(letter.properties);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         let code = bounded::truncate(letter.error_code, bounded::VALUE_MAX);
         let message = bounded::truncate(letter.error_message, bounded::MESSAGE_MAX);
         headers.insert(ShortString::from("x-error-code"), text(&code));
         headers.insert(ShortString::from("x-error-message"), text(&message));
-        if let Some(details) = details {
+        if let Some(details) = letter.error_details {
             headers.insert(
                 ShortString::from("x-error-details"),
                 text(&details_header(details)),

@@ -263,11 +263,12 @@ async fn settle(
                 routing_key: &routing_key,
                 error_code: &code,
                 error_message: &message,
+                error_details: details.as_ref(),
                 attempts,
             };
             let sent = settings
                 .publisher
-                .dead_letter_explained((&settings.dead_letter, &routing_key), letter, details.as_ref())
+                .dead_letter((&settings.dead_letter, &routing_key), letter)
                 .await;
             if sent.is_ok() {
                 crate::telemetry::dead_lettered(&code);

@@ -294,7 +294,6 @@ async fn a_mixed_file_gets_a_verdict_per_job_from_the_live_state_and_nothing_is_
         count("deferred"),
         count("blocked"),
     ];
-    assert_eq!(counts, [8, 4, 2, 11]);
     assert_eq!(summary["jobs"], expected.len());
     let summarised =
         ["change", "no-op", "deferred", "blocked"].map(|v| summary[v].as_u64().unwrap() as usize);
@@ -377,8 +376,8 @@ async fn plan_agents(agents: usize) -> (u64, u64) {
 async fn a_thousand_agents_cost_a_request_per_hundred() {
     let (counted, requests) = plan_agents(1_000).await;
     assert_eq!(counted, requests);
-    // 10 reads of 100 agents, the presence definitions, the org's limits.
-    assert!(requests <= 20, "{requests} requests for 1,000 agents");
+    // 10 reads of 100 agents, the presence definitions, the org's limits (the README's figure).
+    assert_eq!(requests, 12, "requests for 1,000 agents");
 }
 
 /// The README's figure: `cargo test --test integration plan::ten_thousand -- --nocapture`.
@@ -386,10 +385,8 @@ async fn a_thousand_agents_cost_a_request_per_hundred() {
 async fn ten_thousand_agents_cost_about_a_hundred_requests() {
     let (counted, requests) = plan_agents(10_000).await;
     assert_eq!(counted, requests);
-    assert!(
-        requests <= 200,
-        "{requests} requests for 10,000 agents: more than 1 per 50"
-    );
+    // 100 reads of 100 agents, the presence definitions, the org's limits.
+    assert_eq!(requests, 102, "requests for 10,000 agents");
 }
 
 #[tokio::test]
@@ -437,7 +434,12 @@ async fn a_plan_beside_a_draining_worker_spends_the_same_budget_and_draws_no_429
     let started = Instant::now();
     let jobs: HashSet<Uuid> = app.publish_agent_jobs(AGENTS, "Available").await;
     let (code, planned, summary, stderr) = plan_json(&app, &file).await;
-    let planned_in = started.elapsed();
+    // The drain was still under way when the plan was done: they shared the budget.
+    let written_when_planned = app.mutations().await.len();
+    assert!(
+        written_when_planned < jobs.len(),
+        "the worker had written all {written_when_planned} changes before the plan finished"
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(planned.iter().all(|p| p["verdict"] == "change"), "{planned:#?}");
     assert_eq!(summary["throttled"], 0, "{summary}");
@@ -450,12 +452,6 @@ async fn a_plan_beside_a_draining_worker_spends_the_same_budget_and_draws_no_429
         }
     }
     let drained_in = started.elapsed();
-    // About 150 presence writes and 60 reads at 25 a second: the plan ran while the worker
-    // drained.
-    assert!(
-        planned_in < drained_in,
-        "plan {planned_in:?}, drain {drained_in:?}"
-    );
     let stats = app.sandbox_stats().await;
     assert_eq!(stats["throttled"], 0, "{}", stats["throttled_by"]);
     // Together at the one budget's pace (its burst, and the worker's start-up reads, aside).

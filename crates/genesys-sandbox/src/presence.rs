@@ -133,10 +133,9 @@ fn change_presence(
         // As in Genesys: going On Queue makes the agent routable, leaving it takes them off queue.
         // An agent on a live interaction stays on it when (again) On Queue.
         let on_queue = definition.system_presence == "OnQueue";
-        let (current, started) = user.routing();
+        let (current, _) = user.routing();
         if !(on_queue && LIVE_ROUTING.contains(&current)) {
-            let routing = if on_queue { "IDLE" } else { "OFF_QUEUE" };
-            user.set_routing(routing, if current == routing { started } else { now });
+            user.set_routing_until(if on_queue { "IDLE" } else { "OFF_QUEUE" }, now, None);
         }
     }
     if let Some(message) = message {
