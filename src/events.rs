@@ -20,6 +20,8 @@ pub enum Outcome {
     Rejected,
     Failed,
     RolledBack,
+    /// Cancelled by an operator before it ran (`crate::control`).
+    Cancelled,
 }
 
 impl Outcome {
@@ -33,6 +35,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -340,6 +343,29 @@ pub struct OutboundEvent {
     pub routing_key: String,
     pub message_id: String,
     pub body: String,
+}
+
+/// The messages announcing `event`: the audit event, and for an applied job its CRM event (a
+/// batch's own event summarises its children, which each sent theirs; a control change is no
+/// change in Genesys).
+pub fn outbound(topology: &crate::config::Topology, event: &AuditEvent) -> Vec<OutboundEvent> {
+    let mut messages = vec![OutboundEvent {
+        exchange: topology.audit_exchange.clone(),
+        routing_key: event.routing_key(),
+        message_id: event.event_id.to_string(),
+        body: serde_json::to_string(event).expect("audit events serialize"),
+    }];
+    let job_change = crate::job::Kind::parse(&event.kind).is_some_and(|kind| kind != crate::job::Kind::Batch);
+    if event.outcome == Outcome::Applied && job_change {
+        let crm = CrmEvent::from_audit(event);
+        messages.push(OutboundEvent {
+            exchange: topology.crm_exchange.clone(),
+            routing_key: crm.routing_key(),
+            message_id: crm.event_id.to_string(),
+            body: serde_json::to_string(&crm).expect("crm events serialize"),
+        });
+    }
+    messages
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
-use crate::events::{AuditEvent, CrmEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
+use crate::events::{AuditEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
 use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::job::{self, DecodeError, Job, Payload};
@@ -619,23 +619,7 @@ impl Pipeline {
 
     /// The messages an audit event produces: itself, and a CRM event when it applied a change.
     fn outbound(&self, event: &AuditEvent) -> Vec<OutboundEvent> {
-        let mut messages = vec![OutboundEvent {
-            exchange: self.topology.audit_exchange.clone(),
-            routing_key: event.routing_key(),
-            message_id: event.event_id.to_string(),
-            body: serde_json::to_string(event).expect("audit events serialize"),
-        }];
-        // A batch's own event summarises its children, which each sent their CRM event.
-        if event.outcome == Outcome::Applied && event.kind != job::Kind::Batch.as_str() {
-            let crm = CrmEvent::from_audit(event);
-            messages.push(OutboundEvent {
-                exchange: self.topology.crm_exchange.clone(),
-                routing_key: crm.routing_key(),
-                message_id: crm.event_id.to_string(),
-                body: serde_json::to_string(&crm).expect("crm events serialize"),
-            });
-        }
-        messages
+        crate::events::outbound(&self.topology, event)
     }
 }
 

@@ -186,6 +186,22 @@ impl Store {
             .arg(self.idempotency_ttl_secs)
             .invoke_async(&mut conn)
             .await?;
+        // The console's list of batches, newest first; entries older than the records go.
+        let recent = self.recent_batches_key();
+        let _: () = redis::pipe()
+            .cmd("ZADD")
+            .arg(&recent)
+            .arg("NX")
+            .arg(now_ms)
+            .arg(job.job_id.to_string())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&recent)
+            .arg("-inf")
+            .arg(now_ms.saturating_sub(self.idempotency_ttl_secs.saturating_mul(1000)))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
         published.parse().map_err(|_| StoreError::Corrupt {
             key: self.batch_key(job.job_id, ""),
             problem: "published is not a number".into(),
@@ -297,6 +313,22 @@ impl Store {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    fn recent_batches_key(&self) -> String {
+        format!("{}batches", self.prefix)
+    }
+
+    /// The ids of the latest `limit` batches started, newest first.
+    pub async fn recent_batches(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.recent_batches_key())
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     /// A batch's progress, for `genesys-worker batch status` (None: no such batch).

@@ -17,13 +17,16 @@
 //!   `budget:<client id>:pause:<route family>`: a route family paused by a limit others share.
 //! - `batch:<job id>`: a batch's progress (hash: `total`, `published`, `n:<outcome>` counts,
 //!   `summary`, `sent`, ...); `batch:<job id>:final`: the indexes of its final children (set);
-//!   `batch:<job id>:errors`: its first errors (list).
+//!   `batch:<job id>:errors`: its first errors (list); `batches`: the batches started, by
+//!   start time (sorted set, for the console).
+//! - `control`: the operator controls in force and their `epoch` (hash, [`control`]).
 
 mod batch;
 mod budget;
 mod claim;
 mod commit;
 mod connection;
+mod control;
 mod entity;
 mod group;
 

@@ -1,0 +1,136 @@
+//! The operator controls (`control`): one hash, `control`, whose fields are the controls in
+//! force (`pause:kind:agent.status` → `{actor, at, reason}`) and `epoch`, moved by every change,
+//! which the workers watch to know when to read the rest.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use super::{Store, StoreError};
+use crate::control::{self, Snapshot, Stored};
+use crate::store::EntityHead;
+
+/// The field the workers watch.
+const EPOCH: &str = "epoch";
+
+/// Sets an entity's head and releases its lock, if `owner` still holds it.
+static ADVANCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+        redis.call('HSET', KEYS[1], 'version', ARGV[2], 'checksum', ARGV[3])
+        redis.call('EXPIRE', KEYS[1], ARGV[4])
+        redis.call('DEL', KEYS[2])
+        return 1
+        ",
+    )
+});
+
+/// Removes a control field and moves the epoch; returns what the field held.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local held = redis.call('HGET', KEYS[1], ARGV[1])
+        if not held then return false end
+        redis.call('HDEL', KEYS[1], ARGV[1])
+        redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+        return held
+        ",
+    )
+});
+
+impl Store {
+    fn control_key(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
+    /// The controls' epoch (0 before the first change).
+    pub async fn controls_epoch(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let epoch: Option<u64> = redis::cmd("HGET")
+            .arg(self.control_key())
+            .arg(EPOCH)
+            .query_async(&mut conn)
+            .await?;
+        Ok(epoch.unwrap_or(0))
+    }
+
+    /// Every control in force.
+    pub async fn controls(&self) -> Result<Snapshot, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.control_key())
+            .query_async(&mut conn)
+            .await?;
+        let mut epoch = 0;
+        let mut controls = Vec::with_capacity(fields.len());
+        for (field, value) in &fields {
+            if field == EPOCH {
+                epoch = value.parse().unwrap_or(0);
+            } else if let Some(parsed) = control::parse_field(field, value) {
+                controls.push(parsed);
+            } else {
+                tracing::warn!(field, "An operator control this worker does not know; ignored.");
+            }
+        }
+        Ok(Snapshot::new(epoch, controls))
+    }
+
+    /// Sets (or replaces) a control and moves the epoch, in one step.
+    pub(crate) async fn set_control(&self, field: &str, stored: &Stored) -> Result<(), StoreError> {
+        let key = self.control_key();
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(field)
+            .arg(serde_json::to_string(stored).expect("controls serialize"))
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg(EPOCH)
+            .arg(1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        self.replicated(&key).await
+    }
+
+    /// Removes a control and moves the epoch; returns what it held (`None`: there was none).
+    pub(crate) async fn remove_control(&self, field: &str) -> Result<Option<String>, StoreError> {
+        let key = self.control_key();
+        let mut conn = self.conn.clone();
+        let held: Option<String> = REMOVE.key(&key).arg(field).invoke_async(&mut conn).await?;
+        self.replicated(&key).await?;
+        Ok(held)
+    }
+
+    /// Moves `entity`'s chain head to `head` and releases `owner`'s lock of it (a record made
+    /// outside a job: a control change).
+    pub(crate) async fn advance_entity(
+        &self,
+        entity: &str,
+        owner: &str,
+        head: &EntityHead,
+    ) -> Result<(), StoreError> {
+        let key = self.entity_key(entity);
+        let mut conn = self.conn.clone();
+        let advanced: i64 = ADVANCE
+            .key(&key)
+            .key(self.lock_key(entity))
+            .arg(owner)
+            .arg(head.version)
+            .arg(&head.checksum)
+            .arg(self.entity_ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        if advanced == 0 {
+            return Err(StoreError::Corrupt {
+                key,
+                problem: "the entity's lock was lost before its head was advanced".into(),
+            });
+        }
+        self.replicated(&key).await
+    }
+}
