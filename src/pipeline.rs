@@ -21,6 +21,7 @@ use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
+use crate::control::Controls;
 use crate::events::{AuditEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
 use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
@@ -121,6 +122,8 @@ pub struct Stages {
     /// Gathers the reads of agents' state the presence policies need.
     pub users: UserReads,
     pub limits: job::Limits,
+    /// What operators paused or cancelled.
+    pub controls: Controls,
 }
 
 /// Stages 1 to 7 for one delivery; [`Pipeline::process`] returns what to do with it.
@@ -135,6 +138,7 @@ pub struct Pipeline {
     bulk: Option<BulkPresence>,
     users: UserReads,
     limits: job::Limits,
+    controls: Controls,
 }
 
 impl Pipeline {
@@ -149,6 +153,7 @@ impl Pipeline {
             bulk,
             users,
             limits,
+            controls,
         } = stages;
         Self {
             store,
@@ -160,6 +165,7 @@ impl Pipeline {
             bulk,
             users,
             limits,
+            controls,
         }
     }
 

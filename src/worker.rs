@@ -13,6 +13,7 @@ use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
+use crate::control::Controls;
 use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::ingest::{self, Ingest};
@@ -82,6 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Duration::from_millis(config.bulk_window_ms),
     );
     let cancel = CancellationToken::new();
+    // A worker starts knowing what operators paused or cancelled, and follows their changes.
+    let controls = Controls::watch(store.clone(), cancel.clone()).await?;
     let admin_server = admin::spawn(admin_listener, health.clone(), cancel.clone()).map_err(|source| {
         WorkerError::Admin {
             addr: config.admin_addr,
@@ -127,6 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         bulk: bulk.as_ref(),
         users: &users,
         health: &health,
+        controls: &controls,
     };
     let supervise = supervise(&parts, intake.clone());
     tokio::pin!(supervise, shutdown);
@@ -184,6 +188,7 @@ struct Parts<'a> {
     bulk: Option<&'a BulkPresence>,
     users: &'a UserReads,
     health: &'a Health,
+    controls: &'a Controls,
 }
 
 /// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
@@ -223,6 +228,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
         bulk,
         users,
         health,
+        controls,
     } = *parts;
     let connection = match broker::connect(&config.amqp_url).await {
         Ok(connection) => connection,
@@ -246,6 +252,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             bulk: bulk.cloned(),
             users: users.clone(),
             limits: config.limits,
+            controls: controls.clone(),
         }));
         let lanes = [
             IntakeSettings {
@@ -256,6 +263,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 grace: config.shutdown_timeout(),
                 dead_letter: config.topology.dead_letter.clone(),
                 publisher: publisher.clone(),
+                controls: controls.clone(),
             },
             IntakeSettings {
                 queue: config.topology.batch_queue.clone(),
@@ -265,6 +273,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 grace: config.shutdown_timeout(),
                 dead_letter: config.topology.dead_letter.clone(),
                 publisher: publisher.clone(),
+                controls: controls.clone(),
             },
         ];
         // Each lane consumes on its own channel, with its own prefetch and concurrency; when

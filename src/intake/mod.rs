@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Health;
 use crate::broker::publisher::{origin, DeadLetter};
 use crate::broker::{BrokerError, Publisher};
+use crate::control::Controls;
 use crate::lane::Lane;
 use crate::pipeline::{Disposition, Incoming, Pipeline, PipelineError};
 use acks::Acks;
@@ -43,6 +44,8 @@ pub struct IntakeSettings {
     pub dead_letter: String,
     /// The intake's own publisher, for retry queues and dead letters.
     pub publisher: Publisher,
+    /// What operators paused: a paused lane stops consuming.
+    pub controls: Controls,
 }
 
 /// Why a consuming spell ended.
