@@ -6,6 +6,8 @@
 //!   otherwise; also how many 429s Genesys answered (`genesys_throttled`), counted apart from
 //!   errors (readiness: without Redis the worker cannot deduplicate, so it must not be sent
 //!   work).
+//! - the operators' console (`/console…`) and its JSON API (`/api/…`): [`crate::console`];
+//!   changes need `ADMIN_TOKEN`.
 //!
 //! [`serve_bounded`] serves this and the HTTP ingest alike, within [`Bounds`]: a slow, idle or
 //! stalled client cannot hold a connection, or the memory behind it, for long.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
+use crate::console::Console;
 use crate::lane::Lane;
 use crate::limit::Budget;
 use crate::store::Store;
@@ -74,6 +77,16 @@ impl Health {
             lane.store(false, Ordering::Relaxed);
         }
     }
+
+    /// Whether both lanes consume.
+    pub fn consuming(&self) -> bool {
+        self.consuming.iter().all(|lane| lane.load(Ordering::Relaxed))
+    }
+
+    /// The Genesys budgets, one per OAuth client.
+    pub fn budgets(&self) -> &[Arc<Budget>] {
+        &self.budgets
+    }
 }
 
 /// Binds `addr`; the caller serves the listener with [`serve`].
@@ -90,6 +103,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn spawn(
     listener: TcpListener,
     health: Arc<Health>,
+    console: Arc<Console>,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
     let listener = listener.into_std()?;
@@ -99,17 +113,20 @@ pub fn spawn(
             .build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            serve(listener, health, shutdown).await
+            serve(listener, health, console, shutdown).await
         })
     })
 }
 
-/// Serves the admin endpoints until `shutdown` is cancelled.
+/// Serves the admin endpoints and the console until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
+    console: Arc<Console>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // The overview's figures are sampled here, on the admin server's own runtime.
+    console.sample(shutdown.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -122,7 +139,8 @@ pub async fn serve(
                 )
             }),
         )
-        .with_state(health);
+        .with_state(health)
+        .merge(crate::console::router(console));
     serve_bounded(listener, app, ADMIN_BOUNDS, shutdown).await
 }
 
@@ -230,6 +248,22 @@ fn is_connection_error(err: &std::io::Error) -> bool {
     )
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235). Shared by the HTTP ingest (`INGEST_TOKEN`) and the console's API (`ADMIN_TOKEN`).
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `given` equals `expected`, in time that does not depend on where they differ.
+pub(crate) fn same_secret(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    // Hashing first gives both sides the same length, so the length is not revealed either.
+    let digest = |s: &str| <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes());
+    digest(given).ct_eq(&digest(expected)).into()
+}
+
 async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
     let consuming = health.consuming.iter().all(|lane| lane.load(Ordering::Relaxed));
     let redis = match tokio::time::timeout(Duration::from_secs(1), health.store.ping()).await {
@@ -259,4 +293,32 @@ async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_jso
         "genesys_throttled_by_client": by_client,
     });
     (status, Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("s3cr3t", "s3cr3t"));
+        assert!(!same_secret("s3cr3t", "s3cr3T"));
+        assert!(!same_secret("", "s3cr3t"));
+        assert!(!same_secret("s3cr3t-longer", "s3cr3t"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let token = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&headers).map(str::to_string)
+        };
+        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "bEaReR t0k"] {
+            assert_eq!(token(value).as_deref(), Some("t0k"), "{value}");
+        }
+        assert_eq!(token("Basic t0k"), None);
+        assert_eq!(token("Bearert0k"), None);
+        assert_eq!(token("Bearer"), None);
+    }
 }

@@ -212,7 +212,7 @@ pub const DEFAULT_RELAY_BACKOFF_MS: u64 = 500;
 /// `RELAY_TIMEOUT_MS` (`relay` only).
 pub const DEFAULT_RELAY_TIMEOUT_MS: u64 = 10_000;
 
-/// A bearer token shorter than this could be guessed.
+/// A bearer token (`INGEST_TOKEN`, `ADMIN_TOKEN`) shorter than this could be guessed.
 const MIN_INGEST_TOKEN_BYTES: usize = 16;
 
 /// An invalid or missing setting: `Display` is the one line printed before the program stops.
@@ -388,6 +388,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub ingest_addr: Option<SocketAddr>,
     pub ingest_token: Option<Secret>,
+    /// `ADMIN_TOKEN`: the bearer token the admin console's and API's changes (controls, dead-letter
+    /// replays) need; without it they are refused and the console is read-only.
+    pub admin_token: Option<Secret>,
 }
 
 impl Config {
@@ -473,6 +476,18 @@ impl Config {
                 ),
             });
         }
+        let admin_token = env.get("ADMIN_TOKEN").map(Secret::new);
+        if admin_token
+            .as_ref()
+            .is_some_and(|token| token.expose().len() < MIN_INGEST_TOKEN_BYTES)
+        {
+            return Err(ConfigError {
+                var: "ADMIN_TOKEN",
+                problem: format!(
+                    "shorter than {MIN_INGEST_TOKEN_BYTES} bytes: use a random token, e.g. `openssl rand -hex 32`"
+                ),
+            });
+        }
         let redis_key_prefix = env.string("REDIS_KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX)?;
         // In a Redis Cluster the keys carry a hash tag in braces; one in the prefix would move it.
         if redis_key_prefix.contains(['{', '}']) {
@@ -542,6 +557,7 @@ impl Config {
             log_format,
             ingest_addr,
             ingest_token,
+            admin_token,
         })
     }
 }
@@ -902,6 +918,21 @@ mod tests {
             ("INGEST_TOKEN", "0123456789abcdef0123"),
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn the_admin_token_is_optional_long_enough_and_never_shown() {
+        assert!(config(&[]).unwrap().admin_token.is_none());
+        let err = config(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert_eq!(err.var, "ADMIN_TOKEN");
+        assert!(err.problem.contains("shorter than 16 bytes"), "{err}");
+        assert!(!err.to_string().contains("short\""), "{err}");
+        let cfg = config(&[("ADMIN_TOKEN", "admin-0123456789abcdef")]).unwrap();
+        assert_eq!(
+            cfg.admin_token.as_ref().map(Secret::expose),
+            Some("admin-0123456789abcdef")
+        );
+        assert!(!format!("{cfg:?}").contains("admin-0123456789abcdef"));
     }
 
     #[test]

@@ -91,6 +91,40 @@ impl Letter {
     }
 }
 
+/// Which dead letters the console lists or replays: the CLI's [`Filter`] (kind, code), a batch,
+/// and particular jobs (the letters the operator ticked).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub filter: Filter,
+    /// Only children of this batch (`x-batch-id`).
+    pub batch: Option<String>,
+    /// Only the letters of these jobs (`job_id` of the body); `None`: any job.
+    pub job_ids: Option<std::collections::BTreeSet<String>>,
+}
+
+impl From<&Filter> for Selection {
+    fn from(filter: &Filter) -> Self {
+        Self {
+            filter: filter.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Selection {
+    fn matches(&self, letter: &Letter) -> bool {
+        letter.matches(&self.filter)
+            && self
+                .batch
+                .as_ref()
+                .is_none_or(|b| letter.batch_id.as_ref() == Some(b))
+            && self
+                .job_ids
+                .as_ref()
+                .is_none_or(|ids| letter.job_id.as_ref().is_some_and(|id| ids.contains(id)))
+    }
+}
+
 /// Where RabbitMQ says it dead-lettered a message from (`x-death`, newest first).
 struct Death {
     exchange: String,
@@ -132,15 +166,42 @@ pub enum DlqError {
 
 /// Lists the dead letters matching `filter`, up to `limit`; the queue is left as it was.
 pub async fn list(options: &DlqOptions, filter: &Filter, limit: usize) -> Result<Vec<Letter>, DlqError> {
-    let mut letters = Vec::new();
+    list_selected(options, &Selection::from(filter), limit)
+        .await
+        .map(|listed| listed.letters)
+}
+
+/// What a listing saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listed {
+    /// The matching letters, up to the limit, in queue order.
+    pub letters: Vec<Letter>,
+    /// How many letters matched (the limit aside).
+    pub matched: usize,
+    /// How many letters the queue held.
+    pub total: usize,
+}
+
+/// Lists the dead letters `selection` picks, up to `limit`, and counts them all; the queue is
+/// left as it was.
+pub async fn list_selected(
+    options: &DlqOptions,
+    selection: &Selection,
+    limit: usize,
+) -> Result<Listed, DlqError> {
+    let mut listed = Listed::default();
     scan(options, |letter, _| {
-        if letter.matches(filter) && letters.len() < limit {
-            letters.push(letter.clone());
+        listed.total += 1;
+        if selection.matches(letter) {
+            listed.matched += 1;
+            if listed.letters.len() < limit {
+                listed.letters.push(letter.clone());
+            }
         }
         async { Ok(false) }
     })
     .await?;
-    Ok(letters)
+    Ok(listed)
 }
 
 /// What a replay did.
@@ -160,13 +221,23 @@ pub async fn replay(
     rate: f64,
     dry_run: bool,
 ) -> Result<Replayed, DlqError> {
+    replay_selected(options, &Selection::from(filter), rate, dry_run).await
+}
+
+/// As [`replay`], for the letters `selection` picks.
+pub async fn replay_selected(
+    options: &DlqOptions,
+    selection: &Selection,
+    rate: f64,
+    dry_run: bool,
+) -> Result<Replayed, DlqError> {
     let connection = broker::connect(&options.broker.amqp_url).await?;
     let publisher = Publisher::open(&connection).await?;
     let pace = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut next = tokio::time::Instant::now();
     let mut outcome = Replayed::default();
     scan(options, |letter, message| {
-        let matched = letter.matches(filter);
+        let matched = selection.matches(letter);
         if matched {
             outcome.replayed.push(letter.clone());
         } else {
@@ -307,6 +378,47 @@ async fn ready_count(channel: &lapin::Channel, queue: &str) -> Result<u32, lapin
 mod tests {
     use super::*;
     use lapin::types::LongString;
+
+    fn letter(job_id: Option<&str>, kind: &str, code: &str, batch: Option<&str>) -> Letter {
+        Letter {
+            job_id: job_id.map(str::to_string),
+            kind: Some(kind.into()),
+            code: code.into(),
+            message: None,
+            details: None,
+            attempts: 1,
+            retries: 0,
+            first_seen: None,
+            original_exchange: "genesys.jobs".into(),
+            original_routing_key: kind.into(),
+            batch_id: batch.map(str::to_string),
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn a_selection_picks_by_filter_batch_and_job_ids() {
+        let a = letter(Some("a"), "agent.status", "unknown_presence", Some("b1"));
+        let b = letter(Some("b"), "agent.status", "genesys.not.found", None);
+        let none = letter(None, "agent.status", "malformed_json", None);
+        let everything = Selection::default();
+        assert!([&a, &b, &none].iter().all(|l| everything.matches(l)));
+        let by_code = Selection::from(&Filter {
+            kind: None,
+            code: Some("unknown_presence".into()),
+        });
+        assert!(by_code.matches(&a) && !by_code.matches(&b));
+        let by_batch = Selection {
+            batch: Some("b1".into()),
+            ..Selection::default()
+        };
+        assert!(by_batch.matches(&a) && !by_batch.matches(&b));
+        let ticked = Selection {
+            job_ids: Some(["b".to_string()].into()),
+            ..Selection::default()
+        };
+        assert!(!ticked.matches(&a) && ticked.matches(&b) && !ticked.matches(&none));
+    }
 
     #[test]
     fn a_replay_drops_the_dead_letter_headers_and_keeps_the_jobs_own() {

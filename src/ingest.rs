@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{serve_bounded, Bounds};
+use crate::admin::{bearer_token, same_secret, serve_bounded, Bounds};
 use crate::broker::{self, Publisher};
 use crate::config::{Secret, ServiceUrls};
 use crate::job::{self, Limits};
@@ -161,22 +161,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         );
     }
     TcpListener::bind(addr).await
-}
-
-/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
-/// (RFC 7235).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Whether `given` equals `expected`, in time that does not depend on where they differ.
-fn same_secret(given: &str, expected: &str) -> bool {
-    // Hashing first gives both sides the same length, so the length is not revealed either.
-    let digest = |s: &str| <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes());
-    let (a, b) = (digest(given), digest(expected));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -330,29 +314,6 @@ fn too_large(limit: usize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_equal_only_when_equal() {
-        assert!(same_secret("s3cr3t", "s3cr3t"));
-        assert!(!same_secret("s3cr3t", "s3cr3T"));
-        assert!(!same_secret("", "s3cr3t"));
-        assert!(!same_secret("s3cr3t-longer", "s3cr3t"));
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        let token = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
-            bearer_token(&headers).map(str::to_string)
-        };
-        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k ", "bEaReR t0k"] {
-            assert_eq!(token(value).as_deref(), Some("t0k"), "{value}");
-        }
-        assert_eq!(token("Basic t0k"), None);
-        assert_eq!(token("Bearert0k"), None);
-        assert_eq!(token("Bearer"), None);
-    }
 
     #[tokio::test]
     async fn the_budget_admits_small_bodies_together_and_bounds_large_ones() {

@@ -41,6 +41,7 @@ pub mod broker;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod dlq;
 pub mod enqueue;

@@ -85,12 +85,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let cancel = CancellationToken::new();
     // A worker starts knowing what operators paused or cancelled, and follows their changes.
     let controls = Controls::watch(store.clone(), cancel.clone()).await?;
-    let admin_server = admin::spawn(admin_listener, health.clone(), cancel.clone()).map_err(|source| {
-        WorkerError::Admin {
-            addr: config.admin_addr,
-            source,
-        }
-    })?;
+    let console = crate::console::Console::new(&config, store.clone(), controls.clone(), health.clone());
+    let admin_server =
+        admin::spawn(admin_listener, health.clone(), console, cancel.clone()).map_err(|source| {
+            WorkerError::Admin {
+                addr: config.admin_addr,
+                source,
+            }
+        })?;
     crate::telemetry::keep_metrics_tidy(cancel.clone());
     if config.genesys.limits_refresh_secs > 0 {
         // Each OAuth client's own effective limit, read as that client.

@@ -29,6 +29,7 @@ mod connection;
 mod control;
 mod entity;
 mod group;
+pub mod lookup;
 
 pub use batch::{Progress, FIRST_ERRORS};
 pub use claim::{Claim, Lease, LeaseKeeper};
