@@ -133,6 +133,7 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
         match bulk
             .set(
                 lane,
+                ctx.genesys.gate().cloned(),
                 user,
                 &target.id,
                 payload.message.as_deref(),
@@ -175,7 +176,11 @@ pub async fn apply(ctx: Context<'_>, job: &Job, payload: &AgentStatus, takeover:
     // Read with the other jobs' reads, up to 100 agents a call. A user Genesys does not know
     // is left to the write, whose 404 says so.
     if reads {
-        let (state, read_attempts) = match ctx.users.read(ctx.genesys.lane(), user).await {
+        let (state, read_attempts) = match ctx
+            .users
+            .read(ctx.genesys.lane(), ctx.genesys.gate().cloned(), user)
+            .await
+        {
             Ok(answer) => answer,
             Err(err) => return fail(&err, 1),
         };

@@ -13,6 +13,10 @@
 //! `GET /api/v2/users?id=…` for up to 100 agents ([`crate::genesys::users`]), then each is
 //! decided ([`super::agent_status::decide`]) and those to write go in bulk calls of up to
 //! `BULK_MAX`. A handover of 100 agents thus costs one read and two writes.
+//!
+//! A job paused while its change waits here must not be sent (docs/architecture.md,
+//! "Controls"): right before a gathered read or write goes, each request in it opens its job's
+//! [`CallGate`], and those refused are taken out (a call left empty is not made).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::agent_status::{decide, Decision};
-use crate::genesys::users::{self, AgentState, USERS_PER_READ};
-use crate::genesys::{GenesysClient, LaneClient};
+use crate::genesys::users::{self, AgentState, USERS_PATH, USERS_PER_READ};
+use crate::genesys::{CallGate, GenesysClient, LaneClient};
 use crate::job::PresencePolicy;
 use crate::lane::Lane;
 use crate::retry::RetryPolicy;
@@ -58,7 +62,22 @@ struct Request {
     message: Option<String>,
     /// Read and decide first, under this policy.
     policy: Option<PresencePolicy>,
+    /// The job's gate ([`LaneClient::gate`]): this task sends on the job's behalf.
+    gate: Option<CallGate>,
     reply: oneshot::Sender<BulkOutcome>,
+}
+
+impl Request {
+    /// This change, kept in the call about to be sent when its job's gate opens (or it has
+    /// none); one refused is answered `Left` and left out: its job was paused and is gone, or,
+    /// should it still wait, meets its own gate when it applies its change alone.
+    fn opens(self) -> Option<Self> {
+        if self.gate.as_ref().is_none_or(CallGate::open) {
+            return Some(self);
+        }
+        let _ = self.reply.send(BulkOutcome::Left);
+        None
+    }
 }
 
 /// Gathers presence changes into bulk calls; one per worker process.
@@ -99,10 +118,13 @@ impl BulkPresence {
     }
 
     /// Sets `user`'s presence as part of the next bulk call of `lane`; with a `policy`, reads
-    /// the agent's state first (with the call's other reads) and decides.
+    /// the agent's state first (with the call's other reads) and decides. `gate`: the job's
+    /// ([`LaneClient::gate`]), opened right before a call carrying the change goes; a change
+    /// whose gate refuses is not sent (`Left`).
     pub async fn set(
         &self,
         lane: Lane,
+        gate: Option<CallGate>,
         user: Uuid,
         definition_id: &str,
         message: Option<&str>,
@@ -114,6 +136,7 @@ impl BulkPresence {
             definition_id: definition_id.to_string(),
             message: message.map(str::to_string),
             policy,
+            gate,
             reply,
         };
         if self.lanes[lane.index()].send(request).await.is_err() {
@@ -199,37 +222,53 @@ async fn gather(
 
 /// Reads the agents whose changes come under a policy (one call), answers those decided
 /// without a write, and sends the rest in calls of up to `max`. The token `gather` took from
-/// client `paid` pays the first call, the read when there is one.
+/// client `paid` pays the first call, the read when there is one (or the first write, when
+/// every change to read was paused).
 async fn read_and_send(
     paid: LaneClient<'_>,
     pool: LaneClient<'_>,
     retry: &RetryPolicy,
-    batch: Vec<Request>,
+    mut batch: Vec<Request>,
     max: usize,
 ) {
     let mut prepaid = Some(paid);
-    let to_read: Vec<Uuid> = {
-        let mut ids: Vec<Uuid> = batch
+    let mut states = None;
+    if batch.iter().any(|r| r.policy.is_some()) {
+        let first = prepaid.take().expect("the first call is paid");
+        // The read's gates are asked once it may go: after a pause of its family is waited out.
+        if let Err(error) = first.family_clear(USERS_PATH).await {
+            tracing::warn!(users = batch.len(), error.message = %error, "No budget to read agents' state for a bulk call; each job applies its change alone.");
+            for request in batch {
+                let _ = request.reply.send(BulkOutcome::Left);
+            }
+            return;
+        }
+        // The changes read go in this call; the others open their gates when written.
+        batch = batch
+            .into_iter()
+            .filter_map(|r| if r.policy.is_some() { r.opens() } else { Some(r) })
+            .collect();
+        let mut to_read: Vec<Uuid> = batch
             .iter()
             .filter(|r| r.policy.is_some())
             .map(|r| r.user)
             .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    };
-    let mut states = None;
-    if !to_read.is_empty() {
-        let first = prepaid.take().expect("the first call is paid");
-        crate::telemetry::users_read(to_read.len());
-        match users::read(first, true, pool, retry, &to_read).await {
-            Ok(read) => states = Some(read),
-            Err(error) => {
-                tracing::warn!(users = to_read.len(), error.message = %error, "Reading agents' state for a bulk call failed; each job applies its change alone.");
-                for request in batch {
-                    let _ = request.reply.send(BulkOutcome::Left);
+        to_read.sort_unstable();
+        to_read.dedup();
+        if to_read.is_empty() {
+            // Every change to read was paused: no read, its token pays the first write.
+            prepaid = Some(first);
+        } else {
+            crate::telemetry::users_read(to_read.len());
+            match users::read(first, true, pool, retry, &to_read).await {
+                Ok(read) => states = Some(read),
+                Err(error) => {
+                    tracing::warn!(users = to_read.len(), error.message = %error, "Reading agents' state for a bulk call failed; each job applies its change alone.");
+                    for request in batch {
+                        let _ = request.reply.send(BulkOutcome::Left);
+                    }
+                    return;
                 }
-                return;
             }
         }
     }
@@ -265,18 +304,49 @@ async fn read_and_send(
     let mut rest = to_write.into_iter().peekable();
     while rest.peek().is_some() {
         let call: Vec<_> = rest.by_ref().take(max).collect();
-        send(prepaid.take(), pool, retry, call).await;
+        // A call whose changes were all paused leaves its token to the next.
+        prepaid = send(prepaid.take(), pool, retry, call).await;
     }
 }
 
 /// Sends one bulk call: its first attempt as client `paid` when `gather` already took that
-/// client's token, else (and any retry) through the `pool`.
-async fn send(
-    paid: Option<LaneClient<'_>>,
-    pool: LaneClient<'_>,
+/// client's token, else with a token taken now; any retry through the `pool`. The gates of
+/// its changes are asked once its token is there, right before it goes: those refused are
+/// left out, and a call left empty is not made (its token is returned, unused).
+async fn send<'a>(
+    paid: Option<LaneClient<'a>>,
+    pool: LaneClient<'a>,
     retry: &RetryPolicy,
     batch: Vec<(Request, Option<(AgentState, u32)>)>,
-) {
+) -> Option<LaneClient<'a>> {
+    let ready = async {
+        let paid = match paid {
+            Some(paid) => paid,
+            None => pool.prepay(BULK_PATH).await.map_err(|err| err.to_string())?,
+        };
+        paid.family_clear(BULK_PATH)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok::<_, String>(paid)
+    };
+    let paid = match ready.await {
+        Ok(paid) => paid,
+        Err(error) => {
+            tracing::warn!(users = batch.len(), error.message = %error, "No budget for a bulk presence call; each job applies its change alone.");
+            for (request, _) in batch {
+                let _ = request.reply.send(BulkOutcome::Left);
+            }
+            return None;
+        }
+    };
+    // Changes read in this call's read opened their gates then, and stay.
+    let batch: Vec<_> = batch
+        .into_iter()
+        .filter_map(|(request, read)| Some((request.opens()?, read)))
+        .collect();
+    if batch.is_empty() {
+        return Some(paid);
+    }
     crate::telemetry::bulk_call(batch.len());
     let body: Vec<Value> = batch
         .iter()
@@ -292,8 +362,8 @@ async fn send(
     let body = &Value::Array(body);
     let sent = retry
         .run(|attempt| async move {
-            match (attempt, paid) {
-                (1, Some(paid)) => paid.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await,
+            match attempt {
+                1 => paid.put_prepaid::<Vec<SetPresence>>(BULK_PATH, body).await,
                 _ => pool.put::<Vec<SetPresence>>(BULK_PATH, body).await,
             }
         })
@@ -329,4 +399,5 @@ async fn send(
             }
         }
     }
+    None
 }

@@ -58,6 +58,11 @@ pub enum GenesysError {
     /// call waits: nothing was sent, the job waits in a retry queue.
     #[error("{family} calls are paused for {wait:?} by an org-wide limit other integrations share")]
     FamilyPaused { family: String, wait: Duration },
+    /// The job was paused before anything was sent for it (its [`super::CallGate`] was
+    /// abandoned): this request was not sent. The pipeline drops such a job's future and runs it
+    /// again after the resume, so this is seldom seen; transient, as the job will be.
+    #[error("{method} {path}: the job was paused before its first Genesys call; not sent")]
+    Abandoned { method: String, path: String },
     /// A success status with a body we cannot read.
     #[error("{method} {path} returned an unreadable body: {source}")]
     Decode {
@@ -88,9 +93,10 @@ impl GenesysError {
     pub fn class(&self) -> ErrorClass {
         match self {
             GenesysError::Api { status, code, .. } => classify(*status, code),
-            GenesysError::Network { .. } | GenesysError::AuthNetwork(_) | GenesysError::Budget(_) => {
-                ErrorClass::Transient
-            }
+            GenesysError::Network { .. }
+            | GenesysError::AuthNetwork(_)
+            | GenesysError::Budget(_)
+            | GenesysError::Abandoned { .. } => ErrorClass::Transient,
             GenesysError::FamilyPaused { .. } => ErrorClass::RateLimited,
             GenesysError::Auth { status, .. } => match status {
                 429 => ErrorClass::RateLimited,
@@ -109,6 +115,7 @@ impl GenesysError {
             | GenesysError::AuthNetwork(_)
             | GenesysError::Budget(_)
             | GenesysError::FamilyPaused { .. }
+            | GenesysError::Abandoned { .. }
             | GenesysError::Decode { .. } => None,
         }
     }
@@ -122,6 +129,7 @@ impl GenesysError {
             GenesysError::AuthNetwork(_) => "genesys.auth.network".into(),
             GenesysError::Budget(_) => "budget.unavailable".into(),
             GenesysError::FamilyPaused { .. } => "budget.family_paused".into(),
+            GenesysError::Abandoned { .. } => "genesys.abandoned".into(),
             GenesysError::Decode { .. } => "genesys.bad_response".into(),
         }
     }
@@ -163,6 +171,7 @@ impl GenesysError {
             | GenesysError::AuthNetwork(_)
             | GenesysError::Budget(_)
             | GenesysError::FamilyPaused { .. }
+            | GenesysError::Abandoned { .. }
             | GenesysError::Decode { .. } => false,
         }
     }
@@ -184,6 +193,18 @@ mod tests {
             classify(429, "too.many.requests.retry.after"),
             ErrorClass::RateLimited
         );
+    }
+
+    #[test]
+    fn a_request_of_an_abandoned_job_was_not_sent_and_the_job_runs_again() {
+        let err = GenesysError::Abandoned {
+            method: "PUT".into(),
+            path: "/api/v2/users/presences/bulk".into(),
+        };
+        assert_eq!(err.class(), ErrorClass::Transient);
+        assert!(!err.may_have_applied());
+        assert_eq!(err.status(), None);
+        assert_eq!(err.code(), "genesys.abandoned");
     }
 
     #[test]

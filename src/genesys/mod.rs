@@ -5,7 +5,8 @@
 //! (not charged to the job: of the whole budget when the limit hit is the OAuth client's own, of
 //! the request's route family when it is another, such as an org-wide limit), and Genesys error
 //! bodies, JSON or not, turned into [`GenesysError`]s whose [`ErrorClass`] drives the retry
-//! policy.
+//! policy. A job's calls open its [`CallGate`] right before each request goes, so a job paused
+//! before its first call sends nothing.
 //!
 //! **The OAuth client pool.** Genesys limits each token (300 requests a minute by default), so
 //! the client may call as several OAuth clients of one org (`GENESYS_CLIENTS`), each with its
@@ -19,6 +20,7 @@
 pub mod architect;
 pub mod auth;
 pub mod error;
+mod gate;
 pub mod limits;
 pub mod presence;
 pub mod taskmanagement;
@@ -36,6 +38,7 @@ use url::Url;
 
 pub use auth::TokenSource;
 pub use error::{ErrorClass, GenesysError};
+pub use gate::CallGate;
 
 use crate::config::{GenesysConfig, OAuthClient};
 use crate::lane::Lane;
@@ -205,6 +208,7 @@ impl GenesysClient {
             client: self,
             lane,
             via: Via::Any,
+            gate: None,
         }
     }
 
@@ -276,18 +280,18 @@ impl GenesysClient {
         (budget.waiting() + 1) as f64 / budget.per_second()
     }
 
-    /// One logical call: waits for the budget in `lane` (unless `paid`: the caller took this
-    /// call's token itself, from the client `via` names), authenticates, and absorbs 401 (once)
-    /// and 429s.
+    /// One logical call of `on` (its lane, pool client and gate): waits for the budget in its
+    /// lane (unless `paid`: the caller took this call's token itself, from the client `via`
+    /// names), authenticates, opens the job's gate, and absorbs 401 (once) and 429s.
     async fn call<T: DeserializeOwned>(
         &self,
-        lane: Lane,
-        via: Via,
+        on: &LaneClient<'_>,
         mut paid: bool,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply<T>, GenesysError> {
+        let (lane, via) = (on.lane, on.via);
         let url = self
             .api_base
             .join(path.trim_start_matches('/'))
@@ -338,6 +342,14 @@ impl GenesysClient {
                 .bearer_auth(token.bearer());
             if let Some(body) = body {
                 request = request.json(body);
+            }
+            // The last moment to give the request up: a job paused while it waited for its token
+            // sends nothing (a repeat after a 401 or 429 finds its gate open already).
+            if on.gate.is_some_and(|gate| !gate.open()) {
+                return Err(GenesysError::Abandoned {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                });
             }
             let route = format!("{method} {}", crate::telemetry::route_template(path));
             let sent = std::time::Instant::now();
@@ -436,11 +448,31 @@ pub struct LaneClient<'a> {
     client: &'a GenesysClient,
     lane: Lane,
     via: Via,
+    /// The job's gate, opened right before each request goes: none for calls no pause stops
+    /// (a plan, the tools, a gathered call, which asks its jobs' gates itself).
+    gate: Option<&'a CallGate>,
 }
 
 impl<'a> LaneClient<'a> {
     pub fn lane(&self) -> Lane {
         self.lane
+    }
+
+    /// These calls on behalf of the job `gate` belongs to: each opens the gate right before its
+    /// request is sent, and is not sent ([`GenesysError::Abandoned`]) when the job was paused
+    /// first. Copies made from this client ([`LaneClient::pinned`],
+    /// [`LaneClient::prepay`], ...) carry the gate.
+    pub fn gated(self, gate: &'a CallGate) -> Self {
+        Self {
+            gate: Some(gate),
+            ..self
+        }
+    }
+
+    /// The job's gate these calls open, if any: a gathered call carrying one of the job's
+    /// requests asks it too.
+    pub fn gate(&self) -> Option<&'a CallGate> {
+        self.gate
     }
 
     /// The client underneath: its caches and the OAuth client id.
@@ -524,10 +556,26 @@ impl<'a> LaneClient<'a> {
         }
     }
 
+    /// For a gathered call on a prepaid client ([`LaneClient::prepay`]): waits while the call's
+    /// route family is paused, as the call itself would before it is sent, so the gatherer asks
+    /// its jobs' gates after that wait (up to `MAX_FAMILY_WAIT`), right before the request goes.
+    ///
+    /// # Errors
+    /// [`GenesysError::FamilyPaused`] for a pause longer than a call waits.
+    pub(crate) async fn family_clear(&self, path: &str) -> Result<(), GenesysError> {
+        match self.via {
+            Via::Member(i) => self.client.members[i]
+                .budget
+                .wait_family(route_family(path))
+                .await
+                .map_err(budget_error),
+            // Not prepaid: the call waits for its family as it takes its token.
+            Via::Any => Ok(()),
+        }
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
-        self.client
-            .call(self.lane, self.via, false, Method::GET, path, None)
-            .await
+        self.client.call(self, false, Method::GET, path, None).await
     }
 
     pub async fn patch<T: DeserializeOwned>(
@@ -536,14 +584,12 @@ impl<'a> LaneClient<'a> {
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, self.via, false, Method::PATCH, path, Some(body))
+            .call(self, false, Method::PATCH, path, Some(body))
             .await
     }
 
     pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<Reply<T>, GenesysError> {
-        self.client
-            .call(self.lane, self.via, false, Method::PUT, path, Some(body))
-            .await
+        self.client.call(self, false, Method::PUT, path, Some(body)).await
     }
 
     pub async fn post<T: DeserializeOwned>(
@@ -552,16 +598,14 @@ impl<'a> LaneClient<'a> {
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
         self.client
-            .call(self.lane, self.via, false, Method::POST, path, Some(body))
+            .call(self, false, Method::POST, path, Some(body))
             .await
     }
 
     /// A `GET` whose budget token the caller already took ([`LaneClient::prepay`]): a gathered
     /// read of many agents' state.
     pub async fn get_prepaid<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, GenesysError> {
-        self.client
-            .call(self.lane, self.via, true, Method::GET, path, None)
-            .await
+        self.client.call(self, true, Method::GET, path, None).await
     }
 
     /// A `PUT` whose budget token the caller already took ([`LaneClient::prepay`], which
@@ -572,9 +616,7 @@ impl<'a> LaneClient<'a> {
         path: &str,
         body: &Value,
     ) -> Result<Reply<T>, GenesysError> {
-        self.client
-            .call(self.lane, self.via, true, Method::PUT, path, Some(body))
-            .await
+        self.client.call(self, true, Method::PUT, path, Some(body)).await
     }
 }
 

@@ -9,6 +9,10 @@
 //! (a handover) a read first waits `BULK_WINDOW_MS` for others, as a bulk write does. Reads
 //! arriving meanwhile join the call, which waits for its budget token and keeps gathering while
 //! it waits: when the budget is the bottleneck calls leave full.
+//!
+//! A gathered read carries each job's [`CallGate`]: right before it goes, the reads of jobs
+//! paused meanwhile are taken out (docs/architecture.md, "Controls"), and a read left with
+//! none is not made. A job reading through its own [`LaneClient`] opens its gate itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,14 +22,14 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{GenesysClient, GenesysError, LaneClient};
+use super::{CallGate, GenesysClient, GenesysError, LaneClient};
 use crate::lane::Lane;
 use crate::retry::RetryPolicy;
 
 /// Users per read: the most ids `GET /api/v2/users` takes (and the page size asked for).
 pub const USERS_PER_READ: usize = 100;
 
-const USERS_PATH: &str = "/api/v2/users";
+pub(crate) const USERS_PATH: &str = "/api/v2/users";
 const EXPAND: &str = "presence,routingStatus,outOfOffice";
 
 /// `UserPresence`, the fields read here.
@@ -206,7 +210,25 @@ pub type ReadAnswer = Result<(Option<AgentState>, u32), Arc<GenesysError>>;
 
 struct Request {
     user: Uuid,
+    /// The job's gate ([`LaneClient::gate`]): the gathered read is sent on the job's behalf.
+    gate: Option<CallGate>,
     reply: oneshot::Sender<ReadAnswer>,
+}
+
+impl Request {
+    /// This read, kept in the call about to be sent when its job's gate opens (or it has none);
+    /// one refused is answered with [`GenesysError::Abandoned`] (its job is gone, as a rule)
+    /// and left out.
+    fn opens(self) -> Option<Self> {
+        if self.gate.as_ref().is_none_or(CallGate::open) {
+            return Some(self);
+        }
+        let _ = self.reply.send(Err(Arc::new(GenesysError::Abandoned {
+            method: "GET".into(),
+            path: USERS_PATH.into(),
+        })));
+        None
+    }
 }
 
 /// Gathers the reads of the jobs in flight into bulk reads; one per worker process.
@@ -233,12 +255,14 @@ impl UserReads {
         }
     }
 
-    /// `user`'s state, read with the other reads of `lane` in flight.
-    pub async fn read(&self, lane: Lane, user: Uuid) -> ReadAnswer {
+    /// `user`'s state, read with the other reads of `lane` in flight. `gate`: the job's
+    /// ([`LaneClient::gate`]), opened right before the read carrying this one goes; a read whose
+    /// gate refuses is not sent ([`GenesysError::Abandoned`]).
+    pub async fn read(&self, lane: Lane, gate: Option<CallGate>, user: Uuid) -> ReadAnswer {
         let stopping = || Arc::new(GenesysError::Budget("the worker is stopping".into()));
         let (reply, answer) = oneshot::channel();
         if self.lanes[lane.index()]
-            .send(Request { user, reply })
+            .send(Request { user, gate, reply })
             .await
             .is_err()
         {
@@ -287,6 +311,19 @@ async fn gather(
         tokio::spawn(async move {
             let pool = genesys.in_lane(lane);
             let first = pool.pinned_to_client(&paid).expect("a client of the pool");
+            // The gates are asked once the read may go: after a pause of its family is waited
+            // out. A read whose jobs were all paused is not made; its token goes unused.
+            if let Err(err) = first.family_clear(USERS_PATH).await {
+                let err = Arc::new(err);
+                for request in batch {
+                    let _ = request.reply.send(Err(err.clone()));
+                }
+                return;
+            }
+            let batch: Vec<Request> = batch.into_iter().filter_map(Request::opens).collect();
+            if batch.is_empty() {
+                return;
+            }
             let mut users: Vec<Uuid> = batch.iter().map(|r| r.user).collect();
             users.sort_unstable();
             users.dedup();

@@ -9,6 +9,7 @@ mod agent_status;
 mod batch;
 mod budget;
 mod bulk;
+mod call_gate;
 mod conformance;
 mod dead_letters;
 mod deploy;
