@@ -52,6 +52,60 @@ pub enum Command {
     /// Validate an IVR flow definition offline, as `flow.deploy` would (for CI pipelines).
     /// Exit 0 when valid, 1 when invalid, 2 when the input cannot be read.
     ValidateFlow(ValidateFlowArgs),
+    /// Pause, resume or cancel work, across every replica (kept in Redis; each change is an
+    /// audit event naming the actor). Exit 0 when done, 1 when there was nothing to resume or
+    /// Redis or the broker failed, 2 for an invalid target.
+    #[command(subcommand)]
+    Control(ControlCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlCommand {
+    /// Hold work back: SCOPE is kind (agent.status, ...), lane (single, batch), batch (its
+    /// job_id) or correlation (a correlation_id). Paused jobs wait in the lane's `.paused`
+    /// queue, spending no Genesys budget; jobs already calling Genesys finish.
+    Pause(ControlArgs),
+    /// Lift a pause (same SCOPE and VALUE); the jobs it held go back to their queue.
+    Resume(ControlArgs),
+    /// End jobs before they run, as `cancelled`: SCOPE is batch (its children not yet
+    /// applied), job (a job_id) or key (an idempotency key).
+    Cancel(ControlArgs),
+    /// Print the controls in force.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: ControlStore,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// kind, lane, batch, correlation, job or key.
+    pub scope: String,
+    pub value: String,
+    /// Who asks, for the audit event (default: $USER).
+    #[arg(long, env = "CONTROL_ACTOR")]
+    pub actor: Option<String>,
+    /// Why, for the audit event and the console.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub store: ControlStore,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[arg(long, env = "AUDIT_EXCHANGE", default_value = config::DEFAULT_AUDIT_EXCHANGE)]
+    pub audit_exchange: String,
+}
+
+/// Where the controls are kept: the workers' Redis and key prefix.
+#[derive(Debug, clap::Args)]
+pub struct ControlStore {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = config::DEFAULT_REDIS_KEY_PREFIX)]
+    pub redis_key_prefix: String,
 }
 
 #[derive(Debug, clap::Args)]

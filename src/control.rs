@@ -11,7 +11,7 @@
 //! - a job of a paused kind, batch or correlation id is parked in its lane's `.paused` queue
 //!   before it claims anything (`pipeline`), and a job paused while it waits for its first
 //!   Genesys call gives that call up ([`crate::genesys::CallGate`]); `resume` moves the parked
-//!   jobs back ([`crate::intake::unpark`]);
+//!   jobs back ([`crate::intake::parked`]);
 //! - a cancelled job, or a child of a cancelled batch, ends as `cancelled` without a Genesys
 //!   call, recorded like `expired` (`pipeline`, next to the sequence rule).
 
@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Topology;
 use crate::events::{self, AuditEvent, Outcome};
-use crate::job::Kind;
+use crate::job::{Job, Kind};
 use crate::lane::Lane;
 use crate::record::{self, EntityHead};
 use crate::store::{Store, StoreError};
@@ -230,7 +230,20 @@ pub struct JobTags<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
-impl JobTags<'_> {
+impl<'a> JobTags<'a> {
+    /// `job`'s tags, as it runs in `lane`; `batch` is the `x-batch-id` of a batch child.
+    pub fn of(job: &'a Job, lane: Lane, batch: Option<Uuid>) -> Self {
+        Self {
+            kind: job.kind,
+            lane,
+            job_id: job.job_id,
+            idempotency_key: &job.idempotency_key,
+            // A batch is its own batch: pausing or cancelling it holds its fan-out too.
+            batch: batch.or((job.kind == Kind::Batch).then_some(job.job_id)),
+            correlation_id: job.correlation_id.as_deref(),
+        }
+    }
+
     /// The targets that would pause this job, lane first.
     fn pause_targets(&self) -> impl Iterator<Item = Target> + '_ {
         [
@@ -290,6 +303,14 @@ impl Snapshot {
 
     pub fn is_empty(&self) -> bool {
         self.controls.is_empty()
+    }
+
+    /// Whether a pause in force at `earlier` has been lifted since (parked jobs may move).
+    pub fn lifted_since(&self, earlier: &Snapshot) -> bool {
+        earlier
+            .controls
+            .keys()
+            .any(|key| key.0 == Action::Pause && !self.controls.contains_key(key))
     }
 
     /// Every control, pauses first, each group oldest first.
@@ -373,12 +394,16 @@ impl Controls {
         }
     }
 
-    /// Resolves with the pause once `job` is paused (at once when it already is).
-    pub async fn paused(&self, job: &JobTags<'_>) -> Control {
+    /// Resolves once `job` is paused or cancelled (at once when it already is), with that
+    /// control; a cancel wins over a pause.
+    pub async fn stopped(&self, job: &JobTags<'_>) -> Control {
         let mut current = self.current.clone();
         loop {
-            if let Some(control) = current.borrow_and_update().pausing(job) {
-                return control.clone();
+            {
+                let snapshot = current.borrow_and_update();
+                if let Some(control) = snapshot.cancelling(job).or_else(|| snapshot.pausing(job)) {
+                    return control.clone();
+                }
             }
             if current.changed().await.is_err() {
                 std::future::pending::<()>().await;

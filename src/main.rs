@@ -24,5 +24,6 @@ async fn main() -> ExitCode {
         Command::Dlq(command) => tools::dlq::run(command).await,
         Command::Relay(args) => tools::relay::run(args).await,
         Command::Batch(command) => tools::batch::run(command).await,
+        Command::Control(command) => tools::control::run(command).await,
     }
 }

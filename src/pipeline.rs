@@ -19,12 +19,12 @@ use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::{self, Verdict};
 use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
-use crate::broker::{BrokerError, Publisher};
+use crate::broker::{topology, BrokerError, Publisher};
 use crate::config::Topology;
-use crate::control::Controls;
+use crate::control::{Action, Control, Controls, JobTags};
 use crate::events::{AuditEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
 use crate::genesys::users::UserReads;
-use crate::genesys::GenesysClient;
+use crate::genesys::{CallGate, GenesysClient};
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::lane::Lane;
 use crate::order;
@@ -61,6 +61,11 @@ pub enum Disposition {
         queue: String,
         retries: u32,
         attempts: u32,
+    },
+    /// Paused by an operator: wait in `queue` (the lane's `.paused` queue, no delay) until
+    /// `resume` moves it back ([`crate::intake::parked`]), then ack.
+    Park {
+        queue: String,
     },
 }
 
@@ -188,12 +193,17 @@ impl Pipeline {
         let settled = self.run_stages(incoming, lane).await?;
         if matches!(settled.disposition, Disposition::Retry { .. }) {
             telemetry::retried(RetryStage::RetryQueue);
+        } else if matches!(settled.disposition, Disposition::Park { .. }) {
+            // Not final: it runs when its pause is lifted.
         } else {
             telemetry::job_finished(
                 settled.kind,
                 settled.outcome.as_str(),
                 started.elapsed().as_secs_f64(),
             );
+            if let Some(job_id) = settled.job_id {
+                crate::console::recent::finished(job_id, settled.outcome);
+            }
             if let Some(batch_id) = header_text(incoming.properties, BATCH_ID_HEADER) {
                 self.count_in_batch(&batch_id, incoming.properties, &settled)
                     .await?;
@@ -215,6 +225,8 @@ impl Pipeline {
         span.record("kind", job.kind.as_str());
         let entity = job.entity();
         span.record("entity", entity.as_str());
+        // The console finds a job by its id through this (Redis keeps records by key).
+        crate::console::recent::note(job.job_id, &job.idempotency_key, &entity);
         if let Some(traceparent) = &job.traceparent {
             span.record("traceparent", traceparent.as_str());
         }
@@ -223,16 +235,26 @@ impl Pipeline {
             retries: header_count(incoming.properties, "x-retries"),
             attempts: header_count(incoming.properties, "x-attempts"),
         };
+        let batch_id = header_text(incoming.properties, BATCH_ID_HEADER).and_then(|id| id.parse().ok());
+        let tags = JobTags::of(&job, lane, batch_id);
+        if let Some(pause) = self.controls.current().pausing(&tags) {
+            // Before the claim: a paused job costs no Redis record and no Genesys budget.
+            tracing::info!(pause = %pause.describe(), "Paused; parked until it is resumed.");
+            return Ok(self.park(lane, &job));
+        }
+        let cancelled = self.controls.current().cancelling(&tags).is_some();
         let settled = match self
             .store
             .claim(&job.idempotency_key, &job.fingerprint, &entity)
             .await?
         {
-            Claim::Owned(lease, _) if job.kind == job::Kind::Batch => {
+            // A batch cancelled before it fanned out ends as one `cancelled` event, its children
+            // never published.
+            Claim::Owned(lease, _) if job.kind == job::Kind::Batch && !cancelled => {
                 self.run_batch(&job, &entity, &lease).await
             }
             Claim::Owned(lease, locked) => {
-                self.run_owned(&job, &entity, &lease, locked, rounds, started)
+                self.run_owned(&job, tags, &entity, &lease, locked, rounds, started)
                     .await
             }
             Claim::Done {
@@ -413,16 +435,20 @@ impl Pipeline {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_owned(
         &self,
         job: &Job,
+        tags: JobTags<'_>,
         entity: &str,
         lease: &Lease,
         locked: Option<EntityState>,
         rounds: Rounds,
         started: Instant,
     ) -> Result<Settled, PipelineError> {
-        let result = self.run_locked(job, lease, locked, entity, rounds, started).await;
+        let result = self
+            .run_locked(job, tags, lease, locked, entity, rounds, started)
+            .await;
         if result.is_err() {
             // The next change of the entity may go ahead now, not only when the lock's lease
             // runs out. (A finished job released it with its last step.)
@@ -435,9 +461,11 @@ impl Pipeline {
 
     /// Runs an owned job. Redis round trips: the claim (which usually took the entity lock too),
     /// the commit, and the finish after the events are confirmed.
+    #[allow(clippy::too_many_arguments)]
     async fn run_locked(
         &self,
         job: &Job,
+        tags: JobTags<'_>,
         lease: &Lease,
         locked: Option<EntityState>,
         entity: &str,
@@ -449,12 +477,14 @@ impl Pipeline {
             Some(state) => state,
             None => self.store.lock_entity(entity, &lease.owner).await?,
         };
-        let refused = order::refusal(job, entity, state.last_sequence, OffsetDateTime::now_utc());
+        let refused = order::refusal(job, entity, state.last_sequence, OffsetDateTime::now_utc())
+            .or_else(|| self.cancellation(job, &tags, entity));
+        let gate = CallGate::new();
         let applied = match refused {
             Some(refused) => refused,
             None => {
                 let ctx = apply::Context {
-                    genesys: self.genesys.in_lane(rounds.lane),
+                    genesys: self.genesys.in_lane(rounds.lane).gated(&gate),
                     retry: &self.retry,
                     flows: &self.flows,
                     bulk: self.bulk.as_ref(),
@@ -467,7 +497,17 @@ impl Pipeline {
                     takeover: lease.takeover,
                     changed_recently,
                 };
-                apply::apply(ctx, job, known).await
+                let applying = apply::apply(ctx, job, known);
+                match self.unless_stopped(applying, &tags, &gate).await {
+                    Ok(applied) => applied,
+                    Err(control) if control.action == Action::Cancel => cancelled(job, entity, &control),
+                    Err(_) => {
+                        drop(keeper);
+                        // Nothing was sent: the job is as if it never ran, and waits for resume.
+                        self.store.release_claim(lease, entity).await?;
+                        return Ok(self.park(rounds.lane, job));
+                    }
+                }
             }
         };
         drop(keeper);
@@ -527,6 +567,46 @@ impl Pipeline {
             error: event.error.clone(),
             ..Settled::new(disposition(&event, rounds), event.outcome)
         })
+    }
+
+    /// Runs `applying` to its end, unless the job is paused or cancelled before it sent its
+    /// first Genesys request: then it gives its calls up (`gate`), and the control that stopped
+    /// it is returned. A job stopped after a request went out runs on to its outcome (its
+    /// change may be made).
+    async fn unless_stopped(
+        &self,
+        applying: impl std::future::Future<Output = Verdict>,
+        tags: &JobTags<'_>,
+        gate: &CallGate,
+    ) -> Result<Verdict, Control> {
+        tokio::pin!(applying);
+        tokio::select! {
+            applied = &mut applying => return Ok(applied),
+            control = self.controls.stopped(tags) => {
+                if gate.abandon() {
+                    tracing::info!(control = %control.describe(), "Stopped before its first Genesys call.");
+                    return Err(control);
+                }
+            }
+        }
+        Ok(applying.await)
+    }
+
+    /// The verdict of a job an operator cancelled (itself, its idempotency key or its batch).
+    fn cancellation(&self, job: &Job, tags: &JobTags<'_>, entity: &str) -> Option<Verdict> {
+        let current = self.controls.current();
+        Some(cancelled(job, entity, current.cancelling(tags)?))
+    }
+
+    /// Where a paused job of `lane` waits.
+    fn park(&self, lane: Lane, job: &Job) -> Settled {
+        let queue = topology::paused_queue(self.topology.lane_queue(lane));
+        Settled {
+            job_id: Some(job.job_id),
+            kind: job.kind.as_str(),
+            // Not final, so not counted: the outcome is not read.
+            ..Settled::new(Disposition::Park { queue }, Outcome::Applied)
+        }
     }
 
     /// A message that did not decode: announced when it names a job, always dead-lettered.
@@ -627,6 +707,18 @@ impl Pipeline {
     fn outbound(&self, event: &AuditEvent) -> Vec<OutboundEvent> {
         crate::events::outbound(&self.topology, event)
     }
+}
+
+/// The outcome of a job `cancel` ended before it called Genesys.
+fn cancelled(job: &Job, entity: &str, cancel: &Control) -> Verdict {
+    tracing::info!(cancel = %cancel.describe(), "Cancelled by an operator.");
+    let mut verdict = Verdict::refused(
+        Outcome::Cancelled,
+        "cancelled",
+        format!("job {}: {entity}: {}", job.job_id, cancel.describe()),
+    );
+    verdict.attempts = 0;
+    verdict
 }
 
 /// The audit event among a finished job's stored events.

@@ -285,7 +285,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
         for _ in &lanes {
             consumers.push(connection.create_channel().await?);
         }
-        let consumed =
+        let consume =
             futures_util::future::join_all(lanes.iter().zip(&consumers).map(|(settings, consumer)| {
                 let (pipeline, lanes_stop) = (pipeline.clone(), lanes_stop.clone());
                 async move {
@@ -294,8 +294,23 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                     lanes_stop.cancel();
                     consumed
                 }
-            }))
-            .await;
+            }));
+        let unparking = connection.create_channel().await?;
+        let resumes = intake::parked::follow_resumes(
+            &unparking,
+            &publisher,
+            [
+                (Lane::Single, config.topology.work_queue.as_str()),
+                (Lane::Batch, config.topology.batch_queue.as_str()),
+            ],
+            controls.clone(),
+            lanes_stop.clone(),
+        );
+        let (consumed, resumed) = tokio::join!(consume, resumes);
+        if let Err(err) = resumed {
+            // The next connection moves them.
+            tracing::error!(error.message = %err, "Could not move parked jobs back to their queues.");
+        }
         // Acks travel on the consumer channels: closing one waits for what was written before.
         let ok: ReplyCode = 200;
         for channel in &consumers {

@@ -17,6 +17,8 @@
 //!   queue lives on one node, and while that node is down neither it nor the worker's
 //!   declaration of it would work. A classic retry queue left by an earlier version is used as
 //!   it is (with a warning: on a cluster, delete it once empty and the worker declares it anew).
+//! - paused queues `<lane queue>.paused`: where jobs an operator paused wait, without a TTL,
+//!   until `resume` moves them back ([`crate::control`]). Quorum queues, bound to nothing.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -52,13 +54,8 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
         durable: true,
         ..Default::default()
     };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
-    );
     channel
-        .queue_declare(topology.dead_letter.as_str().into(), queue_options, dead_args)
+        .queue_declare(topology.dead_letter.as_str().into(), queue_options, quorum())
         .await?;
     channel
         .queue_bind(
@@ -84,6 +81,9 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
         channel
             .queue_declare(lane.into(), queue_options, work_queue_arguments(topology))
             .await?;
+        channel
+            .queue_declare(paused_queue(lane).as_str().into(), queue_options, quorum())
+            .await?;
     }
     channel
         .queue_bind(
@@ -96,6 +96,21 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
         .await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// Where the paused jobs of the lane queue `lane_queue` wait.
+pub fn paused_queue(lane_queue: &str) -> String {
+    format!("{lane_queue}.paused")
+}
+
+/// The arguments of a plain quorum queue.
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
 }
 
 /// Declares a retry queue; one that an earlier version declared as a classic queue (the broker

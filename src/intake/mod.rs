@@ -7,6 +7,7 @@
 //! get a grace period to finish.
 
 pub mod acks;
+pub mod parked;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Health;
-use crate::broker::publisher::{origin, DeadLetter};
+use crate::broker::publisher::{header_count, origin, DeadLetter};
 use crate::broker::{BrokerError, Publisher};
 use crate::control::Controls;
 use crate::lane::Lane;
@@ -53,6 +54,8 @@ enum Pause {
     Shutdown,
     /// Redis failed: stop taking jobs until it answers again (fail closed).
     RedisDown,
+    /// An operator paused the lane.
+    LanePaused,
     Broken(BrokerError),
 }
 
@@ -94,6 +97,12 @@ pub async fn consume(
                 }
                 tracing::info!("Redis answers again: resuming.");
             }
+            Pause::LanePaused => {
+                if !wait_for_resume(settings, &shutdown).await {
+                    break Ok(());
+                }
+                tracing::info!(lane = settings.lane.as_str(), "Lane resumed by an operator.");
+            }
         }
     };
     tracing::info!(
@@ -124,6 +133,11 @@ async fn consume_until_paused(
     (slots, in_flight, acks): (&Arc<Semaphore>, &TaskTracker, &Acks),
     redis_down: &Arc<Notify>,
 ) -> Pause {
+    let mut controls = settings.controls.clone();
+    if let Some(pause) = controls.current().lane_paused(settings.lane) {
+        tracing::warn!(lane = settings.lane.as_str(), pause = %pause.describe(), "Lane paused by an operator: not consuming.");
+        return Pause::LanePaused;
+    }
     let tag = format!("genesys-worker-{}", uuid::Uuid::new_v4());
     let consumer = channel
         .basic_consume(
@@ -143,6 +157,13 @@ async fn consume_until_paused(
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Pause::Shutdown,
             _ = redis_down.notified() => break Pause::RedisDown,
+            _ = controls.changed() => match controls.current().lane_paused(settings.lane) {
+                Some(pause) => {
+                    tracing::warn!(lane = settings.lane.as_str(), pause = %pause.describe(), "Lane paused by an operator: stopped consuming.");
+                    break Pause::LanePaused;
+                }
+                None => continue,
+            },
             next = consumer.next() => next,
         };
         match next {
@@ -177,7 +198,7 @@ async fn consume_until_paused(
     {
         tracing::warn!(error.message = %err, "Could not cancel the consumer.");
     }
-    if matches!(pause, Pause::RedisDown) {
+    if matches!(pause, Pause::RedisDown | Pause::LanePaused) {
         // Deliveries the broker pushed ahead of processing go back to the queue now.
         while let Ok(Some(Ok(delivery))) =
             tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
@@ -207,6 +228,19 @@ async fn wait_for_redis(pipeline: &Pipeline, shutdown: &CancellationToken) -> bo
         }
         wait = (wait * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Waits until the operators' pause of the lane is lifted (true) or shutdown is requested
+/// (false).
+async fn wait_for_resume(settings: &IntakeSettings, shutdown: &CancellationToken) -> bool {
+    let mut controls = settings.controls.clone();
+    while controls.current().lane_paused(settings.lane).is_some() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = controls.changed() => {}
+        }
+    }
+    true
 }
 
 /// Acks, parks, dead-letters or returns one delivery. A Redis failure also tells the intake to
@@ -250,6 +284,23 @@ async fn settle(
                 )
                 .await;
             after_publish(parked, "park a job in its retry queue", &delivery, acks).await
+        }
+        Ok(Disposition::Park { queue }) => {
+            let (exchange, routing_key) =
+                origin(incoming.properties, incoming.exchange, incoming.routing_key);
+            // As it came: parking is no retry round.
+            let parked = settings
+                .publisher
+                .retry(
+                    &queue,
+                    incoming.body,
+                    incoming.properties,
+                    (&exchange, &routing_key),
+                    header_count(incoming.properties, "x-retries"),
+                    header_count(incoming.properties, "x-attempts"),
+                )
+                .await;
+            after_publish(parked, "park a paused job", &delivery, acks).await
         }
         Ok(Disposition::DeadLetter {
             code,

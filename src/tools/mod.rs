@@ -10,6 +10,7 @@
 //! - [`audit`]: `audit verify` ([`crate::audit`]).
 //! - [`validate_flow`]: the `flow.deploy` rules offline ([`crate::flow`]).
 //! - [`batch`]: `batch status` ([`crate::store::Store::batch_progress`]).
+//! - [`control`]: `control pause|resume|cancel|list` ([`crate::control`]).
 //!
 //! Exit codes follow one convention: 0 success; 1 a failure or a negative answer (skipped lines,
 //! an invalid flow, a broken chain, an unknown batch, a blocked job); 2 an invalid setting or
@@ -23,6 +24,7 @@ use crate::config::ConfigError;
 
 pub mod audit;
 pub mod batch;
+pub mod control;
 pub mod dlq;
 pub mod enqueue;
 pub mod plan;

@@ -11,6 +11,7 @@ mod budget;
 mod bulk;
 mod call_gate;
 mod conformance;
+mod controls;
 mod console_api;
 mod dead_letters;
 mod deploy;
