@@ -181,7 +181,7 @@ impl Control {
 
 /// What Redis keeps of a control (the field names the action and target).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Stored {
+struct Stored {
     pub actor: String,
     pub at: String,
     #[serde(default)]
@@ -189,13 +189,13 @@ pub(crate) struct Stored {
 }
 
 /// The Redis hash field of `action` on `target`: `pause:kind:agent.status`.
-pub(crate) fn field(action: Action, target: &Target) -> String {
+fn field(action: Action, target: &Target) -> String {
     format!("{}:{}", action.as_str(), target)
 }
 
 /// The control a stored field and value describe; `None` for a field this version does not know
 /// (a newer worker's control), which is left alone.
-pub(crate) fn parse_field(field: &str, stored: &str) -> Option<(Target, Control)> {
+fn parse_field(field: &str, stored: &str) -> Option<(Target, Control)> {
     let (action, rest) = field.split_once(':')?;
     let (scope, value) = rest.split_once(':')?;
     let action = match action {
@@ -275,7 +275,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn new(epoch: u64, controls: impl IntoIterator<Item = (Target, Control)>) -> Self {
+    fn new(epoch: u64, controls: impl IntoIterator<Item = (Target, Control)>) -> Self {
         Self {
             epoch,
             controls: controls
@@ -328,6 +328,23 @@ impl Snapshot {
     }
 }
 
+/// The controls in force, read from Redis. A field this version does not know (a newer
+/// worker's control) is left out, with a warning.
+///
+/// # Errors
+/// When Redis cannot be read.
+pub async fn read(store: &Store) -> Result<Snapshot, StoreError> {
+    let (epoch, fields) = store.control_fields().await?;
+    let controls = fields.iter().filter_map(|(field, value)| {
+        let parsed = parse_field(field, value);
+        if parsed.is_none() {
+            tracing::warn!(field, "An operator control this worker does not know; ignored.");
+        }
+        parsed
+    });
+    Ok(Snapshot::new(epoch, controls))
+}
+
 /// A worker's view of the controls, kept current by [`Controls::watch`]; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Controls {
@@ -341,7 +358,7 @@ impl Controls {
     /// # Errors
     /// When the first read fails: a worker must not start without knowing what is paused.
     pub async fn watch(store: Store, shutdown: CancellationToken) -> Result<Self, StoreError> {
-        let first = store.controls().await?;
+        let first = read(&store).await?;
         let (sender, current) = watch::channel(Arc::new(first));
         tokio::spawn(async move {
             let mut warned = false;
@@ -353,7 +370,7 @@ impl Controls {
                 let known = sender.borrow().epoch;
                 let fresh = match store.controls_epoch().await {
                     Ok(epoch) if epoch == known => continue,
-                    Ok(_) => store.controls().await,
+                    Ok(_) => read(&store).await,
                     Err(err) => Err(err),
                 };
                 match fresh {
@@ -516,7 +533,12 @@ pub async fn change(
         };
         lifted
     } else {
-        store.set_control(&field, &stored).await?;
+        store
+            .set_control(
+                &field,
+                &serde_json::to_string(&stored).expect("controls serialize"),
+            )
+            .await?;
         Control {
             action,
             scope: change.target.scope(),

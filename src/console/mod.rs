@@ -145,7 +145,7 @@ impl Console {
     /// The controls in force, read from Redis; the worker's last view (flagged stale) when
     /// Redis does not answer.
     async fn controls_now(&self) -> (Vec<Control>, bool) {
-        match tokio::time::timeout(Duration::from_secs(2), self.store.controls()).await {
+        match tokio::time::timeout(Duration::from_secs(2), crate::control::read(&self.store)).await {
             Ok(Ok(snapshot)) => (snapshot.list(), false),
             _ => (self.controls.current().list(), true),
         }

@@ -1,4 +1,4 @@
-//! The operator controls (`control`): one hash, `control`, whose fields are the controls in
+//! The operator controls (`crate::control` gives them meaning): one hash, `control`, whose fields are the controls in
 //! force (`pause:kind:agent.status` → `{actor, at, reason}`) and `epoch`, moved by every change,
 //! which the workers watch to know when to read the rest.
 
@@ -6,9 +6,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::{Store, StoreError};
-use crate::control::{self, Snapshot, Stored};
-use crate::store::EntityHead;
+use super::{EntityHead, Store, StoreError};
 
 /// The field the workers watch.
 const EPOCH: &str = "epoch";
@@ -55,29 +53,24 @@ impl Store {
         Ok(epoch.unwrap_or(0))
     }
 
-    /// Every control in force.
-    pub async fn controls(&self) -> Result<Snapshot, StoreError> {
+    /// The controls' epoch and every control field with its value (`crate::control` reads
+    /// them).
+    pub async fn control_fields(&self) -> Result<(u64, Vec<(String, String)>), StoreError> {
         let mut conn = self.conn.clone();
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.control_key())
             .query_async(&mut conn)
             .await?;
-        let mut epoch = 0;
-        let mut controls = Vec::with_capacity(fields.len());
-        for (field, value) in &fields {
-            if field == EPOCH {
-                epoch = value.parse().unwrap_or(0);
-            } else if let Some(parsed) = control::parse_field(field, value) {
-                controls.push(parsed);
-            } else {
-                tracing::warn!(field, "An operator control this worker does not know; ignored.");
-            }
-        }
-        Ok(Snapshot::new(epoch, controls))
+        let epoch = fields
+            .iter()
+            .position(|(field, _)| field == EPOCH)
+            .map(|at| fields.swap_remove(at).1.parse().unwrap_or(0))
+            .unwrap_or(0);
+        Ok((epoch, fields))
     }
 
     /// Sets (or replaces) a control and moves the epoch, in one step.
-    pub(crate) async fn set_control(&self, field: &str, stored: &Stored) -> Result<(), StoreError> {
+    pub async fn set_control(&self, field: &str, value: &str) -> Result<(), StoreError> {
         let key = self.control_key();
         let mut conn = self.conn.clone();
         let _: () = redis::pipe()
@@ -85,7 +78,7 @@ impl Store {
             .cmd("HSET")
             .arg(&key)
             .arg(field)
-            .arg(serde_json::to_string(stored).expect("controls serialize"))
+            .arg(value)
             .ignore()
             .cmd("HINCRBY")
             .arg(&key)
@@ -98,7 +91,7 @@ impl Store {
     }
 
     /// Removes a control and moves the epoch; returns what it held (`None`: there was none).
-    pub(crate) async fn remove_control(&self, field: &str) -> Result<Option<String>, StoreError> {
+    pub async fn remove_control(&self, field: &str) -> Result<Option<String>, StoreError> {
         let key = self.control_key();
         let mut conn = self.conn.clone();
         let held: Option<String> = REMOVE.key(&key).arg(field).invoke_async(&mut conn).await?;
@@ -108,7 +101,7 @@ impl Store {
 
     /// Moves `entity`'s chain head to `head` and releases `owner`'s lock of it (a record made
     /// outside a job: a control change).
-    pub(crate) async fn advance_entity(
+    pub async fn advance_entity(
         &self,
         entity: &str,
         owner: &str,

@@ -65,7 +65,7 @@ async fn connect(store: &ControlStore) -> Result<Store, ControlError> {
 
 async fn list(json: bool, store: &ControlStore) -> ExitCode {
     let controls = match connect(store).await {
-        Ok(store) => store.controls().await.map_err(ControlError::from),
+        Ok(store) => control::read(&store).await.map_err(ControlError::from),
         Err(err) => Err(err),
     };
     let controls = match controls {

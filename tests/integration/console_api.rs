@@ -123,7 +123,7 @@ async fn a_control_change_needs_the_admin_token_and_is_listed_and_announced() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
-    assert!(store.controls().await.unwrap().is_empty());
+    assert!(genesys_worker::control::read(&store).await.unwrap().is_empty());
     assert_eq!(get(&app, "/api/session").await.0, StatusCode::UNAUTHORIZED);
 
     // The login check.
@@ -144,7 +144,7 @@ async fn a_control_change_needs_the_admin_token_and_is_listed_and_announced() {
     assert_eq!(body["control"]["value"], "handover-08");
     assert_eq!(body["control"]["actor"], "alice");
     assert_eq!(body["control"]["reason"], "wrong roster");
-    let stored = store.controls().await.unwrap().list();
+    let stored = genesys_worker::control::read(&store).await.unwrap().list();
     assert_eq!(stored.len(), 1);
     assert_eq!(
         (stored[0].scope, stored[0].value.as_str()),
@@ -191,13 +191,13 @@ async fn a_control_change_needs_the_admin_token_and_is_listed_and_announced() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
         assert_eq!(body["error"]["code"], code, "{request}: {body}");
     }
-    assert_eq!(store.controls().await.unwrap().list().len(), 1);
+    assert_eq!(genesys_worker::control::read(&store).await.unwrap().list().len(), 1);
 
     // Resumed: gone from the list, announced by bob.
     let resume = json!({"action": "resume", "scope": "correlation", "value": "handover-08", "actor": "bob"});
     let (status, body) = post(&app, "/api/controls", Some(TOKEN), &resume).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(store.controls().await.unwrap().is_empty());
+    assert!(genesys_worker::control::read(&store).await.unwrap().is_empty());
     assert_eq!(get(&app, "/api/controls").await.1["controls"], json!([]));
     let event = app.audit_events(1).await.remove(0);
     assert_eq!(event.event.entity, "control:correlation:handover-08");
@@ -226,7 +226,7 @@ async fn without_an_admin_token_the_console_is_read_only() {
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
-    assert!(store.controls().await.unwrap().is_empty());
+    assert!(genesys_worker::control::read(&store).await.unwrap().is_empty());
     assert_eq!(get(&app, "/api/session").await.0, StatusCode::FORBIDDEN);
     assert_eq!(get(&app, "/api/overview").await.1["writable"], false);
     let (status, _, page) = get_page(&app, "/console").await;
