@@ -593,3 +593,149 @@ async fn publish_event(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(actor: &str) -> String {
+        serde_json::to_string(&Stored {
+            actor: actor.into(),
+            at: "2026-12-02T08:00:00Z".into(),
+            reason: None,
+        })
+        .unwrap()
+    }
+
+    fn snapshot(fields: &[&str]) -> Snapshot {
+        Snapshot::new(
+            1,
+            fields.iter().map(|f| parse_field(f, &stored("alice")).unwrap()),
+        )
+    }
+
+    fn tags<'a>(kind: Kind, lane: Lane, batch: Option<Uuid>, correlation: Option<&'a str>) -> JobTags<'a> {
+        JobTags {
+            kind,
+            lane,
+            job_id: Uuid::from_u128(7),
+            idempotency_key: "key-7",
+            batch,
+            correlation_id: correlation,
+        }
+    }
+
+    #[test]
+    fn targets_parse_their_scopes_and_refuse_the_rest() {
+        assert_eq!(
+            Target::parse("kind", "agent.status").unwrap(),
+            Target::Kind(Kind::AgentStatus)
+        );
+        assert_eq!(Target::parse("lane", "batch").unwrap(), Target::Lane(Lane::Batch));
+        let id = Uuid::new_v4();
+        assert_eq!(
+            Target::parse("batch", &id.to_string()).unwrap(),
+            Target::Batch(id)
+        );
+        for (scope, value) in [
+            ("kind", "agent.sleep"),
+            ("lane", "fast"),
+            ("batch", "not-a-uuid"),
+            ("job", ""),
+            ("correlation", ""),
+            ("tenant", "x"),
+        ] {
+            assert!(
+                matches!(Target::parse(scope, value), Err(ControlError::Invalid(_))),
+                "{scope} {value}"
+            );
+        }
+        let long = "k".repeat(crate::bounded::VALUE_MAX + 1);
+        assert!(Target::parse("key", &long).is_err());
+    }
+
+    #[test]
+    fn a_pause_takes_what_work_is_and_a_cancel_takes_particular_jobs() {
+        let job = Target::Job(Uuid::new_v4());
+        let kind = Target::Kind(Kind::FlowDeploy);
+        assert!(!Action::Pause.allows(&job) && Action::Cancel.allows(&job));
+        assert!(Action::Pause.allows(&kind) && !Action::Cancel.allows(&kind));
+        let batch = Target::Batch(Uuid::new_v4());
+        assert!(Action::Pause.allows(&batch) && Action::Cancel.allows(&batch));
+    }
+
+    #[test]
+    fn a_job_is_paused_by_its_lane_kind_batch_or_correlation_only() {
+        let batch = Uuid::new_v4();
+        let paused = snapshot(&[
+            "pause:kind:flow.deploy",
+            &format!("pause:batch:{batch}"),
+            "pause:correlation:run-7",
+            "pause:lane:single",
+        ]);
+        assert!(paused
+            .pausing(&tags(Kind::FlowDeploy, Lane::Batch, None, None))
+            .is_some());
+        assert!(paused
+            .pausing(&tags(Kind::AgentStatus, Lane::Batch, Some(batch), None))
+            .is_some());
+        assert!(paused
+            .pausing(&tags(Kind::AgentStatus, Lane::Batch, None, Some("run-7")))
+            .is_some());
+        assert!(paused
+            .pausing(&tags(Kind::AgentStatus, Lane::Single, None, None))
+            .is_some());
+        assert!(paused
+            .pausing(&tags(
+                Kind::AgentStatus,
+                Lane::Batch,
+                Some(Uuid::new_v4()),
+                Some("run-8")
+            ))
+            .is_none());
+        assert!(paused
+            .cancelling(&tags(Kind::FlowDeploy, Lane::Batch, Some(batch), None))
+            .is_none());
+    }
+
+    #[test]
+    fn a_job_is_cancelled_by_its_id_key_or_batch() {
+        let batch = Uuid::new_v4();
+        let cancelled = snapshot(&[&format!("cancel:batch:{batch}")]);
+        let child = tags(Kind::AgentStatus, Lane::Batch, Some(batch), None);
+        assert_eq!(cancelled.cancelling(&child).unwrap().actor, "alice");
+        assert!(cancelled.pausing(&child).is_none());
+        let by_key = snapshot(&["cancel:key:key-7"]);
+        assert!(by_key
+            .cancelling(&tags(Kind::AgentStatus, Lane::Single, None, None))
+            .is_some());
+        let by_id = snapshot(&[&format!("cancel:job:{}", Uuid::from_u128(7))]);
+        assert!(by_id
+            .cancelling(&tags(Kind::AgentStatus, Lane::Single, None, None))
+            .is_some());
+    }
+
+    #[test]
+    fn a_lifted_pause_is_told_apart_from_other_changes() {
+        let before = snapshot(&["pause:kind:flow.deploy", "cancel:key:k"]);
+        assert!(
+            !snapshot(&["pause:kind:flow.deploy"]).lifted_since(&before),
+            "a cancel went"
+        );
+        assert!(!snapshot(&["pause:kind:flow.deploy", "pause:lane:batch"]).lifted_since(&before));
+        assert!(snapshot(&["cancel:key:k"]).lifted_since(&before));
+    }
+
+    #[test]
+    fn fields_of_a_newer_version_are_left_alone() {
+        assert!(parse_field("drain:kind:agent.status", &stored("a")).is_none());
+        assert!(parse_field("pause:tenant:x", &stored("a")).is_none());
+        assert!(parse_field("pause:kind:agent.status", "not json").is_none());
+        let (target, control) = parse_field("pause:kind:agent.status", &stored("a")).unwrap();
+        assert_eq!(field(Action::Pause, &target), "pause:kind:agent.status");
+        assert_eq!(
+            control.describe(),
+            "pause kind:agent.status by a at 2026-12-02T08:00:00Z"
+        );
+    }
+}
