@@ -43,6 +43,12 @@
     rows.forEach(function (row) { tbody.appendChild(row); });
   }
 
+  // An RFC 3339 UTC time to the second, as the server renders it.
+  function shortTime(at) {
+    return at && at.charAt(10) === 'T' ? at.slice(0, 19).replace('T', ' ') + ' UTC' : at;
+  }
+  function shortId(id) { return id.length > 8 ? id.slice(0, 8) + '…' : id; }
+
   function num(x) { return Number.isInteger(x) ? String(x) : x.toFixed(2); }
   function secs(x) {
     return x < 60 ? x.toFixed(1) + ' s' : Math.floor(x / 60) + ' min ' + Math.round(x % 60) + ' s';
@@ -164,7 +170,7 @@
         el('td', {}, [el('span', { className: 'pill ' + c.action, text: c.action })]),
         el('td', { text: c.scope + ' ' + c.value }),
         el('td', { text: c.actor }),
-        el('td', { text: c.at }),
+        el('td', { title: c.at, text: shortTime(c.at) }),
         el('td', { text: c.reason || '' }),
         el('td', {}, [resume])
       ]);
@@ -221,8 +227,8 @@
     return Object.keys(b.counts).map(function (k) { return k + ' ' + b.counts[k]; }).join(' · ');
   }
   function state(b) {
-    if (b.cancelled) { return 'cancelled by ' + b.cancelled.actor + ' at ' + b.cancelled.at; }
-    if (b.paused) { return 'paused by ' + b.paused.actor + ' at ' + b.paused.at; }
+    if (b.cancelled) { return 'cancelled by ' + b.cancelled.actor + ' at ' + shortTime(b.cancelled.at); }
+    if (b.paused) { return 'paused by ' + b.paused.actor + ' at ' + shortTime(b.paused.at); }
     return b.status;
   }
 
@@ -261,8 +267,9 @@
       var text = function (name) { return e[name] === undefined || e[name] === null ? '' : String(e[name]); };
       return el('tr', {}, [
         el('td', { className: 'num', text: text('index') }),
-        el('td', {}, [el('a', { href: '/console/jobs?q=' + encodeURIComponent(text('job_id')) }, [el('code', { text: text('job_id') })])]),
-        el('td', { text: text('outcome') }),
+        el('td', {}, [el('a', { href: '/console/jobs?q=' + encodeURIComponent(text('job_id')), title: text('job_id') },
+          [el('code', { text: shortId(text('job_id')) })])]),
+        el('td', {}, [el('span', { className: 'outcome ' + text('outcome'), text: text('outcome') })]),
         el('td', {}, [el('code', { text: text('code') })]),
         el('td', { text: text('message') })
       ]);

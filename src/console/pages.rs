@@ -77,7 +77,7 @@ fn frame(console: &Console, title: &str, nav: Nav, page: &str, main: Markup) -> 
                     (main)
                 }
                 footer {
-                    "Updated " span #updated data-testid="updated" { "when the page was made" }
+                    "Updated " span #updated data-testid="updated" { (short_time(&super::now_rfc3339())) }
                     " · reads are open on ADMIN_ADDR, changes need the admin token"
                 }
             }
@@ -131,6 +131,22 @@ fn number(value: f64) -> String {
         format!("{value:.0}")
     } else {
         format!("{value:.2}")
+    }
+}
+
+/// An RFC 3339 UTC time to the second: `2026-11-22 08:00:03 UTC`.
+fn short_time(at: &str) -> String {
+    match at.get(..19) {
+        Some(start) if at.as_bytes().get(10) == Some(&b'T') => format!("{} UTC", start.replacen('T', " ", 1)),
+        _ => at.to_string(),
+    }
+}
+
+/// A job id to its first 8 characters (the whole id in the link and its title).
+fn short_id(id: &str) -> String {
+    match id.get(..8) {
+        Some(start) if id.len() > 8 => format!("{start}…"),
+        _ => id.to_string(),
     }
 }
 
@@ -244,7 +260,7 @@ fn controls_table(controls: &[Control]) -> Markup {
                         td { span class={"pill " (c.action.as_str())} { (c.action.as_str()) } }
                         td { (control_target(c)) }
                         td { (c.actor) }
-                        td { (c.at) }
+                        td title=(c.at) { (short_time(&c.at)) }
                         td { (c.reason.as_deref().unwrap_or("")) }
                         td {
                             @if c.action.as_str() == "pause" {
@@ -287,8 +303,8 @@ fn counts_text(batch: &BatchView) -> String {
 
 fn batch_state(batch: &BatchView) -> String {
     match (&batch.cancelled, &batch.paused) {
-        (Some(c), _) => format!("cancelled by {} at {}", c.actor, c.at),
-        (None, Some(p)) => format!("paused by {} at {}", p.actor, p.at),
+        (Some(c), _) => format!("cancelled by {} at {}", c.actor, short_time(&c.at)),
+        (None, Some(p)) => format!("paused by {} at {}", p.actor, short_time(&p.at)),
         (None, None) => batch.status.to_string(),
     }
 }
@@ -385,8 +401,8 @@ fn batch_body(console: &Console, b: &BatchView) -> Markup {
                                 @let text = |name: &str| e.get(name).map(|v| match v { Value::String(s) => s.clone(), other => other.to_string() }).unwrap_or_default();
                                 tr {
                                     td.num { (text("index")) }
-                                    td { a href={"/console/jobs?q=" (text("job_id"))} { code { (text("job_id")) } } }
-                                    td { (text("outcome")) }
+                                    td { a href={"/console/jobs?q=" (text("job_id"))} title=(text("job_id")) { code { (short_id(&text("job_id"))) } } }
+                                    td { span class={"outcome " (text("outcome"))} { (text("outcome")) } }
                                     td { code { (text("code")) } }
                                     td { (text("message")) }
                                 }
@@ -429,13 +445,13 @@ pub async fn dead_letters(State(console): State<Arc<Console>>, Query(query): Que
                             tr data-testid="dlq-row" data-job=[letter.job_id.as_deref()] data-code=(letter.code) {
                                 td { input type="checkbox" .dlq-select data-testid="dlq-select" value=[letter.job_id.as_deref()]
                                     disabled[letter.job_id.is_none()] aria-label="select"; }
-                                td { @if let Some(job) = &letter.job_id { a href={"/console/jobs?q=" (job)} { code { (job) } } } @else { "(none)" } }
+                                td { @if let Some(job) = &letter.job_id { a href={"/console/jobs?q=" (job)} title=(job) { code { (short_id(job)) } } } @else { "(none)" } }
                                 td { (letter.kind.as_deref().unwrap_or("?")) }
                                 td { code { (letter.code) } }
                                 td.message { (letter.message.as_deref().unwrap_or("")) }
                                 td.num { (letter.attempts) }
-                                td { (letter.first_seen.as_deref().unwrap_or("")) }
-                                td { @if let Some(batch) = &letter.batch_id { a href={"/console/batches/" (batch)} { code { (batch) } } } }
+                                td.nowrap { (letter.first_seen.as_deref().map(short_time).unwrap_or_default()) }
+                                td { @if let Some(batch) = &letter.batch_id { a href={"/console/batches/" (batch)} title=(batch) { code { (short_id(batch)) } } } }
                             }
                         }
                     }
@@ -503,7 +519,7 @@ fn job_body(found: &JobLookup) -> Markup {
                     dt { "record" } dd data-testid="job-state" {
                         @if let Some(r) = &found.record { (r.state) (if r.confirmed { ", events confirmed" } else { ", events not confirmed yet" }) } @else { "none in Redis" }
                     }
-                    dt { "entity version" } dd data-testid="job-entity-version" {
+                    dt { "entity version now" } dd data-testid="job-entity-version" {
                         @if let Some(v) = &found.entity_version {
                             "v" (v["version"]) " " code.small { (v["checksum"].as_str().unwrap_or("")) }
                         } @else { "–" }
