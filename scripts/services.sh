@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local RabbitMQ and Redis on loopback, for the demo and the tests.
+# Local RabbitMQ and Redis on loopback, for the demo and the tests; Chromium and chromedriver
+# installed (not started: the browser tests start their own chromedriver).
 #
 #   scripts/services.sh up     install (apt) if missing, start what is not already answering
 #   scripts/services.sh down   stop only what `up` started
@@ -35,6 +36,12 @@ install_missing() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   # The TLS test makes its certificates with openssl.
   command -v openssl >/dev/null || missing+=(openssl)
+  # The browser tests drive a headless Chromium through chromedriver, which the test kit starts
+  # itself (unless CHROMEDRIVER_URL names one already running, which brings its own browser).
+  if [ -z "${CHROMEDRIVER_URL:-}" ]; then
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    [ -x "${CHROME_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
+  fi
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} with apt"
     as_root apt-get update -qq
@@ -140,6 +147,7 @@ down() {
 status() {
   if redis_answers; then echo "redis: answering on 127.0.0.1:$REDIS_PORT"; else echo "redis: down"; fi
   if port_answers "$RABBITMQ_PORT"; then echo "rabbitmq: answering on 127.0.0.1:$RABBITMQ_PORT"; else echo "rabbitmq: down"; fi
+  if command -v chromedriver >/dev/null; then echo "chromedriver: $(command -v chromedriver)"; else echo "chromedriver: not installed"; fi
 }
 
 case "${1:-}" in

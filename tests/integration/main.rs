@@ -7,6 +7,7 @@
 mod acks;
 mod agent_status;
 mod batch;
+mod browser;
 mod budget;
 mod bulk;
 mod call_gate;

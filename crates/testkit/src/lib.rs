@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+pub mod browser;
 pub mod topology;
 
 pub const WAIT: Duration = Duration::from_secs(15);
