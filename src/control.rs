@@ -517,9 +517,9 @@ pub async fn change(
             change.target.scope()
         )));
     }
-    let at = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("now formats as RFC 3339");
+    // To the millisecond, like the events' times.
+    let now = OffsetDateTime::now_utc();
+    let at = events::rfc3339(now.replace_millisecond(now.millisecond()).unwrap_or(now));
     let stored = Stored {
         actor: actor.to_string(),
         at: at.clone(),
