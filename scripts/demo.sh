@@ -77,6 +77,8 @@ if command -v curl >/dev/null; then
   curl -fsS "http://$admin/metrics" | grep '^genesys_worker_jobs_total' || true
 fi
 
+echo "== the operators' console: http://$admin/console (the same figures, batches, dead letters, controls)"
+
 echo "== the dead-letter queue (replay after fixing the cause: genesys-worker dlq replay --code CODE):"
 "$bin" dlq list --limit 10
 
