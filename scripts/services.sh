@@ -78,7 +78,10 @@ start_rabbitmq() {
   fi
   (
     cd "$dir/rabbitmq"
-    exec "${run_as[@]}" env \
+    # runuser's PAM session lowers the soft limit of open files to 1024. Each quorum queue holds
+    # files open, and a broker out of file handles stops answering new connections (the AMQP
+    # handshake hangs): raise it as far as the hard limit allows.
+    exec "${run_as[@]}" sh -c 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"' sh env \
       RABBITMQ_MNESIA_BASE="$dir/rabbitmq/mnesia" \
       RABBITMQ_LOG_BASE="$dir/rabbitmq/log" \
       RABBITMQ_NODENAME="$node" \
