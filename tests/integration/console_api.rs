@@ -191,7 +191,10 @@ async fn a_control_change_needs_the_admin_token_and_is_listed_and_announced() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
         assert_eq!(body["error"]["code"], code, "{request}: {body}");
     }
-    assert_eq!(genesys_worker::control::read(&store).await.unwrap().list().len(), 1);
+    assert_eq!(
+        genesys_worker::control::read(&store).await.unwrap().list().len(),
+        1
+    );
 
     // Resumed: gone from the list, announced by bob.
     let resume = json!({"action": "resume", "scope": "correlation", "value": "handover-08", "actor": "bob"});
