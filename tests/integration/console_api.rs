@@ -540,13 +540,29 @@ async fn a_job_is_found_by_idempotency_key_and_by_a_recent_job_id_with_its_outco
     assert_eq!(found["entity_version"]["version"], 1);
     assert_eq!(found["entity_version"]["checksum"], json!(event.event.checksum));
 
-    // By job id: the replica's recent jobs (the pipeline notes each job it takes).
-    genesys_worker::console::recent::note(job_id, &key, &entity);
+    // By job id: the jobs this replica ran lately (the pipeline notes each one it takes).
     let (_, by_id) = get(&app, &format!("/api/jobs?q={job_id}")).await;
-    assert_eq!(by_id["by"], "job_id");
+    assert_eq!(by_id["by"], "job_id", "{by_id:#}");
     assert_eq!(by_id["record"]["outcome"], "applied");
     assert_eq!(by_id["idempotency_key"], key);
+    assert_eq!(by_id["entity"], entity);
+    assert_eq!(by_id["recent"]["outcome"], "applied");
     assert!(by_id["recent"]["seen"].is_string());
+
+    // A job whose record Redis does not keep (rejected): the replica remembers its outcome.
+    let rejected = agent_job(user_id(4), json!({"presence": "Napping"}));
+    app.publish(&rejected).await;
+    app.audit_events(1).await;
+    let path = format!("/api/jobs?q={}", id_of(&rejected));
+    let found = until(&app, &path, |f| f["recent"]["outcome"] == "rejected").await;
+    assert_eq!(
+        (found["found"].clone(), found["record"].clone()),
+        (json!(true), Value::Null)
+    );
+    assert!(
+        found["notes"][0].as_str().unwrap().contains("applied jobs"),
+        "{found:#}"
+    );
 
     // Not found: said so.
     let (status, none) = get(&app, &format!("/api/jobs?q={}", Uuid::new_v4())).await;
