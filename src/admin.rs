@@ -30,7 +30,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use crate::console::Console;
 use crate::lane::Lane;
 use crate::limit::Budget;
 use crate::store::Store;
@@ -103,7 +102,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn spawn(
     listener: TcpListener,
     health: Arc<Health>,
-    console: Arc<Console>,
+    pages: Pages,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
     let listener = listener.into_std()?;
@@ -113,20 +112,23 @@ pub fn spawn(
             .build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            serve(listener, health, console, shutdown).await
+            serve(listener, health, pages, shutdown).await
         })
     })
 }
 
-/// Serves the admin endpoints and the console until `shutdown` is cancelled.
+/// More routes for the admin server (the console: `crate::console::Console::pages`), built on
+/// its runtime, so whatever they start there runs beside the probes, not on the worker's.
+pub type Pages = Box<dyn FnOnce(CancellationToken) -> Router + Send>;
+
+/// Serves the admin endpoints and `pages` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
-    console: Arc<Console>,
+    pages: Pages,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // The overview's figures are sampled here, on the admin server's own runtime.
-    console.sample(shutdown.clone());
+    let pages = pages(shutdown.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -140,7 +142,7 @@ pub async fn serve(
             }),
         )
         .with_state(health)
-        .merge(crate::console::router(console));
+        .merge(pages);
     serve_bounded(listener, app, ADMIN_BOUNDS, shutdown).await
 }
 

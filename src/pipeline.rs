@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
+use crate::apply::users::UserReads;
 use crate::apply::{self, Verdict};
 use crate::batch::{self, FanOutError, BATCH_ID_HEADER, BATCH_INDEX_HEADER};
 use crate::broker::publisher::{header_count, header_text};
@@ -23,7 +24,6 @@ use crate::broker::{topology, BrokerError, Publisher};
 use crate::config::Topology;
 use crate::control::{Action, Control, Controls, JobTags};
 use crate::events::{AuditEvent, ErrorDetails, EventError, OutboundEvent, Outcome};
-use crate::genesys::users::UserReads;
 use crate::genesys::{CallGate, GenesysClient};
 use crate::job::{self, DecodeError, Job, Payload};
 use crate::lane::Lane;

@@ -8,7 +8,7 @@
 //!
 //! - `agent.status`: the presence name is resolved through the cached definitions (one listing
 //!   for the whole plan); the agents' state is read 100 at a time
-//!   ([`crate::genesys::users::read`]), so a 10,000-agent plan costs about 100 requests. Then
+//!   ([`crate::apply::users::read`]), so a 10,000-agent plan costs about 100 requests. Then
 //!   `expected_current` is checked and the policy decided by the worker's own
 //!   [`crate::apply::agent_status::decide`]: Out of Office under `respect_out_of_office`, a live
 //!   interaction under `if_interacting` (`skip`: blocked, `defer`: deferred, `apply`: changed
@@ -46,11 +46,11 @@ use uuid::Uuid;
 use crate::apply::agent_status::{self, decide, Decision};
 use crate::apply::flow_deploy::{self, FlowSettings, Published};
 use crate::apply::interaction_status::{self, Judged};
+use crate::apply::users::{self, AgentState, DefinitionRef, USERS_PER_READ};
 use crate::flow::configuration_hash;
 use crate::genesys::architect::{Consumer, Flow, FlowListing};
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
 use crate::genesys::taskmanagement::{StatusGraph, Workitem};
-use crate::genesys::users::{self, AgentState, DefinitionRef, USERS_PER_READ};
 use crate::genesys::{GenesysClient, GenesysError, LaneClient};
 use crate::job::{self, AgentStatus, FlowDeploy, InteractionStatus, Job, Payload, RoutingStatus};
 use crate::lane::Lane;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use crate::admin::{self, Health};
 use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
+use crate::apply::users::UserReads;
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::control::Controls;
-use crate::genesys::users::UserReads;
 use crate::genesys::GenesysClient;
 use crate::ingest::{self, Ingest};
 use crate::intake::{self, IntakeSettings};
@@ -86,13 +86,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // A worker starts knowing what operators paused or cancelled, and follows their changes.
     let controls = Controls::watch(store.clone(), cancel.clone()).await?;
     let console = crate::console::Console::new(&config, store.clone(), controls.clone(), health.clone());
-    let admin_server =
-        admin::spawn(admin_listener, health.clone(), console, cancel.clone()).map_err(|source| {
-            WorkerError::Admin {
-                addr: config.admin_addr,
-                source,
-            }
-        })?;
+    let admin_server = admin::spawn(
+        admin_listener,
+        health.clone(),
+        crate::console::pages(console),
+        cancel.clone(),
+    )
+    .map_err(|source| WorkerError::Admin {
+        addr: config.admin_addr,
+        source,
+    })?;
     crate::telemetry::keep_metrics_tidy(cancel.clone());
     if config.genesys.limits_refresh_secs > 0 {
         // Each OAuth client's own effective limit, read as that client.

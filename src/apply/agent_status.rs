@@ -6,7 +6,7 @@
 //! first: a mismatch is a `conflict` and nothing is written.
 //!
 //! The presence policies (README, "agent.status") read what the agent is doing first, with
-//! other jobs' reads ([`crate::genesys::users`]): an agent Out of Office is left alone
+//! other jobs' reads ([`crate::apply::users`]): an agent Out of Office is left alone
 //! (`respect_out_of_office`), one on a live interaction is changed, skipped or deferred
 //! (`if_interacting`), and one already in the target presence is not written to
 //! (`skip_if_current`: `applied` with `unchanged`).
@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::bulk::BulkOutcome;
 use super::{Context, Verdict};
+use crate::apply::users::{AgentState, RoutingStatusBody, UserPresence};
 use crate::events::Outcome;
 use crate::genesys::presence::{PresenceDefinition, ResolveError};
-use crate::genesys::users::{AgentState, RoutingStatusBody, UserPresence};
 use crate::genesys::GenesysError;
 use crate::job::{AgentStatus, IfInteracting, Job, PresencePolicy, RoutingStatus};
 

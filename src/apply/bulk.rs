@@ -10,7 +10,7 @@
 //! the budget is the bottleneck (a handover), calls leave full.
 //!
 //! Changes under a presence policy are read first, once per gathered call: one
-//! `GET /api/v2/users?id=…` for up to 100 agents ([`crate::genesys::users`]), then each is
+//! `GET /api/v2/users?id=…` for up to 100 agents ([`crate::apply::users`]), then each is
 //! decided ([`super::agent_status::decide`]) and those to write go in bulk calls of up to
 //! `BULK_MAX`. A handover of 100 agents thus costs one read and two writes.
 //!
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::agent_status::{decide, Decision};
-use crate::genesys::users::{self, AgentState, USERS_PATH, USERS_PER_READ};
+use crate::apply::users::{self, AgentState, USERS_PATH, USERS_PER_READ};
 use crate::genesys::{CallGate, GenesysClient, LaneClient};
 use crate::job::PresencePolicy;
 use crate::lane::Lane;

@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod flow_deploy;
 pub mod interaction_create;
 pub mod interaction_status;
+pub mod users;
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -89,7 +90,7 @@ pub struct Context<'a> {
     /// Present when `agent.status` changes are coalesced into bulk calls.
     pub bulk: Option<&'a bulk::BulkPresence>,
     /// Reads agents' state with the other jobs' reads (the presence policies).
-    pub users: &'a crate::genesys::users::UserReads,
+    pub users: &'a crate::apply::users::UserReads,
 }
 
 /// What the pipeline knows of the job and its entity when it applies it.

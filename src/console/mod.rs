@@ -330,7 +330,16 @@ enum ChangeError {
 }
 
 /// The routes of the console and its API, merged into the admin server's.
-pub fn router(console: Arc<Console>) -> Router {
+/// The console for the admin server ([`crate::admin::Pages`]): samples the overview's figures
+/// on the admin server's runtime until `shutdown`, and serves the pages and the API.
+pub fn pages(console: Arc<Console>) -> crate::admin::Pages {
+    Box::new(move |shutdown| {
+        console.sample(shutdown);
+        router(console)
+    })
+}
+
+fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console", get(pages::overview))

@@ -24,7 +24,6 @@ mod gate;
 pub mod limits;
 pub mod presence;
 pub mod taskmanagement;
-pub mod users;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -620,7 +619,7 @@ impl<'a> LaneClient<'a> {
     }
 }
 
-fn budget_error(err: BudgetError) -> GenesysError {
+pub(crate) fn budget_error(err: BudgetError) -> GenesysError {
     match err {
         BudgetError::Store(err) => GenesysError::Budget(err.to_string()),
         BudgetError::FamilyPaused { family, wait } => GenesysError::FamilyPaused { family, wait },

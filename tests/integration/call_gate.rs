@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use genesys_sandbox::{self as sandbox, user_id, SandboxConfig, SandboxHandle};
 use genesys_worker::apply::bulk::{BulkOutcome, BulkPresence};
+use genesys_worker::apply::users::UserReads;
 use genesys_worker::config::{GenesysConfig, LaneWeights, Secret};
-use genesys_worker::genesys::users::UserReads;
 use genesys_worker::genesys::{CallGate, GenesysClient, GenesysError};
 use genesys_worker::job::{IfInteracting, PresencePolicy};
 use genesys_worker::lane::Lane;

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{CallGate, GenesysClient, GenesysError, LaneClient};
+use crate::genesys::{self, CallGate, GenesysClient, GenesysError, LaneClient};
 use crate::lane::Lane;
 use crate::retry::RetryPolicy;
 
@@ -299,7 +299,7 @@ async fn gather(
         let paid = match paid {
             Ok(paid) => paid.client_id().to_string(),
             Err(err) => {
-                let err = Arc::new(super::budget_error(err));
+                let err = Arc::new(genesys::budget_error(err));
                 for request in batch {
                     let _ = request.reply.send(Err(err.clone()));
                 }
