@@ -270,37 +270,34 @@ async fn settle(
             retries,
             attempts,
         }) => {
-            let (exchange, routing_key) =
-                origin(incoming.properties, incoming.exchange, incoming.routing_key);
-            let parked = settings
-                .publisher
-                .retry(
-                    &queue,
-                    incoming.body,
-                    incoming.properties,
-                    (&exchange, &routing_key),
-                    retries,
-                    attempts,
-                )
-                .await;
-            after_publish(parked, "park a job in its retry queue", &delivery, acks).await
+            let rounds = (retries, attempts);
+            wait_in(
+                settings,
+                incoming,
+                &queue,
+                rounds,
+                "park a job in its retry queue",
+                &delivery,
+                acks,
+            )
+            .await
         }
         Ok(Disposition::Park { queue }) => {
-            let (exchange, routing_key) =
-                origin(incoming.properties, incoming.exchange, incoming.routing_key);
             // As it came: parking is no retry round.
-            let parked = settings
-                .publisher
-                .retry(
-                    &queue,
-                    incoming.body,
-                    incoming.properties,
-                    (&exchange, &routing_key),
-                    header_count(incoming.properties, "x-retries"),
-                    header_count(incoming.properties, "x-attempts"),
-                )
-                .await;
-            after_publish(parked, "park a paused job", &delivery, acks).await
+            let rounds = (
+                header_count(incoming.properties, "x-retries"),
+                header_count(incoming.properties, "x-attempts"),
+            );
+            wait_in(
+                settings,
+                incoming,
+                &queue,
+                rounds,
+                "park a paused job",
+                &delivery,
+                acks,
+            )
+            .await
         }
         Ok(Disposition::DeadLetter {
             code,
@@ -343,6 +340,32 @@ async fn settle(
     if let Err(err) = settled {
         tracing::error!(error.message = %err, "Could not settle a delivery; the broker will redeliver it.");
     }
+}
+
+/// Moves the delivery to `queue` (a retry or paused queue) with its `(retries, attempts)` and
+/// its origin, then acks it (`what` names the move in the log).
+async fn wait_in(
+    settings: &IntakeSettings,
+    incoming: Incoming<'_>,
+    queue: &str,
+    (retries, attempts): (u32, u32),
+    what: &str,
+    delivery: &Delivery,
+    acks: &Acks,
+) -> Result<(), lapin::Error> {
+    let (exchange, routing_key) = origin(incoming.properties, incoming.exchange, incoming.routing_key);
+    let moved = settings
+        .publisher
+        .retry(
+            queue,
+            incoming.body,
+            incoming.properties,
+            (&exchange, &routing_key),
+            retries,
+            attempts,
+        )
+        .await;
+    after_publish(moved, what, delivery, acks).await
 }
 
 /// After a retry or dead letter was published for the delivery: acked once it is confirmed, else

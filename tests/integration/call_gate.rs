@@ -58,14 +58,7 @@ fn client_for(sandbox: &SandboxHandle) -> Arc<GenesysClient> {
     ))
 }
 
-async fn stats(sandbox: &SandboxHandle) -> Value {
-    reqwest::get(format!("{}/sandbox/stats", sandbox.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use crate::helpers::sandbox_stats as stats;
 
 /// Every listing of users comes back without its expanded fields, so each user a read carried
 /// is read again on its own: [`READ_PRESENCE`] counts the users of the reads.

@@ -47,14 +47,7 @@ fn client_for(sandbox: &SandboxHandle, secret: &str) -> GenesysClient {
     )
 }
 
-async fn stats(sandbox: &SandboxHandle) -> Value {
-    reqwest::get(format!("{}/sandbox/stats", sandbox.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use crate::helpers::sandbox_stats as stats;
 
 #[tokio::test]
 async fn a_hundred_concurrent_callers_cause_one_token_request() {

@@ -340,6 +340,16 @@ where
     events
 }
 
+/// What `sandbox` saw: requests per route and status, mutations, 429s (`/sandbox/stats`).
+pub async fn sandbox_stats(sandbox: &SandboxHandle) -> Value {
+    get_json(
+        &reqwest::Client::new(),
+        &format!("{}/sandbox/stats", sandbox.base_url()),
+        None,
+    )
+    .await
+}
+
 /// GETs `url` and reads the JSON reply.
 pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> Value {
     let mut request = http.get(url);
@@ -546,12 +556,7 @@ impl TestApp {
     }
 
     pub async fn sandbox_stats(&self) -> Value {
-        get_json(
-            &self.http,
-            &format!("{}/sandbox/stats", self.sandbox.base_url()),
-            None,
-        )
-        .await
+        sandbox_stats(&self.sandbox).await
     }
 
     /// Changes the sandbox applied, in order.
