@@ -305,12 +305,18 @@ impl Snapshot {
         self.controls.is_empty()
     }
 
-    /// Whether a pause in force at `earlier` has been lifted since (parked jobs may move).
-    pub fn lifted_since(&self, earlier: &Snapshot) -> bool {
-        earlier
+    /// Whether parked jobs may move since `earlier`: a pause lifted, or a cancel added (a
+    /// cancelled job goes back to end as `cancelled`).
+    pub fn frees_parked(&self, earlier: &Snapshot) -> bool {
+        let lifted = earlier
             .controls
             .keys()
-            .any(|key| key.0 == Action::Pause && !self.controls.contains_key(key))
+            .any(|key| key.0 == Action::Pause && !self.controls.contains_key(key));
+        let cancelled = self
+            .controls
+            .keys()
+            .any(|key| key.0 == Action::Cancel && !earlier.controls.contains_key(key));
+        lifted || cancelled
     }
 
     /// Every control, pauses first, each group oldest first.
@@ -583,14 +589,19 @@ async fn publish_event(
     let owner = job_id.to_string();
     let state = store.lock_entity(&entity, &owner).await?;
     record::link(&mut event, &state.head);
+    // Published before the head moves: an event that never went out leaves no gap in the chain.
+    if let Err(err) = publisher
+        .publish_events(&events::outbound(topology, &event))
+        .await
+    {
+        let _ = store.release_entity(&entity, &owner).await;
+        return Err(err.into());
+    }
     let head = EntityHead {
         version: event.entity_version,
         checksum: event.checksum.clone().unwrap_or_default(),
     };
     store.advance_entity(&entity, &owner, &head).await?;
-    publisher
-        .publish_events(&events::outbound(topology, &event))
-        .await?;
     Ok(())
 }
 
@@ -716,14 +727,20 @@ mod tests {
     }
 
     #[test]
-    fn a_lifted_pause_is_told_apart_from_other_changes() {
+    fn parked_jobs_move_when_a_pause_is_lifted_or_a_cancel_added() {
         let before = snapshot(&["pause:kind:flow.deploy", "cancel:key:k"]);
         assert!(
-            !snapshot(&["pause:kind:flow.deploy"]).lifted_since(&before),
+            !snapshot(&["pause:kind:flow.deploy"]).frees_parked(&before),
             "a cancel went"
         );
-        assert!(!snapshot(&["pause:kind:flow.deploy", "pause:lane:batch"]).lifted_since(&before));
-        assert!(snapshot(&["cancel:key:k"]).lifted_since(&before));
+        let paused_more = snapshot(&["pause:kind:flow.deploy", "cancel:key:k", "pause:lane:batch"]);
+        assert!(!paused_more.frees_parked(&before));
+        assert!(
+            snapshot(&["cancel:key:k"]).frees_parked(&before),
+            "a pause was lifted"
+        );
+        let cancelled_more = snapshot(&["pause:kind:flow.deploy", "cancel:key:k", "cancel:key:j"]);
+        assert!(cancelled_more.frees_parked(&before));
     }
 
     #[test]

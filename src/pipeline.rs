@@ -66,6 +66,9 @@ pub enum Disposition {
     /// `resume` moves it back ([`crate::intake::parked`]), then ack.
     Park {
         queue: String,
+        /// The controls' epoch the pause was seen in: if they moved before the job was in
+        /// `queue`, the unparker looks again ([`crate::intake::parked`]).
+        epoch: u64,
     },
 }
 
@@ -237,12 +240,14 @@ impl Pipeline {
         };
         let batch_id = header_text(incoming.properties, BATCH_ID_HEADER).and_then(|id| id.parse().ok());
         let tags = JobTags::of(&job, lane, batch_id);
-        if let Some(pause) = self.controls.current().pausing(&tags) {
+        let controls = self.controls.current();
+        // A cancel wins over a pause: a paused batch that is then cancelled ends.
+        let cancelled = controls.cancelling(&tags).is_some();
+        if let Some(pause) = controls.pausing(&tags).filter(|_| !cancelled) {
             // Before the claim: a paused job costs no Redis record and no Genesys budget.
             tracing::info!(pause = %pause.describe(), "Paused; parked until it is resumed.");
-            return Ok(self.park(lane, &job));
+            return Ok(self.park(lane, &job, controls.epoch));
         }
-        let cancelled = self.controls.current().cancelling(&tags).is_some();
         let settled = match self
             .store
             .claim(&job.idempotency_key, &job.fingerprint, &entity)
@@ -477,9 +482,15 @@ impl Pipeline {
             Some(state) => state,
             None => self.store.lock_entity(entity, &lease.owner).await?,
         };
+        // A job taken over may have made its change already: it runs to its end, neither
+        // cancelled nor parked, and reads Genesys before it writes.
+        let stoppable = !lease.takeover;
         let refused = order::refusal(job, entity, state.last_sequence, OffsetDateTime::now_utc())
-            .or_else(|| self.cancellation(job, &tags, entity));
+            .or_else(|| stoppable.then(|| self.cancellation(job, &tags, entity)).flatten());
         let gate = CallGate::new();
+        if !stoppable {
+            gate.open();
+        }
         let applied = match refused {
             Some(refused) => refused,
             None => {
@@ -505,7 +516,8 @@ impl Pipeline {
                         drop(keeper);
                         // Nothing was sent: the job is as if it never ran, and waits for resume.
                         self.store.release_claim(lease, entity).await?;
-                        return Ok(self.park(rounds.lane, job));
+                        let epoch = self.controls.current().epoch;
+                        return Ok(self.park(rounds.lane, job, epoch));
                     }
                 }
             }
@@ -598,14 +610,14 @@ impl Pipeline {
         Some(cancelled(job, entity, current.cancelling(tags)?))
     }
 
-    /// Where a paused job of `lane` waits.
-    fn park(&self, lane: Lane, job: &Job) -> Settled {
+    /// Where a paused job of `lane` waits; `epoch` is the controls' the pause was seen in.
+    fn park(&self, lane: Lane, job: &Job, epoch: u64) -> Settled {
         let queue = topology::paused_queue(self.topology.lane_queue(lane));
         Settled {
             job_id: Some(job.job_id),
             kind: job.kind.as_str(),
             // Not final, so not counted: the outcome is not read.
-            ..Settled::new(Disposition::Park { queue }, Outcome::Applied)
+            ..Settled::new(Disposition::Park { queue, epoch }, Outcome::Applied)
         }
     }
 

@@ -259,6 +259,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             limits: config.limits,
             controls: controls.clone(),
         }));
+        let unparker = Arc::new(tokio::sync::Notify::new());
         let lanes = [
             IntakeSettings {
                 queue: config.topology.work_queue.clone(),
@@ -269,6 +270,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 dead_letter: config.topology.dead_letter.clone(),
                 publisher: publisher.clone(),
                 controls: controls.clone(),
+                unparker: unparker.clone(),
             },
             IntakeSettings {
                 queue: config.topology.batch_queue.clone(),
@@ -279,6 +281,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 dead_letter: config.topology.dead_letter.clone(),
                 publisher: publisher.clone(),
                 controls: controls.clone(),
+                unparker: unparker.clone(),
             },
         ];
         // Each lane consumes on its own channel, with its own prefetch and concurrency; when
@@ -307,13 +310,10 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
                 (Lane::Batch, config.topology.batch_queue.as_str()),
             ],
             controls.clone(),
+            &unparker,
             lanes_stop.clone(),
         );
-        let (consumed, resumed) = tokio::join!(consume, resumes);
-        if let Err(err) = resumed {
-            // The next connection moves them.
-            tracing::error!(error.message = %err, "Could not move parked jobs back to their queues.");
-        }
+        let (consumed, ()) = tokio::join!(consume, resumes);
         // Acks travel on the consumer channels: closing one waits for what was written before.
         let ok: ReplyCode = 200;
         for channel in &consumers {

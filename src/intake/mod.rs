@@ -47,6 +47,8 @@ pub struct IntakeSettings {
     pub publisher: Publisher,
     /// What operators paused: a paused lane stops consuming.
     pub controls: Controls,
+    /// Wakes [`parked::follow_resumes`] for a job parked under controls that changed since.
+    pub unparker: Arc<Notify>,
 }
 
 /// Why a consuming spell ended.
@@ -282,13 +284,13 @@ async fn settle(
             )
             .await
         }
-        Ok(Disposition::Park { queue }) => {
+        Ok(Disposition::Park { queue, epoch }) => {
             // As it came: parking is no retry round.
             let rounds = (
                 header_count(incoming.properties, "x-retries"),
                 header_count(incoming.properties, "x-attempts"),
             );
-            wait_in(
+            let parked = wait_in(
                 settings,
                 incoming,
                 &queue,
@@ -297,7 +299,13 @@ async fn settle(
                 &delivery,
                 acks,
             )
-            .await
+            .await;
+            if settings.controls.current().epoch != epoch {
+                // The controls moved while it was being parked: a pass over the paused queue
+                // may have missed it.
+                settings.unparker.notify_one();
+            }
+            parked
         }
         Ok(Disposition::DeadLetter {
             code,
