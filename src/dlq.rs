@@ -162,6 +162,9 @@ pub enum DlqError {
     Broker(#[from] BrokerError),
     #[error("dead-letter queue {queue}: {source}")]
     Queue { queue: String, source: lapin::Error },
+    /// Another scan or a replay holds the queue's letters (the console runs one at a time).
+    #[error("dead-letter queue: a replay or another listing is running; try again shortly")]
+    Busy,
 }
 
 /// Lists the dead letters matching `filter`, up to `limit`; the queue is left as it was.

@@ -218,6 +218,12 @@ impl Console {
     }
 
     pub async fn dead_letters(&self, query: &LetterQuery) -> Result<Listed, dlq::DlqError> {
+        // A listing holds the letters it reads unacked for a moment: one scan or replay at a
+        // time, so a replay never skips letters a listing holds, and reloads cannot pile up.
+        let scan = tokio::time::timeout(Duration::from_secs(5), self.replaying.lock()).await;
+        let Ok(_scan) = scan else {
+            return Err(dlq::DlqError::Busy);
+        };
         dlq::list_selected(&self.dlq, &query.selection(None), LETTERS_LISTED).await
     }
 

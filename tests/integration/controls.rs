@@ -345,12 +345,20 @@ async fn a_paused_batch_that_is_then_cancelled_ends_without_a_resume() {
     let mut batch = job("batch", json!({"jobs": children}));
     batch["idempotency_key"] = json!(format!("handover-{}", Uuid::new_v4()));
     let batch_id = id_of(&batch);
-    control_ok(&app, &["pause", "batch", &batch_id.to_string(), "--actor", "frank"]).await;
+    control_ok(
+        &app,
+        &["pause", "batch", &batch_id.to_string(), "--actor", "frank"],
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     app.publish(&batch).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(calls(&app, PATCH_PRESENCE).await, 0, "a paused batch ran");
-    control_ok(&app, &["cancel", "batch", &batch_id.to_string(), "--actor", "frank"]).await;
+    control_ok(
+        &app,
+        &["cancel", "batch", &batch_id.to_string(), "--actor", "frank"],
+    )
+    .await;
     // The pause, the cancel, and one event: the batch itself, parked before it fanned out.
     let (jobs, controls) = split(app.audit_events(2 + 1).await);
     assert_eq!(controls.len(), 2);
