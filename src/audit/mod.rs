@@ -9,6 +9,11 @@
 //! with other content is a break. With `sort`, links are taken in version order instead of file
 //! order, for streams merged from several consumers.
 
+pub mod checkpoint;
+pub mod log;
+pub mod merkle;
+pub mod note;
+
 use std::collections::HashMap;
 
 use serde_json::Value;
