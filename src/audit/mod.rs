@@ -52,12 +52,16 @@ struct Event {
     value: Value,
 }
 
-fn read(line: usize, raw: &str) -> Result<Event, VerifyError> {
+/// The event on line `line`, or `None` for a checkpoint message (checked by [`log`]).
+fn read(line: usize, raw: &str) -> Result<Option<Event>, VerifyError> {
     let unreadable = |problem: &str| VerifyError::Unreadable {
         line,
         problem: problem.to_string(),
     };
     let value: Value = serde_json::from_str(raw).map_err(|e| unreadable(&format!("not JSON: {e}")))?;
+    if log::is_checkpoint(&value) {
+        return Ok(None);
+    }
     let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);
     let id = text("event_id").ok_or_else(|| unreadable("no event_id"))?;
     let entity = text("entity").ok_or_else(|| unreadable("no entity"))?;
@@ -67,13 +71,13 @@ fn read(line: usize, raw: &str) -> Result<Event, VerifyError> {
         .get("entity_version")
         .and_then(Value::as_u64)
         .ok_or_else(|| unreadable("no entity_version"))?;
-    Ok(Event {
+    Ok(Some(Event {
         line,
         id,
         entity,
         version,
         value,
-    })
+    }))
 }
 
 fn is_link(event: &Event) -> bool {
@@ -92,7 +96,9 @@ pub fn verify(input: &str, sort: bool) -> Result<Report, VerifyError> {
         if raw.trim().is_empty() {
             continue;
         }
-        let event = read(index + 1, raw)?;
+        let Some(event) = read(index + 1, raw)? else {
+            continue;
+        };
         let broken = |problem: &str| VerifyError::Break {
             line: event.line,
             event_id: event.id.clone(),
