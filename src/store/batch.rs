@@ -200,6 +200,11 @@ impl Store {
             .arg("-inf")
             .arg(now_ms.saturating_sub(self.idempotency_ttl_secs.saturating_mul(1000)))
             .ignore()
+            // Gone with the last batch's records when no batch starts for that long.
+            .cmd("EXPIRE")
+            .arg(&recent)
+            .arg(self.idempotency_ttl_secs)
+            .ignore()
             .query_async(&mut conn)
             .await?;
         published.parse().map_err(|_| StoreError::Corrupt {
