@@ -281,6 +281,50 @@ pub enum AuditCommand {
         /// from several consumers); a reordering then no longer counts as a break.
         #[arg(long)]
         sort: bool,
+        /// Also check the Merkle log against this verifier key (the key text, or a file holding
+        /// it): checkpoint signatures, roots, forks, missing, altered or reordered leaves.
+        #[arg(long, value_name = "VERIFIER")]
+        key: Option<String>,
+        /// The checkpoints' expected origin (default: the key's name).
+        #[arg(long, requires = "key")]
+        origin: Option<String>,
+        /// Problems listed before only counting the rest.
+        #[arg(long, default_value_t = 20)]
+        max_problems: usize,
+    },
+    /// Generate an Ed25519 checkpoint signing key: the private key is written to FILE (mode
+    /// 0600, never overwritten; default NAME.key), the verifier key printed for auditors.
+    Keygen {
+        /// The key's name (no spaces, no '+'); by default also the checkpoints' origin.
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print a JSON inclusion proof of an event against a checkpoint in FILE (the latest, or
+    /// the one of size --against), or with --consistency a consistency proof between two
+    /// checkpoints. Exit 1 when the file cannot prove it, 2 when it cannot be read.
+    Prove {
+        /// EVENT_ID FILE, or FILE with --consistency.
+        #[arg(required = true, num_args = 1..=2, value_names = ["EVENT_ID", "FILE"])]
+        args: Vec<String>,
+        /// The tree size of the checkpoint to prove against (default: the latest).
+        #[arg(long, value_name = "SIZE", conflicts_with = "consistency")]
+        against: Option<u64>,
+        /// Prove that the checkpoint of NEW_SIZE extends the one of OLD_SIZE.
+        #[arg(long, num_args = 2, value_names = ["OLD_SIZE", "NEW_SIZE"])]
+        consistency: Option<Vec<u64>>,
+    },
+    /// Check a proof made by `audit prove` with nothing but the verifier key. Exit 0 valid, 1
+    /// refused (with the reason), 2 unreadable.
+    CheckProof {
+        /// The proof's JSON file, or - for standard input.
+        proof: PathBuf,
+        /// The verifier key (the key text, or a file holding it).
+        #[arg(long, value_name = "VERIFIER")]
+        key: String,
+        /// The checkpoints' expected origin (default: the key's name).
+        #[arg(long)]
+        origin: Option<String>,
     },
 }
 
