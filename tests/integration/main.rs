@@ -6,6 +6,7 @@
 
 mod acks;
 mod agent_status;
+mod audit_log;
 mod batch;
 mod browser;
 mod budget;
