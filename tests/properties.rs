@@ -180,3 +180,70 @@ proptest! {
         }
     }
 }
+
+mod merkle_log {
+    use genesys_worker::audit::merkle::{self, CompactRange, Hash};
+    use proptest::prelude::*;
+
+    fn leaves(size: u64) -> Vec<Hash> {
+        (0..size).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect()
+    }
+
+    /// A tree size 1..300 and a point below it (an index, or an old size 1..=size).
+    fn size_and_point() -> impl Strategy<Value = (u64, u64)> {
+        (1u64..300).prop_flat_map(|size| (Just(size), 0..size))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_compact_range_root_is_the_tree_root((size, _) in size_and_point()) {
+            let leaves = leaves(size);
+            let mut range = CompactRange::new();
+            for leaf in &leaves {
+                range.append(*leaf);
+            }
+            prop_assert_eq!(range.root(), merkle::root(&leaves));
+            prop_assert_eq!(CompactRange::parse(&range.to_string()).unwrap(), range);
+        }
+
+        #[test]
+        fn inclusion_proofs_verify_and_tampering_fails(
+            (size, index) in size_and_point(),
+            flip in any::<(usize, u8)>(),
+        ) {
+            let leaves = leaves(size);
+            let root = merkle::root(&leaves);
+            let mut proof = merkle::inclusion_proof(&leaves, index).unwrap();
+            let leaf = leaves[index as usize];
+            prop_assert!(merkle::verify_inclusion(&leaf, index, size, &proof, &root).is_ok());
+            if size > 1 {
+                let other = (index + 1 + u64::from(flip.1) % (size - 1)) % size;
+                prop_assert!(merkle::verify_inclusion(&leaf, other, size, &proof, &root).is_err());
+            }
+            if !proof.is_empty() {
+                let at = flip.0 % proof.len();
+                proof[at][usize::from(flip.1) % 32] ^= 1 << (flip.1 % 8);
+                prop_assert!(merkle::verify_inclusion(&leaf, index, size, &proof, &root).is_err());
+            }
+        }
+
+        #[test]
+        fn consistency_proofs_verify_and_tampering_fails(
+            (size, old) in size_and_point(),
+            flip in any::<(usize, u8)>(),
+        ) {
+            let old = old + 1;
+            let leaves = leaves(size);
+            let (old_root, new_root) = (merkle::root(&leaves[..old as usize]), merkle::root(&leaves));
+            let mut proof = merkle::consistency_proof(&leaves, old, size).unwrap();
+            prop_assert!(merkle::verify_consistency(old, size, &old_root, &new_root, &proof).is_ok());
+            if !proof.is_empty() {
+                let at = flip.0 % proof.len();
+                proof[at][usize::from(flip.1) % 32] ^= 1 << (flip.1 % 8);
+                prop_assert!(merkle::verify_consistency(old, size, &old_root, &new_root, &proof).is_err());
+            }
+        }
+    }
+}
