@@ -186,10 +186,10 @@ fn leaves_of(stream: &log::Stream, body: &CheckpointBody) -> Result<Vec<Hash>, F
     Ok(leaves)
 }
 
-fn checkpoint_of_size<'a>(
-    stream: &'a log::Stream,
+fn checkpoint_of_size(
+    stream: &log::Stream,
     size: Option<u64>,
-) -> Result<(&'a Checkpoint, CheckpointBody), Failure> {
+) -> Result<(&Checkpoint, CheckpointBody), Failure> {
     stream
         .checkpoints
         .iter()
