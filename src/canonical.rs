@@ -10,16 +10,19 @@ use sha2::{Digest, Sha256};
 /// Serializes `value` canonically.
 pub fn to_string(value: &Value) -> String {
     let mut out = Vec::new();
-    append(value, None, &mut out);
+    append(value, &[], &mut out);
     String::from_utf8(out).expect("JSON is written as UTF-8")
 }
 
-/// Appends `value` canonically to `out`, without its top-level member `skip` if it is an object
+/// Appends `value` canonically to `out`, without the top-level members named in `skip` if it is an object
 /// (an event's own `checksum`, which the checksum cannot cover).
-pub fn append(value: &Value, skip: Option<&str>, out: &mut Vec<u8>) {
+pub fn append(value: &Value, skip: &[&str], out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().filter(|(key, _)| Some(key.as_str()) != skip).collect();
+            let mut entries: Vec<_> = map
+                .iter()
+                .filter(|(key, _)| !skip.contains(&key.as_str()))
+                .collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');
             for (i, (key, item)) in entries.into_iter().enumerate() {
@@ -28,7 +31,7 @@ pub fn append(value: &Value, skip: Option<&str>, out: &mut Vec<u8>) {
                 }
                 write_scalar(key, out);
                 out.push(b':');
-                append(item, None, out);
+                append(item, &[], out);
             }
             out.push(b'}');
         }
@@ -38,7 +41,7 @@ pub fn append(value: &Value, skip: Option<&str>, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                append(item, None, out);
+                append(item, &[], out);
             }
             out.push(b']');
         }

@@ -106,6 +106,10 @@ pub struct ControlStore {
     pub redis: RedisArgs,
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = config::DEFAULT_REDIS_KEY_PREFIX)]
     pub redis_key_prefix: String,
+    /// Whether the workers keep the verifiable audit log (`on`, `off`): a control's audit event
+    /// then takes its `log_index` like theirs.
+    #[arg(long, env = "AUDIT_LOG", default_value = "on", value_parser = ["on", "off"])]
+    pub audit_log: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -391,6 +391,22 @@ pub struct Config {
     /// `ADMIN_TOKEN`: the bearer token the admin console's and API's changes (controls, dead-letter
     /// replays) need; without it they are refused and the console is read-only.
     pub admin_token: Option<Secret>,
+    /// The verifiable audit log (`crate::audit`).
+    pub audit_log: AuditLogSettings,
+}
+
+/// `AUDIT_LOG`, `AUDIT_SIGNING_KEY_FILE`, `AUDIT_CHECKPOINT_SECS`, `AUDIT_CHECKPOINT_LEAVES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLogSettings {
+    /// Whether every audit event gets a `log_index` and the tree is sealed into checkpoints.
+    pub on: bool,
+    /// The Ed25519 signing key (a C2SP signed-note private key); without it the checkpoints go
+    /// out unsigned. A file (or a mounted Secret), never Redis.
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// A checkpoint at most this often, when the tree grew.
+    pub checkpoint_secs: u64,
+    /// ... or as soon as this many leaves are waiting.
+    pub checkpoint_leaves: u64,
 }
 
 impl Config {
@@ -528,16 +544,7 @@ impl Config {
                 single: env.positive("LANE_WEIGHT_SINGLE", 3)?,
                 batch: env.positive("LANE_WEIGHT_BATCH", 1)?,
             },
-            bulk_presence: match env.string("BULK_PRESENCE", "on")?.as_str() {
-                "on" => true,
-                "off" => false,
-                other => {
-                    return Err(ConfigError {
-                        var: "BULK_PRESENCE",
-                        problem: format!("expected on or off, got {other:?}"),
-                    })
-                }
-            },
+            bulk_presence: env.on_off("BULK_PRESENCE", "on")?,
             bulk_window_ms: env.positive("BULK_WINDOW_MS", 25)?,
             bulk_max: env.positive("BULK_MAX", 50)?,
             flow_poll_ms: env.positive("FLOW_POLL_MS", 1_000)?,
@@ -558,6 +565,12 @@ impl Config {
             ingest_addr,
             ingest_token,
             admin_token,
+            audit_log: AuditLogSettings {
+                on: env.on_off("AUDIT_LOG", "on")?,
+                signing_key_file: env.get("AUDIT_SIGNING_KEY_FILE").map(std::path::PathBuf::from),
+                checkpoint_secs: env.positive("AUDIT_CHECKPOINT_SECS", 10)?,
+                checkpoint_leaves: env.positive("AUDIT_CHECKPOINT_LEAVES", 10_000)?,
+            },
         })
     }
 }
@@ -743,6 +756,18 @@ impl Env<'_> {
             .get(var)
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|| default.to_string()))
+    }
+
+    /// `on` or `off`.
+    fn on_off(&self, var: &'static str, default: &str) -> Result<bool, ConfigError> {
+        match self.string(var, default)?.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => Err(ConfigError {
+                var,
+                problem: format!("expected on or off, got {other:?}"),
+            }),
+        }
     }
 
     fn required(&self, var: &'static str) -> Result<String, ConfigError> {

@@ -589,11 +589,13 @@ async fn publish_event(
     let owner = job_id.to_string();
     let state = store.lock_entity(&entity, &owner).await?;
     record::link(&mut event, &state.head);
+    let mut messages = events::outbound(topology, &event);
+    if let Err(err) = store.log_append(&mut event, &mut messages).await {
+        let _ = store.release_entity(&entity, &owner).await;
+        return Err(err.into());
+    }
     // Published before the head moves: an event that never went out leaves no gap in the chain.
-    if let Err(err) = publisher
-        .publish_events(&events::outbound(topology, &event))
-        .await
-    {
+    if let Err(err) = publisher.publish_events(&messages).await {
         let _ = store.release_entity(&entity, &owner).await;
         return Err(err.into());
     }

@@ -182,6 +182,11 @@ pub const GENESIS_CHECKSUM: &str = "00000000000000000000000000000000000000000000
 /// One audit event per job, published to `genesys.audit` as `audit.<kind>.<outcome>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
+    /// The event's position in the one append-only log over all audit events (a leaf of its
+    /// Merkle tree: `crate::audit`), assigned when the event is recorded; null when the log is
+    /// off. First in the serialized event: the commit script fills it in there.
+    #[serde(default)]
+    pub log_index: Option<u64>,
     pub event_id: Uuid,
     pub job_id: Uuid,
     pub kind: String,
@@ -223,6 +228,7 @@ impl AuditEvent {
         outcome: Outcome,
     ) -> Self {
         Self {
+            log_index: None,
             event_id: audit_event_id(idempotency_key, job_id, outcome),
             job_id,
             kind: kind.into(),

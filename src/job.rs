@@ -377,9 +377,9 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Job, DecodeError> {
 fn fingerprint_of(kind: Kind, payload: &Value) -> String {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(b"{\"kind\":");
-    canonical::append(&Value::String(kind.as_str().into()), None, &mut bytes);
+    canonical::append(&Value::String(kind.as_str().into()), &[], &mut bytes);
     bytes.extend_from_slice(b",\"payload\":");
-    canonical::append(payload, None, &mut bytes);
+    canonical::append(payload, &[], &mut bytes);
     bytes.push(b'}');
     canonical::sha256_hex(&bytes)
 }

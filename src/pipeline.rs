@@ -689,7 +689,9 @@ impl Pipeline {
     async fn publish_unrecorded(&self, mut draft: AuditEvent) -> Result<(), PipelineError> {
         let head = self.store.entity_head(&draft.entity).await?;
         record::link(&mut draft, &head);
-        self.publisher.publish_events(&self.outbound(&draft)).await?;
+        let mut messages = self.outbound(&draft);
+        self.store.log_append(&mut draft, &mut messages).await?;
+        self.publisher.publish_events(&messages).await?;
         Ok(())
     }
 

@@ -18,7 +18,8 @@ pub fn checksum_of(event: &AuditEvent) -> String {
 }
 
 /// The same over an event as received: `sha256(prev_checksum + "\n" + canonical)`, where
-/// `canonical` is the event without `checksum`, keys sorted, no whitespace. Verifiers use this
+/// `canonical` is the event without `checksum` and `log_index` (its place in the audit log,
+/// given when it is recorded, after it was linked), keys sorted, no whitespace. Verifiers use this
 /// on the JSON they captured, so fields this version does not know are covered too.
 pub fn checksum_of_value(event: &Value) -> String {
     let prev = event
@@ -28,7 +29,7 @@ pub fn checksum_of_value(event: &Value) -> String {
     let mut bytes = Vec::with_capacity(1024);
     bytes.extend_from_slice(prev.as_bytes());
     bytes.push(b'\n');
-    canonical::append(event, Some("checksum"), &mut bytes);
+    canonical::append(event, &["checksum", "log_index"], &mut bytes);
     canonical::sha256_hex(&bytes)
 }
 
@@ -71,9 +72,11 @@ mod tests {
         assert_eq!(e.entity_version, 1);
         assert_eq!(e.prev_checksum, GENESIS_CHECKSUM);
         let checksum = e.checksum.clone().unwrap();
-        // Recomputed independently: prev + "\n" + sorted compact JSON without `checksum`.
+        // Recomputed independently: prev + "\n" + sorted compact JSON without `checksum` and
+        // `log_index` (the event's place in the audit log, given after it is linked).
         let mut value = serde_json::to_value(&e).unwrap();
         value.as_object_mut().unwrap().remove("checksum");
+        value.as_object_mut().unwrap().remove("log_index");
         let expected =
             canonical::sha256_hex(format!("{GENESIS_CHECKSUM}\n{}", canonical::to_string(&value)).as_bytes());
         assert_eq!(checksum, expected);

@@ -12,6 +12,8 @@ use crate::admin::{self, Health};
 use crate::apply::bulk::BulkPresence;
 use crate::apply::flow_deploy::FlowSettings;
 use crate::apply::users::UserReads;
+use crate::audit::note::SigningKey;
+use crate::audit::seal::{self, Sealing};
 use crate::broker::{self, topology, BrokerError, Publisher};
 use crate::config::Config;
 use crate::control::Controls;
@@ -40,6 +42,8 @@ pub enum WorkerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("AUDIT_SIGNING_KEY_FILE {path}: {cause}")]
+    AuditKey { path: String, cause: String },
 }
 
 /// Runs the worker until `shutdown` resolves: stops intake, lets in-flight jobs finish within
@@ -57,7 +61,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.lease_ms,
     )
     .await?
-    .with_entity_ttl(config.entity_ttl_secs);
+    .with_entity_ttl(config.entity_ttl_secs)
+    .with_audit_log(config.audit_log.on);
     let admin_listener = admin::bind(config.admin_addr)
         .await
         .map_err(|source| WorkerError::Admin {
@@ -82,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         retry,
         Duration::from_millis(config.bulk_window_ms),
     );
+    let sealing = sealing(&config, &store)?;
     let cancel = CancellationToken::new();
     // A worker starts knowing what operators paused or cancelled, and follows their changes.
     let controls = Controls::watch(store.clone(), cancel.clone()).await?;
@@ -136,6 +142,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         users: &users,
         health: &health,
         controls: &controls,
+        sealing: sealing.as_ref(),
     };
     let supervise = supervise(&parts, intake.clone());
     tokio::pin!(supervise, shutdown);
@@ -154,6 +161,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("Worker stopped.");
     result
+}
+
+/// How this worker seals the audit log (`None`: the log is off), its signing key read from
+/// `AUDIT_SIGNING_KEY_FILE`; says at start what the log will be.
+fn sealing(config: &Config, store: &Store) -> Result<Option<Sealing>, WorkerError> {
+    let settings = &config.audit_log;
+    if !settings.on {
+        tracing::info!("Audit log off (AUDIT_LOG=off): audit events carry no log_index.");
+        return Ok(None);
+    }
+    if !store.audit_log() {
+        tracing::warn!("Audit log off: not supported on a Redis Cluster yet (an event's index is taken where it is recorded, in its entity's slot); audit events carry no log_index.");
+        return Ok(None);
+    }
+    let key = match &settings.signing_key_file {
+        Some(path) => {
+            let failed = |cause: String| WorkerError::AuditKey {
+                path: path.display().to_string(),
+                cause,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+            Some(SigningKey::parse(&text).map_err(|e| failed(e.to_string()))?)
+        }
+        None => None,
+    };
+    match &key {
+        Some(key) => {
+            tracing::info!(origin = key.name(), verifier_key = %key.verifier(), "Audit log on; checkpoints signed.")
+        }
+        None => tracing::warn!(
+            "Audit log on, UNSIGNED: no AUDIT_SIGNING_KEY_FILE, so checkpoints carry no signature and prove nothing about who made them (make a key with `genesys-worker audit keygen`)."
+        ),
+    }
+    Ok(Some(Sealing::new(
+        key,
+        Duration::from_secs(settings.checkpoint_secs),
+        settings.checkpoint_leaves,
+        config.topology.audit_exchange.clone(),
+    )))
 }
 
 /// The Genesys client of `config`'s OAuth client pool: one budget per client, each shared
@@ -194,6 +240,8 @@ struct Parts<'a> {
     users: &'a UserReads,
     health: &'a Health,
     controls: &'a Controls,
+    /// With the audit log: how this replica seals it when it holds the sealer's lease.
+    sealing: Option<&'a Sealing>,
 }
 
 /// Keeps a broker connection and consumes through it until `stop`; reconnects after a failure,
@@ -234,6 +282,7 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
         users,
         health,
         controls,
+        sealing,
     } = *parts;
     let connection = match broker::connect(&config.amqp_url).await {
         Ok(connection) => connection,
@@ -313,7 +362,18 @@ async fn connect_and_consume(parts: &Parts<'_>, stop: CancellationToken) -> (Res
             &unparker,
             lanes_stop.clone(),
         );
-        let (consumed, ()) = tokio::join!(consume, resumes);
+        let seal = async {
+            if let Some(sealing) = sealing {
+                seal::run(
+                    store.clone(),
+                    publisher.clone(),
+                    sealing.clone(),
+                    lanes_stop.clone(),
+                )
+                .await;
+            }
+        };
+        let (consumed, (), ()) = tokio::join!(consume, resumes, seal);
         // Acks travel on the consumer channels: closing one waits for what was written before.
         let ok: ReplyCode = 200;
         for channel in &consumers {

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod seal;
 
 use std::collections::HashMap;
 

@@ -85,7 +85,7 @@ impl Node {
 /// published version read back with what was saved.
 pub fn configuration_hash(configuration: &Value) -> String {
     let mut canonical = Vec::new();
-    crate::canonical::append(configuration, None, &mut canonical);
+    crate::canonical::append(configuration, &[], &mut canonical);
     crate::canonical::sha256_hex(&canonical)
 }
 

@@ -130,19 +130,27 @@ return reply
 
 /// Stores the summary's messages once and advances the batch entity's head with it; returns
 /// the stored messages (an earlier seal wins, so every publication is byte-identical).
+///
+/// With the log (ARGV[5], the summary's audit event, not empty; KEYS 3 and 4 the log's size and
+/// leaves) the summary takes its log index here, once, like a job's event in its commit.
 static SEAL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{}
 local stored = redis.call('HGET', KEYS[1], 'summary')
 if stored then
   return stored
 end
-redis.call('HSET', KEYS[1], 'summary', ARGV[1])
+local messages = ARGV[1]
+if ARGV[5] ~= '' then
+  messages = log_entry(KEYS[3], KEYS[4], ARGV[5], messages)
+end
+redis.call('HSET', KEYS[1], 'summary', messages)
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'checksum', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return ARGV[1]
+return messages
 "#,
-    )
+        super::commit::LOG_ENTRY
+    ))
 });
 
 /// Finishes a batch job's idempotency record once its children are all published: a copy
@@ -293,13 +301,21 @@ impl Store {
     ) -> Result<Vec<OutboundEvent>, StoreError> {
         let key = self.batch_key(batch_id, "");
         let mut conn = self.conn.clone();
-        let stored: String = SEAL
-            .key(&key)
-            .key(self.entity_key(entity))
+        let mut seal = SEAL.key(&key);
+        seal.key(self.entity_key(entity));
+        if self.audit_log {
+            seal.key(self.log_key("size")).key(self.log_key("leaves"));
+        }
+        let audit = match messages.first() {
+            Some(audit) if self.audit_log => audit.body.as_str(),
+            _ => "",
+        };
+        let stored: String = seal
             .arg(serde_json::to_string(messages).expect("outbound events serialize"))
             .arg(head.version)
             .arg(&head.checksum)
             .arg(self.entity_ttl_secs)
+            .arg(audit)
             .invoke_async(&mut conn)
             .await?;
         serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt {

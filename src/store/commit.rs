@@ -7,8 +7,15 @@ use redis::Script;
 use super::{EntityHead, Kind, Lease, Store, StoreError};
 use crate::events::{AuditEvent, OutboundEvent};
 
-/// KEYS: record, entity head. ARGV: expected version, checksum (empty: not a link), outcome,
-/// events, remember, idempotency TTL, sequence, entity TTL. Returns 0 when the head moved.
+/// KEYS: record, entity head, the log's size, the log's unsealed leaves. ARGV: expected
+/// version, checksum (empty: not a link), outcome, events, remember, idempotency TTL, sequence,
+/// entity TTL, the audit event as published (empty: the log is off). Returns `{0, -1}` when
+/// the head moved, else `{1, log index}` (-1 without the log).
+///
+/// With the log, the event takes the next index in the same step that records it: the index
+/// goes into its first member (`{"log_index":null` → `{"log_index":7`), in the stored events
+/// too, and the event joins the unsealed leaves. So a crash never skips or doubles an index,
+/// and re-published stored events keep theirs.
 ///
 /// The job's lease is not touched: it expires by itself within `LEASE_MS`, and nothing reads it
 /// once the record is done or gone (a claim reads a lease only beside an `in_progress` record, and
@@ -17,7 +24,11 @@ pub(super) const COMMIT: &str = r#"
 local head = redis.call('HMGET', KEYS[2], 'version', 'sequence')
 local version = tonumber(head[1] or '0')
 if version ~= tonumber(ARGV[1]) then
-  return 0
+  return {0, -1}
+end
+local events, log_index = ARGV[4], -1
+if ARGV[9] ~= '' then
+  events, log_index = log_entry(KEYS[3], KEYS[4], ARGV[9], events)
 end
 if ARGV[2] ~= '' then
   local fields = {'version', version + 1, 'checksum', ARGV[2], 'changed_at', math.floor(now_ms())}
@@ -30,13 +41,42 @@ end
 if ARGV[5] == '1' then
   -- The claim gave the record its TTL (counted from the claim, seconds earlier: no need to
   -- set it again); only a record that is gone (all four fields new) gets one here.
-  if redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', ARGV[4], 'confirmed', '0') == 4 then
+  if redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3], 'events', events, 'confirmed', '0') == 4 then
     redis.call('EXPIRE', KEYS[1], ARGV[6])
   end
 else
   redis.call('DEL', KEYS[1])
 end
-return 1
+return {1, log_index}
+"#;
+
+/// Lua: `log_entry(size, leaves, event, events)` gives audit `event` (serialized with
+/// `log_index` null as its first member) the log's next index (`size`, a counter) and stores
+/// it, index filled in, as an unsealed leaf (`leaves`, a hash by index); returns `events` (the
+/// stored messages: JSON holding that event as a string, or nil) with the same index filled
+/// in, and the index. Everything is checked before anything is written: an error must not
+/// leave an index without its leaf.
+pub(super) const LOG_ENTRY: &str = r#"
+local function log_entry(size, leaves, event, events)
+  local unset = '{"log_index":null'
+  local quoted = '{\\"log_index\\":null'
+  if string.sub(event, 1, #unset) ~= unset then
+    error('an audit event must begin with its log_index')
+  end
+  local at
+  if events then
+    at = string.find(events, quoted, 1, true)
+    if not at then
+      error('the stored events do not hold the audit event')
+    end
+  end
+  local index = redis.call('INCR', size) - 1
+  redis.call('HSET', leaves, index, '{"log_index":' .. index .. string.sub(event, #unset + 1))
+  if events then
+    events = string.sub(events, 1, at - 1) .. '{\\"log_index\\":' .. index .. string.sub(events, at + #quoted)
+  end
+  return events, index
+end
 "#;
 
 /// Lua: whether job sequence `candidate` is above the entity's `last` (nil: none yet).
@@ -132,14 +172,14 @@ impl Store {
                 Some(head) => head,
                 None => self.entity_head(entity).await?,
             };
-            let (event, messages) = prepare(&head);
+            let (mut event, mut messages) = prepare(&head);
             let stored = serde_json::to_string(&messages).expect("outbound events serialize");
             let record = self.record_key(&lease.entity, &lease.idempotency_key);
             let committed = self
                 .group
                 .call(
                     Kind::Commit,
-                    vec![record, self.entity_key(entity)],
+                    self.commit_keys(record, entity),
                     vec![
                         head.version.to_string(),
                         event.checksum.clone().unwrap_or_default(),
@@ -149,15 +189,41 @@ impl Store {
                         self.idempotency_ttl_secs.to_string(),
                         sequence.map(|s| s.to_string()).unwrap_or_default(),
                         self.entity_ttl_secs.to_string(),
+                        if self.audit_log {
+                            messages[0].body.clone()
+                        } else {
+                            String::new()
+                        },
                     ],
                 )
                 .await?;
             // Replicated before the events go out and the job is acked (the group waited).
-            if redis::from_redis_value::<i64>(&committed)? == 1 {
+            let [committed, log_index]: [i64; 2] = redis::from_redis_value::<Vec<i64>>(&committed)?
+                .try_into()
+                .map_err(|reply| StoreError::Corrupt {
+                    key: self.entity_key(entity),
+                    problem: format!("unexpected commit reply {reply:?}"),
+                })?;
+            if committed == 1 {
+                if let Ok(index) = u64::try_from(log_index) {
+                    // As the script stored it: the same serialization, with the index.
+                    event.log_index = Some(index);
+                    messages[0].body = serde_json::to_string(&event).expect("audit events serialize");
+                }
                 return Ok((event, messages));
             }
             // Another job advanced the entity between our read and write: link again.
         }
+    }
+
+    /// The commit's keys: the log's only with the log (in a Redis Cluster, where the log is
+    /// off, they would be in another slot).
+    fn commit_keys(&self, record: String, entity: &str) -> Vec<String> {
+        let mut keys = vec![record, self.entity_key(entity)];
+        if self.audit_log {
+            keys.extend([self.log_key("size"), self.log_key("leaves")]);
+        }
+        keys
     }
 
     /// [`Store::commit`] in a Redis Cluster for a job whose `entity` is not the one it claimed

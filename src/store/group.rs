@@ -125,6 +125,7 @@ fn grouped() -> Script {
         })
         .collect();
     let sequence_is_newer = super::commit::SEQUENCE_IS_NEWER;
+    let log_entry = super::commit::LOG_ENTRY;
     Script::new(&format!(
         r#"
 -- Redis's clock, read once for the whole group (the parts run within microseconds).
@@ -137,6 +138,7 @@ local function now_ms()
   return clock
 end
 {sequence_is_newer}
+{log_entry}
 local scripts = {{}}
 {functions}
 local out = {{}}

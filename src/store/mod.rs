@@ -29,6 +29,7 @@ mod connection;
 mod control;
 mod entity;
 mod group;
+mod log;
 pub mod lookup;
 
 pub use batch::{Progress, FIRST_ERRORS};
@@ -96,6 +97,9 @@ pub struct Store {
     pub(crate) lease_ms: u64,
     /// How long an entity's record is kept after its last change, in seconds.
     pub(crate) entity_ttl_secs: u64,
+    /// Whether audit events join the verifiable log (`AUDIT_LOG`): each gets its `log_index`
+    /// where it is recorded (`commit`, `log`).
+    pub(crate) audit_log: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,6 +143,7 @@ impl Store {
             idempotency_ttl_secs,
             lease_ms,
             entity_ttl_secs: DEFAULT_ENTITY_TTL_SECS,
+            audit_log: false,
         })
     }
 
@@ -146,6 +151,26 @@ impl Store {
     pub fn with_entity_ttl(mut self, secs: u64) -> Self {
         self.entity_ttl_secs = secs;
         self
+    }
+
+    /// Puts every audit event into the verifiable log. Not in a Redis Cluster yet: an event's
+    /// index must be taken in the script that records it, and the log's counter lives in
+    /// another slot than the entity's keys.
+    pub fn with_audit_log(mut self, on: bool) -> Self {
+        self.audit_log = on && !self.tagged;
+        self
+    }
+
+    /// Whether audit events get a `log_index`.
+    pub fn audit_log(&self) -> bool {
+        self.audit_log
+    }
+
+    /// A key of the verifiable audit log: `size` (the next index), `leaves` (the events not
+    /// sealed into the tree yet, by index), `tree` (the sealed tree's compact range), `sealer`
+    /// (the lease of the replica sealing), `checkpoint` (the latest).
+    pub(crate) fn log_key(&self, part: &str) -> String {
+        format!("{}log:{part}", self.prefix)
     }
 
     /// `name` as the hash tag of a Redis Cluster key, or as it is.

@@ -41,4 +41,5 @@ mod sandbox_limits;
 mod sandbox_profiles;
 mod schemas;
 mod tls;
+mod verifiable_log;
 mod worker;
