@@ -42,6 +42,12 @@ echo "== starting the Genesys sandbox on 127.0.0.1:$SANDBOX_PORT"
 pids+=("$!")
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$SANDBOX_PORT") 2>/dev/null && break; sleep 0.1; done
 
+echo "== making the audit log's signing key (genesys-worker audit keygen); auditors get the verifier key"
+verifier_key="$("$bin" audit keygen demo.genesys-worker.local --out "$LOGS/audit.key")"
+echo "   verifier key: $verifier_key"
+export AUDIT_SIGNING_KEY_FILE="$LOGS/audit.key"
+export AUDIT_CHECKPOINT_SECS=2
+
 echo "== starting the worker"
 export GENESYS_API_BASE="http://127.0.0.1:$SANDBOX_PORT"
 export GENESYS_LOGIN_BASE="http://127.0.0.1:$SANDBOX_PORT"
@@ -54,6 +60,11 @@ export REDIS_KEY_PREFIX="demo:$(date +%s):"
 worker_pid=$!
 pids=("$worker_pid" "${pids[@]}")
 for _ in $(seq 1 100); do grep -q "Consuming jobs" "$LOGS/worker.log" && break; sleep 0.1; done
+
+# An auditor's capture of the audit exchange: every event and every signed checkpoint.
+"$bin" audit capture --out "$LOGS/audit-log.ndjson" --until-sealed --idle-secs 3 --timeout-secs 600 \
+  2>"$LOGS/capture.log" &
+capture_pid=$!
 
 echo "== validating the IVR flow offline, as a CI pipeline would"
 "$bin" validate-flow demo/flow-main-ivr.json --max-depth 50 --media-registry <(echo '["prompt-welcome"]')
@@ -70,6 +81,14 @@ done
 
 echo "== verifying the hash chains of every audit event received"
 cat "$LOGS"/*.audit.ndjson | "$bin" audit verify -
+
+echo "== the verifiable audit log: waiting for a signed checkpoint over every event, then verifying with the public key only"
+wait "$capture_pid"
+"$bin" audit verify --key "$verifier_key" "$LOGS/audit-log.ndjson"
+event_id="$(grep -m1 '"outcome":"applied"' "$LOGS/audit-log.ndjson" | sed 's/.*"event_id":"\([^"]*\)".*/\1/')"
+echo "== an inclusion proof of event $event_id, checked with nothing but the proof and the key:"
+"$bin" audit prove "$event_id" "$LOGS/audit-log.ndjson" > "$LOGS/proof.json"
+"$bin" audit check-proof "$LOGS/proof.json" --key "$verifier_key"
 
 admin="${ADMIN_ADDR:-127.0.0.1:9090}"
 echo "== the worker's metrics (curl http://$admin/metrics), jobs by kind and outcome:"

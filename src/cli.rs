@@ -296,6 +296,25 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 20)]
         max_problems: usize,
     },
+    /// Capture everything published on the audit exchange (events and checkpoints) to FILE as
+    /// NDJSON, for `audit verify --key`: until interrupted, or with --until-sealed until a
+    /// checkpoint covers every event captured and nothing arrived for --idle-secs. Exit 0, 1
+    /// when the broker fails or --timeout-secs runs out first.
+    Capture {
+        /// The NDJSON file to write (appended to).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        until_sealed: bool,
+        #[arg(long, default_value_t = 2)]
+        idle_secs: u64,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long, env = "AUDIT_EXCHANGE", default_value = config::DEFAULT_AUDIT_EXCHANGE)]
+        audit_exchange: String,
+    },
     /// Generate an Ed25519 checkpoint signing key: the private key is written to FILE (mode
     /// 0600, never overwritten; default NAME.key), the verifier key printed for auditors.
     Keygen {

@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
         Command::Run => tools::run::run().await,
         Command::Enqueue(args) => tools::enqueue::run(args).await,
         Command::Plan(args) => tools::plan::run(args).await,
-        Command::Audit(command) => tools::audit::run(command),
+        Command::Audit(command) => tools::audit::run(command).await,
         Command::ValidateFlow(args) => tools::validate_flow::run(&args),
         Command::Dlq(command) => tools::dlq::run(command).await,
         Command::Relay(args) => tools::relay::run(args).await,

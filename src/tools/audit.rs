@@ -8,6 +8,7 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -17,8 +18,32 @@ use crate::audit::note::{self, SigningKey, VerifierKey};
 use crate::audit::{self, log, VerifyError};
 use crate::cli::AuditCommand;
 
-pub fn run(command: AuditCommand) -> ExitCode {
+pub async fn run(command: AuditCommand) -> ExitCode {
     match command {
+        AuditCommand::Capture {
+            out,
+            until_sealed,
+            idle_secs,
+            timeout_secs,
+            broker,
+            audit_exchange,
+        } => {
+            let until = Until {
+                sealed: until_sealed,
+                idle: Duration::from_secs(idle_secs),
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            match capture(&broker, &audit_exchange, &out, until).await {
+                Ok(lines) => {
+                    eprintln!("captured {lines} message(s) to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("audit capture: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         AuditCommand::Verify {
             file,
             sort,
@@ -106,7 +131,7 @@ fn verify(file: &Path, sort: bool, key: Option<&str>, origin: Option<&str>, max_
             ExitCode::SUCCESS
         };
     };
-    let stream = match log::read(&input, sort) {
+    let stream = match log::read(&input) {
         Ok(stream) => stream,
         Err(err) => {
             eprintln!("{err}");
@@ -230,7 +255,7 @@ fn make_proof(args: &[String], against: Option<u64>, consistency: Option<&[u64]>
         _ => return Err(usage()),
     };
     let input = read(Path::new(file))?;
-    let stream = log::read(&input, true).map_err(|e| Failure::Unreadable(e.to_string()))?;
+    let stream = log::read(&input).map_err(|e| Failure::Unreadable(e.to_string()))?;
     if let Some(&[old_size, new_size]) = consistency {
         let (old, old_body) = checkpoint_of_size(&stream, Some(old_size))?;
         let (new, new_body) = checkpoint_of_size(&stream, Some(new_size))?;
@@ -372,4 +397,106 @@ fn check(proof: &Value, key: &VerifierKey, origin: Option<&str>) -> Result<Strin
         "event {id} is leaf {index} of the signed tree of size {}",
         body.size
     ))
+}
+
+/// When `audit capture` stops.
+struct Until {
+    /// Once a checkpoint covers every event captured, and nothing arrived for `idle`.
+    sealed: bool,
+    idle: Duration,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CaptureError {
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    File(#[from] std::io::Error),
+    #[error("no checkpoint covered the events captured within the timeout")]
+    Timeout,
+}
+
+/// Appends every message of the audit exchange to `out`, one line each, as published.
+async fn capture(
+    broker: &crate::cli::BrokerArgs,
+    exchange: &str,
+    out: &Path,
+    until: Until,
+) -> Result<usize, CaptureError> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let connection = crate::broker::connect(&broker.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "audit-capture".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+    let deadline = tokio::time::Instant::now() + until.timeout;
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let (mut lines, mut next_index, mut sealed) = (0usize, 0u64, 0u64);
+    loop {
+        let wait = if until.sealed && lines > 0 && sealed >= next_index {
+            until.idle
+        } else {
+            Duration::from_secs(3600)
+        };
+        let next = tokio::select! {
+            () = &mut shutdown => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                if until.sealed { return Err(CaptureError::Timeout) }
+                break;
+            }
+            next = tokio::time::timeout(wait, consumer.next()) => next,
+        };
+        let Ok(Some(delivery)) = next else {
+            // Idle, with every event captured under a checkpoint.
+            break;
+        };
+        let delivery = delivery?;
+        file.write_all(&delivery.data)?;
+        file.write_all(b"\n")?;
+        file.flush()?;
+        lines += 1;
+        if let Ok(message) = serde_json::from_slice::<serde_json::Value>(&delivery.data) {
+            if let Some(size) = message.get("tree_size").and_then(serde_json::Value::as_u64) {
+                sealed = sealed.max(size);
+            } else if let Some(index) = message.get("log_index").and_then(serde_json::Value::as_u64) {
+                next_index = next_index.max(index + 1);
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = connection.close(200, "captured".into()).await;
+    Ok(lines)
 }
