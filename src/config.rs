@@ -212,6 +212,9 @@ pub const DEFAULT_RELAY_BACKOFF_MS: u64 = 500;
 /// `RELAY_TIMEOUT_MS` (`relay` only).
 pub const DEFAULT_RELAY_TIMEOUT_MS: u64 = 10_000;
 
+/// `LEASE_MS`: an in-progress record's (and an entity lock's) lease.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+
 /// A bearer token (`INGEST_TOKEN`, `ADMIN_TOKEN`) shorter than this could be guessed.
 const MIN_INGEST_TOKEN_BYTES: usize = 16;
 
@@ -536,7 +539,7 @@ impl Config {
             limits: job_limits(&env)?,
             idempotency_ttl_secs: env.positive("IDEMPOTENCY_TTL_SECS", 7 * 24 * 3600)?,
             entity_ttl_secs: env.positive("ENTITY_TTL_SECS", 90 * 24 * 3600)?,
-            lease_ms: env.positive("LEASE_MS", 30_000)?,
+            lease_ms: env.positive("LEASE_MS", DEFAULT_LEASE_MS)?,
             shutdown_timeout_secs: env.positive("SHUTDOWN_TIMEOUT_SECS", 30)?,
             batch_concurrency: env.positive("BATCH_CONCURRENCY", 128)?,
             batch_prefetch: env.positive("BATCH_PREFETCH", 256)?,

@@ -400,12 +400,6 @@ impl Controls {
         Ok(Self { current })
     }
 
-    /// Fixed controls (tests, tools that do not follow changes).
-    pub fn fixed(snapshot: Snapshot) -> Self {
-        let (_, current) = watch::channel(Arc::new(snapshot));
-        Self { current }
-    }
-
     pub fn current(&self) -> Arc<Snapshot> {
         self.current.borrow().clone()
     }

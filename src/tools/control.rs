@@ -59,7 +59,7 @@ async fn change(kind: ChangeKind, args: ControlArgs) -> Result<control::Control,
 
 async fn connect(store: &ControlStore) -> Result<Store, ControlError> {
     // The lease is the one of the lock on the control's audit chain; the TTL is not used.
-    let lease_ms = 30_000;
+    let lease_ms = crate::config::DEFAULT_LEASE_MS;
     Ok(
         Store::connect(&store.redis.settings(), &store.redis_key_prefix, 1, lease_ms)
             .await?
