@@ -263,13 +263,16 @@ impl Pipeline {
                     .await
             }
             Claim::Done {
-                events,
+                mut events,
                 confirmed: false,
                 outcome,
             } => {
                 // Finished before, but its events may not have reached the exchanges: send the
-                // stored ones again (same ids, same bytes).
+                // stored ones again (same ids, same bytes). In a Redis Cluster the stored audit
+                // event has no log index (it is taken after the commit): the one it took is
+                // answered again, or, after a crash before it was taken, it takes it now.
                 tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
+                self.store.log_index_once(&mut events).await?;
                 self.publisher.publish_events(&events).await?;
                 self.store.mark_confirmed(&entity, &job.idempotency_key).await?;
                 // Another copy of the job (its own job id) is also told it was a duplicate, as
@@ -430,10 +433,13 @@ impl Pipeline {
             version: event.entity_version,
             checksum: event.checksum.clone().unwrap_or_default(),
         };
-        let messages = self
+        let mut messages = self
             .store
             .batch_seal(batch_id, &event.entity, &linked, &self.outbound(&event))
             .await?;
+        // In a Redis Cluster the seal cannot take the log index: it is taken here, once, and
+        // answered again to a later report re-publishing the stored summary.
+        self.store.log_index_once(&mut messages).await?;
         self.publisher.publish_events(&messages).await?;
         self.store.batch_summary_sent(batch_id).await?;
         tracing::info!(batch = %batch_id, total = progress.total, counts = ?progress.counts, "Batch finished; summary published.");
@@ -557,7 +563,7 @@ impl Pipeline {
         // The head read with the lock still holds, unless the job turned out to change another
         // entity (a created workitem).
         let known_head = (draft.entity == entity).then_some(state.head);
-        let (event, messages) = self
+        let (mut event, mut messages) = self
             .store
             .commit(lease, &draft.entity, remember, job.sequence, known_head, |head| {
                 let mut event = draft.clone();
@@ -566,6 +572,12 @@ impl Pipeline {
                 (event, messages)
             })
             .await?;
+        // In a Redis Cluster the commit could not take the event's log index: taken now, in a
+        // repeatable step (a crash here re-publishes the stored event on the next delivery,
+        // which takes or finds the index then).
+        if let Some(index) = self.store.log_index_once(&mut messages).await? {
+            event.log_index = Some(index);
+        }
         self.publisher.publish_events(&messages).await?;
         self.store.finish(lease, entity, remember).await?;
         tracing::info!(

@@ -87,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         retry,
         Duration::from_millis(config.bulk_window_ms),
     );
-    let sealing = sealing(&config, &store)?;
+    let sealing = sealing(&config)?;
     let cancel = CancellationToken::new();
     // A worker starts knowing what operators paused or cancelled, and follows their changes.
     let controls = Controls::watch(store.clone(), cancel.clone()).await?;
@@ -165,14 +165,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// How this worker seals the audit log (`None`: the log is off), its signing key read from
 /// `AUDIT_SIGNING_KEY_FILE`; says at start what the log will be.
-fn sealing(config: &Config, store: &Store) -> Result<Option<Sealing>, WorkerError> {
+fn sealing(config: &Config) -> Result<Option<Sealing>, WorkerError> {
     let settings = &config.audit_log;
     if !settings.on {
         tracing::info!("Audit log off (AUDIT_LOG=off): audit events carry no log_index.");
-        return Ok(None);
-    }
-    if !store.audit_log() {
-        tracing::warn!("Audit log off: not supported on a Redis Cluster yet (an event's index is taken where it is recorded, in its entity's slot); audit events carry no log_index.");
         return Ok(None);
     }
     let key = match &settings.signing_key_file {

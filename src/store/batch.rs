@@ -132,7 +132,9 @@ return reply
 /// the stored messages (an earlier seal wins, so every publication is byte-identical).
 ///
 /// With the log (ARGV[5], the summary's audit event, not empty; KEYS 3 and 4 the log's size and
-/// leaves) the summary takes its log index here, once, like a job's event in its commit.
+/// leaves) the summary takes its log index here, once, like a job's event in its commit. Not in
+/// a Redis Cluster (the log's keys are in another slot): there the summary is stored without
+/// its index and takes it from `Store::log_index_once` before it is published.
 static SEAL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{}
@@ -291,7 +293,8 @@ impl Store {
     }
 
     /// Stores the summary's `messages` (linked at `head`) unless an earlier report did; returns
-    /// the messages to publish.
+    /// the messages to publish (in a Redis Cluster without their log index: see
+    /// [`Store::log_index_once`]).
     pub async fn batch_seal(
         &self,
         batch_id: Uuid,
@@ -303,11 +306,11 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut seal = SEAL.key(&key);
         seal.key(self.entity_key(entity));
-        if self.audit_log {
+        if self.logs_in_commit() {
             seal.key(self.log_key("size")).key(self.log_key("leaves"));
         }
         let audit = match messages.first() {
-            Some(audit) if self.audit_log => audit.body.as_str(),
+            Some(audit) if self.logs_in_commit() => audit.body.as_str(),
             _ => "",
         };
         let stored: String = seal

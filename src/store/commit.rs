@@ -15,7 +15,8 @@ use crate::events::{AuditEvent, OutboundEvent};
 /// With the log, the event takes the next index in the same step that records it: the index
 /// goes into its first member (`{"log_index":null` → `{"log_index":7`), in the stored events
 /// too, and the event joins the unsealed leaves. So a crash never skips or doubles an index,
-/// and re-published stored events keep theirs.
+/// and re-published stored events keep theirs. In a Redis Cluster the log's keys are in
+/// another slot: the commit is sent without them and the index is taken by [`LOG_ONCE`].
 ///
 /// The job's lease is not touched: it expires by itself within `LEASE_MS`, and nothing reads it
 /// once the record is done or gone (a claim reads a lease only beside an `in_progress` record, and
@@ -78,6 +79,35 @@ local function log_entry(size, leaves, event, events)
   return events, index
 end
 "#;
+
+/// KEYS: the log's size, its unsealed leaves, the event's own key (`log:{log}:event:…`).
+/// ARGV: the audit event as recorded (`log_index` null), the idempotency TTL. Returns the
+/// event's index: the one its key holds, else the log's next (taken as [`LOG_ENTRY`] takes it)
+/// and kept under the key for the TTL.
+///
+/// A Redis Cluster's index step, after the commit (which runs in the entity's slot and cannot
+/// reach the log's): repeatable, so a crash between the two steps neither skips an index (one
+/// is taken only with its leaf) nor doubles one (the key answers every later run), and the job's
+/// next delivery re-publishes its stored event with the index it took, if it took one. The key
+/// lives as long as a record can: any re-publication of the stored event finds it. The stored
+/// record itself keeps `log_index: null` (it is in the entity's slot); the key answers the
+/// same index on every re-publication instead.
+static LOG_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{LOG_ENTRY}
+local given = redis.call('GET', KEYS[3])
+if given then
+  return tonumber(given)
+end
+local _, index = log_entry(KEYS[1], KEYS[2], ARGV[1], nil)
+redis.call('SET', KEYS[3], index, 'EX', ARGV[2])
+return index
+"#
+    ))
+});
+
+/// How an audit event taking its index begins: [`LOG_ENTRY`] replaces the `null`.
+const UNINDEXED: &str = r#"{"log_index":null"#;
 
 /// Lua: whether job sequence `candidate` is above the entity's `last` (nil: none yet).
 /// Sequences are u64 decimal strings without leading zeros: compared by length, then lexically,
@@ -153,6 +183,10 @@ impl Store {
     ///
     /// `known_head` is the entity's head as read when its lock was taken; with it the commit is
     /// one round trip (the version check still guards against a lost lock).
+    ///
+    /// With the audit log, the event comes back with its `log_index`, except in a Redis Cluster:
+    /// there [`Store::log_index_once`] gives it, in a second step, before the events are
+    /// published.
     pub async fn commit(
         &self,
         lease: &Lease,
@@ -189,7 +223,7 @@ impl Store {
                         self.idempotency_ttl_secs.to_string(),
                         sequence.map(|s| s.to_string()).unwrap_or_default(),
                         self.entity_ttl_secs.to_string(),
-                        if self.audit_log {
+                        if self.logs_in_commit() {
                             messages[0].body.clone()
                         } else {
                             String::new()
@@ -216,14 +250,60 @@ impl Store {
         }
     }
 
-    /// The commit's keys: the log's only with the log (in a Redis Cluster, where the log is
-    /// off, they would be in another slot).
+    /// The commit's keys: the log's only when the commit takes the index (not in a Redis
+    /// Cluster, where they are in another slot).
     fn commit_keys(&self, record: String, entity: &str) -> Vec<String> {
         let mut keys = vec![record, self.entity_key(entity)];
-        if self.audit_log {
+        if self.logs_in_commit() {
             keys.extend([self.log_key("size"), self.log_key("leaves")]);
         }
         keys
+    }
+
+    /// Whether a recorded event takes its log index in the script that records it (a job's
+    /// commit, a batch's seal): with the log, on one server or behind Sentinel. In a Redis
+    /// Cluster it takes it afterwards, from [`Store::log_index_once`].
+    pub(super) fn logs_in_commit(&self) -> bool {
+        self.audit_log && !self.tagged
+    }
+
+    /// Gives the audit event of `messages` (a recorded event about to be published: a job's
+    /// commit, its stored events re-published, a batch's summary) its log index, once, and
+    /// fills it into the first message; returns the index given (`None`: nothing to do, as
+    /// without the log, or when the event already carries one, as the commit or the seal gave
+    /// it on one server).
+    ///
+    /// Repeatable ([`LOG_ONCE`]): run again for the same stored event, after a crash or on a
+    /// re-publication, it answers the index taken the first time and takes no other. The event
+    /// is named by its id and a digest of its bytes: a job whose outcome is not remembered (a
+    /// cancel, a rejection replayed from the dead letters) may be recorded again under the same
+    /// event id, and that is another event with an index of its own.
+    pub async fn log_index_once(&self, messages: &mut [OutboundEvent]) -> Result<Option<u64>, StoreError> {
+        let Some(audit) = messages.first_mut() else {
+            return Ok(None);
+        };
+        // An event stored before the log was on, by a version that did not put log_index
+        // first, does not begin so either: it cannot take an index without changing its bytes.
+        if !self.audit_log || !audit.body.starts_with(UNINDEXED) {
+            return Ok(None);
+        }
+        // 128 bits of SHA-256 tell apart two recordings of one event id.
+        let digest = crate::canonical::sha256_hex(audit.body.as_bytes());
+        let event_key = self.log_key(&format!("event:{}:{}", audit.message_id, &digest[..32]));
+        let size = self.log_key("size");
+        let mut conn = self.conn.clone();
+        let index: u64 = LOG_ONCE
+            .key(&size)
+            .key(self.log_key("leaves"))
+            .key(&event_key)
+            .arg(&audit.body)
+            .arg(self.idempotency_ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        self.replicated(&size).await?;
+        // As the script stored the leaf: the same bytes, the index in place of the null.
+        audit.body = format!("{{\"log_index\":{index}{}", &audit.body[UNINDEXED.len()..]);
+        Ok(Some(index))
     }
 
     /// [`Store::commit`] in a Redis Cluster for a job whose `entity` is not the one it claimed

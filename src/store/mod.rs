@@ -20,6 +20,8 @@
 //!   `batch:<job id>:errors`: its first errors (list); `batches`: the batches started, by
 //!   start time (sorted set, for the console).
 //! - `control`: the operator controls in force and their `epoch` (hash, [`control`]).
+//! - `log:*` (in a Redis Cluster `log:{log}:*`): the verifiable audit log ([`log`],
+//!   [`Store::log_key`]).
 
 mod batch;
 mod budget;
@@ -153,11 +155,11 @@ impl Store {
         self
     }
 
-    /// Puts every audit event into the verifiable log. Not in a Redis Cluster yet: an event's
-    /// index must be taken in the script that records it, and the log's counter lives in
-    /// another slot than the entity's keys.
+    /// Puts every audit event into the verifiable log. In a Redis Cluster the log's keys live
+    /// in a slot of their own, so a recorded event takes its index in a second, repeatable
+    /// step ([`Store::log_index_once`]) rather than in the script that records it.
     pub fn with_audit_log(mut self, on: bool) -> Self {
-        self.audit_log = on && !self.tagged;
+        self.audit_log = on;
         self
     }
 
@@ -168,9 +170,16 @@ impl Store {
 
     /// A key of the verifiable audit log: `size` (the next index), `leaves` (the events not
     /// sealed into the tree yet, by index), `tree` (the sealed tree's compact range), `sealer`
-    /// (the lease of the replica sealing), `checkpoint` (the latest).
+    /// (the lease of the replica sealing), `checkpoint` (the latest), `event:<id>:<digest>` (the
+    /// index a recorded event took after its commit, in a Redis Cluster: [`Store::log_index_once`]).
+    /// In a cluster they share the hash tag `{log}`: one slot, so the log's scripts may use any
+    /// of them together (and never an entity's key).
     pub(crate) fn log_key(&self, part: &str) -> String {
-        format!("{}log:{part}", self.prefix)
+        if self.tagged {
+            format!("{}log:{{log}}:{part}", self.prefix)
+        } else {
+            format!("{}log:{part}", self.prefix)
+        }
     }
 
     /// `name` as the hash tag of a Redis Cluster key, or as it is.
