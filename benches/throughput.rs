@@ -13,6 +13,9 @@
 //! Redis primary + replica behind 3 Sentinels, `REDIS_WAIT_REPLICAS=0` and `=1` alternating per
 //! run, `--runs` each, beside the standalone `bulk-off` of the same invocation; about 2 minutes).
 //!
+//! `audit-log` (only when named): the `bulk-off` and `bulk-on` drains with the verifiable audit
+//! log off and on (signed checkpoints), alternating per run; the log's Redis keys after each.
+//!
 //! The OAuth client pool against one client (`GENESYS_CLIENTS`; README, "OAuth client pool"),
 //! run only when named in `--only` (together about 3 minutes, which would take the default suite of
 //! about 7 to 10), once each whatever `--runs` says:
@@ -743,6 +746,10 @@ async fn await_events(
     while seen.len() < n {
         match tokio::time::timeout_at(deadline, audit.next()).await {
             Ok(Some(Ok(delivery))) => {
+                // The log's checkpoints share the audit exchange; they are not outcomes.
+                if delivery.routing_key.as_str() == testkit::CHECKPOINT_ROUTING_KEY {
+                    continue;
+                }
                 let event: Value = serde_json::from_slice(&delivery.data).unwrap();
                 if wanted(&event) {
                     seen.push((Instant::now(), event));
@@ -784,7 +791,24 @@ struct Drain {
     /// jobs, when the drain ran against a topology of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_cpu_secs_per_1000: Option<f64>,
+    /// The verifiable audit log's Redis keys once the sealer caught up (None: the log was off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_log: Option<LogFootprint>,
     cost: Cost,
+}
+
+/// The audit log's state in Redis after a drain: the sealer keeps the compact range, O(log n)
+/// hashes, and drops the leaves it folded.
+#[derive(Debug, Clone, serde::Serialize)]
+struct LogFootprint {
+    /// `log:size`: indexes given.
+    size: u64,
+    /// Leaves not yet folded into the tree (`HLEN log:leaves`) when the bench stopped waiting.
+    unsealed: u64,
+    /// Seconds from the last outcome until `unsealed` reached 0 (or the bench gave up, at 10).
+    seal_lag_secs: f64,
+    /// `MEMORY USAGE` of `log:tree`, `log:leaves`, `log:size`, `log:checkpoint`, in bytes.
+    bytes: u64,
 }
 
 fn median_drain(runs: &[Drain]) -> Drain {
@@ -827,6 +851,11 @@ fn median_drain(runs: &[Drain]) -> Drain {
         p99_ms: pick(|d| d.p99_ms),
         peak_rss_mib: pick(|d| d.peak_rss_mib),
         redis_cpu_secs_per_1000: redis_cpu.filter(|v| !v.is_empty()).map(median),
+        // The largest: what the log may hold at worst.
+        audit_log: runs
+            .iter()
+            .filter_map(|d| d.audit_log.clone())
+            .max_by_key(|log| log.bytes),
         cost,
     }
 }
@@ -997,12 +1026,13 @@ async fn plumbing(connection: &Connection, settings: &Settings, services: &Servi
         // The plumbing shares this process with the bench; its memory is not comparable.
         peak_rss_mib: 0.0,
         redis_cpu_secs_per_1000: None,
+        audit_log: None,
         cost,
     }
 }
 
-/// How a worker drain differs from the standalone one: its Redis settings (they override
-/// `worker_env`'s), and for a topology of its own the pids of that Redis's servers, whose CPU the
+/// How a worker drain differs from the standalone one: its Redis settings and any other (they
+/// override `worker_env`'s), and for a topology of its own the pids of that Redis's servers, whose CPU the
 /// drain then reports, with the URL of the one whose `INFO commandstats` it reads (the primary).
 #[derive(Default)]
 struct RedisUnderTest {
@@ -1060,6 +1090,11 @@ async fn worker_drain(
         _ => Duration::ZERO,
     };
     let rss = peak_rss_mib(pid);
+    let redis_at = redis
+        .topology
+        .as_ref()
+        .map_or_else(redis_url, |(_, url)| url.clone());
+    let audit_log = log_footprint(&redis_at, &format!("bench:{}:", stage.tag)).await;
     drop(worker);
     let mut latencies: Vec<f64> = events
         .iter()
@@ -1078,8 +1113,51 @@ async fn worker_drain(
         p99_ms: percentile(&latencies, 0.99),
         peak_rss_mib: rss,
         redis_cpu_secs_per_1000: redis.topology.is_some().then_some(cost.cpu_secs_per_1000.redis),
+        audit_log,
         cost,
     }
+}
+
+/// The audit log's keys under `prefix` once the sealer has folded every leaf (waiting up to
+/// 10 s); None when the worker kept no log.
+async fn log_footprint(url: &str, prefix: &str) -> Option<LogFootprint> {
+    let mut redis = redis_connection(url).await.ok()?;
+    let key = |part: &str| format!("{prefix}log:{part}");
+    let size: Option<u64> = redis::cmd("GET")
+        .arg(key("size"))
+        .query_async(&mut redis)
+        .await
+        .ok()?;
+    let size = size?;
+    let started = Instant::now();
+    let mut unsealed: u64;
+    loop {
+        unsealed = redis::cmd("HLEN")
+            .arg(key("leaves"))
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        if unsealed == 0 || started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut bytes = 0;
+    for part in ["tree", "leaves", "size", "checkpoint"] {
+        let usage: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key(part))
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        bytes += usage.unwrap_or(0);
+    }
+    Some(LogFootprint {
+        size,
+        unsealed,
+        seal_lag_secs: started.elapsed().as_secs_f64(),
+        bytes,
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1170,6 +1248,101 @@ async fn durability(connection: &Connection, settings: &Settings, services: &Ser
         runs_off,
         runs_on,
     }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct AuditLogCost {
+    /// Per drain (`bulk-off`, `bulk-on`): medians of `--runs` drains with the log off and on.
+    drains: BTreeMap<String, AuditLogPair>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct AuditLogPair {
+    off: Drain,
+    on: Drain,
+    /// `on.jobs_per_sec / off.jobs_per_sec` of the medians (target >= 0.95).
+    ratio_on_off: f64,
+    /// The same ratio for each pair of drains run back to back.
+    ratio_on_off_per_run: Vec<f64>,
+    runs_off: Vec<Drain>,
+    runs_on: Vec<Drain>,
+}
+
+/// The `bulk-off` and `bulk-on` drains with the verifiable audit log off (`AUDIT_LOG=off`) and on
+/// (signed checkpoints every `AUDIT_CHECKPOINT_SECS`, its default), alternating per run (off-on,
+/// on-off, ...) so that the machine's drift weighs on both alike.
+async fn audit_log_cost(connection: &Connection, settings: &Settings, services: &Services) -> AuditLogCost {
+    let dir = std::env::temp_dir().join(format!("bench-audit-key-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("bench.key");
+    let made = std::process::Command::new(BIN)
+        .args(["audit", "keygen", "bench-audit"])
+        .arg("--out")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .status()
+        .expect("the worker binary runs");
+    assert!(made.success(), "audit keygen failed");
+    let with_log = |on: bool| RedisUnderTest {
+        env: if on {
+            vec![
+                ("AUDIT_LOG".into(), "on".into()),
+                ("AUDIT_SIGNING_KEY_FILE".into(), key.display().to_string()),
+            ]
+        } else {
+            vec![("AUDIT_LOG".into(), "off".into())]
+        },
+        topology: None,
+    };
+    let (off, on) = (with_log(false), with_log(true));
+    let mut drains = BTreeMap::new();
+    for bulk in [false, true] {
+        let name = if bulk { "bulk-on" } else { "bulk-off" };
+        let (mut runs_off, mut runs_on) = (Vec::new(), Vec::new());
+        for run in 0..settings.runs {
+            let order = if run % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for log in order {
+                let (redis, runs) = if log {
+                    (&on, &mut runs_on)
+                } else {
+                    (&off, &mut runs_off)
+                };
+                let tag = format!("auditlog{}{}-{run}", u8::from(bulk), u8::from(log));
+                let drain = worker_drain(connection, settings, services, &tag, bulk, redis, None).await;
+                println!(
+                    "  audit-log {name}, log {} run {}: {:.0} jobs/s, {:.2} CPU s/1k jobs all processes, {:.2} Redis commands/job",
+                    if log { "on" } else { "off" },
+                    run + 1,
+                    drain.jobs_per_sec,
+                    drain.cost.cpu_secs_per_1000.total,
+                    drain.cost.redis_commands_per_job
+                );
+                runs.push(drain);
+            }
+        }
+        let (off, on) = (median_drain(&runs_off), median_drain(&runs_on));
+        drains.insert(
+            name.to_string(),
+            AuditLogPair {
+                ratio_on_off: on.jobs_per_sec / off.jobs_per_sec,
+                ratio_on_off_per_run: runs_off
+                    .iter()
+                    .zip(&runs_on)
+                    .map(|(off, on)| on.jobs_per_sec / off.jobs_per_sec)
+                    .collect(),
+                off,
+                on,
+                runs_off,
+                runs_on,
+            },
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    AuditLogCost { drains }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -2015,6 +2188,63 @@ async fn main() {
         let mut value = serde_json::to_value(&result).unwrap();
         value["standalone_bulk_off"] = json!(standalone);
         report.insert("durability".into(), value);
+    }
+    if settings.names("audit-log") {
+        let started = Instant::now();
+        let result = audit_log_cost(&connection, &settings, &services).await;
+        println!("  audit-log: {:.0} s", started.elapsed().as_secs_f64());
+        println!();
+        println!(
+            "audit-log: the drains with the verifiable audit log off and on (signed checkpoints), medians of {} run(s) each",
+            settings.runs
+        );
+        println!(
+            "| {:<14} | {:>8} | {:>10} | {:>15} | {:>14} | {:>14} | {:>8} | {:>8} | {:>22} |",
+            "drain, log",
+            "jobs/s",
+            "vs log off",
+            "total CPU s/1k",
+            "Redis CPU s/1k",
+            "Redis cmds/job",
+            "p50 ms",
+            "p99 ms",
+            "log keys after"
+        );
+        println!(
+            "|{:-<16}|{:->10}|{:->12}|{:->17}|{:->16}|{:->16}|{:->10}|{:->10}|{:->24}|",
+            "", "", "", "", "", "", "", "", ""
+        );
+        for (name, pair) in &result.drains {
+            for (label, drain) in [("off", &pair.off), ("on", &pair.on)] {
+                println!(
+                    "| {:<14} | {:>8.0} | {:>10} | {:>15.2} | {:>14.2} | {:>14.2} | {:>8.1} | {:>8.1} | {:>22} |",
+                    format!("{name}, {label}"),
+                    drain.jobs_per_sec,
+                    format!("{:.1}%", drain.jobs_per_sec / pair.off.jobs_per_sec * 100.0),
+                    drain.cost.cpu_secs_per_1000.total,
+                    drain.cost.cpu_secs_per_1000.redis,
+                    drain.cost.redis_commands_per_job,
+                    drain.p50_ms,
+                    drain.p99_ms,
+                    drain.audit_log.as_ref().map_or("-".to_string(), |log| format!(
+                        "{} B, {} unsealed",
+                        log.bytes, log.unsealed
+                    )),
+                );
+            }
+        }
+        for (name, pair) in &result.drains {
+            println!(
+                "audit-log {name}: log on {:.3} of the jobs/s with it off (target >= 0.95; per pair of runs back to back: {})",
+                pair.ratio_on_off,
+                pair.ratio_on_off_per_run
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        report.insert("audit_log".into(), serde_json::to_value(&result).unwrap());
     }
     if settings.wants("fidelity") {
         let mut results = Vec::new();

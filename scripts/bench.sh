@@ -3,8 +3,8 @@
 # already running, builds the release binary, and runs benches/throughput.rs, which starts the
 # sandbox and worker processes itself. Prints a table; writes target/bench/throughput.json.
 # Arguments go to the suite: --quick (smaller sizes, one run), --runs N, --only a,b
-# (plumbing, bulk-off, bulk-on, durability, fidelity, handover, backlog; pool-status and
-# pool-handover, below, only when named). `durability` starts a
+# (plumbing, bulk-off, bulk-on, single, durability, fidelity, handover, backlog; pool-status,
+# pool-handover, handover-policies and audit-log, below, only when named). `durability` starts a
 # Redis primary + replica + 3 Sentinels of its own (scripts/topology.sh) and drains the bulk-off
 # workload with REDIS_WAIT_REPLICAS=0 and =1 alternately.
 #
@@ -25,6 +25,11 @@
 # with the presence policies at their defaults (each agent's state read first, 100 agents a
 # read): API calls of each and their ratio (target <= 1.5x). The other drains and the handover
 # use write-only jobs, the same work as the plumbing's.
+#
+# `audit-log` (only when named, about 4 minutes): the bulk-off and bulk-on drains with the
+# verifiable audit log off (AUDIT_LOG=off) and on (signed checkpoints), alternating per run:
+# jobs/s on against off (target >= 0.95), Redis commands per job, and the log's Redis keys once
+# the sealer caught up (bytes; leaves not yet sealed).
 #
 # `single` publishes jobs one at a time (each once the previous one's audit event arrived): the
 # latency of a job with no company, publish to audit event and the worker's own latency_ms
