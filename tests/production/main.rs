@@ -7,6 +7,7 @@
 //!
 //! The topologies are heavy for two cores: the tests take turns (`one_at_a_time`).
 
+mod cluster_audit_log;
 mod cluster_guarantees;
 mod fleet;
 
