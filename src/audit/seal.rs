@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,7 @@ pub async fn run(store: Store, publisher: Publisher, sealing: Sealing, stop: Can
         sealing,
         owner,
         last_checkpoint: None,
+        last_time: None,
         checkpointed_at: Instant::now(),
     };
     let mut failing = false;
@@ -103,8 +105,11 @@ struct Sealer {
     publisher: Publisher,
     sealing: Sealing,
     owner: String,
-    /// The tree size of the last checkpoint published (by any sealer: read from Redis).
+    /// The tree size of the last checkpoint stored (by any sealer: read from Redis).
     last_checkpoint: Option<u64>,
+    /// The time of the last checkpoint stored (by any sealer): the next one is never dated
+    /// earlier, whatever this replica's clock says.
+    last_time: Option<OffsetDateTime>,
     checkpointed_at: Instant,
 }
 
@@ -115,7 +120,9 @@ impl Sealer {
             return Ok(());
         }
         if self.last_checkpoint.is_none() {
-            self.last_checkpoint = Some(self.checkpointed_size().await?);
+            let (size, time) = self.latest_checkpoint().await?;
+            self.last_checkpoint = Some(size);
+            self.last_time = time;
         }
         let state = self.store.log_state().await?;
         let mut tree = match &state.tree {
@@ -152,14 +159,19 @@ impl Sealer {
         Ok(())
     }
 
-    /// The size of the latest checkpoint any sealer published (0: none yet).
-    async fn checkpointed_size(&self) -> Result<u64, SealError> {
-        Ok(self
+    /// The size (0: none yet) and time of the latest checkpoint any sealer stored.
+    async fn latest_checkpoint(&self) -> Result<(u64, Option<OffsetDateTime>), SealError> {
+        let latest = self
             .store
             .log_checkpoint()
             .await?
-            .and_then(|text| serde_json::from_str::<Checkpoint>(&text).ok())
-            .map_or(0, |checkpoint| checkpoint.tree_size))
+            .and_then(|text| serde_json::from_str::<Checkpoint>(&text).ok());
+        Ok(latest.map_or((0, None), |checkpoint| {
+            let time = checkpoint
+                .time
+                .and_then(|text| OffsetDateTime::parse(&text, &Rfc3339).ok());
+            (checkpoint.tree_size, time)
+        }))
     }
 
     async fn checkpoint(&mut self, tree: &CompactRange) -> Result<(), SealError> {
@@ -167,7 +179,7 @@ impl Sealer {
             self.sealing.origin.clone(),
             tree.size,
             tree.root(),
-            OffsetDateTime::now_utc(),
+            signing_time(OffsetDateTime::now_utc(), self.last_time),
         );
         let message = match &self.sealing.key {
             Some(key) => Checkpoint::sign(&body, key).map_err(|e| SealError::Sign(e.to_string()))?,
@@ -180,6 +192,23 @@ impl Sealer {
             },
         };
         let text = serde_json::to_string(&message).expect("checkpoints serialize");
+        // Stored before it is published, under the lease: a sealer taking over reads it, so
+        // none of its checkpoints is dated earlier, even while this publication is under way.
+        let time = message.time.as_deref().unwrap_or_default();
+        if !self
+            .store
+            .log_set_checkpoint(&self.owner, message.tree_size, time, &text)
+            .await?
+        {
+            // Lost the lease, or a later checkpoint is stored: read it again next tick.
+            tracing::warn!(
+                tree_size = message.tree_size,
+                "Audit log checkpoint not published: the lease was lost or a later checkpoint is stored."
+            );
+            self.last_checkpoint = None;
+            return Ok(());
+        }
+        self.last_time = body.time;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -192,10 +221,31 @@ impl Sealer {
                 properties,
             )
             .await?;
-        self.store.log_set_checkpoint(&text).await?;
         tracing::info!(tree_size = message.tree_size, root_hash = %message.root_hash, signed = self.sealing.key.is_some(), "Audit log checkpoint published.");
         self.last_checkpoint = Some(tree.size);
         self.checkpointed_at = Instant::now();
         Ok(())
+    }
+}
+
+/// The time a checkpoint is signed with: now, or the last checkpoint's if that is later (the
+/// replicas' clocks differ), so checkpoint times never go backwards.
+fn signing_time(now: OffsetDateTime, last: Option<OffsetDateTime>) -> OffsetDateTime {
+    last.map_or(now, |last| now.max(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_never_dated_before_the_last_one() {
+        let now = datetime!(2026-12-02 08:00:00 UTC);
+        let ahead = datetime!(2026-12-02 09:00:00 UTC);
+        assert_eq!(signing_time(now, None), now);
+        assert_eq!(signing_time(now, Some(ahead)), ahead);
+        assert_eq!(signing_time(ahead, Some(now)), ahead);
     }
 }

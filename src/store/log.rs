@@ -78,6 +78,30 @@ return 1
     )
 });
 
+/// KEYS: the sealer's lease, the latest checkpoint. ARGV: owner, the new checkpoint's tree
+/// size, its time, the message. Stores the message only while `owner` holds the lease and
+/// neither the stored size nor the stored time is larger (the same size again is a retry). The
+/// times are `checkpoint::format_time`'s fixed-width UTC text, which sorts as it ticks; a stored
+/// value that is not a checkpoint's JSON is replaced.
+static SET_CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local stored = redis.call('GET', KEYS[2])
+if stored then
+  local ok, old = pcall(cjson.decode, stored)
+  if ok and type(old) == 'table' then
+    local size = tonumber(old.tree_size)
+    if size and size > tonumber(ARGV[2]) then return 0 end
+    if type(old.time) == 'string' and old.time > ARGV[3] then return 0 end
+  end
+end
+redis.call('SET', KEYS[2], ARGV[4])
+return 1
+",
+    )
+});
+
 /// What the sealer reads: how many events have an index, and the sealed tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogState {
@@ -162,18 +186,32 @@ impl Store {
         Ok(sealed == 1)
     }
 
-    /// Keeps the latest checkpoint message (for readers that come later: the console, a new
-    /// sealer deciding whether the tree grew).
-    pub async fn log_set_checkpoint(&self, checkpoint: &str) -> Result<(), StoreError> {
+    /// Keeps the checkpoint `message` (tree size `size`, time `time` as signed) as the latest,
+    /// if `owner` holds the sealer's lease and it is not behind the stored one: whether it did.
+    /// The sealer stores it before publishing it, so a sealer taking over later reads it and
+    /// never signs an earlier time (docs/architecture.md, "The verifiable audit log").
+    pub async fn log_set_checkpoint(
+        &self,
+        owner: &str,
+        size: u64,
+        time: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let _: () = redis::cmd("SET")
-            .arg(self.log_key("checkpoint"))
-            .arg(checkpoint)
-            .query_async(&mut conn)
+        let stored: i64 = SET_CHECKPOINT
+            .key(self.log_key("sealer"))
+            .key(self.log_key("checkpoint"))
+            .arg(owner)
+            .arg(size)
+            .arg(time)
+            .arg(message)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        self.replicated(&self.log_key("checkpoint")).await?;
+        Ok(stored == 1)
     }
 
+    /// The latest checkpoint message the sealers stored (`None` before the first).
     pub async fn log_checkpoint(&self) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();
         Ok(redis::cmd("GET")
