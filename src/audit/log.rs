@@ -3,15 +3,16 @@
 //!
 //! With only the stream and the public key: every checkpoint's signature and origin, the leaves
 //! reproduce every checkpoint's root, checkpoints of one size agree (else a fork), smaller
-//! checkpoints are prefixes of larger ones (append-only), and no leaf below a checkpoint's size
-//! is missing. Problems name leaves by index and checkpoints by size and line.
+//! checkpoints are prefixes of larger ones (append-only), no larger checkpoint is dated before a
+//! smaller one, and no leaf below a checkpoint's size is missing. Problems name leaves by index and checkpoints by size and line.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::Value;
+use time::OffsetDateTime;
 
-use super::checkpoint::{Checkpoint, CheckpointBody};
+use super::checkpoint::{self, Checkpoint, CheckpointBody};
 use super::merkle::{self, CompactRange, Hash};
 use super::note::VerifierKey;
 use crate::canonical;
@@ -75,6 +76,15 @@ pub enum Problem {
         size: u64,
         first_line: usize,
         line: usize,
+    },
+    #[error("checkpoint size {size} (line {line}) is dated {time}, before checkpoint size {smaller_size} (line {smaller_line}), dated {smaller_time}: checkpoint times went backwards")]
+    Backdated {
+        size: u64,
+        line: usize,
+        time: String,
+        smaller_size: u64,
+        smaller_line: usize,
+        smaller_time: String,
     },
     #[error("{count} leaves missing below checkpoint size {size} (line {line}): {indexes}")]
     Missing {
@@ -198,6 +208,37 @@ fn ranges(missing: &[u64], limit: usize) -> String {
     text
 }
 
+/// The checkpoints dated before a checkpoint of a smaller tree size: each one named with the
+/// latest-dated of the smaller ones. The sealers never sign a time earlier than the last
+/// checkpoint's (docs/architecture.md, "The verifiable audit log"), so a larger tree dated
+/// earlier was signed out of order, or its time was forged.
+fn backdated(mut dated: Vec<(u64, usize, OffsetDateTime)>) -> Vec<Problem> {
+    dated.sort_by_key(|&(size, line, _)| (size, line));
+    let mut problems = Vec::new();
+    // The latest time among the sizes below the current one (of a tie, the largest size).
+    let mut latest: Option<(u64, usize, OffsetDateTime)> = None;
+    for same_size in dated.chunk_by(|a, b| a.0 == b.0) {
+        if let Some((smaller_size, smaller_line, smaller_time)) = latest {
+            for &(size, line, time) in same_size.iter().filter(|(_, _, time)| *time < smaller_time) {
+                problems.push(Problem::Backdated {
+                    size,
+                    line,
+                    time: checkpoint::format_time(time),
+                    smaller_size,
+                    smaller_line,
+                    smaller_time: checkpoint::format_time(smaller_time),
+                });
+            }
+        }
+        for &checkpoint in same_size {
+            if latest.is_none_or(|(_, _, time)| checkpoint.2 >= time) {
+                latest = Some(checkpoint);
+            }
+        }
+    }
+    problems
+}
+
 /// Checks the log of `stream` against `key` (checkpoint origin `origin`, or else the key's
 /// name).
 pub fn check(stream: &Stream, key: &VerifierKey, origin: Option<&str>) -> LogReport {
@@ -208,6 +249,8 @@ pub fn check(stream: &Stream, key: &VerifierKey, origin: Option<&str>) -> LogRep
     };
     // Signed checkpoints by size; the same checkpoint twice is one.
     let mut signed: BTreeMap<u64, (usize, CheckpointBody)> = BTreeMap::new();
+    // Every signed checkpoint's (size, line, time), re-publications and forks included.
+    let mut dated: Vec<(u64, usize, OffsetDateTime)> = Vec::new();
     for (line, message) in &stream.checkpoints {
         let body = match message.open(key, origin) {
             Ok(body) => body,
@@ -219,6 +262,9 @@ pub fn check(stream: &Stream, key: &VerifierKey, origin: Option<&str>) -> LogRep
                 continue;
             }
         };
+        if let Some(time) = body.time {
+            dated.push((body.size, *line, time));
+        }
         match signed.get(&body.size) {
             Some((_, first)) if first.root == body.root => {}
             Some((first_line, _)) => report.problems.push(Problem::Fork {
@@ -232,6 +278,7 @@ pub fn check(stream: &Stream, key: &VerifierKey, origin: Option<&str>) -> LogRep
         }
     }
     report.checkpoints = signed.len();
+    report.problems.extend(backdated(dated));
     let latest = signed.last_key_value().map(|(size, (line, _))| (*size, *line));
 
     if let Some((size, line)) = latest {
@@ -310,5 +357,65 @@ mod tests {
     fn ranges_are_compact() {
         assert_eq!(ranges(&[1, 2, 3, 5, 7, 8], 10), "1..3, 5, 7..8");
         assert_eq!(ranges(&[1, 3, 5], 2), "1, 3, … (1 more ranges)");
+    }
+
+    /// Four leaves and checkpoints of sizes 2 and 4 dated `times`: the roots all verify.
+    fn dated_stream(times: [OffsetDateTime; 2]) -> (Stream, VerifierKey) {
+        use serde_json::json;
+
+        let key = crate::audit::note::SigningKey::from_seed("test.example/log", &[3; 32]).unwrap();
+        let mut stream = Stream::default();
+        for index in 0..4 {
+            let event = json!({"log_index": index, "event_id": format!("e{index}")});
+            let hash = leaf_of(&event);
+            stream.leaves.insert(
+                index,
+                Leaf {
+                    line: index as usize + 1,
+                    event_id: format!("e{index}"),
+                    event,
+                    hash,
+                },
+            );
+        }
+        let hashes: Vec<Hash> = stream.leaves.values().map(|leaf| leaf.hash).collect();
+        for (n, (size, time)) in [(2, times[0]), (4, times[1])].into_iter().enumerate() {
+            let body = CheckpointBody::new(
+                "test.example/log",
+                size,
+                merkle::root(&hashes[..size as usize]),
+                time,
+            );
+            stream
+                .checkpoints
+                .push((5 + n, Checkpoint::sign(&body, &key).unwrap()));
+        }
+        (stream, key.verifier())
+    }
+
+    #[test]
+    fn a_larger_checkpoint_dated_before_a_smaller_one_is_refused() {
+        use time::macros::datetime;
+
+        let (early, late) = (
+            datetime!(2026-12-02 08:00:00 UTC),
+            datetime!(2026-12-02 08:00:01 UTC),
+        );
+        for times in [[early, late], [early, early]] {
+            let (stream, key) = dated_stream(times);
+            let report = check(&stream, &key, None);
+            assert!(report.problems.is_empty(), "{:?}", report.problems);
+        }
+        let (stream, key) = dated_stream([late, early]);
+        let report = check(&stream, &key, None);
+        assert_eq!(report.verified_size, 4, "the roots themselves verify");
+        let reasons: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "checkpoint size 4 (line 6) is dated 2026-12-02T08:00:00.000Z, before checkpoint size 2 \
+              (line 5), dated 2026-12-02T08:00:01.000Z: checkpoint times went backwards"
+            ]
+        );
     }
 }

@@ -250,6 +250,31 @@ fn two_roots_for_one_size_are_a_fork() {
 }
 
 #[test]
+fn a_larger_checkpoint_dated_before_a_smaller_one_is_refused() {
+    let events = events();
+    let mut lines = stream(&events);
+    // Signed by the right key over the right root: only its time is out of order.
+    let at = lines.iter().position(|l| l["tree_size"] == json!(12)).unwrap();
+    let leaves: Vec<_> = events.iter().map(leaf_of).collect();
+    let body = CheckpointBody::new(
+        ORIGIN,
+        SIZE,
+        merkle::root(&leaves),
+        datetime!(2026-12-02 07:59:59 UTC),
+    );
+    lines[at] = serde_json::to_value(Checkpoint::sign(&body, &key()).unwrap()).unwrap();
+    let (code, out) = verify("backdated", &lines);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "checkpoint size 12 (line 15) is dated 2026-12-02T07:59:59.000Z, before checkpoint size 8 \
+             (line 10), dated 2026-12-02T08:00:00.000Z: checkpoint times went backwards"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn leaves_beyond_the_latest_checkpoint_are_a_note() {
     let mut lines = stream(&events());
     lines.retain(|line| line["tree_size"] != json!(12));
