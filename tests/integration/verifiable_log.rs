@@ -7,13 +7,23 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use genesys_sandbox::{user_id, SandboxConfig};
-use genesys_worker::audit::checkpoint::Checkpoint;
+use genesys_worker::audit::checkpoint::{format_time, Checkpoint};
+use genesys_worker::audit::merkle::CompactRange;
 use genesys_worker::audit::note::SigningKey;
+use genesys_worker::store::Store;
 use lapin::options::BasicAckOptions;
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::helpers::{agent_job, capture, connect_broker, job, spawn_app_with, worker_bin, TestApp};
+use crate::helpers::{
+    agent_job, capture, connect_broker, job, redis_url, spawn_app_with, spawn_app_without_worker, worker_bin,
+    TestApp,
+};
+
+/// What the sealer logs each time it publishes a checkpoint.
+const PUBLISHED: &str = "Audit log checkpoint published.";
 
 /// Everything published on the audit exchange until a checkpoint covers `events` leaves:
 /// (events, checkpoints) as raw lines.
@@ -21,34 +31,88 @@ async fn capture_until_sealed(
     consumer: &mut lapin::Consumer,
     events: usize,
 ) -> (Vec<String>, Vec<Checkpoint>) {
-    let mut lines = Vec::new();
-    let mut checkpoints = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut lines, mut checkpoints) = (Vec::new(), Vec::new());
+    capture_more(
+        consumer,
+        events,
+        Duration::from_secs(60),
+        &mut lines,
+        &mut checkpoints,
+    )
+    .await;
+    (lines, checkpoints)
+}
+
+/// Adds to `lines` (events and checkpoints, raw) and `checkpoints` what the audit exchange
+/// publishes until, within `limit`, `events` events in all have arrived and a checkpoint covers
+/// them.
+async fn capture_more(
+    consumer: &mut lapin::Consumer,
+    events: usize,
+    limit: Duration,
+    lines: &mut Vec<String>,
+    checkpoints: &mut Vec<Checkpoint>,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
+        // A checkpoint may come before the last events it covers: their leaves are taken
+        // before they are published.
+        let arrived = lines.len() - checkpoints.len();
+        if arrived >= events && checkpoints.last().is_some_and(|c| c.tree_size as usize >= events) {
+            return;
+        }
         let delivery = tokio::time::timeout_at(deadline, consumer.next())
             .await
             .unwrap_or_else(|_| {
-                panic!(
-                    "no checkpoint of {events} leaves: {} events, checkpoints {checkpoints:?}",
-                    lines.len()
-                )
+                panic!("no checkpoint of {events} leaves within {limit:?}: {arrived} events, checkpoints {checkpoints:?}")
             })
             .unwrap()
             .unwrap();
         delivery.ack(BasicAckOptions::default()).await.unwrap();
         let raw = String::from_utf8(delivery.data.clone()).unwrap();
         if delivery.routing_key.as_str() == "audit.checkpoint" {
-            let checkpoint: Checkpoint = serde_json::from_str(&raw).unwrap();
-            let done = checkpoint.tree_size as usize >= events && lines.len() >= events;
-            checkpoints.push(checkpoint);
-            lines.push(raw);
-            if done {
-                return (lines, checkpoints);
-            }
-        } else {
-            lines.push(raw);
+            checkpoints.push(serde_json::from_str(&raw).unwrap());
         }
+        lines.push(raw);
     }
+}
+
+/// A signing key written to `dir`: (the private key file's path, the verifier key).
+fn signing_key(dir: &std::path::Path) -> (String, String) {
+    let (_, private, verifier) = SigningKey::generate("audit.example/genesys-worker").unwrap();
+    let key_file = dir.join("audit.key");
+    std::fs::write(&key_file, &private).unwrap();
+    (key_file.to_str().unwrap().to_string(), verifier)
+}
+
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("verifiable-log-{test}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+fn time_of(checkpoint: &Checkpoint) -> OffsetDateTime {
+    OffsetDateTime::parse(checkpoint.time.as_deref().unwrap(), &Rfc3339).unwrap()
+}
+
+/// The events of `lines` (checkpoints left out), with their log indexes sorted.
+fn events_and_indexes(lines: &[String]) -> (Vec<Value>, Vec<u64>) {
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("note").is_none())
+        .collect();
+    let mut indexes: Vec<u64> = events
+        .iter()
+        .map(|e| e["log_index"].as_u64().expect("every event has its index"))
+        .collect();
+    indexes.sort_unstable();
+    (events, indexes)
 }
 
 async fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
@@ -58,12 +122,8 @@ async fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
 
 #[tokio::test]
 async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_public_key() {
-    let dir = std::env::temp_dir().join(format!("verifiable-log-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_, private, verifier) = SigningKey::generate("audit.example/genesys-worker").unwrap();
-    let key_file = dir.join("audit.key");
-    std::fs::write(&key_file, &private).unwrap();
-    let key_path = key_file.to_str().unwrap().to_string();
+    let dir = scratch("signed");
+    let (key_path, verifier) = signing_key(&dir);
     let connection = connect_broker().await;
     let channel = connection.create_channel().await.unwrap();
     let app = spawn_app_with(
@@ -121,17 +181,8 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
     let expected = 8 + 1 + 3 + 1 + 1;
     let (lines, checkpoints) = capture_until_sealed(&mut audit, expected).await;
 
-    let events: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v.get("note").is_none())
-        .collect();
+    let (events, indexes) = events_and_indexes(&lines);
     assert_eq!(events.len(), expected, "{events:#?}");
-    let mut indexes: Vec<u64> = events
-        .iter()
-        .map(|e| e["log_index"].as_u64().expect("every event has its index"))
-        .collect();
-    indexes.sort_unstable();
     assert_eq!(
         indexes,
         (0..expected as u64).collect::<Vec<_>>(),
@@ -192,5 +243,203 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
     assert_eq!(code, 1, "{output}");
     assert!(output.contains('5'), "names the missing leaf: {output}");
     let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+fn presence_job(user: usize) -> Value {
+    agent_job(
+        user_id(user),
+        json!({"presence": "Break", "respect_out_of_office": false}),
+    )
+}
+
+#[tokio::test]
+async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() {
+    const WAVE: usize = 10;
+    let dir = scratch("handover");
+    let (key_path, verifier) = signing_key(&dir);
+    let app = spawn_app_without_worker(
+        SandboxConfig {
+            users: 2 * WAVE,
+            ..SandboxConfig::default()
+        },
+        &[
+            ("AUDIT_SIGNING_KEY_FILE", key_path.as_str()),
+            ("AUDIT_CHECKPOINT_SECS", "1"),
+        ],
+    )
+    .await;
+    let connection = connect_broker().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut replicas = [app.start_worker_process(), app.start_worker_process()];
+
+    for user in 0..WAVE {
+        app.publish(&presence_job(user)).await;
+    }
+    let (mut lines, mut checkpoints) = (Vec::new(), Vec::new());
+    let limit = Duration::from_secs(20);
+    capture_more(&mut audit, WAVE, limit, &mut lines, &mut checkpoints).await;
+    // The sealer logs a checkpoint once its publication is confirmed, which may be after the
+    // checkpoint arrived here.
+    let mut sealers = Vec::new();
+    for _ in 0..50 {
+        sealers = (0..2)
+            .filter(|&i| replicas[i].log_text().contains(PUBLISHED))
+            .collect();
+        if !sealers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sealers.len(), 1, "one replica seals at a time: {sealers:?}");
+    let (sealer, survivor) = (sealers[0], 1 - sealers[0]);
+
+    // A crash: the lease is not given back, the survivor takes it once it expires (5 s).
+    replicas[sealer].child.kill().unwrap();
+    replicas[sealer]
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    // As if the crashed sealer's clock ran an hour ahead: the time of the latest checkpoint,
+    // which the next sealer reads when it takes the lease, is an hour from now.
+    let ahead = format_time(OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let mut conn = redis().await;
+    let key = format!("{}log:checkpoint", app.config.redis_key_prefix);
+    let stored: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let mut stored: Value = serde_json::from_str(&stored).unwrap();
+    stored["time"] = json!(ahead);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(stored.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before_crash = checkpoints.len();
+
+    for user in WAVE..2 * WAVE {
+        app.publish(&presence_job(user)).await;
+    }
+    let crashed = std::time::Instant::now();
+    capture_more(&mut audit, 2 * WAVE, limit, &mut lines, &mut checkpoints).await;
+    // Only the survivor is left to publish them.
+    eprintln!("checkpoints resumed {:?} after the crash", crashed.elapsed());
+    assert!(checkpoints.len() > before_crash);
+
+    let dated: Vec<(u64, OffsetDateTime)> = checkpoints.iter().map(|c| (c.tree_size, time_of(c))).collect();
+    assert!(
+        dated.windows(2).all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1),
+        "sizes and times never go back in publication order: {dated:?}"
+    );
+    let ahead = OffsetDateTime::parse(&ahead, &Rfc3339).unwrap();
+    assert!(
+        dated[before_crash..].iter().all(|(_, time)| *time >= ahead),
+        "the new sealer dates its checkpoints no earlier than the last one ({ahead}): {dated:?}"
+    );
+    let (_, indexes) = events_and_indexes(&lines);
+    assert_eq!(indexes, (0..2 * WAVE as u64).collect::<Vec<_>>());
+    assert_eq!(checkpoints.last().unwrap().tree_size, 2 * WAVE as u64);
+
+    let capture_file = dir.join("audit.ndjson");
+    std::fs::write(&capture_file, lines.join("\n") + "\n").unwrap();
+    let (code, output) = cli(
+        &app,
+        &[
+            "audit",
+            "verify",
+            "--key",
+            &verifier,
+            capture_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "audit verify --key: {output}");
+
+    replicas[survivor].terminate();
+    assert!(replicas[survivor].wait(Duration::from_secs(10)).await.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_sealed_log_keeps_only_a_compact_range_in_redis() {
+    const EVENTS: usize = 300;
+    let app = spawn_app_with(
+        SandboxConfig {
+            users: EVENTS,
+            ..SandboxConfig::default()
+        },
+        &[
+            ("AUDIT_CHECKPOINT_SECS", "1"),
+            ("WORKER_CONCURRENCY", "32"),
+            ("WORKER_PREFETCH", "64"),
+        ],
+    )
+    .await;
+    let connection = connect_broker().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    for user in 0..EVENTS {
+        app.publish(&presence_job(user)).await;
+    }
+    let (lines, checkpoints) = capture_until_sealed(&mut audit, EVENTS).await;
+    let (_, indexes) = events_and_indexes(&lines);
+    assert_eq!(indexes.len(), EVENTS);
+    assert_eq!(checkpoints.last().unwrap().tree_size, EVENTS as u64);
+
+    let log = |part: &str| format!("{}log:{part}", app.config.redis_key_prefix);
+    let mut conn = redis().await;
+    let (size, leaves, tree): (u64, u64, String) = redis::pipe()
+        .cmd("GET")
+        .arg(log("size"))
+        .cmd("HLEN")
+        .arg(log("leaves"))
+        .cmd("GET")
+        .arg(log("tree"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(size, EVENTS as u64, "log:size counts every event");
+    assert_eq!(leaves, 0, "every sealed leaf is dropped from log:leaves");
+    // `<size> <hash> <hash> …`: one hash per set bit of the size, not one per event.
+    let hashes = tree.split(' ').count() - 1;
+    assert!(
+        hashes <= EVENTS.count_ones() as usize,
+        "{hashes} hashes in log:tree: {tree}"
+    );
+    assert_eq!(CompactRange::parse(&tree).unwrap().size, EVENTS as u64);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_stored_checkpoint_moves_only_forward_and_only_for_the_sealer() {
+    let app = spawn_app_without_worker(SandboxConfig::default(), &[]).await;
+    let store = Store::connect(
+        &app.config.redis,
+        &app.config.redis_key_prefix,
+        app.config.idempotency_ttl_secs,
+        app.config.lease_ms,
+    )
+    .await
+    .unwrap();
+    assert!(store.log_lease("a", Duration::from_secs(5)).await.unwrap());
+    let time = |second: u32| format!("2026-12-02T08:00:{second:02}.000Z");
+    let message = |size: u64, second: u32| json!({"tree_size": size, "time": time(second)}).to_string();
+    let set = |owner: &'static str, size: u64, second: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .log_set_checkpoint(owner, size, &time(second), &message(size, second))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!set("b", 4, 1).await, "not the sealer");
+    assert!(set("a", 4, 1).await);
+    assert!(set("a", 4, 1).await, "the same again (a retry)");
+    assert!(!set("a", 3, 2).await, "a smaller tree");
+    assert!(!set("a", 8, 0).await, "an earlier time");
+    assert!(set("a", 8, 2).await);
+    assert_eq!(store.log_checkpoint().await.unwrap(), Some(message(8, 2)));
     app.stop().await;
 }
