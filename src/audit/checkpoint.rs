@@ -187,6 +187,15 @@ impl Checkpoint {
         if self.origin != body.origin {
             return disagrees("origin", self.origin.clone(), body.origin.clone());
         }
+        // Absent is not a disagreement: the field only repeats the note's time line.
+        let signed_time = body.time.map(format_time);
+        if self.time.is_some() && self.time != signed_time {
+            return disagrees(
+                "time",
+                self.time.clone().unwrap_or_default(),
+                signed_time.unwrap_or_else(|| "none".into()),
+            );
+        }
         Ok(())
     }
 }
@@ -246,6 +255,20 @@ mod tests {
                 ..
             })
         ));
+        let backdated = Checkpoint {
+            time: Some("2026-12-01T08:00:00.000Z".into()),
+            ..message.clone()
+        };
+        assert!(matches!(
+            backdated.open(&verifier, None),
+            Err(CheckpointError::Disagrees { field: "time", .. })
+        ));
+        assert!(Checkpoint {
+            time: None,
+            ..message.clone()
+        }
+        .open(&verifier, None)
+        .is_ok());
         assert!(matches!(
             message.open(&verifier, Some("other")),
             Err(CheckpointError::Origin { .. })
