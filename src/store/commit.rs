@@ -267,11 +267,12 @@ impl Store {
         self.audit_log && !self.tagged
     }
 
-    /// Gives the audit event of `messages` (a recorded event about to be published: a job's
-    /// commit, its stored events re-published, a batch's summary) its log index, once, and
-    /// fills it into the first message; returns the index given (`None`: nothing to do, as
-    /// without the log, or when the event already carries one, as the commit or the seal gave
-    /// it on one server).
+    /// In a Redis Cluster, gives the audit event of `messages` (a recorded event about to be
+    /// published: a job's commit, its stored events re-published, a batch's summary) its log
+    /// index, once, and fills it into the first message; returns the index given (`None`:
+    /// nothing to do: without the log, or not in a cluster, where the commit and the seal take
+    /// the index themselves and a stored event without one was recorded while the log was off,
+    /// so it is re-published as it was).
     ///
     /// Repeatable ([`LOG_ONCE`]): run again for the same stored event, after a crash or on a
     /// re-publication, it answers the index taken the first time and takes no other. The event
@@ -282,9 +283,9 @@ impl Store {
         let Some(audit) = messages.first_mut() else {
             return Ok(None);
         };
-        // An event stored before the log was on, by a version that did not put log_index
-        // first, does not begin so either: it cannot take an index without changing its bytes.
-        if !self.audit_log || !audit.body.starts_with(UNINDEXED) {
+        // An event stored by a version that did not put log_index first does not begin so: it
+        // cannot take an index without changing its bytes.
+        if !self.audit_log || !self.tagged || !audit.body.starts_with(UNINDEXED) {
             return Ok(None);
         }
         // 128 bits of SHA-256 tell apart two recordings of one event id.
