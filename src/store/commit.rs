@@ -7,10 +7,11 @@ use redis::Script;
 use super::{EntityHead, Kind, Lease, Store, StoreError};
 use crate::events::{AuditEvent, OutboundEvent};
 
-/// KEYS: record, entity head, the log's size, the log's unsealed leaves. ARGV: expected
-/// version, checksum (empty: not a link), outcome, events, remember, idempotency TTL, sequence,
-/// entity TTL, the audit event as published (empty: the log is off). Returns `{0, -1}` when
-/// the head moved, else `{1, log index}` (-1 without the log).
+/// KEYS: record, entity head, the log's size, the log's unsealed leaves (the last two only when
+/// the commit takes the index). ARGV: expected version, checksum (empty: not a link), outcome,
+/// events, remember, idempotency TTL, sequence, entity TTL, the audit event as published
+/// (empty: the log is off, or in a Redis Cluster). Returns `{0, -1}` when the head moved, else
+/// `{1, log index}` (-1 when no index was taken).
 ///
 /// With the log, the event takes the next index in the same step that records it: the index
 /// goes into its first member (`{"log_index":null` → `{"log_index":7`), in the stored events
