@@ -491,17 +491,19 @@ async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::Multiplex
     redis::Client::open(url)?.get_multiplexed_async_connection().await
 }
 
-/// `INFO commandstats`: calls by command (`cmdstat_<name>:calls=N,...`).
-fn command_calls(info: &str) -> HashMap<String, u64> {
+/// `INFO commandstats`: calls and microseconds by command (`cmdstat_<name>:calls=N,usec=U,...`).
+fn command_calls(info: &str) -> HashMap<String, (u64, u64)> {
     info.lines()
         .filter_map(|line| {
             let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
+            let field = |key: &str| -> Option<u64> {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_string(), (field("calls")?, field("usec")?)))
         })
         .collect()
 }
@@ -535,6 +537,9 @@ struct Cost {
     redis_commands_per_job: f64,
     /// Of those, `EVAL`/`EVALSHA` (and their `_ro` forms, `FCALL`) calls per job.
     redis_script_calls_per_job: f64,
+    /// Microseconds Redis spent running those scripts, per job (`usec` of `INFO commandstats`;
+    /// most of Redis's time in a drain).
+    redis_script_usec_per_job: f64,
     /// Processes other than the drain's connected to RabbitMQ or Redis at the start or the end
     /// of the window (`pid name`): their load is in the `rabbitmq` and `redis` CPU and in the
     /// command counts.
@@ -557,7 +562,7 @@ struct Meter {
 
 struct Reading {
     cpu: [f64; 5],
-    calls: HashMap<String, u64>,
+    calls: HashMap<String, (u64, u64)>,
 }
 
 impl Meter {
@@ -645,8 +650,12 @@ impl Meter {
         let per_1000 = |i: usize| (end.cpu[i] - start.cpu[i]).max(0.0) * 1000.0 / jobs;
         let [worker, bench_reader, rabbitmq, redis, sandbox] = [0, 1, 2, 3, 4].map(per_1000);
         let delta = |name: &str| {
-            let calls = |r: &Reading| r.calls.get(name).copied().unwrap_or(0);
+            let calls = |r: &Reading| r.calls.get(name).map_or(0, |c| c.0);
             calls(&end).saturating_sub(calls(start))
+        };
+        let usec = |name: &str| {
+            let usec = |r: &Reading| r.calls.get(name).map_or(0, |c| c.1);
+            usec(&end).saturating_sub(usec(start))
         };
         let commands: u64 = end
             .calls
@@ -655,6 +664,7 @@ impl Meter {
             .map(|name| delta(name))
             .sum();
         let scripts: u64 = SCRIPT_COMMANDS.iter().map(|name| delta(name)).sum();
+        let script_usec: u64 = SCRIPT_COMMANDS.iter().map(|name| usec(name)).sum();
         Cost {
             cpu_secs_per_1000: CpuSplit {
                 total: worker + bench_reader + rabbitmq + redis + sandbox,
@@ -666,6 +676,7 @@ impl Meter {
             },
             redis_commands_per_job: commands as f64 / jobs,
             redis_script_calls_per_job: scripts as f64 / jobs,
+            redis_script_usec_per_job: script_usec as f64 / jobs,
             foreign_clients: self
                 .foreign
                 .iter()
@@ -842,6 +853,7 @@ fn median_drain(runs: &[Drain]) -> Drain {
             .unwrap_or_default(),
         redis_commands_per_job: pick(|d| d.cost.redis_commands_per_job),
         redis_script_calls_per_job: pick(|d| d.cost.redis_script_calls_per_job),
+        redis_script_usec_per_job: pick(|d| d.cost.redis_script_usec_per_job),
         foreign_clients: foreign,
     };
     Drain {
@@ -2199,31 +2211,33 @@ async fn main() {
             settings.runs
         );
         println!(
-            "| {:<14} | {:>8} | {:>10} | {:>15} | {:>14} | {:>14} | {:>8} | {:>8} | {:>22} |",
+            "| {:<14} | {:>8} | {:>10} | {:>15} | {:>14} | {:>14} | {:>15} | {:>8} | {:>8} | {:>22} |",
             "drain, log",
             "jobs/s",
             "vs log off",
             "total CPU s/1k",
             "Redis CPU s/1k",
             "Redis cmds/job",
+            "script µs/job",
             "p50 ms",
             "p99 ms",
             "log keys after"
         );
         println!(
-            "|{:-<16}|{:->10}|{:->12}|{:->17}|{:->16}|{:->16}|{:->10}|{:->10}|{:->24}|",
-            "", "", "", "", "", "", "", "", ""
+            "|{:-<16}|{:->10}|{:->12}|{:->17}|{:->16}|{:->16}|{:->17}|{:->10}|{:->10}|{:->24}|",
+            "", "", "", "", "", "", "", "", "", ""
         );
         for (name, pair) in &result.drains {
             for (label, drain) in [("off", &pair.off), ("on", &pair.on)] {
                 println!(
-                    "| {:<14} | {:>8.0} | {:>10} | {:>15.2} | {:>14.2} | {:>14.2} | {:>8.1} | {:>8.1} | {:>22} |",
+                    "| {:<14} | {:>8.0} | {:>10} | {:>15.2} | {:>14.2} | {:>14.2} | {:>15.1} | {:>8.1} | {:>8.1} | {:>22} |",
                     format!("{name}, {label}"),
                     drain.jobs_per_sec,
                     format!("{:.1}%", drain.jobs_per_sec / pair.off.jobs_per_sec * 100.0),
                     drain.cost.cpu_secs_per_1000.total,
                     drain.cost.cpu_secs_per_1000.redis,
                     drain.cost.redis_commands_per_job,
+                    drain.cost.redis_script_usec_per_job,
                     drain.p50_ms,
                     drain.p99_ms,
                     drain.audit_log.as_ref().map_or("-".to_string(), |log| format!(

@@ -272,9 +272,10 @@ impl Pipeline {
                 // event has no log index (it is taken after the commit): the one it took is
                 // answered again, or, after a crash before it was taken, it takes it now.
                 tracing::info!(idempotency_key = %job.idempotency_key, "Re-publishing the stored events of a finished job.");
-                self.store.log_index_once(&mut events).await?;
+                let indexed = self.store.log_index_once(&mut events).await?;
                 self.publisher.publish_events(&events).await?;
                 self.store.mark_confirmed(&entity, &job.idempotency_key).await?;
+                self.store.log_index_settled(indexed);
                 // Another copy of the job (its own job id) is also told it was a duplicate, as
                 // it would be once the events are confirmed: whoever waits for its outcome hears.
                 let original = original_event(&events);
@@ -439,9 +440,10 @@ impl Pipeline {
             .await?;
         // In a Redis Cluster the seal cannot take the log index: it is taken here, once, and
         // answered again to a later report re-publishing the stored summary.
-        self.store.log_index_once(&mut messages).await?;
+        let indexed = self.store.log_index_once(&mut messages).await?;
         self.publisher.publish_events(&messages).await?;
         self.store.batch_summary_sent(batch_id).await?;
+        self.store.log_index_settled(indexed);
         tracing::info!(batch = %batch_id, total = progress.total, counts = ?progress.counts, "Batch finished; summary published.");
         Ok(())
     }
@@ -575,11 +577,13 @@ impl Pipeline {
         // In a Redis Cluster the commit could not take the event's log index: taken now, in a
         // repeatable step (a crash here re-publishes the stored event on the next delivery,
         // which takes or finds the index then).
-        if let Some(index) = self.store.log_index_once(&mut messages).await? {
-            event.log_index = Some(index);
+        let indexed = self.store.log_index_once(&mut messages).await?;
+        if let Some(indexed) = &indexed {
+            event.log_index = Some(indexed.index);
         }
         self.publisher.publish_events(&messages).await?;
         self.store.finish(lease, entity, remember).await?;
+        self.store.log_index_settled(indexed);
         tracing::info!(
             outcome = %event.outcome,
             entity = %event.entity,

@@ -107,6 +107,19 @@ return index
     ))
 });
 
+/// How long a Redis Cluster's index key ([`LOG_ONCE`]) lives once its events are confirmed:
+/// enough for a copy of the job that read the record unconfirmed a moment before to re-publish
+/// with the same index (its claim and `LOG_ONCE` are milliseconds apart).
+const SETTLED_GRACE_SECS: u64 = 60;
+
+/// The index a recorded event took in a Redis Cluster ([`Store::log_index_once`]), and the key
+/// that answers it again.
+#[derive(Debug)]
+pub struct LogIndexed {
+    pub index: u64,
+    key: String,
+}
+
 /// How an audit event taking its index begins: [`LOG_ENTRY`] replaces the `null`.
 const UNINDEXED: &str = r#"{"log_index":null"#;
 
@@ -280,7 +293,10 @@ impl Store {
     /// is named by its id and a digest of its bytes: a job whose outcome is not remembered (a
     /// cancel, a rejection replayed from the dead letters) may be recorded again under the same
     /// event id, and that is another event with an index of its own.
-    pub async fn log_index_once(&self, messages: &mut [OutboundEvent]) -> Result<Option<u64>, StoreError> {
+    pub async fn log_index_once(
+        &self,
+        messages: &mut [OutboundEvent],
+    ) -> Result<Option<LogIndexed>, StoreError> {
         let Some(audit) = messages.first_mut() else {
             return Ok(None);
         };
@@ -305,7 +321,30 @@ impl Store {
         self.replicated(&size).await?;
         // As the script stored the leaf: the same bytes, the index in place of the null.
         audit.body = format!("{{\"log_index\":{index}{}", &audit.body[UNINDEXED.len()..]);
-        Ok(Some(index))
+        Ok(Some(LogIndexed {
+            index,
+            key: event_key,
+        }))
+    }
+
+    /// Once the events of `indexed` are confirmed (the record answers `duplicate` from then on,
+    /// so nothing re-publishes them), its key need not outlive a re-publisher that read the
+    /// record just before: it is given [`SETTLED_GRACE_SECS`] instead of the idempotency TTL,
+    /// or every event's key would stay on the `{log}` primary for days. Sent in the
+    /// background, without a wait: if it is lost the key expires with the TTL.
+    pub fn log_index_settled(&self, indexed: Option<LogIndexed>) {
+        let Some(indexed) = indexed else { return };
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            let expired: redis::RedisResult<i64> = redis::cmd("EXPIRE")
+                .arg(&indexed.key)
+                .arg(SETTLED_GRACE_SECS)
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = expired {
+                tracing::debug!(error.message = %err, "Could not shorten a log index key; it expires with the idempotency TTL.");
+            }
+        });
     }
 
     /// [`Store::commit`] in a Redis Cluster for a job whose `entity` is not the one it claimed

@@ -36,6 +36,7 @@ pub mod lookup;
 
 pub use batch::{Progress, FIRST_ERRORS};
 pub use claim::{Claim, Lease, LeaseKeeper};
+pub use commit::LogIndexed;
 pub use entity::{EntityHead, EntityState};
 
 use std::borrow::Cow;
