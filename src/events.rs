@@ -179,6 +179,17 @@ pub fn unix_millis(instant: OffsetDateTime) -> u64 {
 /// The `prev_checksum` of an entity's first link.
 pub const GENESIS_CHECKSUM: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// How an audit event serialized without its log index begins (`log_index` is its first member).
+pub const UNINDEXED: &str = r#"{"log_index":null"#;
+
+/// `body`, an audit event serialized with `log_index` null, with `index` in its place: the
+/// same bytes otherwise, as `serde_json` would write the event with the index. None when
+/// `body` does not begin so (it has an index already, or is not such an event).
+pub fn with_log_index(body: &str, index: u64) -> Option<String> {
+    let rest = body.strip_prefix(UNINDEXED)?;
+    Some(format!("{{\"log_index\":{index}{rest}"))
+}
+
 /// One audit event per job, published to `genesys.audit` as `audit.<kind>.<outcome>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {

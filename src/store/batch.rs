@@ -144,7 +144,8 @@ if stored then
 end
 local messages = ARGV[1]
 if ARGV[5] ~= '' then
-  messages = log_entry(KEYS[3], KEYS[4], ARGV[5], messages)
+  local _
+  _, messages = log_entry(KEYS[3], KEYS[4], ARGV[5], messages)
 end
 redis.call('HSET', KEYS[1], 'summary', messages)
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'checksum', ARGV[3])

@@ -76,7 +76,8 @@ end
 if state == 'done' then
   return {'done', redis.call('HGET', KEYS[1], 'outcome') or '',
           redis.call('HGET', KEYS[1], 'events') or '[]',
-          redis.call('HGET', KEYS[1], 'confirmed') or '0'}
+          redis.call('HGET', KEYS[1], 'confirmed') or '0',
+          redis.call('HGET', KEYS[1], 'log_index') or ''}
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -349,11 +350,27 @@ fn parse_done(record: &str, reply: &[String]) -> Result<Claim, StoreError> {
     };
     let outcome: Outcome = serde_json::from_value(serde_json::Value::String(reply[1].clone()))
         .map_err(|_| corrupt(format!("unknown outcome {:?}", reply[1])))?;
-    let events: Vec<OutboundEvent> =
+    let mut events: Vec<OutboundEvent> =
         serde_json::from_str(&reply[2]).map_err(|e| corrupt(format!("events: {e}")))?;
+    if let Some(index) = reply.get(4).filter(|i| !i.is_empty()) {
+        let index = index
+            .parse()
+            .map_err(|_| corrupt(format!("log_index {index:?}")))?;
+        fill_log_index(&mut events, index);
+    }
     Ok(Claim::Done {
         outcome,
         events,
         confirmed: reply[3] == "1",
     })
+}
+
+/// Puts the log index a commit kept beside the stored events into the audit event among them
+/// (the first), which was stored with `log_index` null: the bytes published the first time.
+pub(super) fn fill_log_index(events: &mut [OutboundEvent], index: u64) {
+    if let Some(audit) = events.first_mut() {
+        if let Some(body) = crate::events::with_log_index(&audit.body, index) {
+            audit.body = body;
+        }
+    }
 }

@@ -7,14 +7,14 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::{Store, StoreError};
-use crate::events::{AuditEvent, OutboundEvent};
+use crate::events::{with_log_index, AuditEvent, OutboundEvent};
 
 /// KEYS: the log's size, its unsealed leaves. ARGV: the audit event as published, `log_index`
 /// null. Returns the event's index.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{}
-local _, index = log_entry(KEYS[1], KEYS[2], ARGV[1], nil)
+local index = log_entry(KEYS[1], KEYS[2], ARGV[1], nil)
 return index
 "#,
         super::commit::LOG_ENTRY
@@ -46,7 +46,9 @@ impl Store {
             .await?;
         self.replicated(&self.log_key("size")).await?;
         event.log_index = Some(index);
-        audit.body = serde_json::to_string(event).expect("audit events serialize");
+        if let Some(body) = with_log_index(&audit.body, index) {
+            audit.body = body;
+        }
         Ok(())
     }
 }
@@ -141,7 +143,8 @@ impl Store {
         })
     }
 
-    /// The unsealed leaves `from..to` (the audit events as published), in order.
+    /// The unsealed leaves `from..to` (the audit events as published, index included), in
+    /// order.
     pub async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<String>, StoreError> {
         if from >= to {
             return Ok(Vec::new());
@@ -158,10 +161,13 @@ impl Store {
             .into_iter()
             .zip(from..)
             .map(|(leaf, index)| {
-                leaf.ok_or_else(|| StoreError::Corrupt {
+                let leaf = leaf.ok_or_else(|| StoreError::Corrupt {
                     key: key.clone(),
                     problem: format!("leaf {index} has an index but no event"),
-                })
+                })?;
+                // Stored as recorded, index null (see `LOG_ENTRY`); one stored by an earlier
+                // version has it already.
+                Ok(with_log_index(&leaf, index).unwrap_or(leaf))
             })
             .collect()
     }

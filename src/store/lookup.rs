@@ -35,17 +35,19 @@ impl Store {
     ) -> Result<Option<Record>, StoreError> {
         let key = self.record_key(entity, idempotency_key);
         let mut conn = self.conn.clone();
-        let (state, outcome, events, confirmed): (
+        let (state, outcome, events, confirmed, log_index): (
             Option<String>,
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<u64>,
         ) = redis::cmd("HMGET")
             .arg(&key)
             .arg("state")
             .arg("outcome")
             .arg("events")
             .arg("confirmed")
+            .arg("log_index")
             .query_async(&mut conn)
             .await?;
         let Some(state) = state else {
@@ -62,10 +64,13 @@ impl Store {
                     .map_err(|_| corrupt(format!("unknown outcome {o:?}")))
             })
             .transpose()?;
-        let events = match events {
+        let mut events = match events {
             Some(events) => serde_json::from_str(&events).map_err(|e| corrupt(format!("events: {e}")))?,
             None => Vec::new(),
         };
+        if let Some(index) = log_index {
+            super::claim::fill_log_index(&mut events, index);
+        }
         Ok(Some(Record {
             state,
             outcome,

@@ -443,3 +443,67 @@ async fn the_stored_checkpoint_moves_only_forward_and_only_for_the_sealer() {
     assert_eq!(store.log_checkpoint().await.unwrap(), Some(message(8, 2)));
     app.stop().await;
 }
+
+/// A worker that crashed after its commit, before its events were confirmed, leaves the record
+/// `done` and unconfirmed; the next delivery re-publishes the stored event with the index the
+/// commit took (kept beside the stored events), byte for byte, and takes no other.
+#[tokio::test]
+async fn a_stored_event_republished_after_a_crash_keeps_its_log_index() {
+    let app = spawn_app_with(SandboxConfig::default(), &[]).await;
+    let connection = connect_broker().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut job = presence_job(3);
+    let key = format!("republish-{}", Uuid::new_v4());
+    job["idempotency_key"] = json!(key);
+    app.publish(&job).await;
+    let first = next_event_body(&mut audit).await;
+    let index = serde_json::from_str::<Value>(&first).unwrap()["log_index"]
+        .as_u64()
+        .expect("an index");
+
+    // The crash: the record as the commit left it, before the worker noted the confirm.
+    let record = format!("{}idem:{key}", app.config.redis_key_prefix);
+    let size = format!("{}log:size", app.config.redis_key_prefix);
+    let mut conn = redis().await;
+    let (stored_index, size_before): (u64, u64) = redis::pipe()
+        .cmd("HSET")
+        .arg(&record)
+        .arg("confirmed")
+        .arg("0")
+        .ignore()
+        .cmd("HGET")
+        .arg(&record)
+        .arg("log_index")
+        .cmd("GET")
+        .arg(&size)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_index, index,
+        "the record keeps the index beside its events"
+    );
+
+    app.publish(&job).await;
+    let republished = next_event_body(&mut audit).await;
+    assert_eq!(republished, first, "the same bytes, index included");
+    let size_after: u64 = redis::cmd("GET").arg(&size).query_async(&mut conn).await.unwrap();
+    assert_eq!(size_after, size_before, "no second index");
+    app.stop().await;
+}
+
+/// The next audit event's body (checkpoints skipped).
+async fn next_event_body(audit: &mut lapin::Consumer) -> String {
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), audit.next())
+            .await
+            .expect("an audit event within 20 s")
+            .unwrap()
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        if delivery.routing_key.as_str() != testkit::CHECKPOINT_ROUTING_KEY {
+            return String::from_utf8(delivery.data).unwrap();
+        }
+    }
+}
