@@ -17,6 +17,15 @@ pub struct Record {
     pub confirmed: bool,
 }
 
+/// A record's `state`, `outcome`, `events`, `confirmed` and `log_index` fields.
+type RecordFields = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+);
+
 impl Store {
     /// Whether an idempotency record's key names its job's entity (a Redis Cluster, where the
     /// record lives in the entity's hash slot): then [`Store::idempotency_record`] needs it.
@@ -35,13 +44,7 @@ impl Store {
     ) -> Result<Option<Record>, StoreError> {
         let key = self.record_key(entity, idempotency_key);
         let mut conn = self.conn.clone();
-        let (state, outcome, events, confirmed, log_index): (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<u64>,
-        ) = redis::cmd("HMGET")
+        let (state, outcome, events, confirmed, log_index): RecordFields = redis::cmd("HMGET")
             .arg(&key)
             .arg("state")
             .arg("outcome")
