@@ -1188,6 +1188,50 @@ struct Durability {
     runs_on: Vec<Drain>,
 }
 
+/// `--runs` worker drains with each of two settings (`[off, on]`), alternating (off-on, on-off,
+/// ...) so that drift of the machine weighs on both alike; returns the drains of each.
+async fn alternating_drains(
+    connection: &Connection,
+    settings: &Settings,
+    services: &Services,
+    label: &str,
+    bulk: bool,
+    [off, on]: [&RedisUnderTest; 2],
+) -> (Vec<Drain>, Vec<Drain>) {
+    let (mut runs_off, mut runs_on) = (Vec::new(), Vec::new());
+    for run in 0..settings.runs {
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for which in order {
+            let (redis, runs) = if which {
+                (on, &mut runs_on)
+            } else {
+                (off, &mut runs_off)
+            };
+            let tag: String = label
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_lowercase();
+            let name = format!("{tag}{}{}-{run}", u8::from(bulk), u8::from(which));
+            let drain = worker_drain(connection, settings, services, &name, bulk, redis, None).await;
+            println!(
+                "  {label} {} run {}: {:.0} jobs/s, {:.2} CPU s/1k jobs all processes, {:.2} Redis commands/job",
+                if which { "on" } else { "off" },
+                run + 1,
+                drain.jobs_per_sec,
+                drain.cost.cpu_secs_per_1000.total,
+                drain.cost.redis_commands_per_job
+            );
+            runs.push(drain);
+        }
+    }
+    (runs_off, runs_on)
+}
+
 /// The `bulk-off` drain against Redis behind Sentinel, without and with `REDIS_WAIT_REPLICAS=1`
 /// (`WAIT 1 <timeout>` after each claim and each commit), on one topology started for it. The two
 /// alternate (off-on, on-off, ...), so drift of the machine weighs on both alike.
@@ -1220,30 +1264,15 @@ async fn durability(connection: &Connection, settings: &Settings, services: &Ser
         }
     };
     let (off, on) = (with_wait(0), with_wait(1));
-    let (mut runs_off, mut runs_on) = (Vec::new(), Vec::new());
-    for run in 0..settings.runs {
-        let order = if run % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for wait in order {
-            let (redis, runs) = if wait {
-                (&on, &mut runs_on)
-            } else {
-                (&off, &mut runs_off)
-            };
-            let name = format!("durwait{}-{run}", u8::from(wait));
-            let drain = worker_drain(connection, settings, services, &name, false, redis, None).await;
-            println!(
-                "  durability WAIT {} run {}: {:.0} jobs/s",
-                u8::from(wait),
-                run + 1,
-                drain.jobs_per_sec
-            );
-            runs.push(drain);
-        }
-    }
+    let (runs_off, runs_on) = alternating_drains(
+        connection,
+        settings,
+        services,
+        "durability WAIT",
+        false,
+        [&off, &on],
+    )
+    .await;
     drop(sentinel);
     let (wait_off, wait_on) = (median_drain(&runs_off), median_drain(&runs_on));
     Durability {
@@ -1310,32 +1339,9 @@ async fn audit_log_cost(connection: &Connection, settings: &Settings, services: 
     let mut drains = BTreeMap::new();
     for bulk in [false, true] {
         let name = if bulk { "bulk-on" } else { "bulk-off" };
-        let (mut runs_off, mut runs_on) = (Vec::new(), Vec::new());
-        for run in 0..settings.runs {
-            let order = if run % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for log in order {
-                let (redis, runs) = if log {
-                    (&on, &mut runs_on)
-                } else {
-                    (&off, &mut runs_off)
-                };
-                let tag = format!("auditlog{}{}-{run}", u8::from(bulk), u8::from(log));
-                let drain = worker_drain(connection, settings, services, &tag, bulk, redis, None).await;
-                println!(
-                    "  audit-log {name}, log {} run {}: {:.0} jobs/s, {:.2} CPU s/1k jobs all processes, {:.2} Redis commands/job",
-                    if log { "on" } else { "off" },
-                    run + 1,
-                    drain.jobs_per_sec,
-                    drain.cost.cpu_secs_per_1000.total,
-                    drain.cost.redis_commands_per_job
-                );
-                runs.push(drain);
-            }
-        }
+        let label = format!("audit-log {name}, log");
+        let (runs_off, runs_on) =
+            alternating_drains(connection, settings, services, &label, bulk, [&off, &on]).await;
         let (off, on) = (median_drain(&runs_off), median_drain(&runs_on));
         drains.insert(
             name.to_string(),
