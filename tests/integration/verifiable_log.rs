@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use genesys_sandbox::{user_id, SandboxConfig};
+use genesys_sandbox::SandboxConfig;
 use genesys_worker::audit::checkpoint::{format_time, Checkpoint};
 use genesys_worker::audit::merkle::CompactRange;
-use genesys_worker::audit::note::SigningKey;
 use genesys_worker::store::Store;
 use lapin::options::BasicAckOptions;
 use serde_json::{json, Value};
@@ -17,72 +16,29 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::helpers::{
-    agent_job, capture, connect_broker, job, redis_url, spawn_app_with, spawn_app_without_worker, worker_bin,
-    TestApp,
+use crate::helpers::audit::{
+    self, batch_and_pause, capture_until, presence_job, signing_key, verify_capture, write_capture,
+    AuditCapture,
 };
+use crate::helpers::{redis_url, spawn_app_with, spawn_app_without_worker, worker_bin};
 
 /// What the sealer logs each time it publishes a checkpoint.
 const PUBLISHED: &str = "Audit log checkpoint published.";
 
-/// Everything published on the audit exchange until a checkpoint covers `events` leaves:
-/// (events, checkpoints) as raw lines.
-async fn capture_until_sealed(
-    consumer: &mut lapin::Consumer,
-    events: usize,
-) -> (Vec<String>, Vec<Checkpoint>) {
-    let (mut lines, mut checkpoints) = (Vec::new(), Vec::new());
-    capture_more(
-        consumer,
-        events,
-        Duration::from_secs(60),
-        &mut lines,
-        &mut checkpoints,
-    )
-    .await;
-    (lines, checkpoints)
-}
+/// How long the sealing of a whole capture may take.
+const SEALING: Duration = Duration::from_secs(60);
 
-/// Adds to `lines` (events and checkpoints, raw) and `checkpoints` what the audit exchange
-/// publishes until, within `limit`, `events` events in all have arrived and a checkpoint covers
-/// them.
-async fn capture_more(
-    consumer: &mut lapin::Consumer,
-    events: usize,
-    limit: Duration,
-    lines: &mut Vec<String>,
-    checkpoints: &mut Vec<Checkpoint>,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        // A checkpoint may come before the last events it covers: their leaves are taken
-        // before they are published.
-        let arrived = lines.len() - checkpoints.len();
-        if arrived >= events && checkpoints.last().is_some_and(|c| c.tree_size as usize >= events) {
-            return;
-        }
-        let delivery = tokio::time::timeout_at(deadline, consumer.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("no checkpoint of {events} leaves within {limit:?}: {arrived} events, checkpoints {checkpoints:?}")
-            })
-            .unwrap()
-            .unwrap();
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let raw = String::from_utf8(delivery.data.clone()).unwrap();
-        if delivery.routing_key.as_str() == "audit.checkpoint" {
-            checkpoints.push(serde_json::from_str(&raw).unwrap());
-        }
-        lines.push(raw);
+/// When a capture is sealed here: `events` events in all have arrived (one published twice
+/// counts twice) and the latest checkpoint covers them. A checkpoint may come before the last
+/// events it covers: their leaves are taken before they are published.
+fn sealed(events: usize) -> impl Fn(&AuditCapture) -> bool {
+    move |capture| {
+        capture.events() >= events
+            && capture
+                .checkpoints
+                .last()
+                .is_some_and(|c| c.tree_size as usize >= events)
     }
-}
-
-/// A signing key written to `dir`: (the private key file's path, the verifier key).
-fn signing_key(dir: &std::path::Path) -> (String, String) {
-    let (_, private, verifier) = SigningKey::generate("audit.example/genesys-worker").unwrap();
-    let key_file = dir.join("audit.key");
-    std::fs::write(&key_file, &private).unwrap();
-    (key_file.to_str().unwrap().to_string(), verifier)
 }
 
 fn scratch(test: &str) -> std::path::PathBuf {
@@ -115,17 +71,10 @@ fn events_and_indexes(lines: &[String]) -> (Vec<Value>, Vec<u64>) {
     (events, indexes)
 }
 
-async fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
-    let (code, stdout, stderr) = app.cli(args).await;
-    (code, format!("{stdout}{stderr}"))
-}
-
 #[tokio::test]
 async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_public_key() {
     let dir = scratch("signed");
     let (key_path, verifier) = signing_key(&dir);
-    let connection = connect_broker().await;
-    let channel = connection.create_channel().await.unwrap();
     let app = spawn_app_with(
         SandboxConfig {
             users: 20,
@@ -137,49 +86,24 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
         ],
     )
     .await;
-    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut audit = app.capture_audit_log().await;
 
     // Jobs (one twice: a duplicate's announcement), an invalid message, a batch, a control.
-    let mut jobs: Vec<Value> = (0..8)
-        .map(|n| {
-            agent_job(
-                user_id(n),
-                json!({"presence": "Break", "respect_out_of_office": false}),
-            )
-        })
-        .collect();
+    let mut jobs: Vec<Value> = (0..8).map(|n| presence_job(n, "Break")).collect();
     jobs.push(jobs[0].clone());
     for job in &jobs {
         app.publish(job).await;
     }
     app.publish_raw("agent.status", b"{\"kind\": \"agent.status\"")
         .await;
-    let children: Vec<Value> = (10..13)
-        .map(|n| {
-            agent_job(
-                user_id(n),
-                json!({"presence": "Meal", "respect_out_of_office": false}),
-            )
-        })
-        .collect();
-    app.publish(&job("batch", json!({"jobs": children}))).await;
-    let (code, output) = cli(
-        &app,
-        &[
-            "control",
-            "pause",
-            "kind",
-            "flow.deploy",
-            "--actor",
-            "auditor-test",
-        ],
-    )
-    .await;
+    let (code, output) = batch_and_pause(&app, "auditor-test").await;
     assert_eq!(code, 0, "{output}");
     // 8 applied + 1 duplicate + 3 children + the batch summary + the pause (the invalid message
     // names no job: it is dead-lettered without an event).
     let expected = 8 + 1 + 3 + 1 + 1;
-    let (lines, checkpoints) = capture_until_sealed(&mut audit, expected).await;
+    let AuditCapture {
+        lines, checkpoints, ..
+    } = capture_until(&mut audit, SEALING, sealed(expected)).await;
 
     let (events, indexes) = events_and_indexes(&lines);
     assert_eq!(events.len(), expected, "{events:#?}");
@@ -190,12 +114,15 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
     );
     let last = checkpoints.last().unwrap();
     assert_eq!(last.tree_size, expected as u64);
-    assert_eq!(last.origin, "audit.example/genesys-worker");
+    assert_eq!(last.origin, audit::ORIGIN);
 
+    // Kept in a file: `audit prove` reads it too.
     let capture_file = dir.join("audit.ndjson");
-    std::fs::write(&capture_file, lines.join("\n") + "\n").unwrap();
+    write_capture(&capture_file, &lines);
     let file = capture_file.to_str().unwrap();
-    let (code, output) = cli(&app, &["audit", "verify", "--key", &verifier, file]).await;
+    let (code, output) = app
+        .cli_output(&["audit", "verify", "--key", &verifier, file])
+        .await;
     assert_eq!(code, 0, "audit verify --key: {output}");
 
     // One event's inclusion proof, checked with nothing but the proof and the public key.
@@ -211,17 +138,15 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
     );
     let proof_file = dir.join("proof.json");
     std::fs::write(&proof_file, &output.stdout).unwrap();
-    let (code, output) = cli(
-        &app,
-        &[
+    let (code, output) = app
+        .cli_output(&[
             "audit",
             "check-proof",
             proof_file.to_str().unwrap(),
             "--key",
             &verifier,
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, 0, "check-proof: {output}");
 
     // A stream with one event dropped no longer verifies, and says which leaf is missing.
@@ -229,28 +154,11 @@ async fn every_audit_event_is_a_leaf_and_the_signed_checkpoints_verify_with_the_
         .iter()
         .filter(|l| !l.contains(&format!("\"log_index\":{}", 5)))
         .collect();
-    let tampered = dir.join("dropped.ndjson");
-    std::fs::write(
-        &tampered,
-        dropped.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
-    let (code, output) = cli(
-        &app,
-        &["audit", "verify", "--key", &verifier, tampered.to_str().unwrap()],
-    )
-    .await;
+    let (code, output) = verify_capture(&app, &dropped, &verifier).await;
     assert_eq!(code, 1, "{output}");
     assert!(output.contains('5'), "names the missing leaf: {output}");
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
-}
-
-fn presence_job(user: usize) -> Value {
-    agent_job(
-        user_id(user),
-        json!({"presence": "Break", "respect_out_of_office": false}),
-    )
 }
 
 #[tokio::test]
@@ -269,17 +177,15 @@ async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() 
         ],
     )
     .await;
-    let connection = connect_broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut audit = app.capture_audit_log().await;
     let mut replicas = [app.start_worker_process(), app.start_worker_process()];
 
     for user in 0..WAVE {
-        app.publish(&presence_job(user)).await;
+        app.publish(&presence_job(user, "Break")).await;
     }
-    let (mut lines, mut checkpoints) = (Vec::new(), Vec::new());
+    let mut capture = AuditCapture::default();
     let limit = Duration::from_secs(20);
-    capture_more(&mut audit, WAVE, limit, &mut lines, &mut checkpoints).await;
+    capture.read_until(&mut audit, limit, sealed(WAVE)).await;
     // The sealer logs a checkpoint once its publication is confirmed, which may be after the
     // checkpoint arrived here.
     let mut sealers = Vec::new();
@@ -315,13 +221,16 @@ async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() 
         .query_async(&mut conn)
         .await
         .unwrap();
-    let before_crash = checkpoints.len();
+    let before_crash = capture.checkpoints.len();
 
     for user in WAVE..2 * WAVE {
-        app.publish(&presence_job(user)).await;
+        app.publish(&presence_job(user, "Break")).await;
     }
     let crashed = std::time::Instant::now();
-    capture_more(&mut audit, 2 * WAVE, limit, &mut lines, &mut checkpoints).await;
+    capture.read_until(&mut audit, limit, sealed(2 * WAVE)).await;
+    let AuditCapture {
+        lines, checkpoints, ..
+    } = capture;
     // Only the survivor is left to publish them.
     eprintln!("checkpoints resumed {:?} after the crash", crashed.elapsed());
     assert!(checkpoints.len() > before_crash);
@@ -340,19 +249,7 @@ async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() 
     assert_eq!(indexes, (0..2 * WAVE as u64).collect::<Vec<_>>());
     assert_eq!(checkpoints.last().unwrap().tree_size, 2 * WAVE as u64);
 
-    let capture_file = dir.join("audit.ndjson");
-    std::fs::write(&capture_file, lines.join("\n") + "\n").unwrap();
-    let (code, output) = cli(
-        &app,
-        &[
-            "audit",
-            "verify",
-            "--key",
-            &verifier,
-            capture_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, output) = verify_capture(&app, &lines, &verifier).await;
     assert_eq!(code, 0, "audit verify --key: {output}");
 
     replicas[survivor].terminate();
@@ -376,13 +273,13 @@ async fn the_sealed_log_keeps_only_a_compact_range_in_redis() {
         ],
     )
     .await;
-    let connection = connect_broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut audit = app.capture_audit_log().await;
     for user in 0..EVENTS {
-        app.publish(&presence_job(user)).await;
+        app.publish(&presence_job(user, "Break")).await;
     }
-    let (lines, checkpoints) = capture_until_sealed(&mut audit, EVENTS).await;
+    let AuditCapture {
+        lines, checkpoints, ..
+    } = capture_until(&mut audit, SEALING, sealed(EVENTS)).await;
     let (_, indexes) = events_and_indexes(&lines);
     assert_eq!(indexes.len(), EVENTS);
     assert_eq!(checkpoints.last().unwrap().tree_size, EVENTS as u64);
@@ -450,10 +347,8 @@ async fn the_stored_checkpoint_moves_only_forward_and_only_for_the_sealer() {
 #[tokio::test]
 async fn a_stored_event_republished_after_a_crash_keeps_its_log_index() {
     let app = spawn_app_with(SandboxConfig::default(), &[]).await;
-    let connection = connect_broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
-    let mut job = presence_job(3);
+    let mut audit = app.capture_audit_log().await;
+    let mut job = presence_job(3, "Break");
     let key = format!("republish-{}", Uuid::new_v4());
     job["idempotency_key"] = json!(key);
     app.publish(&job).await;

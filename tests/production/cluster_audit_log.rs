@@ -9,57 +9,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use genesys_sandbox::{user_id, worktype_id, SandboxConfig};
-use genesys_worker::audit::note::SigningKey;
+use genesys_sandbox::{worktype_id, SandboxConfig};
 use genesys_worker::config::{RedisSettings, RedisTopology, ServiceUrls, Topology};
 use genesys_worker::events::{self, AuditEvent, Outcome};
 use genesys_worker::record;
 use genesys_worker::store::{Claim, Store};
-use lapin::options::BasicAckOptions;
 use serde_json::{json, Value};
+use testkit::audit::{batch_and_pause, capture_until, presence_job, signing_key, verify_capture};
 use testkit::topology::{one_at_a_time, redis_cli, RedisCluster};
-use testkit::{agent_job, capture, connect_broker, job, random_name, spawn_app_with, TestApp};
+use testkit::{job, random_name, spawn_app_with};
 use uuid::Uuid;
 
 /// The idempotency TTL the worker runs with: a per-event log key is kept that long until its
 /// events are confirmed.
 const IDEMPOTENCY_TTL_SECS: &str = "7200";
-
-/// Everything published on the audit exchange until a checkpoint covers `leaves` leaves and
-/// that many distinct indexes arrived: the raw lines (events and checkpoints).
-async fn capture_until_sealed(consumer: &mut lapin::Consumer, leaves: u64) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut indexes = std::collections::BTreeSet::new();
-    let mut sealed = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while sealed < leaves || (indexes.len() as u64) < leaves {
-        let delivery = tokio::time::timeout_at(deadline, consumer.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("no checkpoint of {leaves} leaves: indexes {indexes:?}, checkpoint size {sealed}, lines {lines:#?}")
-            })
-            .unwrap()
-            .unwrap();
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let raw = String::from_utf8(delivery.data.clone()).unwrap();
-        let value: Value = serde_json::from_str(&raw).unwrap();
-        if delivery.routing_key.as_str() == testkit::CHECKPOINT_ROUTING_KEY {
-            sealed = sealed.max(value["tree_size"].as_u64().unwrap());
-        } else if let Some(index) = value["log_index"].as_u64() {
-            indexes.insert(index);
-        } else {
-            panic!("an audit event without its log_index: {raw}");
-        }
-        lines.push(raw);
-    }
-    lines
-}
-
-async fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
-    let (code, stdout, stderr) = app.cli(args).await;
-    (code, format!("{stdout}{stderr}"))
-}
 
 #[tokio::test]
 async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed_log_verifies() {
@@ -67,10 +30,7 @@ async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed
     let redis = RedisCluster::start().await;
     let dir = std::env::temp_dir().join(format!("cluster-audit-log-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (_, private, verifier) = SigningKey::generate("audit.example/genesys-worker").unwrap();
-    let key_file = dir.join("audit.key");
-    std::fs::write(&key_file, &private).unwrap();
-    let key_path = key_file.to_str().unwrap().to_string();
+    let (key_path, verifier) = signing_key(&dir);
     let settings = redis.redis_env();
     let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.extend([
@@ -78,8 +38,6 @@ async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed
         ("AUDIT_CHECKPOINT_SECS", "1"),
         ("IDEMPOTENCY_TTL_SECS", IDEMPOTENCY_TTL_SECS),
     ]);
-    let connection = connect_broker().await;
-    let channel = connection.create_channel().await.unwrap();
     let app = spawn_app_with(
         SandboxConfig {
             users: 20,
@@ -88,19 +46,12 @@ async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed
         &overrides,
     )
     .await;
-    let mut audit = capture(&channel, &app.config.topology.audit_exchange).await;
+    let mut audit = app.capture_audit_log().await;
 
     // Agents in different slots, and a second copy of the first job (its own job id, the same
     // key): a duplicate's announcement (and, if it comes before the first's events are
     // confirmed, the first's stored events re-published: same bytes, same index).
-    let jobs: Vec<Value> = (0..8)
-        .map(|n| {
-            agent_job(
-                user_id(n),
-                json!({"presence": "Break", "respect_out_of_office": false}),
-            )
-        })
-        .collect();
+    let jobs: Vec<Value> = (0..8).map(|n| presence_job(n, "Break")).collect();
     for job in &jobs {
         app.publish(job).await;
     }
@@ -117,32 +68,19 @@ async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed
     );
     create["idempotency_key"] = json!(format!("crm-ticket-{}", Uuid::new_v4()));
     app.publish(&create).await;
-    let children: Vec<Value> = (10..13)
-        .map(|n| {
-            agent_job(
-                user_id(n),
-                json!({"presence": "Meal", "respect_out_of_office": false}),
-            )
-        })
-        .collect();
-    app.publish(&job("batch", json!({"jobs": children}))).await;
-    let (code, output) = cli(
-        &app,
-        &[
-            "control",
-            "pause",
-            "kind",
-            "flow.deploy",
-            "--actor",
-            "cluster-audit-test",
-        ],
-    )
-    .await;
+    let (code, output) = batch_and_pause(&app, "cluster-audit-test").await;
     assert_eq!(code, 0, "control pause: {output}");
     // 8 applied + 1 duplicate + 1 rejected + 1 created + 3 children + the batch summary + the
     // pause.
     let expected: u64 = 8 + 1 + 1 + 1 + 3 + 1 + 1;
-    let lines = capture_until_sealed(&mut audit, expected).await;
+    // Sealed: a checkpoint covers `expected` leaves and that many distinct indexes arrived (an
+    // event re-published counts once).
+    let lines = capture_until(&mut audit, Duration::from_secs(90), |capture| {
+        capture.checkpoints.iter().any(|c| c.tree_size >= expected)
+            && capture.indexes.len() as u64 >= expected
+    })
+    .await
+    .lines;
 
     let mut by_index: BTreeMap<u64, &String> = BTreeMap::new();
     let mut kinds = Vec::new();
@@ -172,19 +110,7 @@ async fn on_a_redis_cluster_every_audit_event_takes_one_log_index_and_the_signed
         assert!(kinds.iter().any(|k| k == wanted), "no {wanted} in {kinds:?}");
     }
 
-    let capture_file = dir.join("audit.ndjson");
-    std::fs::write(&capture_file, lines.join("\n") + "\n").unwrap();
-    let (code, output) = cli(
-        &app,
-        &[
-            "audit",
-            "verify",
-            "--key",
-            &verifier,
-            capture_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, output) = verify_capture(&app, &lines, &verifier).await;
     assert_eq!(code, 0, "audit verify --key: {output}");
     let prefix = app.config.redis_key_prefix.clone();
     app.stop().await;

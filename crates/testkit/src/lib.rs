@@ -1,6 +1,7 @@
 //! What the worker's integration tests and benches share: `spawn_app()` (a sandbox, a worker
 //! wired to it, and capture queues on the outbound exchanges), private RabbitMQ, Redis and
-//! worker processes, the services' URLs, tokens, and job builders.
+//! worker processes, the services' URLs, tokens, and job builders; [`audit`], what the tests of
+//! the verifiable audit log share.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+pub mod audit;
 pub mod browser;
 pub mod topology;
 
@@ -618,6 +620,12 @@ impl TestApp {
             String::from_utf8(output.stdout).unwrap(),
             String::from_utf8(output.stderr).unwrap(),
         )
+    }
+
+    /// As [`TestApp::cli`], stdout and stderr joined: what a failed assertion shows.
+    pub async fn cli_output(&self, args: &[&str]) -> (i32, String) {
+        let (code, stdout, stderr) = self.cli(args).await;
+        (code, format!("{stdout}{stderr}"))
     }
 
     /// Starts `genesys-worker run` as a process with this app's configuration; its output goes
