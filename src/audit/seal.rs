@@ -81,6 +81,7 @@ pub async fn run(store: Store, publisher: Publisher, sealing: Sealing, stop: Can
         owner,
         last_checkpoint: None,
         last_time: None,
+        unpublished: None,
         checkpointed_at: Instant::now(),
     };
     let mut failing = false;
@@ -110,19 +111,55 @@ struct Sealer {
     /// The time of the last checkpoint stored (by any sealer): the next one is never dated
     /// earlier, whatever this replica's clock says.
     last_time: Option<OffsetDateTime>,
+    /// A checkpoint stored but not known to be published (this sealer's publication failed, or
+    /// another sealer's may have: it is read back at each takeover). Published as stored, the
+    /// same bytes under the same message id, before anything new is signed.
+    unpublished: Option<Stored>,
     checkpointed_at: Instant,
+}
+
+/// A checkpoint as stored in Redis: its message id, text and tree size.
+struct Stored {
+    id: String,
+    text: String,
+    size: u64,
 }
 
 impl Sealer {
     async fn tick(&mut self) -> Result<(), SealError> {
         if !self.store.log_lease(&self.owner, LEASE).await? {
+            // Whoever holds the lease now publishes what is stored.
             self.last_checkpoint = None;
+            self.unpublished = None;
             return Ok(());
         }
         if self.last_checkpoint.is_none() {
-            let (size, time) = self.latest_checkpoint().await?;
+            // Whoever stored the latest checkpoint may have died before publishing it (it is
+            // stored first): publish it again. A consumer that has it already sees it twice,
+            // which `audit verify` takes as one.
+            let latest = self.store.log_checkpoint().await?;
+            let (size, time) = match latest.as_deref().map(serde_json::from_str::<Checkpoint>) {
+                Some(Ok(checkpoint)) => {
+                    let time = checkpoint
+                        .time
+                        .as_deref()
+                        .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok());
+                    self.unpublished = latest.map(|text| Stored {
+                        id: message_id(&checkpoint),
+                        text,
+                        size: checkpoint.tree_size,
+                    });
+                    (checkpoint.tree_size, time)
+                }
+                _ => (0, None),
+            };
             self.last_checkpoint = Some(size);
             self.last_time = time;
+        }
+        if let Some(stored) = &self.unpublished {
+            self.publish(&stored.id, &stored.text).await?;
+            self.last_checkpoint = Some(stored.size);
+            self.unpublished = None;
         }
         let state = self.store.log_state().await?;
         let mut tree = match &state.tree {
@@ -157,21 +194,6 @@ impl Sealer {
             self.checkpoint(&tree).await?;
         }
         Ok(())
-    }
-
-    /// The size (0: none yet) and time of the latest checkpoint any sealer stored.
-    async fn latest_checkpoint(&self) -> Result<(u64, Option<OffsetDateTime>), SealError> {
-        let latest = self
-            .store
-            .log_checkpoint()
-            .await?
-            .and_then(|text| serde_json::from_str::<Checkpoint>(&text).ok());
-        Ok(latest.map_or((0, None), |checkpoint| {
-            let time = checkpoint
-                .time
-                .and_then(|text| OffsetDateTime::parse(&text, &Rfc3339).ok());
-            (checkpoint.tree_size, time)
-        }))
     }
 
     async fn checkpoint(&mut self, tree: &CompactRange) -> Result<(), SealError> {
@@ -209,10 +231,30 @@ impl Sealer {
             return Ok(());
         }
         self.last_time = body.time;
+        // Until it is confirmed, the next tick publishes the stored bytes again rather than
+        // signing the same size anew (two messages under one id).
+        let stored = Stored {
+            id: message_id(&message),
+            text,
+            size: message.tree_size,
+        };
+        if let Err(err) = self.publish(&stored.id, &stored.text).await {
+            self.unpublished = Some(stored);
+            return Err(err);
+        }
+        tracing::info!(tree_size = message.tree_size, root_hash = %message.root_hash, signed = self.sealing.key.is_some(), "Audit log checkpoint published.");
+        self.last_checkpoint = Some(tree.size);
+        self.checkpointed_at = Instant::now();
+        Ok(())
+    }
+}
+
+impl Sealer {
+    async fn publish(&self, message_id: &str, text: &str) -> Result<(), SealError> {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(format!("checkpoint-{}-{}", message.origin, message.tree_size).into());
+            .with_message_id(message_id.into());
         self.publisher
             .publish(
                 &self.sealing.exchange,
@@ -221,11 +263,13 @@ impl Sealer {
                 properties,
             )
             .await?;
-        tracing::info!(tree_size = message.tree_size, root_hash = %message.root_hash, signed = self.sealing.key.is_some(), "Audit log checkpoint published.");
-        self.last_checkpoint = Some(tree.size);
-        self.checkpointed_at = Instant::now();
         Ok(())
     }
+}
+
+/// A checkpoint message's id: one per origin and tree size.
+fn message_id(message: &Checkpoint) -> String {
+    format!("checkpoint-{}-{}", message.origin, message.tree_size)
 }
 
 /// The time a checkpoint is signed with: now, or the last checkpoint's if that is later (the

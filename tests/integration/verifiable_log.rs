@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use genesys_sandbox::SandboxConfig;
-use genesys_worker::audit::checkpoint::{format_time, Checkpoint};
-use genesys_worker::audit::merkle::CompactRange;
+use genesys_worker::audit::checkpoint::{format_time, Checkpoint, CheckpointBody};
+use genesys_worker::audit::merkle::{self, CompactRange};
+use genesys_worker::audit::note::SigningKey;
 use genesys_worker::store::Store;
 use lapin::options::BasicAckOptions;
 use serde_json::{json, Value};
@@ -213,11 +214,20 @@ async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() 
     let mut conn = redis().await;
     let key = format!("{}log:checkpoint", app.config.redis_key_prefix);
     let stored: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
-    let mut stored: Value = serde_json::from_str(&stored).unwrap();
-    stored["time"] = json!(ahead);
+    let stored: Checkpoint = serde_json::from_str(&stored).unwrap();
+    // Signed by the same key, as that sealer would have (the survivor publishes the stored
+    // checkpoint again when it takes over: it may never have gone out).
+    let signer = SigningKey::parse(std::fs::read_to_string(&key_path).unwrap().trim()).unwrap();
+    let fast = CheckpointBody::new(
+        stored.origin.clone(),
+        stored.tree_size,
+        merkle::decode(&stored.root_hash).unwrap(),
+        OffsetDateTime::parse(&ahead, &Rfc3339).unwrap(),
+    );
+    let fast = serde_json::to_string(&Checkpoint::sign(&fast, &signer).unwrap()).unwrap();
     let _: () = redis::cmd("SET")
         .arg(&key)
-        .arg(stored.to_string())
+        .arg(&fast)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -234,6 +244,12 @@ async fn another_replica_takes_over_the_sealing_and_checkpoints_never_go_back() 
     // Only the survivor is left to publish them.
     eprintln!("checkpoints resumed {:?} after the crash", crashed.elapsed());
     assert!(checkpoints.len() > before_crash);
+    // Stored by the dead sealer and never published (it went into Redis only): the survivor
+    // publishes it, byte for byte, when it takes the lease.
+    assert!(
+        lines.contains(&fast),
+        "the stored checkpoint published again by the new sealer"
+    );
 
     let dated: Vec<(u64, OffsetDateTime)> = checkpoints.iter().map(|c| (c.tree_size, time_of(c))).collect();
     assert!(
@@ -361,6 +377,25 @@ async fn a_stored_event_republished_after_a_crash_keeps_its_log_index() {
     let record = format!("{}idem:{key}", app.config.redis_key_prefix);
     let size = format!("{}log:size", app.config.redis_key_prefix);
     let mut conn = redis().await;
+    // The worker notes the confirm just after the broker's, which may be after the event
+    // arrived here: wait for it, or it would undo the reset below.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmed: Option<String> = redis::cmd("HGET")
+            .arg(&record)
+            .arg("confirmed")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if confirmed.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (stored_index, size_before): (u64, u64) = redis::pipe()
         .cmd("HSET")
         .arg(&record)
