@@ -195,7 +195,8 @@ pub fn with_log_index(body: &str, index: u64) -> Option<String> {
 pub struct AuditEvent {
     /// The event's position in the one append-only log over all audit events (a leaf of its
     /// Merkle tree: `crate::audit`), assigned when the event is recorded; null when the log is
-    /// off. First in the serialized event: the commit script fills it in there.
+    /// off. First in the serialized event, so that `with_log_index` can put it in without
+    /// serializing the event again.
     #[serde(default)]
     pub log_index: Option<u64>,
     pub event_id: Uuid,

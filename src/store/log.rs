@@ -1,6 +1,8 @@
 //! The verifiable audit log's keys (`log:*`, see `Store::log_key`): an audit event recorded
 //! without a job's commit (a rejected message, a duplicate's announcement, a control change)
-//! takes its index here; a commit and a batch's seal take theirs in their own scripts.
+//! takes its index here; a commit and a batch's seal take theirs in their own scripts (in a
+//! Redis Cluster, right after them: `Store::log_index_once`). The sealer's lease, tree and
+//! checkpoint are here too.
 
 use std::sync::LazyLock;
 
