@@ -147,6 +147,27 @@ fn the_kubernetes_manifests_use_known_settings_probes_and_a_long_enough_grace_pe
     assert_eq!(container["ports"][0]["containerPort"].to_string(), admin_port);
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/path"], "/metrics");
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], admin_port);
+    // The audit log's signing key: a Secret mounted, read-only, where the setting points.
+    let key_file = config["AUDIT_SIGNING_KEY_FILE"]
+        .as_str()
+        .expect("checkpoints are signed in production");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("volume mounts")
+        .iter()
+        .find(|m| key_file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("the signing key's directory is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert!(
+        volume["secret"]["secretName"].is_string(),
+        "the key comes from a Secret"
+    );
     of_kind(&documents, "PodDisruptionBudget");
 }
 
