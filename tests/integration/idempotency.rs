@@ -167,25 +167,8 @@ async fn a_finished_job_whose_events_were_never_confirmed_republishes_them_uncha
     assert_eq!(republished.event, stored);
     assert!(app.mutations().await.is_empty());
 
-    // Now confirmed (the worker notes it right after the broker's confirm, which may be a
-    // moment after the test sees the event): the next copy is an ordinary duplicate.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let confirmed: Option<String> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("confirmed")
-            .query_async(&mut redis().await)
-            .await
-            .unwrap();
-        if confirmed.as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the republished events were never noted as confirmed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Now confirmed: the next copy is an ordinary duplicate.
+    crate::helpers::wait_confirmed(&key).await;
     app.publish(&job).await;
     assert_eq!(app.audit_events(1).await[0].event.outcome, Outcome::Duplicate);
     assert!(app.mutations().await.is_empty());

@@ -377,25 +377,8 @@ async fn a_stored_event_republished_after_a_crash_keeps_its_log_index() {
     let record = format!("{}idem:{key}", app.config.redis_key_prefix);
     let size = format!("{}log:size", app.config.redis_key_prefix);
     let mut conn = redis().await;
-    // The worker notes the confirm just after the broker's, which may be after the event
-    // arrived here: wait for it, or it would undo the reset below.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let confirmed: Option<String> = redis::cmd("HGET")
-            .arg(&record)
-            .arg("confirmed")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if confirmed.as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job was never confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Or the worker's own note of the confirm, just after, would undo the reset below.
+    crate::helpers::wait_confirmed(&record).await;
     let (stored_index, size_before): (u64, u64) = redis::pipe()
         .cmd("HSET")
         .arg(&record)
