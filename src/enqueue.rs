@@ -10,10 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use uuid::Uuid;
@@ -165,31 +162,9 @@ pub async fn enqueue(
                 FieldTable::default(),
             )
             .await?;
-        let queue_options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), queue_options, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                options.audit_exchange.as_str().into(),
-                "audit.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer =
+            crate::broker::topology::consume_private(&channel, &options.audit_exchange, "audit.#", false)
+                .await?;
         outcomes = Some(consumer);
     }
 

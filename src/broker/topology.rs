@@ -20,10 +20,10 @@
 //! - paused queues `<lane queue>.paused`: where jobs an operator paused wait, without a TTL,
 //!   until `resume` moves them back ([`crate::control`]). Quorum queues, bound to nothing.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
 
 use super::BrokerError;
 use crate::config::Topology;
@@ -96,6 +96,44 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
         .await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// Consumes a queue of its own (server-named, exclusive: gone with the connection) bound to
+/// `exchange` with `pattern`: what a reader of events sees from now on, and no one else.
+pub async fn consume_private(
+    channel: &Channel,
+    exchange: &str,
+    pattern: &str,
+    no_ack: bool,
+) -> Result<Consumer, lapin::Error> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Where the paused jobs of the lane queue `lane_queue` wait.

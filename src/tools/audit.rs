@@ -427,39 +427,11 @@ async fn capture(
     until: Until,
 ) -> Result<usize, CaptureError> {
     use futures_util::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
+    use lapin::options::BasicAckOptions;
 
     let connection = crate::broker::connect(&broker.amqp_url).await?;
     let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "audit-capture".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = crate::broker::topology::consume_private(&channel, exchange, "#", false).await?;
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
     let deadline = tokio::time::Instant::now() + until.timeout;
     let shutdown = super::shutdown_signal();

@@ -13,8 +13,7 @@ use genesys_worker::config::{Config, ServiceUrls};
 use genesys_worker::events::{AuditEvent, CrmEvent};
 use genesys_worker::worker;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -275,35 +274,7 @@ pub async fn capture_unacked(channel: &Channel, exchange: &str) -> Consumer {
 }
 
 async fn capture_with(channel: &Channel, exchange: &str, no_ack: bool) -> Consumer {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare("".into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    genesys_worker::broker::topology::consume_private(channel, exchange, "#", no_ack)
         .await
         .unwrap()
 }
